@@ -1,0 +1,204 @@
+"""Set-up operations shared by the CLI, ``make run``'s demo and the tests."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.exc import IntegrityError
+
+from gateway.addresses import normalise
+from gateway.smtp import DROPBOX_PREFIX
+from storage import orgs as store
+from storage.db import Database
+
+PLANS = ("free", "standard", "professional", "enterprise")
+MAX_EXTRA_SENDERS = 5
+MAX_MASS_ADDON_TOTAL = 2250
+FREE_PLAN_MAX_USERS = 4
+
+
+class AdminError(Exception):
+    """A refusal with a message fit for one CLI line or an API error."""
+
+
+def new_dropbox_token() -> str:
+    """130 bits, lower-case base32: unguessable and safe in any mail client."""
+    return base64.b32encode(secrets.token_bytes(20)).decode().rstrip("=").lower()[:26]
+
+
+def dropbox_address(token: str, mail_domain: str) -> str:
+    return f"{DROPBOX_PREFIX}{token}@{mail_domain}"
+
+
+def new_api_token() -> str:
+    return "mg_" + secrets.token_urlsafe(32)
+
+
+async def create_org(
+    db: Database,
+    name: str,
+    *,
+    plan: str,
+    timezone: str = "Asia/Tokyo",
+    mass_addon: int = 0,
+    domains: list[str] | None = None,
+    locale: str = "ja",
+) -> dict[str, Any]:
+    if plan not in PLANS:
+        raise AdminError(f"unknown plan {plan!r}; choose one of {', '.join(PLANS)}")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise AdminError(f"unknown time zone {timezone!r}") from exc
+    if mass_addon < 0:
+        raise AdminError("--mass-addon cannot be negative")
+    clean_domains = []
+    for d in domains or []:
+        norm = normalise(f"x@{d}")
+        if norm is None:
+            raise AdminError(f"not a domain: {d!r}")
+        clean_domains.append(norm.split("@")[1])
+    if not name.strip():
+        raise AdminError("organization name is empty")
+    try:
+        async with db.begin() as conn:
+            org_id = await store.create_org(
+                conn,
+                name=name.strip(),
+                plan=plan,
+                timezone=timezone,
+                mass_addon=mass_addon,
+                domains=clean_domains,
+                locale=locale,
+            )
+    except IntegrityError as exc:
+        raise AdminError(f"an organization named {name!r} already exists") from exc
+    return {
+        "id": org_id,
+        "name": name.strip(),
+        "plan": plan,
+        "timezone": timezone,
+        "mass_addon": mass_addon,
+        "domains": clean_domains,
+    }
+
+
+async def create_user(
+    db: Database,
+    org_ref: str,
+    email: str,
+    *,
+    name: str,
+    admin: bool = False,
+    mail_domain: str,
+    dropbox_setting: str = "lead",
+) -> dict[str, Any]:
+    norm = normalise(email)
+    if norm is None:
+        raise AdminError(f"not an email address: {email!r}")
+    if dropbox_setting not in ("lead", "contact", "none"):
+        raise AdminError("dropbox setting must be lead, contact or none")
+    token = new_api_token()
+    dropbox = new_dropbox_token()
+    try:
+        async with db.begin() as conn:
+            org = await store.find_org(conn, org_ref)
+            if org is None:
+                raise AdminError(f"no organization {org_ref!r}")
+            if (
+                org["plan"] == "free"
+                and await store.count_active_users(conn, org["id"]) >= FREE_PLAN_MAX_USERS
+            ):
+                raise AdminError(f"the free plan allows at most {FREE_PLAN_MAX_USERS} users")
+            user_id = await store.create_user(
+                conn,
+                org_id=org["id"],
+                email=email.strip(),
+                email_norm=norm,
+                name=name.strip(),
+                is_admin=admin,
+                dropbox_token=dropbox,
+                dropbox_setting=dropbox_setting,
+            )
+            await store.add_api_token(conn, user_id, token)
+    except IntegrityError as exc:
+        raise AdminError(f"a user {email!r} already exists in that organization") from exc
+    return {
+        "id": user_id,
+        "org_id": org["id"],
+        "email": email.strip(),
+        "name": name.strip(),
+        "is_admin": admin,
+        "api_token": token,
+        "dropbox_address": dropbox_address(dropbox, mail_domain),
+    }
+
+
+async def issue_api_token(db: Database, user_id: int) -> str:
+    token = new_api_token()
+    async with db.begin() as conn:
+        await store.add_api_token(conn, user_id, token)
+    return token
+
+
+async def _user(conn, ref: str) -> dict[str, Any]:
+    user = await store.find_user(conn, ref)
+    if user is None:
+        raise AdminError(f"no user {ref!r}")
+    return user
+
+
+async def dropbox(
+    db: Database, user_ref: str, *, regenerate: bool, mail_domain: str
+) -> dict[str, Any]:
+    async with db.begin() as conn:
+        user = await _user(conn, user_ref)
+        token = user["dropbox_token"]
+        if regenerate:
+            token = new_dropbox_token()
+            await store.set_dropbox_token(conn, user["id"], token)
+    return {
+        "user_id": user["id"],
+        "name": user["name"],
+        "email": user["email"],
+        "dropbox_address": dropbox_address(token, mail_domain),
+    }
+
+
+def vcard(name: str, address: str) -> str:
+    """A vCard 3.0 for the user's address book, so the client can autocomplete it as BCC."""
+    esc = name.replace("\\", "\\\\").replace(",", "\\,").replace(";", "\\;")
+    return (
+        "BEGIN:VCARD\r\nVERSION:3.0\r\n"
+        f"FN:{esc} (mailgate dropbox)\r\nN:;{esc} (mailgate dropbox);;;\r\n"
+        f"EMAIL;TYPE=INTERNET:{address}\r\nNOTE:BCC this address to file mail in the CRM\r\n"
+        "END:VCARD\r\n"
+    )
+
+
+async def senders(db: Database, user_ref: str, action: str, email: str | None) -> list[str]:
+    async with db.begin() as conn:
+        user = await _user(conn, user_ref)
+        current = await store.list_senders(conn, user["id"])
+        if action == "list":
+            return current
+        norm = normalise(email or "")
+        if norm is None:
+            raise AdminError(f"not an email address: {email!r}")
+        if action == "add":
+            if norm in current or norm == user["email_norm"]:
+                return current
+            if len(current) >= MAX_EXTRA_SENDERS:
+                raise AdminError(
+                    f"at most {MAX_EXTRA_SENDERS} extra senders per user; remove one first"
+                )
+            await store.add_sender(conn, user["id"], norm)
+        elif action == "remove":
+            if not await store.remove_sender(conn, user["id"], norm):
+                raise AdminError(f"{email} is not an allowed sender of this user")
+        else:
+            raise AdminError("action must be add, remove or list")
+        return await store.list_senders(conn, user["id"])

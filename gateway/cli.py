@@ -1,0 +1,270 @@
+"""The ``mailgate`` command line.  Errors are one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway import admin
+from gateway.config import Settings, load_settings
+from storage.db import Database, StorageUnavailable
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="mailgate: email infrastructure for CRMs.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+org_app = typer.Typer(no_args_is_help=True, help="Organizations.")
+user_app = typer.Typer(no_args_is_help=True, help="Users, their dropbox and allowed senders.")
+app.add_typer(db_app, name="db")
+app.add_typer(org_app, name="org")
+app.add_typer(user_app, name="user")
+
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with settings.")
+    ] = None,
+) -> None:
+    _state["config"] = config
+
+
+def settings() -> Settings:
+    cfg = _state.get("config")
+    if cfg is not None and not cfg.exists():
+        fail(f"config file {cfg} not found")
+    try:
+        return load_settings(cfg)
+    except Exception as exc:  # noqa: BLE001 - pydantic/TOML errors become one line
+        fail(f"bad configuration: {str(exc).splitlines()[0]}")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def out(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def run_db(fn: Callable[[Database, Settings], Awaitable[T]], *, migrate: bool = False) -> T:
+    """Open the database, check it is migrated, run ``fn``; every failure one line."""
+    s = settings()
+
+    async def main() -> T:
+        db = Database(s.database_url)
+        try:
+            from storage.migrate import is_current, upgrade
+
+            if migrate:
+                await upgrade(db)
+            elif not await is_current(db):
+                raise admin.AdminError("the database is not migrated: run `mailgate db upgrade`")
+            return await fn(db, s)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(main())
+    except admin.AdminError as exc:
+        fail(str(exc))
+    except (StorageUnavailable, OSError, SQLAlchemyError) as exc:
+        fail(
+            f"database unavailable ({s.database_url.split('://')[0]}): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def serve(
+    only: Annotated[
+        str | None, typer.Option(help="Roles to run: smtp,http,worker,imap,sync.")
+    ] = None,
+) -> None:
+    """Run mailgate (every role by default) in the foreground."""
+    from gateway.serve import parse_roles, run_until_signal
+
+    try:
+        roles = parse_roles(only)
+    except ValueError as exc:
+        fail(str(exc))
+    s = settings()
+
+    def started(running) -> None:
+        if running.smtp_port:
+            typer.echo(f"SMTP dropbox + bounces on {s.smtp_host_port[0]}:{running.smtp_port}")
+        if running.http_port:
+            typer.echo(
+                f"HTTP API on http://{s.http_host_port[0]}:{running.http_port} "
+                f"(tracking base {s.public_url})"
+            )
+        typer.echo(f"roles: {', '.join(sorted(roles))}; database {s.database_url.split('://')[0]}")
+
+    async def main() -> None:
+        from storage.migrate import upgrade
+
+        db = Database(s.database_url)
+        try:
+            await upgrade(db)
+        finally:
+            await db.dispose()
+        await run_until_signal(s, roles, started)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        fail(f"cannot listen: {exc}")
+    except (StorageUnavailable, SQLAlchemyError) as exc:
+        fail(f"database unavailable: {type(exc).__name__}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations."""
+
+    async def noop(db: Database, s: Settings) -> None:
+        typer.echo("database is up to date")
+
+    run_db(noop, migrate=True)
+
+
+@org_app.command("create")
+def org_create(
+    name: str,
+    plan: Annotated[str, typer.Option(help="free|standard|professional|enterprise")],
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the org's day.")] = "Asia/Tokyo",
+    mass_addon: Annotated[int, typer.Option(help="Extra mass mails per day bought.")] = 0,
+    domain: Annotated[
+        list[str] | None, typer.Option(help="The org's own mail domain (repeat).")
+    ] = None,
+    locale: Annotated[str, typer.Option(help="ja or en: name order and page language.")] = "ja",
+) -> None:
+    """Create an organization; prints JSON with its id."""
+    out(
+        run_db(
+            lambda db, s: admin.create_org(
+                db,
+                name,
+                plan=plan,
+                timezone=timezone,
+                mass_addon=mass_addon,
+                domains=domain or [],
+                locale=locale,
+            )
+        )
+    )
+
+
+@user_app.command("create")
+def user_create(
+    email: str,
+    org: Annotated[str, typer.Option(help="Org id or name.")],
+    name: Annotated[str, typer.Option(help='Display name, e.g. "山田 太郎" (姓 名).')],
+    is_admin: Annotated[bool, typer.Option("--admin", help="Org administrator.")] = False,
+    dropbox_setting: Annotated[
+        str, typer.Option(help="Unknown recipients become: lead|contact|none.")
+    ] = "lead",
+) -> None:
+    """Create a user; prints JSON with id, api_token and dropbox_address."""
+    out(
+        run_db(
+            lambda db, s: admin.create_user(
+                db,
+                org,
+                email,
+                name=name,
+                admin=is_admin,
+                mail_domain=s.mail_domain,
+                dropbox_setting=dropbox_setting,
+            )
+        )
+    )
+
+
+@user_app.command("dropbox")
+def user_dropbox(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    regenerate: Annotated[
+        bool, typer.Option(help="New address; the old one stops at once.")
+    ] = False,
+    vcard: Annotated[Path | None, typer.Option(help="Write a vCard of the address here.")] = None,
+) -> None:
+    """Show (or regenerate) a user's dropbox address."""
+    info = run_db(
+        lambda db, s: admin.dropbox(db, user, regenerate=regenerate, mail_domain=s.mail_domain)
+    )
+    if vcard is not None:
+        try:
+            vcard.write_text(admin.vcard(info["name"], info["dropbox_address"]), encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {vcard}: {exc.strerror}")
+        info["vcard"] = str(vcard)
+    out(info)
+
+
+@user_app.command("senders")
+def user_senders(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    action: Annotated[str, typer.Argument(help="add|remove|list")],
+    email: Annotated[str | None, typer.Argument(help="Address to add or remove.")] = None,
+) -> None:
+    """Manage the (at most 5) extra addresses allowed to write to a user's dropbox."""
+    if action not in ("add", "remove", "list"):
+        fail("action must be add, remove or list")
+    if action != "list" and not email:
+        fail(f"`{action}` needs an EMAIL")
+    out({"senders": run_db(lambda db, s: admin.senders(db, user, action, email))})
+
+
+@app.command("import")
+def import_records(
+    module: Annotated[str, typer.Argument(help="leads|contacts")],
+    file: Annotated[Path, typer.Argument(help="CSV with a header row.")],
+    org: Annotated[str, typer.Option(help="Org id or name.")],
+) -> None:
+    """Import leads or contacts from CSV: every row or none."""
+    from gateway.importer import import_file
+
+    if module not in ("leads", "contacts"):
+        fail("module must be leads or contacts")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    result = run_db(lambda db, s: import_file(db, module, org, data))
+    if result["errors"]:
+        for line in result["errors"][:200]:
+            typer.echo(line, err=True)
+        fail(f"{len(result['errors'])} problem(s); nothing was imported")
+    out({k: v for k, v in result.items() if k != "errors"})
+
+
+@app.command()
+def demo() -> None:
+    """Create (once) a demo organization and user; print a fresh API token and the dropbox."""
+    from gateway.importer import ensure_demo
+
+    out(run_db(lambda db, s: ensure_demo(db, s), migrate=True))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,83 @@
+"""Configuration: environment variables, a ``.env`` file, or ``--config FILE.toml``.
+
+The names are part of the public contract (CONTRACT.md "Configuration").  The
+secret key is generated once into the data directory when not given, so a
+fresh ``make run`` works with nothing set and links survive restarts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILGATE_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./var/mailgate.db"
+    data_dir: Path = Path("./var")
+    smtp_listen: str = "127.0.0.1:2525"
+    http_listen: str = "127.0.0.1:8080"
+    public_url: str = "http://127.0.0.1:8080"
+    mail_domain: str = "mailgate.localhost"
+    secret_key: str = ""
+    #: Older keys that still verify tracking links after a rotation (comma separated).
+    secret_key_grace: str = ""
+    relay_url: str = "smtp://127.0.0.1:25"
+    #: Largest message the SMTP receiver accepts, in bytes (552 5.3.4 above).
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    #: Hostname announced in the SMTP greeting; given so aiosmtpd never does a DNS lookup.
+    smtp_hostname: str = "mailgate.localhost"
+    #: uvicorn's access log costs ~35% of tracking throughput; off unless asked for.
+    http_access_log: bool = False
+    http_workers: int = 1
+
+    @cached_property
+    def smtp_host_port(self) -> tuple[str, int]:
+        return split_listen(self.smtp_listen)
+
+    @cached_property
+    def http_host_port(self) -> tuple[str, int]:
+        return split_listen(self.http_listen)
+
+    def resolved_secret_keys(self) -> list[str]:
+        """Signing key first, then the grace list; generated once into the data dir."""
+        key = self.secret_key
+        if not key:
+            path = self.data_dir / "secret_key"
+            if path.exists():
+                key = path.read_text().strip()
+            else:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                key = secrets.token_urlsafe(48)
+                path.touch(mode=0o600)
+                path.write_text(key)
+        grace = [k.strip() for k in self.secret_key_grace.split(",") if k.strip()]
+        return [key, *grace]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) → tuple; a clear error for anything else."""
+    parts = urlsplit("//" + value)
+    if parts.port is None or not parts.hostname:
+        raise ValueError(f"listen address must be HOST:PORT, got {value!r}")
+    return parts.hostname, parts.port
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Environment wins over the TOML file, explicit overrides over both."""
+    values: dict[str, object] = {}
+    if config_file is not None:
+        data = tomllib.loads(config_file.read_text())
+        values.update({k.lower().removeprefix("mailgate_"): v for k, v in data.items()})
+    settings = Settings()
+    env_set = settings.model_fields_set
+    merged = {k: v for k, v in values.items() if k not in env_set}
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**merged) if merged else settings

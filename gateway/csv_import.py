@@ -1,0 +1,139 @@
+"""CSV import of leads and contacts: all rows or none, with a per-row report.
+
+Rows are validated first; one bad row means nothing is written and every
+problem is listed with its line number.  Files exported by Japanese Excel are
+cp932 rather than UTF-8, so both are read; Japanese column names (姓, 名,
+メール …) map to the same fields as English ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.addresses import normalise
+
+HEADERS = {
+    "first_name": "first_name",
+    "first name": "first_name",
+    "firstname": "first_name",
+    "名": "first_name",
+    "last_name": "last_name",
+    "last name": "last_name",
+    "lastname": "last_name",
+    "姓": "last_name",
+    "email": "email",
+    "e-mail": "email",
+    "email address": "email",
+    "メール": "email",
+    "メールアドレス": "email",
+    "eメール": "email",
+    "company": "company",
+    "会社名": "company",
+    "company name": "company",
+    "phone": "phone",
+    "電話": "phone",
+    "電話番号": "phone",
+    "title": "title",
+    "役職": "title",
+    "account_id": "account_id",
+}
+LIMITS = {
+    "first_name": 100,
+    "last_name": 100,
+    "company": 300,
+    "phone": 50,
+    "title": 100,
+    "email": 320,
+}
+MAX_ROWS = 200_000
+
+
+@dataclass
+class Parsed:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def decode(data: bytes) -> str:
+    for enc in ("utf-8-sig", "cp932"):
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    raise ValueError("the file is neither UTF-8 nor Shift_JIS (cp932) text")
+
+
+def parse_csv(data: bytes, module: str) -> Parsed:
+    out = Parsed()
+    try:
+        text = decode(data)
+    except ValueError as exc:
+        out.errors.append(str(exc))
+        return out
+    if "\x00" in text:
+        out.errors.append("the file contains NUL bytes; is it really CSV?")
+        return out
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        out.errors.append("the file is empty")
+        return out
+    except csv.Error as exc:
+        out.errors.append(f"line 1: {exc}")
+        return out
+    columns = [HEADERS.get(h.strip().lower()) for h in header]
+    unknown = [h for h, c in zip(header, columns, strict=True) if c is None and h.strip()]
+    if unknown:
+        out.errors.append(f"line 1: unknown column(s): {', '.join(unknown)}")
+    if module == "leads" and "account_id" in columns:
+        out.errors.append("line 1: account_id is a contact column")
+    if "email" not in columns and "last_name" not in columns:
+        out.errors.append("line 1: need at least an email or a last_name column")
+    if out.errors:
+        return out
+    seen: dict[str, int] = {}
+    try:
+        for lineno, row in enumerate(reader, start=2):
+            if len(out.rows) >= MAX_ROWS:
+                out.errors.append(f"more than {MAX_ROWS} rows; split the file")
+                break
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(columns):
+                out.errors.append(f"line {lineno}: {len(row)} fields, expected {len(columns)}")
+                continue
+            record: dict[str, Any] = {}
+            for col, cell in zip(columns, row, strict=True):
+                cell = cell.strip()
+                if col == "account_id":
+                    if cell and not cell.isdigit():
+                        out.errors.append(f"line {lineno}: account_id {cell!r} is not a number")
+                    record[col] = int(cell) if cell.isdigit() else None
+                    continue
+                if len(cell) > LIMITS[col]:
+                    out.errors.append(f"line {lineno}: {col} longer than {LIMITS[col]} characters")
+                record[col] = cell
+            email = record.get("email") or ""
+            if email:
+                norm = normalise(email)
+                if norm is None:
+                    out.errors.append(f"line {lineno}: {email!r} is not an email address")
+                elif norm in seen:
+                    out.errors.append(f"line {lineno}: {email} repeats line {seen[norm]}")
+                else:
+                    seen[norm] = lineno
+                record["email_norm"] = norm
+            else:
+                record["email"] = None
+                record["email_norm"] = None
+            if not (record.get("last_name") or email):
+                out.errors.append(f"line {lineno}: needs a last_name or an email")
+            record["_line"] = lineno
+            out.rows.append(record)
+    except csv.Error as exc:
+        out.errors.append(f"line {reader.line_num}: {exc}")
+    return out

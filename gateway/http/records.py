@@ -1,0 +1,280 @@
+"""CRUD for leads, contacts, accounts and deals; lead conversion; a record's mail."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.addresses import normalise
+from gateway.http.auth import current_user, int_param, path_id, read_json
+from gateway.http.errors import JSON, ApiError
+from storage import crm, events, filing
+from storage.events import NewEvent
+
+MAX_LEN = {
+    "first_name": 100,
+    "last_name": 100,
+    "company": 300,
+    "name": 300,
+    "phone": 50,
+    "title": 100,
+    "status": 30,
+    "stage": 50,
+    "email": 320,
+}
+HIDDEN = {"email_norm", "org_id"}
+
+
+def _module(request: Request) -> str:
+    module = request.path_params["module"]
+    if module not in crm.MODULES:
+        raise ApiError(404, "not_found", f"unknown module {module!r}")
+    return module
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in HIDDEN}
+
+
+async def _validate(
+    conn, module: str, org_id: int, body: dict[str, Any], *, partial: bool
+) -> dict[str, Any]:
+    allowed = crm.WRITABLE[module]
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in ("account_id", "contact_id"):
+            if value is None:
+                values[key] = None
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ApiError(422, "invalid_field", f"{key} must be an integer id")
+            target = "accounts" if key == "account_id" else "contacts"
+            if await crm.get(conn, target, org_id, value) is None:
+                raise ApiError(422, "invalid_field", f"{key} {value} does not exist")
+            values[key] = value
+        elif key == "amount":
+            if value is None:
+                values[key] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ApiError(422, "invalid_field", "amount must be a number")
+            try:
+                values[key] = Decimal(str(value))
+            except InvalidOperation as exc:
+                raise ApiError(422, "invalid_field", "amount must be a number") from exc
+            if not values[key].is_finite() or abs(values[key]) >= Decimal(10) ** 14:
+                raise ApiError(422, "invalid_field", "amount out of range")
+        else:
+            if value is None and key == "email":
+                values["email"], values["email_norm"] = None, None
+                continue
+            if not isinstance(value, str):
+                raise ApiError(422, "invalid_field", f"{key} must be a string")
+            value = value.strip()
+            if len(value) > MAX_LEN.get(key, 300) or "\x00" in value:
+                raise ApiError(422, "invalid_field", f"{key} is too long or contains NUL")
+            if key == "email":
+                norm = normalise(value) if value else None
+                if value and norm is None:
+                    raise ApiError(422, "invalid_field", f"email {value!r} is not an email address")
+                values["email_norm"] = norm
+                value = value or None
+            values[key] = value
+    required = {"accounts": "name", "deals": "name"}.get(module)
+    if not partial and required and not values.get(required):
+        raise ApiError(422, "missing_field", f"{required} is required")
+    if (
+        not partial
+        and module in ("leads", "contacts")
+        and not (values.get("last_name") or values.get("email"))
+    ):
+        raise ApiError(422, "missing_field", "last_name or email is required")
+    return values
+
+
+async def create_record(request: Request) -> Response:
+    user = await current_user(request)
+    module = _module(request)
+    body = await read_json(request)
+    db = request.app.state.services.db
+    async with db.begin() as conn:
+        values = await _validate(conn, module, user["org_id"], body, partial=False)
+        values.setdefault("owner_id", user["id"])
+        rid = await crm.create(conn, module, user["org_id"], values)
+        await events.append(
+            conn,
+            [
+                NewEvent(
+                    user["org_id"], "record.created", {"module": module, "id": rid, "source": "api"}
+                )
+            ],
+        )
+        record = await crm.get(conn, module, user["org_id"], rid)
+    return JSON(public(record), status_code=201)
+
+
+async def list_records(request: Request) -> Response:
+    user = await current_user(request)
+    module = _module(request)
+    limit = int_param(request, "limit", 100, lo=1, hi=1000)
+    after = int_param(request, "cursor", 0)
+    email = request.query_params.get("email")
+    email_norm = None
+    if email is not None:
+        email_norm = normalise(email)
+        if email_norm is None:
+            return JSON({"items": [], "next": None})
+    async with request.app.state.services.db.connect() as conn:
+        rows = await crm.list_page(
+            conn, module, user["org_id"], after=after, limit=limit + 1, email_norm=email_norm
+        )
+    nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return JSON({"items": [public(r) for r in rows[:limit]], "next": nxt})
+
+
+async def get_record(request: Request) -> Response:
+    user = await current_user(request)
+    module = _module(request)
+    async with request.app.state.services.db.connect() as conn:
+        record = await crm.get(conn, module, user["org_id"], path_id(request))
+    if record is None:
+        raise ApiError(404, "not_found", f"no such {module[:-1]}")
+    return JSON(public(record))
+
+
+async def patch_record(request: Request) -> Response:
+    user = await current_user(request)
+    module = _module(request)
+    rid = path_id(request)
+    body = await read_json(request)
+    async with request.app.state.services.db.begin() as conn:
+        if await crm.get(conn, module, user["org_id"], rid) is None:
+            raise ApiError(404, "not_found", f"no such {module[:-1]}")
+        values = await _validate(conn, module, user["org_id"], body, partial=True)
+        if values:
+            await crm.patch(conn, module, user["org_id"], rid, values)
+        record = await crm.get(conn, module, user["org_id"], rid)
+    return JSON(public(record))
+
+
+async def delete_record(request: Request) -> Response:
+    user = await current_user(request)
+    module = _module(request)
+    async with request.app.state.services.db.begin() as conn:
+        if not await crm.remove(conn, module, user["org_id"], path_id(request)):
+            raise ApiError(404, "not_found", f"no such {module[:-1]}")
+    return Response(status_code=204)
+
+
+async def convert_lead(request: Request) -> Response:
+    """Lead → account + contact (+ deal when asked); its filed mail moves to the contact."""
+    user = await current_user(request)
+    lead_id = path_id(request)
+    body = await read_json(request)
+    deal_body = body.get("deal")
+    if deal_body is not None and not isinstance(deal_body, dict):
+        raise ApiError(422, "invalid_field", "deal must be an object")
+    org_id = user["org_id"]
+    async with request.app.state.services.db.begin() as conn:
+        lead = await crm.get(conn, "leads", org_id, lead_id)
+        if lead is None:
+            raise ApiError(404, "not_found", "no such lead")
+        if lead["converted_at"] is not None:
+            raise ApiError(
+                409,
+                "already_converted",
+                "this lead was already converted",
+                contact_id=lead["converted_contact_id"],
+            )
+        account_name = (
+            lead["company"]
+            or f"{lead['last_name']} {lead['first_name']}".strip()
+            or lead["email"]
+            or "Account"
+        )
+        account_id = await crm.create(
+            conn, "accounts", org_id, {"name": account_name, "owner_id": lead["owner_id"]}
+        )
+        contact_id = await crm.create(
+            conn,
+            "contacts",
+            org_id,
+            {
+                "first_name": lead["first_name"],
+                "last_name": lead["last_name"],
+                "email": lead["email"],
+                "email_norm": lead["email_norm"],
+                "account_id": account_id,
+                "phone": lead["phone"],
+                "title": lead["title"],
+                "owner_id": lead["owner_id"],
+                "source": "conversion",
+            },
+        )
+        deal_id = None
+        if deal_body is not None:
+            values = await _validate(
+                conn, "deals", org_id, {"name": account_name, **deal_body}, partial=False
+            )
+            values.update(account_id=account_id, contact_id=contact_id, owner_id=lead["owner_id"])
+            deal_id = await crm.create(conn, "deals", org_id, values)
+        await crm.mark_converted(
+            conn, org_id, lead_id, account_id=account_id, contact_id=contact_id, deal_id=deal_id
+        )
+        result = {
+            "lead_id": lead_id,
+            "account_id": account_id,
+            "contact_id": contact_id,
+            "deal_id": deal_id,
+        }
+        await events.append(conn, [NewEvent(org_id, "record.converted", result)])
+    return JSON(result)
+
+
+def email_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "message_id": row["message_id"],
+        "subject": row["subject"],
+        "from": row["from_addr"],
+        "from_name": row["from_name"],
+        "to": [a["email"] for a in row["to_addrs"]],
+        "cc": [a["email"] for a in row["cc_addrs"]],
+        "date": row["date"],
+        "direction": row["direction"],
+        "source": row["source"],
+        "send_id": row["send_id"],
+        "user_id": row["user_id"],
+        "filed_at": row["created_at"],
+    }
+
+
+async def record_emails(request: Request) -> Response:
+    user = await current_user(request)
+    module = _module(request)
+    rid = path_id(request)
+    limit = int_param(request, "limit", 100, lo=1, hi=500)
+    after = int_param(request, "cursor", 0)
+    async with request.app.state.services.db.connect() as conn:
+        if await crm.get(conn, module, user["org_id"], rid) is None:
+            raise ApiError(404, "not_found", f"no such {module[:-1]}")
+        rows = await filing.emails_for_record(
+            conn, user["org_id"], module, rid, after=after, limit=limit + 1
+        )
+    nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return JSON({"items": [email_item(r) for r in rows[:limit]], "next": nxt})
+
+
+async def list_events(request: Request) -> Response:
+    user = await current_user(request)
+    after = int_param(request, "after", 0)
+    limit = int_param(request, "limit", 100, lo=1, hi=1000)
+    async with request.app.state.services.db.connect() as conn:
+        items = await events.read_after(conn, after=after, limit=limit, org_id=user["org_id"])
+    return JSON({"items": items, "next": str(items[-1]["id"]) if len(items) == limit else None})

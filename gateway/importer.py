@@ -1,0 +1,130 @@
+"""Importing records from CSV (CLI) and the demo organization of ``make run``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.progress import Progress
+from sqlalchemy import select
+
+from gateway import admin
+from gateway.config import Settings
+from gateway.csv_import import parse_csv
+from storage import crm
+from storage import orgs as org_store
+from storage.db import Database
+from storage.events import NewEvent, append
+
+CHUNK = 500
+
+
+async def import_file(db: Database, module: str, org_ref: str, data: bytes) -> dict[str, Any]:
+    parsed = parse_csv(data, module)
+    if parsed.errors:
+        return {"errors": parsed.errors}
+    table = crm.MODULES[module]
+    async with db.begin() as conn:
+        org = await org_store.find_org(conn, org_ref)
+        if org is None:
+            raise admin.AdminError(f"no organization {org_ref!r}")
+        org_id = org["id"]
+        emails = [r["email_norm"] for r in parsed.rows if r.get("email_norm")]
+        existing = set()
+        for i in range(0, len(emails), CHUNK):
+            q = select(table.c.email_norm).where(
+                table.c.org_id == org_id, table.c.email_norm.in_(emails[i : i + CHUNK])
+            )
+            existing.update((await conn.execute(q)).scalars())
+        errors = []
+        if module == "contacts":
+            account_ids = {r["account_id"] for r in parsed.rows if r.get("account_id")}
+            for aid in sorted(account_ids):
+                if await crm.get(conn, "accounts", org_id, aid) is None:
+                    errors.append(f"account_id {aid} does not exist in this organization")
+        if errors:
+            return {"errors": errors}
+        todo = [
+            r for r in parsed.rows if r.get("email_norm") not in existing or not r.get("email_norm")
+        ]
+        skipped = [
+            f"line {r['_line']}: {r['email']} already exists" for r in parsed.rows if r not in todo
+        ]
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"importing {module}", total=len(todo))
+            for i in range(0, len(todo), CHUNK):
+                chunk = [
+                    {
+                        **{k: v for k, v in r.items() if k != "_line"},
+                        "org_id": org_id,
+                        "source": "import",
+                    }
+                    for r in todo[i : i + CHUNK]
+                ]
+                await conn.execute(table.insert(), chunk)
+                progress.advance(task, len(chunk))
+        await append(
+            conn,
+            [
+                NewEvent(
+                    org_id,
+                    "record.created",
+                    {"module": module, "source": "import", "count": len(todo)},
+                )
+            ],
+        )
+    return {
+        "errors": [],
+        "imported": len(todo),
+        "skipped": len(skipped),
+        "skipped_rows": skipped[:100],
+    }
+
+
+DEMO_ORG = "Demo 株式会社"
+DEMO_USER = "demo@demo.example.jp"
+
+
+async def ensure_demo(db: Database, settings: Settings) -> dict[str, Any]:
+    async with db.connect() as conn:
+        org = await org_store.find_org(conn, DEMO_ORG)
+        user = await org_store.find_user(conn, DEMO_USER)
+    if org is None:
+        org = await admin.create_org(
+            db, DEMO_ORG, plan="professional", timezone="Asia/Tokyo", domains=["demo.example.jp"]
+        )
+    if user is None:
+        created = await admin.create_user(
+            db,
+            str(org["id"]),
+            DEMO_USER,
+            name="山田 太郎",
+            admin=True,
+            mail_domain=settings.mail_domain,
+        )
+        token, user_id = created["api_token"], created["id"]
+        async with db.begin() as conn:
+            lead = await crm.create(
+                conn,
+                "leads",
+                org["id"],
+                {
+                    "first_name": "花子",
+                    "last_name": "佐藤",
+                    "email": "hanako@customer.example.jp",
+                    "email_norm": "hanako@customer.example.jp",
+                    "company": "顧客商事",
+                    "owner_id": user_id,
+                },
+            )
+    else:
+        token, user_id = await admin.issue_api_token(db, user["id"]), user["id"]
+        lead = None
+    info = await admin.dropbox(db, str(user_id), regenerate=False, mail_domain=settings.mail_domain)
+    return {
+        "org_id": org["id"],
+        "user_id": user_id,
+        "user_email": DEMO_USER,
+        "api_token": token,
+        "dropbox_address": info["dropbox_address"],
+        "demo_lead_id": lead,
+    }

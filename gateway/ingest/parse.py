@@ -1,0 +1,163 @@
+"""Reading a raw message into the fields we file, whatever shape it arrives in.
+
+Parsing uses the compat32 policy and decodes headers ourselves: the modern
+policy raises IndexError on ``Message-Id: <>`` and LookupError on unknown
+charsets.  Nothing here raises on any input; problems are kept as defects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import Message
+from email.utils import getaddresses, parsedate_to_datetime
+
+from gateway.addresses import normalise
+from gateway.ingest.charsets import decode_bytes, decode_header_value
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+MAX_BODY_CHARS = 2_000_000
+
+
+@dataclass(slots=True)
+class Address:
+    name: str
+    email: str  # normalised
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "email": self.email}
+
+
+@dataclass(slots=True)
+class ParsedMail:
+    message_id: str | None
+    content_hash: str
+    subject: str
+    sender: Address | None
+    to: list[Address]
+    cc: list[Address]
+    date: datetime | None
+    in_reply_to: str | None
+    references: list[str]
+    text: str
+    html: str
+    headers: dict[str, str] = field(default_factory=dict)
+    defects: list[str] = field(default_factory=list)
+
+
+def content_hash(raw: bytes) -> str:
+    """Same bytes whatever the line endings a hop rewrote."""
+    return hashlib.sha256(raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")).hexdigest()
+
+
+def first_message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    m = _MSGID.search(value)
+    if m:
+        return m.group(1)[:990]
+    bare = value.strip()
+    return bare[:990] if bare and " " not in bare and "@" in bare else None
+
+
+def all_message_ids(value: str | None) -> list[str]:
+    return [m[:990] for m in _MSGID.findall(value or "")][-50:]
+
+
+def raw_values(msg: Message, name: str) -> list[str]:
+    """Header values as received (compat32 would wrap 8-bit ones in lossy Header objects)."""
+    key = name.lower()
+    return [str(v) for k, v in msg.raw_items() if k.lower() == key]
+
+
+def raw_value(msg: Message, name: str) -> str | None:
+    values = raw_values(msg, name)
+    return values[0] if values else None
+
+
+def _addresses(msg: Message, name: str) -> list[Address]:
+    values = raw_values(msg, name)
+    out: list[Address] = []
+    seen: set[str] = set()
+    try:
+        pairs = getaddresses([str(v) for v in values])
+    except Exception:  # noqa: BLE001 - malformed address lists must not stop filing
+        return out
+    for display, addr in pairs:
+        norm = normalise(addr)
+        if norm is None or norm in seen:
+            continue
+        seen.add(norm)
+        out.append(Address(name=decode_header_value(display)[:300], email=norm))
+    return out
+
+
+def _date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _bodies(msg: Message, defects: list[str]) -> tuple[str, str]:
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        if ctype not in ("text/plain", "text/html"):
+            continue
+        disposition = (part.get("Content-Disposition") or "").lower()
+        if disposition.startswith("attachment"):
+            continue
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception as exc:  # noqa: BLE001
+            defects.append(f"body: {type(exc).__name__}")
+            continue
+        if not isinstance(payload, bytes):
+            continue
+        text = decode_bytes(payload, part.get_param("charset")).replace("\x00", "")
+        (html_parts if ctype == "text/html" else text_parts).append(text)
+    return "\n".join(text_parts)[:MAX_BODY_CHARS], "\n".join(html_parts)[:MAX_BODY_CHARS]
+
+
+def parse(raw: bytes) -> ParsedMail:
+    defects: list[str] = []
+    try:
+        msg = message_from_bytes(raw, policy=email_policy.compat32)
+    except Exception as exc:  # noqa: BLE001 - the stdlib parser is not total
+        defects.append(f"parse: {type(exc).__name__}")
+        msg = Message()
+    defects.extend(type(d).__name__ for d in msg.defects[:20])
+    senders = _addresses(msg, "From")
+    text, html = _bodies(msg, defects)
+    return ParsedMail(
+        message_id=first_message_id(raw_value(msg, "Message-ID")),
+        content_hash=content_hash(raw),
+        subject=decode_header_value(raw_value(msg, "Subject")).replace("\x00", "")[:2000],
+        sender=senders[0] if senders else None,
+        to=_addresses(msg, "To"),
+        cc=_addresses(msg, "Cc"),
+        date=_date(raw_value(msg, "Date")),
+        in_reply_to=first_message_id(raw_value(msg, "In-Reply-To")),
+        references=all_message_ids(raw_value(msg, "References")),
+        text=text,
+        html=html,
+        headers={
+            k: str(v)[:2000]
+            for k, v in msg.raw_items()
+            if k.lower() in ("auto-submitted", "x-mailgate-send", "list-id", "precedence")
+        },
+        defects=defects,
+    )

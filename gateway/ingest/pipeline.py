@@ -1,0 +1,278 @@
+"""The filing pipeline: steps over a batch, one transaction, one commit."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.addresses import in_domains, is_role_address
+from gateway.ingest.parse import ParsedMail, parse
+from storage import crm, events, filing
+from storage.events import NewEvent
+from storage.schema import orgs, user_senders, users
+
+#: Above this size parsing runs in a thread so one big message does not stall the loop.
+THREAD_PARSE_BYTES = 512 * 1024
+
+
+class Outcome(enum.Enum):
+    FILED = "filed"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"  # IMAP mail with no CRM counterpart: not ours to keep
+    SHUNTED = "shunted"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message for one mailbox owner, from the dropbox or a polled mailbox."""
+
+    raw: bytes
+    channel: str  # dropbox | imap
+    org_id: int
+    user_id: int
+    mail_from: str = ""
+    rcpt_to: list[str] = field(default_factory=list)
+    folder: str | None = None  # imap: "sent" means outgoing
+    parsed: ParsedMail | None = None
+    direction: str = "outgoing"
+    counterparts: list[str] = field(default_factory=list)
+    records: list[tuple[str, int]] = field(default_factory=list)
+    outcome: Outcome | None = None
+    message_pk: int | None = None
+    stage: str = "parse"
+
+
+@dataclass(slots=True)
+class Batch:
+    items: list[Delivery]
+    mail_domain: str
+    orgs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    users: dict[int, dict[str, Any]] = field(default_factory=dict)
+    own_addresses: dict[int, set[str]] = field(default_factory=dict)
+    new_events: list[NewEvent] = field(default_factory=list)
+
+    def live(self) -> list[Delivery]:
+        return [d for d in self.items if d.outcome is None]
+
+
+async def step_parse(batch: Batch) -> None:
+    for d in batch.live():
+        d.stage = "parse"
+        if len(d.raw) > THREAD_PARSE_BYTES:
+            d.parsed = await asyncio.to_thread(parse, d.raw)
+        else:
+            d.parsed = parse(d.raw)
+
+
+async def step_load_context(conn: AsyncConnection, batch: Batch) -> None:
+    org_ids = sorted({d.org_id for d in batch.items})
+    user_ids = sorted({d.user_id for d in batch.items})
+    for row in (await conn.execute(select(orgs).where(orgs.c.id.in_(org_ids)))).mappings():
+        batch.orgs[row["id"]] = dict(row)
+    for row in (await conn.execute(select(users).where(users.c.id.in_(user_ids)))).mappings():
+        batch.users[row["id"]] = dict(row)
+        batch.own_addresses.setdefault(row["id"], set()).add(row["email_norm"])
+    q = select(user_senders.c.user_id, user_senders.c.email_norm).where(
+        user_senders.c.user_id.in_(user_ids)
+    )
+    for uid, email in (await conn.execute(q)).all():
+        batch.own_addresses.setdefault(uid, set()).add(email)
+
+
+async def step_dedupe(conn: AsyncConnection, batch: Batch) -> None:
+    live = batch.live()
+    for d in live:
+        d.stage = "dedupe"
+    keys = [(d.org_id, d.parsed.message_id, d.parsed.content_hash) for d in live]
+    seen_ids, seen_hashes = await filing.existing(conn, keys)
+    for d in live:
+        p = d.parsed
+        if (d.org_id, p.content_hash) in seen_hashes or (
+            p.message_id and (d.org_id, p.message_id) in seen_ids
+        ):
+            d.outcome = Outcome.DUPLICATE
+            continue
+        seen_hashes.add((d.org_id, p.content_hash))
+        if p.message_id:
+            seen_ids.add((d.org_id, p.message_id))
+
+
+def classify(d: Delivery, own: set[str]) -> None:
+    """Direction and the addresses on the other side of the conversation."""
+    d.stage = "classify"
+    p = d.parsed
+    sender = p.sender.email if p.sender else None
+    if d.channel == "dropbox" or d.folder == "sent" or (sender in own):
+        d.direction = "outgoing"
+        d.counterparts = [a.email for a in (*p.to, *p.cc)]
+    else:
+        d.direction = "incoming"
+        d.counterparts = [sender] if sender else []
+
+
+def creatable(address: str, *, own: set[str], org_domains: list[str], mail_domain: str) -> bool:
+    """Colleagues, role mailboxes and our own dropbox addresses never become records."""
+    return not (
+        address in own
+        or in_domains(address, org_domains)
+        or in_domains(address, [mail_domain])
+        or is_role_address(address)
+    )
+
+
+async def step_match_and_create(conn: AsyncConnection, batch: Batch) -> None:
+    by_org: dict[int, set[str]] = {}
+    for d in batch.live():
+        classify(d, batch.own_addresses.get(d.user_id, set()))
+        by_org.setdefault(d.org_id, set()).update(d.counterparts)
+    known = {org_id: await crm.by_emails(conn, org_id, emails) for org_id, emails in by_org.items()}
+    for d in batch.live():
+        d.stage = "match"
+        found = known[d.org_id]
+        own = batch.own_addresses.get(d.user_id, set())
+        org = batch.orgs[d.org_id]
+        for address in d.counterparts:
+            if address in own:
+                continue
+            if address in found:
+                d.records.extend(found[address])
+                continue
+            setting = batch.users[d.user_id]["dropbox_setting"]
+            if d.channel != "dropbox" or setting == "none":
+                continue
+            if not creatable(
+                address, own=own, org_domains=org["domains"], mail_domain=batch.mail_domain
+            ):
+                continue
+            module = "contacts" if setting == "contact" else "leads"
+            name = next((a.name for a in (*d.parsed.to, *d.parsed.cc) if a.email == address), "")
+            rid = await crm.create(
+                conn, module, d.org_id, _new_record(module, address, name, d.user_id)
+            )
+            found[address] = [(module, rid)]
+            d.records.append((module, rid))
+            batch.new_events.append(
+                NewEvent(
+                    d.org_id,
+                    "record.created",
+                    {"module": module, "id": rid, "email": address, "source": d.channel},
+                )
+            )
+        d.records = list(dict.fromkeys(d.records))
+        if d.channel == "imap" and not d.records:
+            d.outcome = Outcome.IGNORED
+
+
+def _new_record(module: str, address: str, display: str, owner: int) -> dict[str, Any]:
+    """Split a display name into 姓/名 (or first/last); the local part when there is none."""
+    last, first = _split_name(display) if display else (address.split("@")[0], "")
+    return {
+        "email": address,
+        "email_norm": address,
+        "last_name": last[:100],
+        "first_name": first[:100],
+        "owner_id": owner,
+        "source": "dropbox",
+    }
+
+
+def _split_name(display: str) -> tuple[str, str]:
+    """(last, first).  Japanese names are written 姓 名; Western ones First Last or Last, First."""
+    display = display.strip().strip('"')
+    if "," in display:
+        last, first = (s.strip() for s in display.split(",", 1))
+        return last, first
+    parts = display.split()
+    if len(parts) < 2:
+        return display, ""
+    if any(ord(ch) > 0x2E7F for ch in display):  # CJK: family name first
+        return parts[0], " ".join(parts[1:])
+    return parts[-1], " ".join(parts[:-1])
+
+
+async def step_file(conn: AsyncConnection, batch: Batch) -> None:
+    live = batch.live()
+    for d in live:
+        d.stage = "file"
+    rows = [_message_row(d) for d in live]
+    ids = await filing.insert_messages(conn, rows)
+    links: list[dict[str, Any]] = []
+    for d, pk in zip(live, ids, strict=True):
+        d.message_pk = pk
+        d.outcome = Outcome.FILED
+        links.extend(
+            {"org_id": d.org_id, "message_id": pk, "module": m, "record_id": r}
+            for m, r in d.records
+        )
+        batch.new_events.append(_filed_event(d))
+        if d.direction == "incoming":
+            batch.new_events.append(
+                NewEvent(
+                    d.org_id,
+                    "email.received",
+                    {
+                        "message_id": pk,
+                        "user_id": d.user_id,
+                        "from": d.parsed.sender.email if d.parsed.sender else "",
+                    },
+                )
+            )
+    await filing.insert_links(conn, links)
+
+
+def _message_row(d: Delivery) -> dict[str, Any]:
+    p = d.parsed
+    return {
+        "org_id": d.org_id,
+        "user_id": d.user_id,
+        "message_id": p.message_id,
+        "content_hash": p.content_hash,
+        "subject": p.subject,
+        "from_addr": p.sender.email if p.sender else "",
+        "from_name": p.sender.name if p.sender else "",
+        "to_addrs": [a.as_json() for a in p.to],
+        "cc_addrs": [a.as_json() for a in p.cc],
+        "date": p.date,
+        "direction": d.direction,
+        "source": d.channel,
+        "in_reply_to": p.in_reply_to,
+        "references": p.references,
+        "text_body": p.text,
+        "html_body": p.html,
+        "defects": p.defects,
+        "size": len(d.raw),
+        "raw": d.raw,
+    }
+
+
+def _filed_event(d: Delivery) -> NewEvent:
+    return NewEvent(
+        d.org_id,
+        "email.filed",
+        {
+            "message_id": d.message_pk,
+            "header_message_id": d.parsed.message_id,
+            "user_id": d.user_id,
+            "direction": d.direction,
+            "source": d.channel,
+            "subject": d.parsed.subject[:200],
+            "records": [{"module": m, "id": r} for m, r in d.records],
+        },
+    )
+
+
+async def file_batch(conn: AsyncConnection, items: list[Delivery], *, mail_domain: str) -> Batch:
+    """Run every step over ``items`` inside the caller's transaction."""
+    batch = Batch(items=items, mail_domain=mail_domain)
+    await step_parse(batch)
+    await step_load_context(conn, batch)
+    await step_dedupe(conn, batch)
+    await step_match_and_create(conn, batch)
+    await step_file(conn, batch)
+    await events.append(conn, batch.new_events)
+    return batch

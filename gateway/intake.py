@@ -1,0 +1,143 @@
+"""The single writer that makes arriving mail durable, in batches.
+
+SMTP sessions (and the IMAP poller) hand their deliveries here and wait; a
+writer task takes whatever has queued up, runs the filing pipeline over all
+of it in one transaction and commits once, then wakes every waiter.  Under
+load batches grow by themselves, so commits stay few; a waiter is only told
+"stored" after its commit.  A step that breaks on one message never loses
+it: the batch is retried message by message and what still fails is kept in
+the ``inbound`` shunt with the stage that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from gateway.ingest.pipeline import Delivery, Outcome, file_batch
+from storage import filing
+from storage.db import Database, StorageUnavailable
+
+log = logging.getLogger("mailgate.intake")
+
+MAX_BATCH = 200
+
+
+@dataclass(slots=True)
+class Job:
+    deliveries: list[Delivery]
+    keep: list[dict[str, Any]] = field(default_factory=list)  # raw rows for the inbound queue
+    done: asyncio.Future[None] | None = None
+
+
+class Intake:
+    def __init__(self, db: Database, *, mail_domain: str) -> None:
+        self.db = db
+        self.mail_domain = mail_domain
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="intake-writer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def submit(
+        self, deliveries: list[Delivery], keep: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Return once everything given is committed; StorageUnavailable if it cannot be."""
+        job = Job(deliveries, keep or [], asyncio.get_running_loop().create_future())
+        if self._task is None or self._task.done():
+            raise StorageUnavailable("intake writer is not running")
+        await self._queue.put(job)
+        await job.done
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            count = len(jobs[0].deliveries)
+            while not self._queue.empty() and count < MAX_BATCH:
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                count += len(job.deliveries)
+            await self._commit(jobs)
+
+    async def _commit(self, jobs: list[Job]) -> None:
+        try:
+            await self._write(jobs)
+        except Exception as exc:  # noqa: BLE001 - decided per job below
+            if len(jobs) > 1:
+                for job in jobs:
+                    await self._commit([job])
+                return
+            await self._rescue(jobs[0], exc)
+            return
+        for job in jobs:
+            if job.done and not job.done.done():
+                job.done.set_result(None)
+
+    async def _write(self, jobs: list[Job], attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            for job in jobs:
+                for d in job.deliveries:
+                    d.outcome, d.records, d.message_pk = None, [], None
+            try:
+                async with self.db.begin() as conn:
+                    items = [d for job in jobs for d in job.deliveries]
+                    if items:
+                        await file_batch(conn, items, mail_domain=self.mail_domain)
+                    for job in jobs:
+                        for row in job.keep:
+                            await filing.shunt(conn, row)
+                return
+            except IntegrityError:
+                # Another process filed the same message meanwhile: dedupe will see it now.
+                if attempt == attempts - 1:
+                    raise
+
+    async def _rescue(self, job: Job, exc: Exception) -> None:
+        """A single job failed: storage is down (451), or a step broke (shunt and accept)."""
+        if isinstance(
+            exc, (OperationalError, DBAPIError, OSError, StorageUnavailable)
+        ) and not isinstance(exc, IntegrityError):
+            log.warning("storage unavailable: %s", type(exc).__name__)
+            if job.done and not job.done.done():
+                job.done.set_exception(StorageUnavailable(type(exc).__name__))
+            return
+        log.exception("filing failed; keeping the message in the shunt")
+        try:
+            async with self.db.begin() as conn:
+                for d in job.deliveries:
+                    await filing.shunt(
+                        conn,
+                        {
+                            "org_id": d.org_id,
+                            "user_id": d.user_id,
+                            "channel": d.channel,
+                            "mail_from": d.mail_from[:998],
+                            "rcpt_to": d.rcpt_to,
+                            "state": "failed",
+                            "failed_stage": d.stage,
+                            "last_error": f"{type(exc).__name__}: {exc}"[:2000],
+                            "raw": d.raw,
+                        },
+                    )
+                    d.outcome = Outcome.SHUNTED
+                for row in job.keep:
+                    await filing.shunt(conn, row)
+        except Exception as again:  # noqa: BLE001
+            if job.done and not job.done.done():
+                job.done.set_exception(StorageUnavailable(type(again).__name__))
+            return
+        if job.done and not job.done.done():
+            job.done.set_result(None)

@@ -1,0 +1,119 @@
+"""Running the roles: SMTP receiver, HTTP server (and, as they land, workers and pollers).
+
+Every role runs in one event loop by default; ``--only`` picks a subset so
+roles can be split across processes and machines sharing one PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from gateway.config import Settings
+from gateway.http.app import create_app
+from gateway.services import Services
+from gateway.smtp import DropboxHandler, start_smtp
+
+log = logging.getLogger("mailgate.serve")
+
+ROLES = ("smtp", "http", "worker", "imap", "sync")
+
+
+@dataclass
+class Running:
+    services: Services
+    smtp_port: int | None = None
+    http_port: int | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def parse_roles(only: str | None) -> set[str]:
+    if not only:
+        return set(ROLES)
+    roles = {r.strip() for r in only.split(",") if r.strip()}
+    unknown = roles - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {', '.join(sorted(unknown))}; known: {', '.join(ROLES)}")
+    return roles
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+async def run(
+    settings: Settings, roles: set[str], *, started: asyncio.Future | None = None
+) -> None:
+    """Serve until cancelled or signalled; ``started`` receives the :class:`Running` handle."""
+    services = Services.build(settings)
+    await services.start()
+    running = Running(services)
+    tasks: list[asyncio.Task] = []
+    smtp_server = None
+    try:
+        if "smtp" in roles:
+            host, port = settings.smtp_host_port
+            handler = DropboxHandler(services.db, services.intake, mail_domain=settings.mail_domain)
+            smtp_server = await start_smtp(
+                handler,
+                host,
+                port,
+                hostname=settings.smtp_hostname,
+                max_size=settings.max_message_size,
+            )
+            running.smtp_port = smtp_server.sockets[0].getsockname()[1]
+        if "http" in roles:
+            host, port = settings.http_host_port
+            sock = _bind(host, port)
+            running.http_port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                create_app(services),
+                log_level="warning",
+                access_log=settings.http_access_log,
+                lifespan="off",
+                server_header=False,
+            )
+            server = uvicorn.Server(config)
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))
+        if started is not None and not started.done():
+            started.set_result(running)
+        await running.stopped.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if smtp_server is not None:
+            smtp_server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(smtp_server.wait_closed(), 2)
+        await services.stop()
+
+
+async def run_until_signal(settings: Settings, roles: set[str], on_start) -> None:
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future = loop.create_future()
+    task = asyncio.create_task(run(settings, roles, started=started))
+    await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+    if not started.done():
+        await task  # it failed before listening: raise its error
+        return
+    running: Running = started.result()
+    on_start(running)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, running.stopped.set)
+    await task

@@ -1,0 +1,196 @@
+"""The SMTP front end: dropbox and bounce receiver.
+
+It routes each recipient, checks who may write to a dropbox, hands the
+message to the intake writer and answers ``250`` only once that is
+committed.  Nothing slow happens here: no CRM look-ups beyond the dropbox
+owner, no classification.
+
+Who may file into a dropbox: the envelope sender (checked at RCPT) AND the
+``From`` header (checked at DATA) must both be the user's own address or one
+of their allowed senders.  A forged envelope alone cannot file mail, and a
+client whose envelope differs from its From (some relays rewrite it) needs
+that address added as an allowed sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.addresses import normalise
+from gateway.ingest.parse import raw_values
+from gateway.ingest.pipeline import Delivery
+from gateway.intake import Intake
+from storage import orgs as org_store
+from storage.db import Database, StorageUnavailable
+
+log = logging.getLogger("mailgate.smtp")
+
+DROPBOX_PREFIX = "dropbox-"
+
+S250_OK = "250 2.0.0 OK: stored"
+S451_STORAGE = "451 4.3.0 Storage unavailable, try again later"
+S550_UNKNOWN = "550 5.1.1 No such recipient here"
+S550_SENDER = "550 5.7.1 Sender not allowed for this dropbox"
+S552_SIZE = "552 5.3.4 Message too big for this system"
+S250_RCPT = "250 2.1.5 Recipient OK"
+
+
+@dataclass(slots=True)
+class Route:
+    kind: str  # dropbox | bounce
+    address: str
+    user: dict | None = None
+
+
+def route_for(address: str, mail_domain: str) -> tuple[str, str] | None:
+    """(kind, token) for one of our addresses, or None for anything else."""
+    norm = normalise(address)
+    if norm is None:
+        return None
+    local, _, domain = norm.rpartition("@")
+    if domain != mail_domain.lower():
+        return None
+    if local.startswith("bounces+") and len(local) > len("bounces+"):
+        return "bounce", local[len("bounces+") :]
+    if local.startswith(DROPBOX_PREFIX) and len(local) > len(DROPBOX_PREFIX):
+        return "dropbox", local[len(DROPBOX_PREFIX) :]
+    return None
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_from_addresses(raw: bytes) -> list[str]:
+    """Normalised From addresses, reading only the header block (cheap, never raises)."""
+    m = _HEAD_END.search(raw, 0, 1024 * 1024)
+    head = raw[: m.start()] if m else raw[: 1024 * 1024]
+    try:
+        msg = BytesHeaderParser(policy=compat32).parsebytes(head)
+        pairs = getaddresses(raw_values(msg, "From"))
+    except Exception:  # noqa: BLE001
+        return []
+    return [a for a in (normalise(addr) for _, addr in pairs) if a]
+
+
+class _SMTP(SMTP):
+    """aiosmtpd with the enhanced status code our contract names for size refusals."""
+
+    async def push(self, status):  # type: ignore[override]
+        if isinstance(status, str) and status.startswith("552 Error"):
+            status = S552_SIZE
+        await super().push(status)
+
+
+class DropboxHandler:
+    def __init__(self, db: Database, intake: Intake, *, mail_domain: str) -> None:
+        self.db = db
+        self.intake = intake
+        self.mail_domain = mail_domain.lower()
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        found = route_for(address, self.mail_domain)
+        if found is None:
+            return S550_UNKNOWN
+        kind, token = found
+        if kind == "dropbox":
+            try:
+                async with self.db.connect() as conn:
+                    user = await org_store.user_by_dropbox(conn, token)
+                    allowed = await _allowed(conn, user) if user else set()
+            except Exception:  # noqa: BLE001 - any storage failure is a temporary refusal
+                log.warning("storage unavailable at RCPT")
+                return S451_STORAGE
+            if user is None:
+                return S550_UNKNOWN
+            if normalise(envelope.mail_from or "") not in allowed:
+                return S550_SENDER
+            routes = _routes(envelope)
+            routes.append(Route("dropbox", address, {**user, "allowed": allowed}))
+        else:
+            _routes(envelope).append(Route("bounce", address))
+        envelope.rcpt_tos.append(address)
+        return S250_RCPT
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content or b""
+        routes = _routes(envelope)
+        senders = set(header_from_addresses(raw))
+        deliveries: list[Delivery] = []
+        keep: list[dict] = []
+        for r in routes:
+            if r.kind == "dropbox":
+                if not senders or not senders <= r.user["allowed"]:
+                    continue
+                deliveries.append(
+                    Delivery(
+                        raw=raw,
+                        channel="dropbox",
+                        org_id=r.user["org_id"],
+                        user_id=r.user["id"],
+                        mail_from=envelope.mail_from or "",
+                        rcpt_to=[r.address],
+                    )
+                )
+            else:
+                keep.append(
+                    {
+                        "channel": "bounce",
+                        "mail_from": (envelope.mail_from or "")[:998],
+                        "rcpt_to": [r.address],
+                        "state": "pending",
+                        "raw": raw,
+                    }
+                )
+        if not deliveries and not keep:
+            return S550_SENDER
+        try:
+            await self.intake.submit(deliveries, keep)
+        except StorageUnavailable:
+            return S451_STORAGE
+        return S250_OK
+
+
+def _routes(envelope: Envelope) -> list[Route]:
+    routes = getattr(envelope, "mailgate_routes", None)
+    if routes is None:
+        routes = []
+        envelope.mailgate_routes = routes  # type: ignore[attr-defined]
+    return routes
+
+
+async def _allowed(conn, user: dict) -> set[str]:
+    return {user["email_norm"], *await org_store.list_senders(conn, user["id"])}
+
+
+async def start_smtp(
+    handler: DropboxHandler, host: str, port: int, *, hostname: str, max_size: int
+) -> asyncio.base_events.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _SMTP(
+            handler,
+            hostname=hostname,  # never a DNS lookup per connection
+            ident="mailgate ESMTP",
+            data_size_limit=max_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=300,
+        ),
+        host=host,
+        port=port,
+    )

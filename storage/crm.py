@@ -1,0 +1,138 @@
+"""CRM records: leads, contacts, accounts, deals.  Every query is scoped to one org."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.schema import accounts, contacts, deals, leads, message_links
+from storage.types import utcnow
+
+MODULES: dict[str, Table] = {
+    "leads": leads,
+    "contacts": contacts,
+    "accounts": accounts,
+    "deals": deals,
+}
+
+#: Fields an API caller may set, per module (ids and bookkeeping are ours).
+WRITABLE: dict[str, tuple[str, ...]] = {
+    "leads": ("first_name", "last_name", "email", "company", "phone", "title", "status"),
+    "contacts": ("first_name", "last_name", "email", "account_id", "phone", "title"),
+    "accounts": ("name",),
+    "deals": ("name", "account_id", "contact_id", "stage", "amount"),
+}
+
+
+async def create(conn: AsyncConnection, module: str, org_id: int, values: dict[str, Any]) -> int:
+    table = MODULES[module]
+    res = await conn.execute(insert(table).values(org_id=org_id, **values).returning(table.c.id))
+    return res.scalar_one()
+
+
+async def get(conn: AsyncConnection, module: str, org_id: int, rid: int) -> dict[str, Any] | None:
+    table = MODULES[module]
+    q = select(table).where(table.c.org_id == org_id, table.c.id == rid)
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_page(
+    conn: AsyncConnection,
+    module: str,
+    org_id: int,
+    *,
+    after: int,
+    limit: int,
+    email_norm: str | None = None,
+) -> list[dict[str, Any]]:
+    table = MODULES[module]
+    q = select(table).where(table.c.org_id == org_id, table.c.id > after)
+    if email_norm is not None and "email_norm" in table.c:
+        q = q.where(table.c.email_norm == email_norm)
+    rows = (await conn.execute(q.order_by(table.c.id).limit(limit))).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def patch(
+    conn: AsyncConnection, module: str, org_id: int, rid: int, values: dict[str, Any]
+) -> bool:
+    table = MODULES[module]
+    res = await conn.execute(
+        update(table).where(table.c.org_id == org_id, table.c.id == rid).values(**values)
+    )
+    return bool(res.rowcount)
+
+
+async def remove(conn: AsyncConnection, module: str, org_id: int, rid: int) -> bool:
+    table = MODULES[module]
+    await conn.execute(
+        delete(message_links).where(
+            message_links.c.org_id == org_id,
+            message_links.c.module == module,
+            message_links.c.record_id == rid,
+        )
+    )
+    res = await conn.execute(delete(table).where(table.c.org_id == org_id, table.c.id == rid))
+    return bool(res.rowcount)
+
+
+async def by_emails(
+    conn: AsyncConnection, org_id: int, emails: Iterable[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """email_norm → [(module, id)] over leads (not converted) and contacts."""
+    wanted = sorted(set(emails))
+    found: dict[str, list[tuple[str, int]]] = {}
+    if not wanted:
+        return found
+    for module, table in (("leads", leads), ("contacts", contacts)):
+        q = select(table.c.id, table.c.email_norm).where(
+            table.c.org_id == org_id, table.c.email_norm.in_(wanted)
+        )
+        if module == "leads":
+            q = q.where(leads.c.converted_at.is_(None))
+        for rid, email in (await conn.execute(q.order_by(table.c.id))).all():
+            found.setdefault(email, []).append((module, rid))
+    return found
+
+
+async def mark_converted(
+    conn: AsyncConnection,
+    org_id: int,
+    lead_id: int,
+    *,
+    account_id: int,
+    contact_id: int,
+    deal_id: int | None,
+) -> None:
+    """The lead keeps its row (history) but stops matching mail; its mail moves to the contact."""
+    await conn.execute(
+        update(leads)
+        .where(leads.c.org_id == org_id, leads.c.id == lead_id)
+        .values(
+            converted_at=utcnow(),
+            status="converted",
+            converted_account_id=account_id,
+            converted_contact_id=contact_id,
+            converted_deal_id=deal_id,
+        )
+    )
+    lead_links = (
+        message_links.c.org_id == org_id,
+        message_links.c.module == "leads",
+        message_links.c.record_id == lead_id,
+    )
+    already = select(message_links.c.message_id).where(
+        message_links.c.org_id == org_id,
+        message_links.c.module == "contacts",
+        message_links.c.record_id == contact_id,
+    )
+    await conn.execute(
+        delete(message_links).where(*lead_links, message_links.c.message_id.in_(already))
+    )
+    await conn.execute(
+        update(message_links).where(*lead_links).values(module="contacts", record_id=contact_id)
+    )

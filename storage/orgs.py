@@ -1,0 +1,105 @@
+"""Organizations, users, API tokens and dropbox senders."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.schema import api_tokens, orgs, user_senders, users
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_org(conn: AsyncConnection, **values: Any) -> int:
+    res = await conn.execute(insert(orgs).values(**values).returning(orgs.c.id))
+    return res.scalar_one()
+
+
+async def get_org(conn: AsyncConnection, org_id: int) -> dict[str, Any] | None:
+    row = (await conn.execute(select(orgs).where(orgs.c.id == org_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def find_org(conn: AsyncConnection, ref: str) -> dict[str, Any] | None:
+    """By id or by name: the CLI accepts either."""
+    q = select(orgs).where(orgs.c.name == ref)
+    if ref.isdigit():
+        q = select(orgs).where((orgs.c.id == int(ref)) | (orgs.c.name == ref))
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_orgs(conn: AsyncConnection) -> list[dict[str, Any]]:
+    return [dict(r) for r in (await conn.execute(select(orgs).order_by(orgs.c.id))).mappings()]
+
+
+async def create_user(conn: AsyncConnection, **values: Any) -> int:
+    res = await conn.execute(insert(users).values(**values).returning(users.c.id))
+    return res.scalar_one()
+
+
+async def get_user(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None:
+    row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def find_user(conn: AsyncConnection, ref: str) -> dict[str, Any] | None:
+    """By id or by email (the CLI accepts either)."""
+    if ref.isdigit():
+        q = select(users).where(users.c.id == int(ref))
+    else:
+        q = select(users).where(users.c.email_norm == ref.strip().lower()).order_by(users.c.id)
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def count_active_users(conn: AsyncConnection, org_id: int) -> int:
+    q = select(func.count()).select_from(users).where(users.c.org_id == org_id, users.c.active)
+    return (await conn.execute(q)).scalar_one()
+
+
+async def user_by_dropbox(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
+    q = select(users).where(users.c.dropbox_token == token, users.c.active)
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def set_dropbox_token(conn: AsyncConnection, user_id: int, token: str) -> None:
+    await conn.execute(update(users).where(users.c.id == user_id).values(dropbox_token=token))
+
+
+async def add_api_token(conn: AsyncConnection, user_id: int, token: str) -> None:
+    await conn.execute(insert(api_tokens).values(user_id=user_id, token_hash=token_hash(token)))
+
+
+async def user_by_api_token(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
+    q = (
+        select(users)
+        .join(api_tokens, api_tokens.c.user_id == users.c.id)
+        .where(api_tokens.c.token_hash == token_hash(token), users.c.active)
+    )
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_senders(conn: AsyncConnection, user_id: int) -> list[str]:
+    q = select(user_senders.c.email_norm).where(user_senders.c.user_id == user_id)
+    return list((await conn.execute(q.order_by(user_senders.c.id))).scalars())
+
+
+async def add_sender(conn: AsyncConnection, user_id: int, email_norm: str) -> None:
+    await conn.execute(insert(user_senders).values(user_id=user_id, email_norm=email_norm))
+
+
+async def remove_sender(conn: AsyncConnection, user_id: int, email_norm: str) -> int:
+    res = await conn.execute(
+        delete(user_senders).where(
+            user_senders.c.user_id == user_id, user_senders.c.email_norm == email_norm
+        )
+    )
+    return res.rowcount or 0
