@@ -38,3 +38,22 @@ def corpora() -> Path:
     if not (CORPORA / "README.md").exists():
         pytest.skip(f"shared corpora not found at {CORPORA} (set MAILGATE_SHARED_DIR)")
     return CORPORA
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request, tmp_path_factory):
+    """A fresh, empty database of each engine (PostgreSQL when MAILGATE_TEST_DATABASE_URL is set)."""
+    from tests.support.databases import fresh_database
+
+    with fresh_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def mailgate(database_url, tmp_path_factory):
+    """A running mailgate (SMTP + HTTP) on loopback ports, over a fresh database."""
+    from tests.support.server import MailgateServer
+
+    server = MailgateServer(database_url, tmp_path_factory.mktemp("data")).start()
+    yield server
+    server.stop()
