@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from gateway.ingest.pipeline import Delivery, Outcome, file_batch
+from gateway.ingest.pipeline import ContextCache, Delivery, Outcome, file_batch, parse_all
 from storage import filing
 from storage.db import Database, StorageUnavailable
 
@@ -40,6 +40,7 @@ class Intake:
         self.mail_domain = mail_domain
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._context = ContextCache()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="intake-writer")
@@ -87,23 +88,26 @@ class Intake:
                 job.done.set_result(None)
 
     async def _write(self, jobs: list[Job], attempts: int = 3) -> None:
+        items = [d for job in jobs for d in job.deliveries]
+        keep = [row for job in jobs for row in job.keep]
+        if items and not self.db.runs_in_thread:
+            await asyncio.to_thread(parse_all, items)  # CPU work off the event loop
         for attempt in range(attempts):
-            for job in jobs:
-                for d in job.deliveries:
-                    d.outcome, d.records, d.message_pk = None, [], None
+            for d in items:
+                d.outcome, d.records, d.message_pk = None, [], None
             try:
-                async with self.db.begin() as conn:
-                    items = [d for job in jobs for d in job.deliveries]
-                    if items:
-                        await file_batch(conn, items, mail_domain=self.mail_domain)
-                    for job in jobs:
-                        for row in job.keep:
-                            await filing.shunt(conn, row)
+                await self.db.run_write(self._transaction, items, keep)
                 return
             except IntegrityError:
                 # Another process filed the same message meanwhile: dedupe will see it now.
                 if attempt == attempts - 1:
                     raise
+
+    def _transaction(self, conn, items: list[Delivery], keep: list[dict[str, Any]]) -> None:
+        if items:
+            file_batch(conn, items, self.mail_domain, self._context)
+        for row in keep:
+            filing.shunt(conn, row)
 
     async def _rescue(self, job: Job, exc: Exception) -> None:
         """A single job failed: storage is down (451), or a step broke (shunt and accept)."""
@@ -115,26 +119,29 @@ class Intake:
                 job.done.set_exception(StorageUnavailable(type(exc).__name__))
             return
         log.exception("filing failed; keeping the message in the shunt")
+
+        def keep_all(conn) -> None:
+            for d in job.deliveries:
+                filing.shunt(
+                    conn,
+                    {
+                        "org_id": d.org_id,
+                        "user_id": d.user_id,
+                        "channel": d.channel,
+                        "mail_from": d.mail_from[:998],
+                        "rcpt_to": d.rcpt_to,
+                        "state": "failed",
+                        "failed_stage": d.stage,
+                        "last_error": f"{type(exc).__name__}: {exc}"[:2000],
+                        "raw": d.raw,
+                    },
+                )
+                d.outcome = Outcome.SHUNTED
+            for row in job.keep:
+                filing.shunt(conn, row)
+
         try:
-            async with self.db.begin() as conn:
-                for d in job.deliveries:
-                    await filing.shunt(
-                        conn,
-                        {
-                            "org_id": d.org_id,
-                            "user_id": d.user_id,
-                            "channel": d.channel,
-                            "mail_from": d.mail_from[:998],
-                            "rcpt_to": d.rcpt_to,
-                            "state": "failed",
-                            "failed_stage": d.stage,
-                            "last_error": f"{type(exc).__name__}: {exc}"[:2000],
-                            "raw": d.raw,
-                        },
-                    )
-                    d.outcome = Outcome.SHUNTED
-                for row in job.keep:
-                    await filing.shunt(conn, row)
+            await self.db.run_write(keep_all)
         except Exception as again:  # noqa: BLE001
             if job.done and not job.done.done():
                 job.done.set_exception(StorageUnavailable(type(again).__name__))

@@ -109,14 +109,13 @@ class DropboxHandler:
         kind, token = found
         if kind == "dropbox":
             try:
-                async with self.db.connect() as conn:
-                    user = await org_store.user_by_dropbox(conn, token)
-                    allowed = await _allowed(conn, user) if user else set()
+                owner = await self.db.run_read(org_store.dropbox_owner, token)
             except Exception:  # noqa: BLE001 - any storage failure is a temporary refusal
                 log.warning("storage unavailable at RCPT")
                 return S451_STORAGE
-            if user is None:
+            if owner is None:
                 return S550_UNKNOWN
+            user, allowed = owner
             if normalise(envelope.mail_from or "") not in allowed:
                 return S550_SENDER
             routes = _routes(envelope)
@@ -173,10 +172,6 @@ def _routes(envelope: Envelope) -> list[Route]:
     return routes
 
 
-async def _allowed(conn, user: dict) -> set[str]:
-    return {user["email_norm"], *await org_store.list_senders(conn, user["id"])}
-
-
 async def start_smtp(
     handler: DropboxHandler, host: str, port: int, *, hostname: str, max_size: int
 ) -> asyncio.base_events.Server:
@@ -193,4 +188,5 @@ async def start_smtp(
         ),
         host=host,
         port=port,
+        reuse_port=True,  # several SMTP worker processes may share the port
     )

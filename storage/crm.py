@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Table, delete, insert, select, update
@@ -78,25 +77,6 @@ async def remove(conn: AsyncConnection, module: str, org_id: int, rid: int) -> b
     )
     res = await conn.execute(delete(table).where(table.c.org_id == org_id, table.c.id == rid))
     return bool(res.rowcount)
-
-
-async def by_emails(
-    conn: AsyncConnection, org_id: int, emails: Iterable[str]
-) -> dict[str, list[tuple[str, int]]]:
-    """email_norm → [(module, id)] over leads (not converted) and contacts."""
-    wanted = sorted(set(emails))
-    found: dict[str, list[tuple[str, int]]] = {}
-    if not wanted:
-        return found
-    for module, table in (("leads", leads), ("contacts", contacts)):
-        q = select(table.c.id, table.c.email_norm).where(
-            table.c.org_id == org_id, table.c.email_norm.in_(wanted)
-        )
-        if module == "leads":
-            q = q.where(leads.c.converted_at.is_(None))
-        for rid, email in (await conn.execute(q.order_by(table.c.id))).all():
-            found.setdefault(email, []).append((module, rid))
-    return found
 
 
 async def mark_converted(

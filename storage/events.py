@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.schema import events
@@ -53,7 +53,7 @@ class NewEvent:
     at: datetime | None = None
 
 
-async def append(conn: AsyncConnection, new: Sequence[NewEvent]) -> None:
+def append_sync(conn: Connection, new: Sequence[NewEvent]) -> None:
     """Append events in the caller's transaction; call it last, just before commit."""
     if not new:
         return
@@ -61,12 +61,18 @@ async def append(conn: AsyncConnection, new: Sequence[NewEvent]) -> None:
         if ev.type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {ev.type!r}")
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOG_LOCK})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOG_LOCK})
     now = utcnow()
-    await conn.execute(
+    conn.execute(
         insert(events),
         [{"org_id": e.org_id, "type": e.type, "data": e.data, "at": e.at or now} for e in new],
     )
+
+
+async def append(conn: AsyncConnection, new: Sequence[NewEvent]) -> None:
+    """:func:`append_sync` for async callers (the API)."""
+    if new:
+        await conn.run_sync(append_sync, new)
 
 
 async def read_after(

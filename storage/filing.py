@@ -1,18 +1,53 @@
-"""SQL of filing: dedupe look-ups, bulk message and link inserts, the shunt, mail per record."""
+"""SQL of filing: context, dedupe look-ups, record matching, bulk inserts, the shunt.
+
+These are synchronous functions over a plain ``Connection``: the intake writer
+runs a whole batch of them in one transaction through ``Database.run_write``.
+Reading a record's mail (the API) is async.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import insert, or_, select, tuple_
+from sqlalchemy import Connection, insert, select, union_all
+from sqlalchemy import literal as sa_literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.schema import deals, inbound, message_links, messages
+from storage.schema import (
+    contacts,
+    deals,
+    inbound,
+    leads,
+    message_links,
+    messages,
+    orgs,
+    user_senders,
+    users,
+)
 
 
-async def existing(
-    conn: AsyncConnection, keys: Iterable[tuple[int, str | None, str]]
+def load_context(
+    conn: Connection, org_ids: Sequence[int], user_ids: Sequence[int]
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[int, set[str]]]:
+    """Orgs, users and each user's own addresses (their address + allowed senders)."""
+    org_rows = conn.execute(select(orgs).where(orgs.c.id.in_(list(org_ids)))).mappings()
+    org_map = {r["id"]: dict(r) for r in org_rows}
+    user_map: dict[int, dict[str, Any]] = {}
+    own: dict[int, set[str]] = {}
+    for r in conn.execute(select(users).where(users.c.id.in_(list(user_ids)))).mappings():
+        user_map[r["id"]] = dict(r)
+        own.setdefault(r["id"], set()).add(r["email_norm"])
+    q = select(user_senders.c.user_id, user_senders.c.email_norm).where(
+        user_senders.c.user_id.in_(list(user_ids))
+    )
+    for uid, email in conn.execute(q).all():
+        own.setdefault(uid, set()).add(email)
+    return org_map, user_map, own
+
+
+def existing(
+    conn: Connection, keys: Iterable[tuple[int, str | None, str]]
 ) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:
     """Which (org, Message-ID) and (org, content hash) pairs are already filed."""
     keys = list(keys)
@@ -20,42 +55,76 @@ async def existing(
         return set(), set()
     ids = {(o, m) for o, m, _ in keys if m}
     hashes = {(o, h) for o, _, h in keys}
-    conds = [tuple_(messages.c.org_id, messages.c.content_hash).in_(sorted(hashes))]
-    if ids:
-        conds.append(tuple_(messages.c.org_id, messages.c.message_id).in_(sorted(ids)))
-    q = select(messages.c.org_id, messages.c.message_id, messages.c.content_hash).where(or_(*conds))
+    cols = (messages.c.org_id, messages.c.message_id, messages.c.content_hash)
+    parts = []
+    # One equality-plus-IN query per org and key: each is a seek on a unique index
+    # (an OR over both keys made SQLite scan the org's whole mailbox).
+    for org_id in sorted({o for o, _, _ in keys}):
+        org_hashes = sorted(h for o, h in hashes if o == org_id)
+        parts.append(
+            select(*cols).where(
+                messages.c.org_id == org_id, messages.c.content_hash.in_(org_hashes)
+            )
+        )
+        org_ids = sorted(m for o, m in ids if o == org_id)
+        if org_ids:
+            parts.append(
+                select(*cols).where(messages.c.org_id == org_id, messages.c.message_id.in_(org_ids))
+            )
+    q = union_all(*parts) if len(parts) > 1 else parts[0]
     seen_ids: set[tuple[int, str]] = set()
     seen_hashes: set[tuple[int, str]] = set()
-    for org_id, mid, h in (await conn.execute(q)).all():
-        if mid:
+    for org_id, mid, h in conn.execute(q).all():
+        if mid and (org_id, mid) in ids:
             seen_ids.add((org_id, mid))
-        seen_hashes.add((org_id, h))
+        if (org_id, h) in hashes:
+            seen_hashes.add((org_id, h))
     return seen_ids, seen_hashes
 
 
-async def message_by_header_id(conn: AsyncConnection, org_id: int, mid: str) -> int | None:
-    q = select(messages.c.id).where(messages.c.org_id == org_id, messages.c.message_id == mid)
-    return (await conn.execute(q)).scalar()
+def records_by_email(
+    conn: Connection, org_id: int, emails: Iterable[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """email_norm → [(module, id)] over leads (not converted) and contacts."""
+    wanted = sorted(set(emails))
+    found: dict[str, list[tuple[str, int]]] = {}
+    if not wanted:
+        return found
+    lead_q = select(sa_literal("leads"), leads.c.id, leads.c.email_norm).where(
+        leads.c.org_id == org_id, leads.c.email_norm.in_(wanted), leads.c.converted_at.is_(None)
+    )
+    contact_q = select(sa_literal("contacts"), contacts.c.id, contacts.c.email_norm).where(
+        contacts.c.org_id == org_id, contacts.c.email_norm.in_(wanted)
+    )
+    for module, rid, email in sorted(conn.execute(union_all(lead_q, contact_q)).all()):
+        found.setdefault(email, []).append((module, rid))
+    return found
 
 
-async def insert_messages(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
+def create_record(conn: Connection, module: str, org_id: int, values: dict[str, Any]) -> int:
+    table = {"leads": leads, "contacts": contacts}[module]
+    return conn.execute(
+        insert(table).values(org_id=org_id, **values).returning(table.c.id)
+    ).scalar_one()
+
+
+def insert_messages(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     if not rows:
         return []
-    res = await conn.execute(
+    res = conn.execute(
         insert(messages).returning(messages.c.id, sort_by_parameter_order=True), list(rows)
     )
     return list(res.scalars())
 
 
-async def insert_links(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+def insert_links(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await conn.execute(insert(message_links), list(rows))
+        conn.execute(insert(message_links), list(rows))
 
 
-async def shunt(conn: AsyncConnection, row: dict[str, Any]) -> int:
+def shunt(conn: Connection, row: dict[str, Any]) -> int:
     """Keep mail we could not file (or that waits for another stage) for an operator."""
-    res = await conn.execute(insert(inbound).values(**row).returning(inbound.c.id))
-    return res.scalar_one()
+    return conn.execute(insert(inbound).values(**row).returning(inbound.c.id)).scalar_one()
 
 
 LIST_COLUMNS = (

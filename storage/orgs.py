@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.schema import api_tokens, orgs, user_senders, users
@@ -67,6 +67,21 @@ async def user_by_dropbox(conn: AsyncConnection, token: str) -> dict[str, Any] |
     q = select(users).where(users.c.dropbox_token == token, users.c.active)
     row = (await conn.execute(q)).mappings().first()
     return dict(row) if row else None
+
+
+def dropbox_owner(conn: Connection, token: str) -> tuple[dict[str, Any], set[str]] | None:
+    """The active user behind a dropbox token and every address allowed to write to it."""
+    q = (
+        select(users, user_senders.c.email_norm.label("extra_sender"))
+        .outerjoin(user_senders, user_senders.c.user_id == users.c.id)
+        .where(users.c.dropbox_token == token, users.c.active)
+    )
+    rows = conn.execute(q).mappings().all()
+    if not rows:
+        return None
+    user = {k: v for k, v in rows[0].items() if k != "extra_sender"}
+    allowed = {user["email_norm"], *(r["extra_sender"] for r in rows if r["extra_sender"])}
+    return user, allowed
 
 
 async def set_dropbox_token(conn: AsyncConnection, user_id: int, token: str) -> None:

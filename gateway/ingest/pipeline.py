@@ -1,23 +1,23 @@
-"""The filing pipeline: steps over a batch, one transaction, one commit."""
+"""The filing pipeline: steps over a batch, one transaction, one commit.
+
+Parsing (pure, CPU) runs first, outside the transaction and off the event loop;
+the remaining steps are synchronous code over one ``Connection`` so the whole
+batch costs a single thread hop on SQLite (see ``Database.run_write``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection
 
 from gateway.addresses import in_domains, is_role_address
 from gateway.ingest.parse import ParsedMail, parse
-from storage import crm, events, filing
+from storage import events, filing
 from storage.events import NewEvent
-from storage.schema import orgs, user_senders, users
-
-#: Above this size parsing runs in a thread so one big message does not stall the loop.
-THREAD_PARSE_BYTES = 512 * 1024
 
 
 class Outcome(enum.Enum):
@@ -60,36 +60,51 @@ class Batch:
         return [d for d in self.items if d.outcome is None]
 
 
-async def step_parse(batch: Batch) -> None:
-    for d in batch.live():
-        d.stage = "parse"
-        if len(d.raw) > THREAD_PARSE_BYTES:
-            d.parsed = await asyncio.to_thread(parse, d.raw)
-        else:
+def parse_all(items: list[Delivery]) -> None:
+    """Parse every delivery (pure; the intake runs it in a worker thread)."""
+    for d in items:
+        if d.parsed is None:
+            d.stage = "parse"
             d.parsed = parse(d.raw)
 
 
-async def step_load_context(conn: AsyncConnection, batch: Batch) -> None:
-    org_ids = sorted({d.org_id for d in batch.items})
-    user_ids = sorted({d.user_id for d in batch.items})
-    for row in (await conn.execute(select(orgs).where(orgs.c.id.in_(org_ids)))).mappings():
-        batch.orgs[row["id"]] = dict(row)
-    for row in (await conn.execute(select(users).where(users.c.id.in_(user_ids)))).mappings():
-        batch.users[row["id"]] = dict(row)
-        batch.own_addresses.setdefault(row["id"], set()).add(row["email_norm"])
-    q = select(user_senders.c.user_id, user_senders.c.email_norm).where(
-        user_senders.c.user_id.in_(user_ids)
-    )
-    for uid, email in (await conn.execute(q)).all():
-        batch.own_addresses.setdefault(uid, set()).add(email)
+class ContextCache:
+    """Orgs, users and their own addresses, kept a few seconds between batches.
+
+    Only classification reads them (direction, who is a colleague); who may write
+    to a dropbox is always checked against the database at RCPT time.
+    """
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[int, tuple[float, dict[str, Any], dict[str, Any], set[str]]] = {}
+
+    def load(self, conn: Connection, batch: Batch) -> None:
+        now = time.monotonic()
+        missing = {d.user_id for d in batch.items if self._entries.get(d.user_id, (0.0,))[0] < now}
+        if missing:
+            org_ids = sorted({d.org_id for d in batch.items if d.user_id in missing})
+            orgs, users, own = filing.load_context(conn, org_ids, sorted(missing))
+            for uid, user in users.items():
+                self._entries[uid] = (
+                    now + self.ttl,
+                    orgs[user["org_id"]],
+                    user,
+                    own.get(uid, set()),
+                )
+        for d in batch.items:
+            _, org, user, own_addresses = self._entries[d.user_id]
+            batch.orgs[d.org_id] = org
+            batch.users[d.user_id] = user
+            batch.own_addresses[d.user_id] = own_addresses
 
 
-async def step_dedupe(conn: AsyncConnection, batch: Batch) -> None:
+def step_dedupe(conn: Connection, batch: Batch) -> None:
     live = batch.live()
     for d in live:
         d.stage = "dedupe"
     keys = [(d.org_id, d.parsed.message_id, d.parsed.content_hash) for d in live]
-    seen_ids, seen_hashes = await filing.existing(conn, keys)
+    seen_ids, seen_hashes = filing.existing(conn, keys)
     for d in live:
         p = d.parsed
         if (d.org_id, p.content_hash) in seen_hashes or (
@@ -125,12 +140,12 @@ def creatable(address: str, *, own: set[str], org_domains: list[str], mail_domai
     )
 
 
-async def step_match_and_create(conn: AsyncConnection, batch: Batch) -> None:
+def step_match_and_create(conn: Connection, batch: Batch) -> None:
     by_org: dict[int, set[str]] = {}
     for d in batch.live():
         classify(d, batch.own_addresses.get(d.user_id, set()))
         by_org.setdefault(d.org_id, set()).update(d.counterparts)
-    known = {org_id: await crm.by_emails(conn, org_id, emails) for org_id, emails in by_org.items()}
+    known = {o: filing.records_by_email(conn, o, emails) for o, emails in by_org.items()}
     for d in batch.live():
         d.stage = "match"
         found = known[d.org_id]
@@ -151,7 +166,7 @@ async def step_match_and_create(conn: AsyncConnection, batch: Batch) -> None:
                 continue
             module = "contacts" if setting == "contact" else "leads"
             name = next((a.name for a in (*d.parsed.to, *d.parsed.cc) if a.email == address), "")
-            rid = await crm.create(
+            rid = filing.create_record(
                 conn, module, d.org_id, _new_record(module, address, name, d.user_id)
             )
             found[address] = [(module, rid)]
@@ -195,12 +210,12 @@ def _split_name(display: str) -> tuple[str, str]:
     return parts[-1], " ".join(parts[:-1])
 
 
-async def step_file(conn: AsyncConnection, batch: Batch) -> None:
+def step_file(conn: Connection, batch: Batch) -> None:
     live = batch.live()
     for d in live:
         d.stage = "file"
     rows = [_message_row(d) for d in live]
-    ids = await filing.insert_messages(conn, rows)
+    ids = filing.insert_messages(conn, rows)
     links: list[dict[str, Any]] = []
     for d, pk in zip(live, ids, strict=True):
         d.message_pk = pk
@@ -222,7 +237,7 @@ async def step_file(conn: AsyncConnection, batch: Batch) -> None:
                     },
                 )
             )
-    await filing.insert_links(conn, links)
+    filing.insert_links(conn, links)
 
 
 def _message_row(d: Delivery) -> dict[str, Any]:
@@ -266,13 +281,15 @@ def _filed_event(d: Delivery) -> NewEvent:
     )
 
 
-async def file_batch(conn: AsyncConnection, items: list[Delivery], *, mail_domain: str) -> Batch:
-    """Run every step over ``items`` inside the caller's transaction."""
+def file_batch(
+    conn: Connection, items: list[Delivery], mail_domain: str, cache: ContextCache | None = None
+) -> Batch:
+    """Run every step over parsed ``items`` inside the caller's transaction."""
+    parse_all(items)  # no-op for what the intake already parsed
     batch = Batch(items=items, mail_domain=mail_domain)
-    await step_parse(batch)
-    await step_load_context(conn, batch)
-    await step_dedupe(conn, batch)
-    await step_match_and_create(conn, batch)
-    await step_file(conn, batch)
-    await events.append(conn, batch.new_events)
+    (cache or ContextCache(ttl=0)).load(conn, batch)
+    step_dedupe(conn, batch)
+    step_match_and_create(conn, batch)
+    step_file(conn, batch)
+    events.append_sync(conn, batch.new_events)
     return batch
