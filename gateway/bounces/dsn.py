@@ -85,8 +85,9 @@ def recipients(text: str, context: str = "") -> list[BouncedRecipient]:
         reply_code = reasons.first_reply_code(diagnostic)
         if action == "delayed" and not status:
             status = "4.0.0"
-        evidence = diagnostic or _recipient_lines(context, email) or context
-        reason, severity = reasons.decide(status, reply_code, evidence)
+        near = _recipient_lines(context, email)
+        evidence = "\n".join(t for t in (diagnostic, near) if t) or context
+        reason, severity = reasons.decide(status, reply_code, evidence, context)
         if action == "delayed":
             severity = "soft"
         if email not in found:

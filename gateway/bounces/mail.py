@@ -26,11 +26,14 @@ INTERESTING_HEADERS = (
 _ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 # Where an inline (non-MIME) copy of the original message starts.
 _ORIGINAL_MARKER_RE = re.compile(
-    r"^.*(original message (follows|headers?)|below this line is a copy|"
-    r"copy of (the )?(original )?message|returned message|undelivered message|"
-    r"message headers? follow|headers? of (the )?(original|returned) message|"
-    r"original message was received|--- ?original message ?---|"
-    r"以下(は|に)?.{0,10}(元|オリジナル|送信).{0,10}メール).*$",
+    r"^[ \t\-=*_>]*(?:"
+    r"(?:the )?original message (?:follows|headers?|was received)|"
+    r"below this line is a copy of the message|"
+    r"(?:a )?copy of (?:the )?(?:original |returned )?message(?: follows)?|"
+    r"(?:the )?(?:returned|undelivered|original) message(?: headers?)?(?: follows)?|"
+    r"message headers? follows?|headers? of (?:the )?(?:original|returned) message(?: follows)?|"
+    r"以下(?:は|に)?.{0,10}(?:元|オリジナル|送信).{0,10}メール.{0,10}"
+    r")[ \t\-=*_:.]*$",
     re.I | re.M,
 )
 _HEADER_LINE_RE = re.compile(r"^(message-id|x-mailgate-send)[ \t]*:[ \t]*(.+)$", re.I | re.M)

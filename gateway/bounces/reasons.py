@@ -191,10 +191,43 @@ def reason_from_status(status: str) -> str:
     return _STATUS_REASONS.get(f"{subject}.{detail}", "")
 
 
-def decide(status: str, reply_code: str, text: str) -> tuple[str, Severity]:
-    """Reason slug and severity for one failed recipient."""
+_COMMAND_RE = re.compile(
+    r"(?:in reply to|after|response to|during|while|error in)\s+(?:the\s+)?"
+    r"(rcpt(?: to)?|mail(?: from)?|end of data|data|connect)|^\s*>>>\s*(rcpt|mail|data)\b|"
+    r"smtp:(rcpt|mail|data)\b|\[(rcpt|mail|data)_?(?:to|from)?\]|most progress was (rcpt|mail)|"
+    r"does not like (recipient)|(rcpt) to:<[^>]*>\s*\n?\s*<<<|smtp command:?\s*(rcpt|mail|data)\b",
+    re.I | re.M,
+)
+
+
+_CARRIER_FILTER_RE = re.compile(r"\b550[ :]+:\s*user unknown", re.I)
+
+
+def smtp_command(text: str) -> str:
+    """The SMTP command a failure was answered to (RCPT, MAIL, DATA), if the text says."""
+    command = ""
+    for match in _COMMAND_RE.finditer(text or ""):
+        word = next(g for g in match.groups() if g).split()[0].upper()
+        command = {"END": "DATA", "RECIPIENT": "RCPT"}.get(word, word)
+    return command
+
+
+def decide(status: str, reply_code: str, text: str, context: str = "") -> tuple[str, Severity]:
+    """Reason slug and severity for one failed recipient.
+
+    "User unknown" is believed unless the failure came after ``DATA``: an
+    MTA that accepted the recipient at ``RCPT TO`` and then refuses the
+    content is filtering, whatever words it uses.  KDDI/au's domain filter
+    answers "550 : User unknown" (an empty address) to senders a subscriber
+    blocked; the subscriber exists, so that is a soft ``filtered``.
+    """
     specific = reason_from_status(status)
     reason = reason_from_text(text)
+    if reason == "user_unknown" and not status.startswith(("5.1.", "4.1.")):
+        if (smtp_command(text) or smtp_command(context)) == "DATA" or _CARRIER_FILTER_RE.search(
+            text
+        ):
+            reason = "filtered"
     if not reason:
         # Only exact codes are trusted on their own; X.0.0 says nothing.
         reason = specific or ("undefined" if (status or reply_code) else "undefined")
