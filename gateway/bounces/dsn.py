@@ -77,17 +77,17 @@ def recipients(text: str, context: str = "") -> list[BouncedRecipient]:
         status_field = reasons.first_status(block.get("status", ""))
         diag_status = reasons.first_status(diagnostic)
         # A specific code in the diagnostic beats a generic one in Status (5.0.0).
-        status = status_field
-        if diag_status and (not status or status.endswith(".0.0")):
-            status = diag_status
+        # The code the remote server actually said beats the reporting MTA's summary.
+        status = diag_status or status_field
+        if status_field and diag_status.endswith(".0.0") and not status_field.endswith(".0.0"):
+            status = status_field
         if status and status.startswith("2"):
             continue
         reply_code = reasons.first_reply_code(diagnostic)
         if action == "delayed" and not status:
             status = "4.0.0"
         near = _recipient_lines(context, email)
-        evidence = "\n".join(t for t in (diagnostic, near) if t) or context
-        reason, severity = reasons.decide(status, reply_code, evidence, context)
+        reason, severity = reasons.decide(status, reply_code, diagnostic, near, context)
         if action == "delayed":
             severity = "soft"
         if email not in found:

@@ -47,13 +47,23 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
         ),
         (
             "suspended",
-            r"(account|mailbox|address|user).{0,30}(is |has been )?"
-            r"(disabled|suspended|deactivated|inactive|expired|locked|frozen)|"
+            r"(account|mailbox|address|user).{0,60}(is |has been )?"
+            r"(disabled|suspended|deactivated|inactive|expired|locked|frozen)\b|"
             r"(disabled|suspended|inactive|deactivated) (account|mailbox|user)|"
             r"not (an )?active|mailbox unavailable.{0,20}(inactive|disabled)|"
             r"利用(停止|を停止)",
         ),
         ("virus", r"virus|malware|infected"),
+        (
+            "too_many_connections",
+            r"too many (connections|concurrent|sessions|recipients)|sent to too many|rate limit",
+        ),
+        ("mailer_error", r"procmail|couldn't create|mailer error|command died|pipe to |"
+                         r"unknown mailer"),
+        (
+            "not_accept",
+            r"no smtp service|null mx|does not accept (e-?mail|mail)|accepts no mail",
+        ),
         (
             "has_moved",
             r"address has (changed|moved)|has moved|no longer (valid|in use|available|used)|"
@@ -66,7 +76,9 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"no such domain|unrouteable mail domain|unknown domain|name or service not known|"
             r"illegal host/domain|domain.{0,20}(has no|no) (mx|mail exchanger|valid)|"
             r"no (valid )?mx (record|host)|dns (lookup )?(failure|error).{0,30}(domain|host)|"
-            r"host not found|unrouteable domain|does not accept mail|null mx|"
+            r"host not found|unrouteable domain|domain is not reachable|invalid domain|"
+            r"couldn't find a mail exchanger|couldn't find any host|name service error|"
+            r"^\s*\d{3}\s+[a-z0-9-]+(\.[a-z0-9-]+)+\s+does not exist|"
             r"mail for .{0,60} loops back to myself|"
             r"ドメイン(名)?が(存在しない|見つから)",
         ),
@@ -88,7 +100,9 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"couldn't be found|could not be found|unable to find|"
             r"mailbox (name )?(not|is not) (allowed|found)|"
             r"this (user|recipient) doesn't have|no account|does not have an account|"
-            r"not listed in domino|user doesn't have a|存在しない|宛先(が)?不明|"
+            r"not listed in (domino|public)|user doesn't have a|存在しない|宛先(が)?不明|"
+            r"recipient name is not recognized|recipnotfound|invalid final delivery userid|"
+            r"recipient address rejected\.?\s*$|見つかりません|"
             r"該当するユーザ|ユーザ(ー)?(が|は)?(存在|見つかり)",
         ),
         (
@@ -112,7 +126,6 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"ptr record|reverse (dns|lookup)|poor reputation",
         ),
         ("no_relaying", r"relay(ing)? (access )?(denied|not permitted|prohibited)|not permitted to relay"),
-        ("too_many_connections", r"too many (connections|concurrent|sessions)|rate limit"),
         (
             "filtered",
             r"filter|refused by|rejected by (the )?(recipient|user)|"
@@ -151,7 +164,7 @@ _STATUS_REASONS = {
     "4.1": "network_error",
     "4.2": "network_error",
     "4.3": "network_error",
-    "4.4": "network_error",
+    "4.4": "host_unknown",
     "4.5": "system_error",
     "4.6": "network_error",
     "4.7": "expired",
@@ -212,8 +225,16 @@ def smtp_command(text: str) -> str:
     return command
 
 
-def decide(status: str, reply_code: str, text: str, context: str = "") -> tuple[str, Severity]:
+_GENERIC_REASONS = frozenset({"rejected", "policy", "filtered", "system_error", "network_error"})
+
+
+def decide(status: str, reply_code: str, *evidences: str) -> tuple[str, Severity]:
     """Reason slug and severity for one failed recipient.
+
+    ``evidences`` go from the most to the least specific text (the
+    recipient's own diagnostic, the lines around it, the whole report); the
+    first that names a reason decides, so a phrase elsewhere in a long
+    report cannot override what was said about this recipient.
 
     "User unknown" is believed unless the failure came after ``DATA``: an
     MTA that accepted the recipient at ``RCPT TO`` and then refuses the
@@ -222,23 +243,28 @@ def decide(status: str, reply_code: str, text: str, context: str = "") -> tuple[
     blocked; the subscriber exists, so that is a soft ``filtered``.
     """
     specific = reason_from_status(status)
-    reason = reason_from_text(text)
+    if specific == "rejected":
+        return specific, "soft"  # X.1.7/X.1.8: our sender address was refused, not theirs
+    reason = ""
+    for evidence in evidences:
+        reason = reason_from_text(evidence)
+        if reason:
+            break
+    if reason in _GENERIC_REASONS and specific in HARD_REASONS | {"mailbox_full", "suspended"}:
+        reason = specific
+    everything = "\n".join(evidences)
     if reason == "user_unknown" and not status.startswith(("5.1.", "4.1.")):
-        if (smtp_command(text) or smtp_command(context)) == "DATA" or _CARRIER_FILTER_RE.search(
-            text
-        ):
+        if smtp_command(everything) == "DATA" or _CARRIER_FILTER_RE.search(everything):
             reason = "filtered"
     if not reason:
-        # Only exact codes are trusted on their own; X.0.0 says nothing.
-        reason = specific or ("undefined" if (status or reply_code) else "undefined")
+        reason = specific or "undefined"
     return reason, severity(reason, status, reply_code)
 
 
 def severity(reason: str, status: str = "", reply_code: str = "") -> Severity:
-    permanent = status.startswith("5") or (not status and reply_code.startswith("5"))
     if reason in HARD_REASONS:
         # A temporary code for an unknown user (greylisting MTAs do this) stays soft.
         return "soft" if status.startswith("4") or reply_code.startswith("4") else "hard"
-    if reason == "not_accept" and permanent:
-        return "hard"
+    if reason == "not_accept":
+        return "soft" if status.startswith("4") or reply_code.startswith("4") else "hard"
     return "soft"

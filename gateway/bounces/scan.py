@@ -113,7 +113,7 @@ def _recipient(email: str, head: str, temporary: bool = False) -> BouncedRecipie
     near = _near(head, email)
     status = reasons.first_status(near) or reasons.first_status(head)
     reply_code = reasons.first_reply_code(near) or reasons.first_reply_code(head)
-    reason, severity = reasons.decide(status, reply_code, near or head, head)
+    reason, severity = reasons.decide(status, reply_code, near, head)
     if temporary:
         severity = "soft"
     diagnostic = " ".join(near.split())[:1000] if near else ""
