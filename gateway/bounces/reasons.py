@@ -55,6 +55,12 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
         ),
         ("virus", r"virus|malware|infected"),
         (
+            "sender_rejected",
+            r"sender (address )?(rejected|refused|denied|blocked)|"
+            r"domain of sender address .{0,80} does not exist",
+        ),
+        ("filtered", r"due to recipient preferences|domain filter"),
+        (
             "too_many_connections",
             r"too many (connections|concurrent|sessions|recipients)|sent to too many|rate limit",
         ),
@@ -69,6 +75,7 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"address has (changed|moved)|has moved|no longer (valid|in use|available|used)|"
             r"moved (to|permanently)",
         ),
+        ("network_error", r"host not found, try again|unexpected name server reply|temporary dns"),
         (
             "host_unknown",
             r"host (or domain name )?(unknown|not found)|unknown host|"
@@ -76,9 +83,9 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"no such domain|unrouteable mail domain|unknown domain|name or service not known|"
             r"illegal host/domain|domain.{0,20}(has no|no) (mx|mail exchanger|valid)|"
             r"no (valid )?mx (record|host)|dns (lookup )?(failure|error).{0,30}(domain|host)|"
-            r"host not found|unrouteable domain|domain is not reachable|invalid domain|"
-            r"couldn't find a mail exchanger|couldn't find any host|name service error|"
-            r"^\s*\d{3}\s+[a-z0-9-]+(\.[a-z0-9-]+)+\s+does not exist|"
+            r"host not found|unrouteable domain|domain is not reachable|invalid domain$|"
+            r"couldn't find a mail exchanger|couldn't find any host|"
+            r"(?m:^\s*\d{3}\s+[a-z0-9-]+(\.[a-z0-9-]+)+\s+does not exist)|"
             r"mail for .{0,60} loops back to myself|"
             r"ドメイン(名)?が(存在しない|見つから)",
         ),
@@ -101,7 +108,7 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"mailbox (name )?(not|is not) (allowed|found)|"
             r"this (user|recipient) doesn't have|no account|does not have an account|"
             r"not listed in (domino|public)|user doesn't have a|存在しない|宛先(が)?不明|"
-            r"recipient name is not recognized|recipnotfound|invalid final delivery userid|"
+            r"recipient name is not recognized|check if (the )?address is correct|recipnotfound|invalid final delivery userid|"
             r"recipient address rejected\.?\s*$|見つかりません|"
             r"該当するユーザ|ユーザ(ー)?(が|は)?(存在|見つかり)",
         ),
@@ -141,6 +148,7 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
 
 # RFC 3463 subject.detail → reason, for when the text says nothing useful.
 _STATUS_REASONS = {
+    "1.0": "user_unknown",
     "1.1": "user_unknown",
     "1.2": "host_unknown",
     "1.3": "user_unknown",
@@ -149,7 +157,6 @@ _STATUS_REASONS = {
     "1.7": "rejected",
     "1.8": "rejected",
     "1.10": "not_accept",
-    "2.0": "user_unknown",
     "2.1": "suspended",
     "2.2": "mailbox_full",
     "2.3": "message_too_big",
@@ -207,7 +214,7 @@ def reason_from_status(status: str) -> str:
 _COMMAND_RE = re.compile(
     r"(?:in reply to|after|response to|during|while|error in)\s+(?:the\s+)?"
     r"(rcpt(?: to)?|mail(?: from)?|end of data|data|connect)|^\s*>>>\s*(rcpt|mail|data)\b|"
-    r"smtp:(rcpt|mail|data)\b|\[(rcpt|mail|data)_?(?:to|from)?\]|most progress was (rcpt|mail)|"
+    r"smtp:(rcpt|mail|data)\b|for (text) command|\[(rcpt|mail|data)_?(?:to|from)?\]|most progress was (rcpt|mail)|"
     r"does not like (recipient)|(rcpt) to:<[^>]*>\s*\n?\s*<<<|smtp command:?\s*(rcpt|mail|data)\b",
     re.I | re.M,
 )
@@ -221,11 +228,11 @@ def smtp_command(text: str) -> str:
     command = ""
     for match in _COMMAND_RE.finditer(text or ""):
         word = next(g for g in match.groups() if g).split()[0].upper()
-        command = {"END": "DATA", "RECIPIENT": "RCPT"}.get(word, word)
+        command = {"END": "DATA", "TEXT": "DATA", "RECIPIENT": "RCPT"}.get(word, word)
     return command
 
 
-_GENERIC_REASONS = frozenset({"rejected", "policy", "filtered", "system_error", "network_error"})
+_GENERIC_REASONS = frozenset({"rejected", "policy", "system_error"})
 
 
 def decide(status: str, reply_code: str, *evidences: str) -> tuple[str, Severity]:

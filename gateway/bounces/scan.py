@@ -126,5 +126,10 @@ def _near(text: str, email: str) -> str:
     picked: list[str] = []
     for i, line in enumerate(lines):
         if email in line.lower():
-            picked.extend(lines[i : i + 4])
+            picked.append(line)
+            # Follow-on lines belong to this address until the next address starts.
+            for follow in lines[i + 1 : i + 4]:
+                if "@" in follow or not follow.strip():
+                    break
+                picked.append(follow)
     return "\n".join(picked)
