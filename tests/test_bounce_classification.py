@@ -165,7 +165,7 @@ def test_full_mailbox_under_5xx_is_a_soft_bounce():
 def test_japanese_out_of_office_is_an_autoreply_not_a_bounce():
     raw = (
         "From: tanaka@customer.example\r\nTo: rep@ours.example\r\n"
-        "Subject: =?ISO-2022-JP?B?GyRCSVRCOBsoQg==?=\r\n\r\n".encode()
+        "Subject: =?iso-2022-jp?b?GyRCSVQ6XyROJCpDTiRpJDsbKEI=?=\r\n\r\n".encode()
         + "本日不在です。".encode("iso2022_jp")
     )
     report = classify(raw)
@@ -190,14 +190,11 @@ def test_iso_2022_jp_carrier_bounce_is_recognised():
 
 @pytest.mark.parametrize("folder", ["malformed/malformed", "malformed/thirdparty", "japanese"])
 def test_ordinary_and_malformed_mail_is_not_a_bounce(corpora, folder):
-    # bounce_with_utf8_part.eml really is a Postfix bounce (a DSN with a UTF-8 part).
-    real_bounces = {"bounce_with_utf8_part.eml"}
+    # japanese/bounce_with_utf8_part.eml is, despite its name, a forwarded
+    # iPhone mail from au with no delivery failure in it: not a bounce either.
     called_bounce = {}
     for path in sorted((corpora / folder).glob("*.eml")):
         report = classify(path.read_bytes())
-        if path.name in real_bounces:
-            assert report.kind.is_bounce, path.name
-            continue
         if report.kind not in NOT_A_BOUNCE:
             called_bounce[path.name] = report.kind
     assert called_bounce == {}

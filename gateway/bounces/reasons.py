@@ -220,6 +220,7 @@ _COMMAND_RE = re.compile(
 )
 
 
+_SENDMAIL_RCPT_RE = re.compile(r"(?m)^[45]\d\d [45]\.1\.\d+ <[^>]+@[^>]+>\.\.\. ")
 _CARRIER_FILTER_RE = re.compile(r"\b550[ :]+:\s*user unknown", re.I)
 
 
@@ -260,7 +261,12 @@ def decide(status: str, reply_code: str, *evidences: str) -> tuple[str, Severity
     if reason in _GENERIC_REASONS and specific in HARD_REASONS | {"mailbox_full", "suspended"}:
         reason = specific
     everything = "\n".join(evidences)
-    if reason == "user_unknown" and not status.startswith(("5.1.", "4.1.")):
+    # An X.1.x code said about this recipient (its diagnostic or its own report
+    # line: sendmail prints "550 5.1.1 <addr>... User unknown" for a pipelined RCPT)
+    # corroborates the unknown user whatever command the transcript shows last.
+    own_lines = "\n".join(evidences[:2])
+    corroborated = status.startswith(("5.1.", "4.1.")) or bool(_SENDMAIL_RCPT_RE.search(own_lines))
+    if reason == "user_unknown" and not corroborated:
         if smtp_command(everything) == "DATA" or _CARRIER_FILTER_RE.search(everything):
             reason = "filtered"
     if not reason:
