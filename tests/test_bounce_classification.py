@@ -57,10 +57,7 @@ def test_recipients_found_agree_with_reference(bounce_corpus, capsys):
             else:
                 missed.append(f"{name}:{email}")
     share = found / total
-    line = (
-        f"recipients found: {found}/{total} = {share:.2%} "
-        f"({excluded} excluded as disagreements)"
-    )
+    line = f"recipients found: {found}/{total} = {share:.2%} ({excluded} excluded as disagreements)"
     with capsys.disabled():
         print("\n" + line)
     assert share >= 0.95, f"{line}; missed: {missed}"
@@ -164,8 +161,8 @@ def test_full_mailbox_under_5xx_is_a_soft_bounce():
 
 def test_japanese_out_of_office_is_an_autoreply_not_a_bounce():
     raw = (
-        "From: tanaka@customer.example\r\nTo: rep@ours.example\r\n"
-        "Subject: =?iso-2022-jp?b?GyRCSVQ6XyROJCpDTiRpJDsbKEI=?=\r\n\r\n".encode()
+        b"From: tanaka@customer.example\r\nTo: rep@ours.example\r\n"
+        b"Subject: =?iso-2022-jp?b?GyRCSVQ6XyROJCpDTiRpJDsbKEI=?=\r\n\r\n"
         + "本日不在です。".encode("iso2022_jp")
     )
     report = classify(raw)
@@ -225,7 +222,11 @@ def _nested(depth: int) -> bytes:
         f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
         for i in range(depth)
     )
-    return b"From: MAILER-DAEMON@x\r\nSubject: Undeliverable\r\n" + head + b"Content-Type: text/plain\r\n\r\nx\r\n"
+    return (
+        b"From: MAILER-DAEMON@x\r\nSubject: Undeliverable\r\n"
+        + head
+        + b"Content-Type: text/plain\r\n\r\nx\r\n"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))

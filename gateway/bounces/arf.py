@@ -19,15 +19,20 @@ def detect(mail: Mail) -> BounceReport | None:
 
 
 def _arf(mail: Mail) -> BounceReport | None:
-    report_part = next((p for p, ctype, _ in mail.parts if ctype == "message/feedback-report"), None)
-    declared = mail.content_type == "multipart/report" and mime.param(
-        mail.msg, "report-type"
-    ) == "feedback-report"
+    report_part = next(
+        (p for p, ctype, _ in mail.parts if ctype == "message/feedback-report"), None
+    )
+    declared = (
+        mail.content_type == "multipart/report"
+        and mime.param(mail.msg, "report-type") == "feedback-report"
+    )
     if report_part is None and not declared:
         return None
     fields: dict[str, list[str]] = {}
     if report_part is not None:
-        for name, value in _FIELD_RE.findall(mime.raw_payload(report_part).decode("utf-8", "replace")):
+        for name, value in _FIELD_RE.findall(
+            mime.raw_payload(report_part).decode("utf-8", "replace")
+        ):
             fields.setdefault(name.lower(), []).append(value.strip())
     feedback_type = (fields.get("feedback-type") or ["abuse"])[0].lower() or "abuse"
     emails: list[str] = []
@@ -38,7 +43,8 @@ def _arf(mail: Mail) -> BounceReport | None:
                 emails.append(email)
     if not emails and mail.original is not None:
         emails = [
-            e for e in addresses.find_all(mime.header(mail.original, "To"))
+            e
+            for e in addresses.find_all(mime.header(mail.original, "To"))
             if not addresses.is_system(e)
         ][:1]
     return _complaint(emails, feedback_type, "arf")

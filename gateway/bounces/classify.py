@@ -25,9 +25,10 @@ def _delivery_status(mail: Mail) -> BounceReport | None:
         for p, ctype, _ in mail.parts
         if ctype in ("message/delivery-status", "message/global-delivery-status")
     ]
-    declared = mail.content_type == "multipart/report" and mime.param(
-        mail.msg, "report-type"
-    ) in ("delivery-status", "global-delivery-status")
+    declared = mail.content_type == "multipart/report" and mime.param(mail.msg, "report-type") in (
+        "delivery-status",
+        "global-delivery-status",
+    )
     if not status_parts and not declared:
         return None
     text = "\n\n".join(mime.text(p) for p in status_parts)

@@ -66,8 +66,17 @@ class Mail:
     def own_addresses(self) -> set[str]:
         """Addresses of the report's own envelope: never the bounced recipient."""
         found: set[str] = set()
-        for name in ("From", "To", "Cc", "Return-Path", "Reply-To", "Sender", "Delivered-To",
-                     "X-Original-To", "Envelope-To"):
+        for name in (
+            "From",
+            "To",
+            "Cc",
+            "Return-Path",
+            "Reply-To",
+            "Sender",
+            "Delivered-To",
+            "X-Original-To",
+            "Envelope-To",
+        ):
             found.update(addresses.find_all(mime.header(self.msg, name)))
         return found
 
@@ -80,7 +89,7 @@ class Mail:
             if ctype == "message/rfc822":
                 try:
                     payload = part.get_payload()
-                except Exception:
+                except Exception:  # noqa: S112 - a broken part is skipped, not fatal
                     continue
                 if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                     return payload[0]
@@ -102,11 +111,15 @@ class Mail:
             if inside_original and depth > original_depth:
                 continue
             inside_original = False
-            if ctype.startswith("text/") or ctype in ("message/delivery-status",
-                                                      "message/feedback-report"):
+            if ctype.startswith("text/") or ctype in (
+                "message/delivery-status",
+                "message/feedback-report",
+            ):
                 out.append((part, ctype))
-            elif not ctype.startswith(("multipart/", "message/", "image/", "audio/", "video/")) \
-                    and depth == 0:
+            elif (
+                not ctype.startswith(("multipart/", "message/", "image/", "audio/", "video/"))
+                and depth == 0
+            ):
                 out.append((part, ctype))
         return out
 
@@ -154,6 +167,6 @@ def _strip_html(text: str) -> str:
     text = re.sub(r"(?is)<(script|style).*?</\1>", " ", text)
     text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", text)
     text = re.sub(r"<[^>]+>", " ", text)
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&nbsp;", " ").replace(
-        "&amp;", "&"
+    return (
+        text.replace("&lt;", "<").replace("&gt;", ">").replace("&nbsp;", " ").replace("&amp;", "&")
     )

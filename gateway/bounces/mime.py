@@ -44,7 +44,7 @@ def parse(raw: bytes) -> Message:
     """Parse ``raw`` without ever raising; a hopeless body degrades to headers only."""
     try:
         return email.message_from_bytes(raw, policy=policy.compat32)
-    except Exception:  # RecursionError on absurd nesting, anything else from the parser
+    except Exception:  # noqa: S110 - RecursionError on absurd nesting etc.: headers only
         pass
     try:
         return BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
@@ -146,7 +146,7 @@ def walk(msg: Message) -> Iterator[tuple[Message, int]]:
             continue
         try:
             payload = part.get_payload()
-        except Exception:
+        except Exception:  # noqa: S112 - a broken part has no children to walk
             continue
         if isinstance(payload, list):
             children = [p for p in payload if isinstance(p, Message)]

@@ -64,8 +64,11 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             "too_many_connections",
             r"too many (connections|concurrent|sessions|recipients)|sent to too many|rate limit",
         ),
-        ("mailer_error", r"procmail|couldn't create|mailer error|command died|pipe to |"
-                         r"unknown mailer"),
+        (
+            "mailer_error",
+            r"procmail|couldn't create|mailer error|command died|pipe to |"
+            r"unknown mailer",
+        ),
         (
             "not_accept",
             r"no smtp service|null mx|does not accept (e-?mail|mail)|accepts no mail",
@@ -108,7 +111,8 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"mailbox (name )?(not|is not) (allowed|found)|"
             r"this (user|recipient) doesn't have|no account|does not have an account|"
             r"not listed in (domino|public)|user doesn't have a|存在しない|宛先(が)?不明|"
-            r"recipient name is not recognized|check if (the )?address is correct|recipnotfound|invalid final delivery userid|"
+            r"recipient name is not recognized|check if (the )?address is correct|"
+            r"recipnotfound|invalid final delivery userid|"
             r"recipient address rejected\.?\s*$|見つかりません|"
             r"該当するユーザ|ユーザ(ー)?(が|は)?(存在|見つかり)",
         ),
@@ -132,16 +136,25 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"connection (refused|rejected)|ip .{0,40} (rejected|denied|banned)|banned|"
             r"ptr record|reverse (dns|lookup)|poor reputation",
         ),
-        ("no_relaying", r"relay(ing)? (access )?(denied|not permitted|prohibited)|not permitted to relay"),
+        (
+            "no_relaying",
+            r"relay(ing)? (access )?(denied|not permitted|prohibited)|not permitted to relay",
+        ),
         (
             "filtered",
             r"filter|refused by|rejected by (the )?(recipient|user)|"
             r"receiving refused|拒否|受信(を)?拒否",
         ),
-        ("security_error", r"authentication (required|failed)|\bspf\b|\bdkim\b|dmarc|tls (is )?required"),
+        (
+            "security_error",
+            r"authentication (required|failed)|\bspf\b|\bdkim\b|dmarc|tls (is )?required",
+        ),
         ("policy", r"policy|not accepted|rejected for policy"),
         ("network_error", r"network|connection (timed out|lost|reset)|no route to host"),
-        ("system_error", r"system error|internal error|local error|temporar\w+ (local )?(problem|failure)"),
+        (
+            "system_error",
+            r"system error|internal error|local error|temporar\w+ (local )?(problem|failure)",
+        ),
         ("rejected", r"rejected|refused|denied"),
     ]
 ]
@@ -214,7 +227,8 @@ def reason_from_status(status: str) -> str:
 _COMMAND_RE = re.compile(
     r"(?:in reply to|after|response to|during|while|error in)\s+(?:the\s+)?"
     r"(rcpt(?: to)?|mail(?: from)?|end of data|data|connect)|^\s*>>>\s*(rcpt|mail|data)\b|"
-    r"smtp:(rcpt|mail|data)\b|for (text) command|\[(rcpt|mail|data)_?(?:to|from)?\]|most progress was (rcpt|mail)|"
+    r"smtp:(rcpt|mail|data)\b|for (text) command|\[(rcpt|"
+    r"mail|data)_?(?:to|from)?\]|most progress was (rcpt|mail)|"
     r"does not like (recipient)|(rcpt) to:<[^>]*>\s*\n?\s*<<<|smtp command:?\s*(rcpt|mail|data)\b",
     re.I | re.M,
 )
