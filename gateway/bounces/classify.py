@@ -37,15 +37,14 @@ def _delivery_status(mail: Mail) -> BounceReport | None:
         text = "\n\n".join(mime.text(p) for p, _ in mail.notification_parts)
     found = dsn.recipients(text, mail.notification_head)
     if not found:
-        if status_parts and not dsn.has_fields(text):
+        if not dsn.has_fields(text):
             return None
-        if "delivered" in text.lower() or "relayed" in text.lower() or "expanded" in text.lower():
-            return BounceReport(
-                kind=BounceKind.UNRECOGNISED,
-                reason="delivery success notification, not a bounce",
-                detector="dsn",
-            )
-        return None
+        # delivered / relayed / expanded / deliverable: a success report.
+        return BounceReport(
+            kind=BounceKind.UNRECOGNISED,
+            reason="delivery report without a failed recipient, not a bounce",
+            detector="dsn",
+        )
     hard = any(r.severity == "hard" for r in found)
     return BounceReport(
         kind=BounceKind.HARD if hard else BounceKind.SOFT, recipients=found, detector="dsn"

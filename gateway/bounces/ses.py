@@ -21,7 +21,8 @@ def detect(mail: Mail) -> BounceReport | None:
         body = mime.text(part).strip()
         if not body.startswith("{") or "notificationType" not in body:
             continue
-        document = _load(body)
+        # Relays that fold long lines leave "!\n " inside the JSON: unfold before giving up.
+        document = _load(body) or _load(body.replace("!\n ", "").replace("!\r\n ", ""))
         if document is None:
             continue
         return _report(document)
@@ -30,7 +31,8 @@ def detect(mail: Mail) -> BounceReport | None:
 
 def _load(body: str) -> dict | None:
     try:
-        document = json.loads(body)
+        # SNS appends an unsubscribe footer after the document: decode the first value only.
+        document, _ = json.JSONDecoder().raw_decode(body)
     except ValueError:
         return None
     if isinstance(document, dict) and isinstance(document.get("Message"), str):
