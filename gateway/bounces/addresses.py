@@ -1,0 +1,59 @@
+"""Finding and normalising email addresses in bounce text."""
+
+from __future__ import annotations
+
+import re
+
+ADDRESS_RE = re.compile(
+    r"(?<![\w.+=/-])([\w.!#$%&'*+/=?^`{|}~-]+@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+    r"[a-z0-9][a-z0-9-]*[a-z0-9])(?![\w-])",
+    re.I,
+)
+
+# Addresses that name a mail system, not a person we mailed.
+_SYSTEM_LOCALPARTS = frozenset(
+    {
+        "mailer-daemon",
+        "postmaster",
+        "mail-daemon",
+        "maildaemon",
+        "mailerdaemon",
+        "daemon",
+        "root",
+        "abuse",
+        "noreply",
+        "no-reply",
+        "mail",
+        "mailadmin",
+        "smtp",
+        "bounce",
+        "bounces",
+    }
+)
+
+
+def normalise(value: str) -> str:
+    """``rfc822; <Foo@Example.COM>`` → ``foo@example.com``; ``""`` if no address."""
+    if not value:
+        return ""
+    text = value.strip()
+    if ";" in text:
+        text = text.split(";", 1)[1]
+    text = text.strip().strip("<>\"' \t\r\n").strip()
+    match = ADDRESS_RE.search(text)
+    if not match:
+        return ""
+    return match.group(1).strip(".").lower()
+
+
+def find_all(text: str) -> list[str]:
+    """Every address in ``text``, lowercased, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for match in ADDRESS_RE.finditer(text or ""):
+        seen.setdefault(match.group(1).strip(".").lower(), None)
+    return list(seen)
+
+
+def is_system(address: str) -> bool:
+    local = address.split("@", 1)[0].lower()
+    return local in _SYSTEM_LOCALPARTS or local.startswith(("mailer-daemon", "postmaster"))
