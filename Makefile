@@ -8,7 +8,6 @@ export MAILGATE_DATA_DIR ?= ./var
 
 $(BIN)/mailgate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
 	@touch $@
 
