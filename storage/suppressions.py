@@ -1,0 +1,83 @@
+"""Suppressed addresses: never mailed again by the org (hard bounce, complaint, unsubscribe …)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.schema_sending import suppressions
+from storage.types import utcnow
+
+REASONS = ("hard_bounce", "soft_bounce", "complaint", "unsubscribe", "manual")
+
+
+def suppress(
+    conn: Connection,
+    org_id: int,
+    email_norm: str,
+    reason: str,
+    *,
+    detail: str = "",
+    send_id: int | None = None,
+    insert_ignore=None,
+) -> bool:
+    """Add the address unless it is already suppressed; True when newly added."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown suppression reason {reason!r}")
+    exists = conn.execute(
+        select(suppressions.c.id).where(
+            suppressions.c.org_id == org_id, suppressions.c.email_norm == email_norm
+        )
+    ).first()
+    if exists:
+        return False
+    stmt = insert_ignore(suppressions) if insert_ignore else suppressions.insert()
+    res = conn.execute(
+        stmt.values(
+            org_id=org_id,
+            email_norm=email_norm,
+            reason=reason,
+            detail=detail[:2000],
+            send_id=send_id,
+            created_at=utcnow(),
+        )
+    )
+    return bool(res.rowcount)
+
+
+def suppressed_among(conn: Connection, org_id: int, emails: Iterable[str]) -> dict[str, str]:
+    """email_norm → reason for those of ``emails`` that must not be mailed."""
+    wanted = sorted(set(emails))
+    if not wanted:
+        return {}
+    q = select(suppressions.c.email_norm, suppressions.c.reason).where(
+        suppressions.c.org_id == org_id, suppressions.c.email_norm.in_(wanted)
+    )
+    return dict(conn.execute(q).all())
+
+
+async def list_page(
+    conn: AsyncConnection, org_id: int, *, after: int, limit: int
+) -> list[dict[str, Any]]:
+    q = (
+        select(suppressions)
+        .where(suppressions.c.org_id == org_id, suppressions.c.id > after)
+        .order_by(suppressions.c.id)
+        .limit(limit)
+    )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def lift(conn: AsyncConnection, org_id: int, email_norm: str) -> dict[str, Any] | None:
+    """Remove a suppression; returns the removed row (for the audit event) or None."""
+    q = select(suppressions).where(
+        suppressions.c.org_id == org_id, suppressions.c.email_norm == email_norm
+    )
+    row = (await conn.execute(q)).mappings().first()
+    if row is None:
+        return None
+    await conn.execute(delete(suppressions).where(suppressions.c.id == row["id"]))
+    return dict(row)
