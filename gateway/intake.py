@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,11 @@ class Job:
 
 
 class Intake:
-    def __init__(self, db: Database, *, mail_domain: str) -> None:
+    def __init__(
+        self, db: Database, *, mail_domain: str, on_kept: Callable[[], None] | None = None
+    ) -> None:
         self.db = db
+        self.on_kept = on_kept  # wakes the bounce worker when bounce mail was kept
         self.mail_domain = mail_domain
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -83,6 +87,8 @@ class Intake:
                 return
             await self._rescue(jobs[0], exc)
             return
+        if self.on_kept and any(job.keep for job in jobs):
+            self.on_kept()
         for job in jobs:
             if job.done and not job.done.done():
                 job.done.set_result(None)

@@ -78,6 +78,8 @@ async def run(
                 max_size=settings.max_message_size,
             )
             running.smtp_port = smtp_server.sockets[0].getsockname()[1]
+        if "worker" in roles:
+            tasks.append(asyncio.create_task(services.bounces.run(running.stopped), name="bounces"))
         if "http" in roles:
             host, port = settings.http_host_port
             sock = _bind(host, port)

@@ -1,0 +1,224 @@
+"""From a recognised report to actions: tie it to a send, record it, suppress, emit events.
+
+The order of attribution follows Mailman: the VERP token of the address the
+bounce came to; else our ``X-Mailgate-Send`` header or the Message-ID found in
+the returned original; else the latest send to the bounced address.  What
+cannot be recognised or attributed is kept (``inbound.state = 'held'``) for an
+operator, never deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from gateway.bounces import BounceKind, BounceReport, classify, verp_token
+from storage import bounce_store, events, suppressions
+from storage.events import NewEvent
+
+SOFT_LIMIT = 3
+SOFT_WINDOW = timedelta(days=7)
+RECIPIENT_LOOKBACK = timedelta(days=30)
+
+
+@dataclass
+class Policy:
+    mail_domain: str
+    soft_limit: int = SOFT_LIMIT
+    soft_window: timedelta = SOFT_WINDOW
+
+
+@dataclass
+class Outcome:
+    state: str  # done | held
+    note: str
+    org_id: int | None = None
+    recorded: list[dict[str, Any]] = field(default_factory=list)
+
+
+def find_send(
+    conn: Connection, report: BounceReport, rcpt_to: list[str], mail_domain: str
+) -> tuple[dict[str, Any] | None, str]:
+    for address in rcpt_to:
+        token = verp_token(address, mail_domain)
+        if token:
+            send = bounce_store.send_by_verp(conn, token)
+            if send:
+                return send, "verp"
+    header = (report.original_headers.get("X-Mailgate-Send") or "").strip()
+    if header.isdigit():
+        send = bounce_store.send_by_id(conn, int(header))
+        if send:
+            return send, "header"
+    if report.original_message_id:
+        send = bounce_store.send_by_message_id(conn, report.original_message_id.strip("<>"))
+        if send:
+            return send, "message_id"
+    since = bounce_store.now() - RECIPIENT_LOOKBACK
+    for r in report.recipients:
+        send = bounce_store.recent_send_to(conn, r.email, since)
+        if send:
+            return send, "recipient"
+    return None, ""
+
+
+def apply_bounce(
+    conn: Connection,
+    *,
+    org_id: int,
+    send: dict[str, Any] | None,
+    email: str,
+    kind: str,
+    policy: Policy,
+    status: str = "",
+    reply_code: str = "",
+    reason: str = "",
+    diagnostic: str = "",
+    feedback_type: str = "",
+    matched_by: str = "",
+    inbound_id: int | None = None,
+    insert_ignore=None,
+) -> list[NewEvent]:
+    """Record one hard/soft bounce or complaint and act on it; returns the events to emit."""
+    now = bounce_store.now()
+    send_id = send["id"] if send else None
+    bounce_store.record(
+        conn,
+        org_id=org_id,
+        inbound_id=inbound_id,
+        send_id=send_id,
+        email_norm=email,
+        kind=kind,
+        status=status[:12],
+        reply_code=reply_code[:3],
+        reason=reason[:40],
+        feedback_type=feedback_type[:40],
+        diagnostic=diagnostic[:2000],
+        matched_by=matched_by,
+        at=now,
+    )
+    data = {
+        "send_id": send_id,
+        "email": email,
+        "status": status,
+        "reply_code": reply_code,
+        "reason": reason,
+        "diagnostic": diagnostic[:500],
+    }
+    out: list[NewEvent] = []
+    if kind == "complaint":
+        if send_id:
+            bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
+        suppressions.suppress(
+            conn,
+            org_id,
+            email,
+            "complaint",
+            detail=feedback_type,
+            send_id=send_id,
+            insert_ignore=insert_ignore,
+        )
+        out.append(NewEvent(org_id, "email.complained", {**data, "feedback_type": feedback_type}))
+        return out
+    if send_id:
+        bounce_store.mark_send(conn, send_id, status="bounced", bounce_type=kind, bounced_at=now)
+    out.append(NewEvent(org_id, "email.bounced", {**data, "type": kind}))
+    if kind == "hard":
+        suppressions.suppress(
+            conn,
+            org_id,
+            email,
+            "hard_bounce",
+            detail=f"{status} {diagnostic}"[:500],
+            send_id=send_id,
+            insert_ignore=insert_ignore,
+        )
+    elif (
+        bounce_store.soft_count_since(conn, org_id, email, now - policy.soft_window)
+        >= policy.soft_limit
+    ):
+        suppressions.suppress(
+            conn,
+            org_id,
+            email,
+            "soft_bounce",
+            detail=f"{policy.soft_limit} soft bounces within {policy.soft_window.days} days",
+            send_id=send_id,
+            insert_ignore=insert_ignore,
+        )
+    return out
+
+
+def _targets(report: BounceReport, send: dict[str, Any], matched_by: str):
+    """(address, report entry) pairs to act on.
+
+    A VERP address names exactly one send, so exactly its recipient, whatever
+    the report lists (a redacted complaint lists nobody).  Otherwise every
+    recipient the report names, each checked against the send it matched.
+    """
+    by_email = {r.email: r for r in report.recipients}
+    if matched_by == "verp" or not report.recipients:
+        entry = by_email.get(send["to_email"]) or (
+            report.recipients[0] if report.recipients else None
+        )
+        return [(send["to_email"], entry)]
+    return list(by_email.items())
+
+
+def process_one(
+    conn: Connection, row: dict[str, Any], policy: Policy, insert_ignore=None
+) -> Outcome:
+    report = classify(row["raw"])
+    if report.kind in (BounceKind.UNRECOGNISED,):
+        return Outcome("held", f"unrecognised: {report.reason}"[:500])
+    if report.kind == BounceKind.AUTOREPLY:
+        return Outcome("done", "auto-reply (not a bounce)")
+    send, matched_by = find_send(conn, report, row["rcpt_to"] or [], policy.mail_domain)
+    if send is None:
+        return Outcome("held", f"{report.kind.value}: no send found for it")
+    org_id = send["org_id"]
+    new_events: list[NewEvent] = []
+    outcome = Outcome("done", f"{report.kind.value} via {matched_by}", org_id=org_id)
+    for email, r in _targets(report, send, matched_by):
+        if report.kind == BounceKind.COMPLAINT:
+            kind = "complaint"
+        elif r is not None and r.severity in ("hard", "soft"):
+            kind = r.severity
+        else:
+            kind = "hard" if report.kind == BounceKind.HARD else "soft"
+        new_events += apply_bounce(
+            conn,
+            org_id=org_id,
+            send=send if email == send["to_email"] else None,
+            email=email,
+            kind=kind,
+            policy=policy,
+            status=r.status if r else "",
+            reply_code=r.reply_code if r else "",
+            reason=r.reason if r else "",
+            diagnostic=r.diagnostic if r else "",
+            feedback_type=report.feedback_type,
+            matched_by=matched_by,
+            inbound_id=row["id"],
+            insert_ignore=insert_ignore,
+        )
+        outcome.recorded.append({"email": email, "kind": kind})
+    events.append_sync(conn, new_events)
+    return outcome
+
+
+def process_batch(conn: Connection, policy: Policy, limit: int = 100, insert_ignore=None) -> int:
+    """Claim up to ``limit`` kept bounce messages and process them; returns how many."""
+    rows = bounce_store.claim_pending(conn, limit)
+    for row in rows:
+        try:
+            outcome = process_one(conn, row, policy, insert_ignore)
+        except Exception as exc:  # noqa: BLE001 - keep it for a human rather than loop on it
+            outcome = Outcome("held", f"error: {type(exc).__name__}: {exc}"[:500])
+        bounce_store.finish(
+            conn, row["id"], state=outcome.state, org_id=outcome.org_id, note=outcome.note
+        )
+    return len(rows)
