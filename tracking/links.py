@@ -57,8 +57,11 @@ __all__ = [
 
 # An <a> start tag.  Attributes are consumed as name[=value] units so a '>'
 # inside a quoted value does not end the tag; the atomic group and possessive
-# star keep the match linear whatever the input.
-_TAG_REST = r"""(?=[\s/>])(?>\s+|[^\s"'>/=]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>]*))?|[^>])*+>"""
+# star forbid backtracking, and a bare '<' outside quotes ends the attempt, so
+# an unclosed tag cannot make every later '<a' rescan the rest of the input.
+# (A bare '<' in an unquoted href is legal HTML but unheard of in mail; such a
+# link is simply left untracked.)
+_TAG_REST = r"""(?=[\s/>])(?>\s+|[^\s"'>/=<]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s><]*))?|[^><])*+>"""
 _A_TAG = re.compile("<a" + _TAG_REST, re.IGNORECASE)
 _ATTR = re.compile(
     r"""(?P<name>[^\s"'>/=]+)(?:\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<uq>[^\s>]*)))?"""
