@@ -313,3 +313,17 @@ def test_safe_redirect_target_refuses_non_strings(url):
 )
 def test_safe_redirect_target_accepts_normal_urls(url):
     assert safe_redirect_target(url) is True
+
+
+def test_the_pixel_is_a_43_byte_transparent_gif_that_no_cache_keeps():
+    from tracking.pixel import PIXEL_GIF, PIXEL_HEADERS
+
+    assert len(PIXEL_GIF) == 43 and PIXEL_GIF.startswith(b"GIF89a") and PIXEL_GIF.endswith(b";")
+    assert PIXEL_GIF[6:10] == b"\x01\x00\x01\x00"  # 1×1
+    gce = PIXEL_GIF.index(b"\x21\xf9\x04")
+    assert PIXEL_GIF[gce + 3] & 1  # transparency flag set
+    assert PIXEL_HEADERS["Content-Type"] == "image/gif"
+    assert PIXEL_HEADERS["Content-Length"] == "43"
+    cache = PIXEL_HEADERS["Cache-Control"]
+    for directive in ("no-cache", "no-store", "must-revalidate", "private"):
+        assert directive in cache
