@@ -21,12 +21,12 @@ Rules, in the order they are tried (the first that fires names the reason):
 ``apple_mpp``
     Apple Mail Privacy Protection fetches images through Apple's proxy with
     the bare user agent ``Mozilla/5.0`` — no real mail client sends that —
-    from Apple's network (17.0.0.0/8), usually soon after delivery
-    (:attr:`VerdictRules.mpp_window`, 1 h, stands in when the address is
-    another one, e.g. behind a load balancer that hides it), whether
+    from Apple's network (17.0.0.0/8), usually soon after delivery, whether
     or not anybody reads the message.  An MPP open says nothing about the
-    person, so it is a machine.  A bare ``Mozilla/5.0`` open from elsewhere,
-    late, is still no person's mail client: ``scanner_ua``.
+    person, so it is a machine.  A bare-agent open is ``apple_mpp`` when it
+    comes from Apple's network or within :attr:`VerdictRules.mpp_window`
+    (1 h) of delivery (the address may be hidden behind our own proxy); later
+    and from elsewhere it is still no person's mail client: ``scanner_ua``.
 ``gmail_proxy`` (see the decision below)
 ``scanner_network``
     The request comes from the published mail-flow networks of the large
@@ -42,7 +42,7 @@ Rules, in the order they are tried (the first that fires names the reason):
     are not judged by speed alone: a person watching their inbox can open a
     message seconds after it arrives.
 ``burst``
-    Hits on at least :attr:`VerdictRules.burst_links` (3) distinct links of
+    Clicks on at least :attr:`VerdictRules.burst_links` (3) distinct links of
     one send within :attr:`VerdictRules.burst_window` (2 s).  A person clicks
     one link, reads, maybe clicks another later; a scanner follows them all at
     once.  Hits on both sides of this one count, so recomputing a verdict
@@ -53,8 +53,8 @@ Gmail fetches images through its proxy when the person opens the message
 (and caches them, so later opens are invisible).  Unlike Apple MPP, the
 fetch is caused by a person, so **a Gmail proxy open counts as a human
 open**, with reason ``gmail_proxy`` so reports can still separate it — the
-same choice most ESPs make.  The exception: Gmail is known to pre-fetch for
-some mailboxes right after delivery; a proxy open within
+same choice most ESPs make.  The exception: Gmail has been reported to
+pre-fetch images for some mailboxes on arrival; a proxy open within
 :attr:`VerdictRules.gmail_prefetch` (10 s) of delivery is ``machine`` /
 ``gmail_proxy``.
 
