@@ -327,3 +327,63 @@ def test_the_pixel_is_a_43_byte_transparent_gif_that_no_cache_keeps():
     cache = PIXEL_HEADERS["Cache-Control"]
     for directive in ("no-cache", "no-store", "must-revalidate", "private"):
         assert directive in cache
+
+
+# --- in a real browser ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    import os
+    import shutil
+
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed")
+    if not os.path.exists(path):
+        pytest.skip("Chromium not found at /usr/bin/chromium (apt-get install chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=path,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def test_in_a_browser_people_see_the_same_message_and_no_honeypot(signer, chromium):
+    original = (
+        '<html><body style="margin:0;font:16px sans-serif">'
+        '<p>山田様</p><a id="buy" href="https://shop.example/?a=1&amp;b=2">購入する</a>'
+        "<p>以上</p></body></html>"
+    )
+    result = rewrite(signer, original)
+    page = chromium.new_page()
+    try:
+        page.route("**/*", lambda route: route.fulfill(status=200, body=b""))
+        page.set_content(original)
+        before = page.inner_text("body")
+        page.set_content(result.html)
+        assert page.inner_text("body") == before
+        honeypot = page.locator('a[aria-hidden="true"]')
+        assert honeypot.count() == 1 and not honeypot.is_visible()
+        # Tabbing from the top lands on the real link, never the honeypot.
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "buy"
+        pixel = page.locator("img").bounding_box()
+        assert pixel is not None and pixel["width"] <= 1 and pixel["height"] <= 1
+        # The browser resolves the visible link to our click URL, which maps back.
+        href = page.eval_on_selector("#buy", "a => a.href")
+        assert result.links[click_index(signer, href)] == "https://shop.example/?a=1&b=2"
+    finally:
+        page.close()

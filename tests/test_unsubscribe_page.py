@@ -153,3 +153,62 @@ def test_pick_lang_follows_accept_language_with_japanese_by_default(header, lang
 )
 def test_mask_email_keeps_the_domain_and_hides_the_mailbox(email, masked):
     assert mask_email(email) == masked
+
+
+# --- in a real browser ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    import os
+    import shutil
+
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed")
+    if not os.path.exists(path):
+        pytest.skip("Chromium not found at /usr/bin/chromium (apt-get install chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=path,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize("lang", ["ja", "en"])
+def test_in_a_browser_the_button_posts_one_click_and_hostile_input_stays_text(chromium, lang):
+    page = chromium.new_page()
+    requests = []
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    try:
+        page.route(
+            "https://mg.example.jp/**",
+            lambda route: (
+                requests.append((route.request.method, route.request.url, route.request.post_data)),
+                route.fulfill(status=200, content_type="text/html", body=render_done_page(lang)),
+            ),
+        )
+        page.goto(ACTION)  # the GET that shows the page; answer it with our page
+        requests.clear()
+        page.set_content(render_confirm_page(lang, HOSTILE, ACTION))
+        assert HOSTILE in page.inner_text("main")
+        assert requests == []  # rendering loads nothing
+        page.click("button")
+        page.wait_for_load_state()
+        assert requests == [("POST", ACTION, "List-Unsubscribe=One-Click")]
+        assert dialogs == []  # no script ran
+    finally:
+        page.close()
