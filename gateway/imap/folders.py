@@ -29,7 +29,7 @@ class Folder:
 
 
 def parse_list_line(line: bytes) -> Folder | None:
-    """One ``LIST`` answer line (with or without the ``LIST`` word aioimaplib strips); None for anything else."""
+    """One ``LIST`` answer line (aioimaplib strips the ``LIST`` word); None for other lines."""
     m = _LIST.match(line)
     if not m:
         return None
