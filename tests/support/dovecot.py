@@ -346,5 +346,9 @@ def dovecot() -> Iterator[Dovecot]:
 
 
 def crlf(raw: bytes) -> bytes:
-    """What an IMAP server returns for a stored message: every bare LF becomes CRLF."""
-    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") if b"\n" in raw else raw
+    """What Dovecot returns for a stored message in ``BODY[]``.
+
+    IMAP literals carry CRLF lines and no NUL bytes (RFC 3501 4.3), so every
+    bare LF becomes CRLF and every NUL becomes 0x80.  Nothing else changes.
+    """
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\0", b"\x80")
