@@ -10,10 +10,12 @@ import time
 import pytest
 
 from gateway.imap import MailboxConfig, MailboxError, connect, discover_folders
-from tests.support.dovecot import Dovecot, dovecot, free_port  # noqa: F401
+from tests.support.dovecot import Dovecot, dovecot_server, free_port
+
+dovecot = pytest.fixture(dovecot_server, name="dovecot")
 
 
-def account(server: Dovecot, password: str = "secret", **kw) -> MailboxConfig:
+def account(server: Dovecot, password: str = "secret", **kw) -> MailboxConfig:  # noqa: S107
     return MailboxConfig(server.host, server.port, "alice", password, security="none", **kw)
 
 

@@ -12,7 +12,9 @@ import pytest
 
 from gateway.imap import Checkpoint, MailboxConfig, MailboxSource, connect
 from gateway.imap.fetch import FetchBatch
-from tests.support.dovecot import Dovecot, crlf, dovecot  # noqa: F401
+from tests.support.dovecot import Dovecot, crlf, dovecot_server
+
+dovecot = pytest.fixture(dovecot_server, name="dovecot")
 
 
 def account(server: Dovecot) -> MailboxConfig:

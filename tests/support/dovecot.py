@@ -7,7 +7,7 @@ are root), keeps all its state in a short directory under ``/dev/shm`` and
 stores mail as maildir, which lets tests seed thousands of messages by
 writing files instead of slow APPENDs.  Recipe: ``/work/shared/RECIPES.md``.
 
-Use the ``dovecot`` fixture (``from tests.support.dovecot import dovecot``);
+Tests declare the fixture with ``pytest.fixture(dovecot_server, name="dovecot")``;
 it skips with a reason when the binary is absent.
 """
 
@@ -334,9 +334,12 @@ def start_or_skip() -> Dovecot:
     return Dovecot().start()
 
 
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    """A fresh Dovecot per test with one user, ``alice`` / ``secret``."""
+def dovecot_server() -> Iterator[Dovecot]:
+    """Fixture body: a fresh Dovecot with one user, ``alice`` / ``secret``.
+
+    In a test module: ``dovecot = pytest.fixture(dovecot_server, name="dovecot")``
+    (add ``scope="module"`` to share one server between a module's tests).
+    """
     server = start_or_skip()
     try:
         server.add_user("alice", "secret")
