@@ -230,3 +230,30 @@ async def test_the_poller_retries_an_unreachable_server_until_stopped():
     stop.set()
     await asyncio.wait_for(poller, 2)
     assert len(errors) >= 3 and {e.kind for e in errors} == {"unreachable"}
+
+
+async def test_a_missing_sent_override_is_reported_but_inbox_keeps_filing(dovecot):
+    dovecot.seed("alice", "INBOX", [message(0)])
+    filing, errors, stop = Filing(), [], asyncio.Event()
+    config = MailboxConfig(
+        dovecot.host, dovecot.port, "alice", "secret", "none", sent_folder_override="Gesendet"
+    )
+    poller = asyncio.ensure_future(
+        poll_forever(
+            config,
+            filing.on_batch,
+            stop,
+            load_checkpoint=filing.load,
+            on_error=errors.append,
+            timeout=5,
+        )
+    )
+    try:
+        await filing.until(lambda: filing.uids.get("INBOX") == [1])
+        await asyncio.sleep(0.3)
+        dovecot.append("alice", "INBOX", message(1))
+        await filing.until(lambda: filing.uids.get("INBOX") == [1, 2])
+    finally:
+        stop.set()
+        await asyncio.wait_for(poller, 5)
+    assert errors and all(e.kind == "protocol" and "Gesendet" in e.message for e in errors)

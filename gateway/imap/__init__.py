@@ -3,6 +3,18 @@
 Entry points: :func:`connect` → :class:`ImapSession`; :func:`discover_folders`;
 :class:`MailboxSource` (``fetch_new``, ``set_seen``, ``changed_flags``);
 :func:`wait_for_new`; :func:`poll_forever` for the whole reconnecting loop.
+
+Filing one poll by hand::
+
+    async with await connect(config, timeout=30) as session:
+        source = MailboxSource(session)
+        for folder in await discover_folders(session, config.sent_folder_override):
+            async for batch in source.fetch_new(folder, stored_checkpoint(folder)):
+                file_and_store(batch.messages, batch.checkpoint)  # one transaction
+
+``batch.checkpoint`` is safe to store only once ``batch.messages`` are
+durably filed; a crash in between refetches that one batch (≤ 200 messages),
+which the ingest dedupe (Message-ID / content hash) absorbs.
 """
 
 from gateway.imap.checkpoint import Checkpoint, FetchPlan, FolderState, PlanKind, plan_fetch

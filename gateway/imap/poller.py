@@ -50,20 +50,45 @@ async def poll_once(
     *,
     since: date | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    on_error: Callable[[MailboxError], None] | None = None,
 ) -> int:
-    """Fetch everything new in ``folders``; returns how many messages were handed over."""
+    """Fetch everything new in ``folders``; returns how many messages were handed over.
+
+    A folder the server refuses (a Sent override that does not exist) is
+    reported to ``on_error`` and skipped, so it cannot stop INBOX filing.
+    """
     count = 0
     for folder in folders:
-        progress: Progress | None = None
-        if on_progress is not None:
+        try:
+            count += await _poll_folder(
+                source, folder, load_checkpoint, on_batch, since, on_progress
+            )
+        except MailboxError as exc:
+            if exc.kind != "protocol" or not source.session.connected or on_error is None:
+                raise
+            on_error(exc)
+    return count
 
-            def progress(done: int, total: int, _folder: str = folder) -> None:
-                on_progress(_folder, done, total)
 
-        checkpoint = await load_checkpoint(folder)
-        async for batch in source.fetch_new(folder, checkpoint, since=since, on_progress=progress):
-            await on_batch(batch)
-            count += len(batch.messages)
+async def _poll_folder(
+    source: MailboxSource,
+    folder: str,
+    load_checkpoint: LoadCheckpoint,
+    on_batch: OnBatch,
+    since: date | None,
+    on_progress: Callable[[str, int, int], None] | None,
+) -> int:
+    progress: Progress | None = None
+    if on_progress is not None:
+
+        def progress(done: int, total: int) -> None:
+            on_progress(folder, done, total)
+
+    count = 0
+    checkpoint = await load_checkpoint(folder)
+    async for batch in source.fetch_new(folder, checkpoint, since=since, on_progress=progress):
+        await on_batch(batch)
+        count += len(batch.messages)
     return count
 
 

@@ -180,16 +180,14 @@ class Dovecot:
         raise DovecotError(f"dovecot did not listen on port {self.port} within {timeout} s")
 
     def stop(self) -> None:
-        """SIGTERM the process group and remove every file the server wrote."""
+        """Kill the server's process group and remove every file it wrote."""
         if self._proc is not None:
+            # All state is thrown away, so nothing needs a clean shutdown.  SIGTERM to
+            # the group now and then left the master waiting 5 s; SIGTERM to the master
+            # alone costs 1 s while it waits for its children.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=5)
             if self._proc.stderr is not None:
                 self._proc.stderr.close()
             self._proc = None
