@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 
 import pytest
 
-from gateway.imap import MailboxConfig, MailboxError, connect, discover_folders
+from gateway.imap import MailboxConfig, MailboxError, MailboxSource, connect, discover_folders
 from tests.support.dovecot import Dovecot, dovecot_server, free_port
 
 dovecot = pytest.fixture(dovecot_server, name="dovecot")
@@ -122,3 +123,48 @@ async def test_a_dropped_connection_fails_the_next_command_promptly(dovecot):
                 await asyncio.sleep(0.02)
         assert caught.value.kind == "disconnected"
         assert time.monotonic() - started < 2
+
+
+@pytest.fixture
+def tls_dovecot():
+    from tests.support.dovecot import DOVECOT, Dovecot
+
+    if DOVECOT is None:
+        pytest.skip("dovecot is not installed (Debian: apt-get install dovecot-imapd)")
+    server = Dovecot().start(tls=True)
+    try:
+        server.add_user("alice", "secret")
+        server.seed("alice", "INBOX", [b"Subject: over TLS\n\nhello\n"])
+        yield server
+    finally:
+        server.stop()
+
+
+def trusting(server) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(server.ca_file))
+
+
+async def test_implicit_tls_with_a_trusted_certificate_fetches_mail(tls_dovecot):
+    config = MailboxConfig("127.0.0.1", tls_dovecot.tls_port, "alice", "secret", "tls")
+    async with await connect(config, timeout=5, ssl_context=trusting(tls_dovecot)) as session:
+        batches = [b async for b in MailboxSource(session).fetch_new("INBOX", None)]
+    assert batches[0].messages[0].raw == b"Subject: over TLS\r\n\r\nhello\r\n"
+
+
+async def test_starttls_upgrades_before_the_password_is_sent(tls_dovecot):
+    config = MailboxConfig("127.0.0.1", tls_dovecot.port, "alice", "secret", "starttls")
+    async with await connect(config, timeout=5, ssl_context=trusting(tls_dovecot)) as session:
+        assert session.commands["STARTTLS"] == 1
+        assert isinstance(session.protocol.transport.get_extra_info("ssl_object"), ssl.SSLObject)
+        state = await session.examine("INBOX")
+    assert state.exists == 1
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_an_untrusted_certificate_is_a_tls_failure_in_plain_words(tls_dovecot, security):
+    port = tls_dovecot.tls_port if security == "tls" else tls_dovecot.port
+    config = MailboxConfig("127.0.0.1", port, "alice", "secret", security)
+    with pytest.raises(MailboxError) as caught:
+        await connect(config, timeout=5)
+    assert caught.value.kind == "tls_failure"
+    assert "not trusted" in caught.value.message

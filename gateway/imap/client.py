@@ -147,9 +147,12 @@ class _Client(imap.IMAP4):
 class ImapSession:
     """A logged-in connection.  Every method raises :class:`MailboxError` only."""
 
-    def __init__(self, config: MailboxConfig, timeout: float) -> None:
+    def __init__(
+        self, config: MailboxConfig, timeout: float, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.config = config
         self.timeout = timeout
+        self._ssl_context = ssl_context or _tls_context()
         self._lost = asyncio.Event()
         self._lost_reason: str | None = None
         self.selected: str | None = None
@@ -159,7 +162,7 @@ class ImapSession:
             config.port,
             timeout=timeout,
             conn_lost_cb=self._on_connection_lost,
-            ssl_context=_tls_context() if config.security == "tls" else None,
+            ssl_context=self._ssl_context if config.security == "tls" else None,
         )
 
     # -- plumbing ------------------------------------------------------------
@@ -225,6 +228,12 @@ class ImapSession:
                 return task.result()
             except MailboxError:
                 raise
+            except ssl.SSLError as exc:  # before ValueError: cert errors are both
+                self.mark_lost("TLS failed")
+                where = f"{self.config.host}:{self.config.port}"
+                raise MailboxError(
+                    "tls_failure", f"TLS with {where} failed: {_ssl_reason(exc)}"
+                ) from exc
             except (imap.AioImapException, RecursionError, ValueError) as exc:
                 self.mark_lost(f"{what} failed")
                 raise MailboxError(
@@ -348,18 +357,13 @@ class ImapSession:
                     f"{where} does not offer STARTTLS; refusing to send the password in clear",
                 )
             try:
-                await self.call("STARTTLS", self.protocol.starttls(_tls_context(), config.host))
+                await self.call("STARTTLS", self.protocol.starttls(self._ssl_context, config.host))
             except MailboxError as exc:
                 if exc.kind == "protocol":
                     raise MailboxError(
-                        "tls_failure", f"TLS with {where} failed: {exc.message}"
+                        "tls_failure", f"STARTTLS with {where} failed: {exc.message}"
                     ) from exc
                 raise
-            except ssl.SSLError as exc:
-                self.mark_lost("TLS failed")
-                raise MailboxError(
-                    "tls_failure", f"TLS with {where} failed: {_ssl_reason(exc)}"
-                ) from exc
 
     async def _login(self) -> None:
         if self.protocol.state == imap.AUTH:  # PREAUTH
@@ -389,11 +393,19 @@ class ImapSession:
         await self.call("CAPABILITY", self.protocol.capability())
 
 
-async def connect(config: MailboxConfig, timeout: float = DEFAULT_TIMEOUT) -> ImapSession:
-    """Connect and log in.  ``timeout`` bounds each step and every later command."""
+async def connect(
+    config: MailboxConfig,
+    timeout: float = DEFAULT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ImapSession:
+    """Connect and log in.  ``timeout`` bounds each step and every later command.
+
+    ``ssl_context`` replaces the default (system CAs, hostname checked), e.g.
+    to trust a self-hosted server's own CA.
+    """
     if not timeout or timeout <= 0:
         raise ValueError("an IMAP session needs a finite, positive timeout")
-    session = ImapSession(config, timeout)
+    session = ImapSession(config, timeout, ssl_context)
     try:
         await session._open()
         await session._login()

@@ -42,7 +42,7 @@ log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -76,7 +76,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 service anvil {{
@@ -119,6 +120,8 @@ class Dovecot:
         self.root = Path(tempfile.mkdtemp(prefix="dc", dir=_shm()))
         self.host = "127.0.0.1"
         self.port = 0
+        self.tls_port = 0
+        self.ca_file: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._users: dict[str, str] = {}
         self._seq = itertools.count(1)
@@ -140,9 +143,20 @@ class Dovecot:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self, port: int = 0, timeout: float = 5.0) -> Dovecot:
-        """Start in the foreground of its own process group; returns once the port answers."""
+    def start(self, port: int = 0, timeout: float = 5.0, tls: bool = False) -> Dovecot:
+        """Start in the foreground of its own process group; returns once the port answers.
+
+        With ``tls`` the server gets a fresh self-signed certificate for 127.0.0.1
+        (``self.ca_file``), offers STARTTLS on ``port`` and implicit TLS on
+        ``tls_port``.
+        """
         self.port = port or free_port()
+        self.tls_port = free_port() if tls else 0
+        ssl_setting = "ssl = no"
+        if tls:
+            self.ca_file = self.root / "cert.pem"
+            _self_signed(self.ca_file, self.root / "key.pem")
+            ssl_setting = f"ssl = yes\nssl_cert = <{self.ca_file}\nssl_key = <{self.root}/key.pem"
         for sub in ("run", "state", "mail", "home"):
             (self.root / sub).mkdir(exist_ok=True)
         (self.root / "passwd").touch()
@@ -154,6 +168,8 @@ class Dovecot:
                 uid=self.uid,
                 gid=self.gid,
                 port=self.port,
+                tls_port=self.tls_port,
+                ssl=ssl_setting,
             )
         )
         self._chown_tree(self.root)
@@ -309,6 +325,46 @@ class Dovecot:
         for dirpath, dirnames, filenames in os.walk(top):
             for name in itertools.chain(dirnames, filenames):
                 os.chown(os.path.join(dirpath, name), self.uid, self.gid)
+
+
+def _self_signed(cert_path: Path, key_path: Path) -> None:
+    """A throwaway certificate for 127.0.0.1/localhost, so TLS paths run for real."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 def _shm() -> str | None:
