@@ -164,6 +164,8 @@ def test_sent_is_found_by_special_use_whatever_its_name():
     assert find_sent(folders) == "[Gmail]/Sent Mail"
     assert find_sent(folders, override="Gesendet") == "Gesendet"
     assert find_sent(folders[:2]) is None
+    plain = [parse_list_line(b'() "." "INBOX.Sent Items"'), parse_list_line(b'() "." "Sent Items"')]
+    assert find_sent(plain) == "Sent Items"  # no \\Sent flag anywhere: go by the usual name
 
 
 def test_folder_names_round_trip_through_modified_utf7():

@@ -22,7 +22,7 @@ import re
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -103,7 +103,9 @@ class _ExamineCommand(imap.Command):
 class _Protocol(imap.IMAP4ClientProtocol):
     """aioimaplib's protocol with a command counter and a password-free send log."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb) -> None:  # noqa: ANN001
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Callable[[Exception | None], None]
+    ) -> None:
         super().__init__(loop, conn_lost_cb)
         self.commands: Counter[str] = Counter()
 
@@ -136,7 +138,14 @@ class _Protocol(imap.IMAP4ClientProtocol):
 
 
 class _Client(imap.IMAP4):
-    def create_client(self, host, port, loop, conn_lost_cb=None, ssl_context=None) -> None:  # noqa: ANN001
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Callable[[Exception | None], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         local_loop = loop if loop is not None else asyncio.get_running_loop()
         self.protocol = _Protocol(local_loop, conn_lost_cb)
         self._client_task = local_loop.create_task(

@@ -44,7 +44,15 @@ def find_sent(folders: list[Folder], override: str | None = None) -> str | None:
     for folder in folders:
         if folder.selectable and any(f.upper() == "\\SENT" for f in folder.flags):
             return folder.name
+    # Servers without SPECIAL-USE: the names mail clients create, first match wins.
+    by_name = {folder.name.casefold(): folder.name for folder in folders if folder.selectable}
+    for candidate in _SENT_NAMES:
+        if candidate in by_name:
+            return by_name[candidate]
     return None
+
+
+_SENT_NAMES = ("sent", "sent items", "sent messages", "sent mail", "inbox.sent", "inbox/sent")
 
 
 async def discover_folders(session: ImapSession, sent_override: str | None = None) -> list[str]:
