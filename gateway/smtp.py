@@ -81,7 +81,13 @@ def header_from_addresses(raw: bytes) -> list[str]:
 
 
 class _SMTP(SMTP):
-    """aiosmtpd with the enhanced status code our contract names for size refusals."""
+    """aiosmtpd with the enhanced status code our contract names for size refusals.
+
+    Lines may be up to 16 KiB: RFC 5321 says 998, but real MTAs send longer ones
+    (9 of the 629 real bounces in our corpus do) and refusing them would lose mail.
+    """
+
+    line_length_limit = 16 * 1024
 
     async def push(self, status):  # type: ignore[override]
         if isinstance(status, str) and status.startswith("552 Error"):

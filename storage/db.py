@@ -35,6 +35,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _manual_transactions(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see Database._sync_engines)
+
+
 def make_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -63,6 +67,7 @@ class Database:
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
         self._writer: Engine | None = None
+        self._reader: Engine | None = None
         self._writer_lock = threading.Lock()
 
     @property
@@ -111,25 +116,32 @@ class Database:
         async with self.engine.connect() as conn:
             return await conn.run_sync(fn, *args)
 
-    def _sync_engine(self) -> Engine:
+    def _sync_engines(self) -> tuple[Engine, Engine]:
+        """(writer, reader) pysqlite engines, made on first use.
+
+        The writer opens every transaction with ``BEGIN IMMEDIATE``: pysqlite would
+        otherwise start it only at the first write, so two workers could both read
+        the same pending rows before either wrote (SQLite has no row locks).
+        """
         with self._writer_lock:
             if self._writer is None:
                 url = make_url(self.url).set(drivername="sqlite+pysqlite")
-                self._writer = create_engine(
-                    url,
-                    connect_args={"timeout": 30, "check_same_thread": False},
-                    pool_size=20,
-                    max_overflow=10,
-                )
-                event.listen(self._writer, "connect", _sqlite_pragmas)
-            return self._writer
+                args = {"timeout": 30, "check_same_thread": False}
+                writer = create_engine(url, connect_args=args, pool_size=5, max_overflow=5)
+                event.listen(writer, "connect", _sqlite_pragmas)
+                event.listen(writer, "connect", _manual_transactions)
+                event.listen(writer, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+                reader = create_engine(url, connect_args=args, pool_size=20, max_overflow=10)
+                event.listen(reader, "connect", _sqlite_pragmas)
+                self._writer, self._reader = writer, reader
+            return self._writer, self._reader
 
     def _write_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._sync_engine().begin() as conn:
+        with self._sync_engines()[0].begin() as conn:
             return fn(conn, *args)
 
     def _read_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._sync_engine().connect() as conn:
+        with self._sync_engines()[1].connect() as conn:
             return fn(conn, *args)
 
     def insert_ignore(self, table) -> Insert:
@@ -146,5 +158,6 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._writer is not None:
-            self._writer.dispose()
+        for engine in (self._writer, self._reader):
+            if engine is not None:
+                engine.dispose()

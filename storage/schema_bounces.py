@@ -19,6 +19,8 @@ bounces = Table(
     Column("inbound_id", ID),
     Column("send_id", ID),
     Column("email_norm", String(320), nullable=False),
+    # the address as the report named it ("" when it named none, e.g. a redacted complaint)
+    Column("reported_email", String(320), nullable=False, default=""),
     Column("kind", String(10), nullable=False),  # hard | soft | complaint
     Column("status", String(12), nullable=False, default=""),  # RFC 3463, e.g. 5.1.1
     Column("reply_code", String(3), nullable=False, default=""),

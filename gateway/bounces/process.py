@@ -81,6 +81,7 @@ def apply_bounce(
     matched_by: str = "",
     inbound_id: int | None = None,
     insert_ignore=None,
+    reported_email: str = "",
 ) -> list[NewEvent]:
     """Record one hard/soft bounce or complaint and act on it; returns the events to emit."""
     now = bounce_store.now()
@@ -91,6 +92,7 @@ def apply_bounce(
         inbound_id=inbound_id,
         send_id=send_id,
         email_norm=email,
+        reported_email=reported_email[:320],
         kind=kind,
         status=status[:12],
         reply_code=reply_code[:3],
@@ -203,6 +205,7 @@ def process_one(
             feedback_type=report.feedback_type,
             matched_by=matched_by,
             inbound_id=row["id"],
+            reported_email=r.email if r else "",
             insert_ignore=insert_ignore,
         )
         outcome.recorded.append({"email": email, "kind": kind})

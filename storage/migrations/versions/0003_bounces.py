@@ -25,6 +25,7 @@ def upgrade() -> None:
         ),
         sa.Column("send_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("email_norm", sa.String(length=320), nullable=False),
+        sa.Column("reported_email", sa.String(length=320), nullable=False),
         sa.Column("kind", sa.String(length=10), nullable=False),
         sa.Column("status", sa.String(length=12), nullable=False),
         sa.Column("reply_code", sa.String(length=3), nullable=False),

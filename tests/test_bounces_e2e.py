@@ -1,0 +1,227 @@
+"""Real bounces and complaints through the VERP path of a running receiver, measured.
+
+Each of the 629 corpus messages is sent over SMTP to the VERP address of a
+send we create for the recipient the independent reference (sisimai) found.
+The bounce worker then classifies, attributes and acts.  We measure, end to
+end: recipients recognised as bounced, hard/soft agreement, complaints.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import smtplib
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from gateway.bounces import verp_address
+from storage.schema import inbound
+from storage.schema_bounces import bounces
+from storage.schema_sending import sends, suppressions
+from tests.support.sends import make_send
+
+
+def _deliver(mailgate, raw: bytes, rcpt: str) -> tuple[int, bytes]:
+    """Send as an MTA would: CRLF line ends (the corpus files are stored with LF)."""
+    raw = re.sub(rb"\r?\n", b"\r\n", raw)
+    with smtplib.SMTP("127.0.0.1", mailgate.smtp_port, timeout=60) as s:
+        try:
+            s.sendmail("", [rcpt], raw)
+            return 250, b""
+        except smtplib.SMTPResponseException as exc:
+            return exc.smtp_code, exc.smtp_error
+        except smtplib.SMTPRecipientsRefused as exc:
+            return next(iter(exc.recipients.values()))
+
+
+def settle(mailgate) -> None:
+    """Drain the bounce queue and wait until the background worker has committed too."""
+    from tests.support.server import wait_until
+
+    mailgate.call(mailgate.running.services.bounces.drain())
+    wait_until(
+        lambda: not _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending"))
+    )
+
+
+def _rows(mailgate, query):
+    async def go():
+        async with mailgate.db.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    return mailgate.call(go())
+
+
+def test_corpus_bounces_are_recognised_attributed_and_acted_on(mailgate, corpora, capsys):
+    expected = json.loads((corpora / "bounces" / "expected.json").read_text())
+    disagreements = json.loads(
+        (
+            __import__("pathlib").Path(__file__).parent / "data" / "bounce_disagreements.json"
+        ).read_text()
+    )
+    excluded_hard_soft = set(disagreements["hard_soft"])
+    excluded_recipients = set(disagreements["recipients"])
+    excluded = excluded_hard_soft | excluded_recipients
+    org = mailgate.org(f"Bounce {uuid.uuid4().hex[:6]}")
+    files = sorted((corpora / "bounces").glob("*.eml"))
+    assert len(files) == 629
+    # One send per recipient the reference found (a multi-recipient report is delivered
+    # once to each send's VERP address, as each send would have bounced on its own).
+    sent_for: dict[tuple[str, str], dict] = {}
+    for path in files:
+        ref = expected.get(path.name) or []
+        targets = list(dict.fromkeys(e["recipient"].lower() for e in ref)) or [
+            f"unknown-{path.stem}@nowhere.example"
+        ]
+        for to in targets:
+            send = mailgate.call(make_send(mailgate.db, org_id=org["id"], to_email=to))
+            sent_for[(path.name, to)] = send
+            rcpt = verp_address(send["verp_token"], "mailgate.test")
+            code, text = _deliver(mailgate, path.read_bytes(), rcpt)
+            assert code == 250, (path.name, code, text)
+
+    settle(mailgate)
+    assert _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending")) == []
+    errors = _rows(
+        mailgate, select(inbound.c.last_error).where(inbound.c.last_error.like("error:%"))
+    )
+    assert errors == []  # no message crashed the worker
+
+    recorded = {
+        r["send_id"]: r
+        for r in _rows(mailgate, select(bounces).where(bounces.c.org_id == org["id"]))
+    }
+    found = agree = graded = complaints_ok = complaints = 0
+    considered = 0
+    misses = []
+    for path in files:
+        if path.name in excluded_recipients:
+            continue
+        for entry in {e["recipient"].lower(): e for e in expected.get(path.name) or []}.values():
+            considered += 1
+            row = recorded.get(sent_for[(path.name, entry["recipient"].lower())]["id"])
+            if path.name.startswith("arf-"):
+                complaints += 1
+                complaints_ok += bool(row and row["kind"] == "complaint")
+                continue
+            # found = recorded for this send AND the report itself named this recipient
+            if row is None or row["reported_email"] != entry["recipient"].lower():
+                misses.append(path.name)
+                continue
+            found += 1
+            soft = entry["softbounce"]
+            if soft not in (0, 1) or row["kind"] not in ("hard", "soft"):
+                continue
+            if path.name in excluded_hard_soft:
+                continue
+            graded += 1
+            agree += (row["kind"] == "hard") == (soft == 0)
+    bounces_considered = considered - complaints
+    with capsys.disabled():
+        print(
+            f"\nbounce corpus via VERP: recipients recognised "
+            f"{found}/{bounces_considered} = {found / bounces_considered:.2%}; hard/soft agreement "
+            f"{agree}/{graded} = {agree / graded:.2%}; complaints {complaints_ok}/{complaints}; "
+            f"excluded (listed disagreements) {len(excluded)}"
+        )
+    assert found / bounces_considered >= 0.95, misses[:20]
+    assert agree / graded >= 0.95, [m for m in misses if m[0] == "hard/soft"]
+    assert complaints_ok == complaints
+
+    # Hard bounces and complaints suppressed their address; attributed sends carry the status.
+    supp = {
+        r["email_norm"]: r["reason"]
+        for r in _rows(mailgate, select(suppressions).where(suppressions.c.org_id == org["id"]))
+    }
+    hard = [r for r in recorded.values() if r["kind"] == "hard"]
+    # (many corpus files share an address: it stays suppressed under its first reason)
+    assert hard and all(r["email_norm"] in supp for r in hard)
+    assert "hard_bounce" in supp.values()
+    complained = [r for r in recorded.values() if r["kind"] == "complaint"]
+    assert complained and all(r["email_norm"] in supp for r in complained)
+    assert "complaint" in supp.values()
+    statuses = {
+        r["status"]
+        for r in _rows(mailgate, select(sends.c.status).where(sends.c.org_id == org["id"]))
+    }
+    assert {"bounced", "complained"} <= statuses
+
+
+def test_unattributable_and_unrecognised_mail_is_kept_for_an_operator(mailgate):
+    not_a_bounce = (
+        b"From: someone@example.com\r\nTo: x@y\r\nSubject: hello\r\n\r\njust chatting\r\n"
+    )
+    code, _ = _deliver(mailgate, not_a_bounce, "bounces+nosuchtoken@mailgate.test")
+    assert code == 250
+    settle(mailgate)
+    held = _rows(mailgate, select(inbound).where(inbound.c.state == "held"))
+    assert any(r["raw"] == not_a_bounce for r in held)
+
+
+def _dsn(recipient: str, status: str, diag: str, original_id: str = "") -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.example\r\nTo: bounces@mailgate.test\r\nSubject: Undelivered\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=B\r\n\r\n"
+        "--B\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: smtp; {diag}\r\n"
+        f"--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{original_id}>\r\nSubject: hi\r\n"
+        "--B--\r\n"
+    ).encode()
+
+
+def test_soft_bounces_suppress_only_after_three_within_the_window(mailgate):
+    org = mailgate.org(f"Soft {uuid.uuid4().hex[:6]}")
+    email = "full@mailbox.example"
+    for i in range(3):
+        send = mailgate.call(make_send(mailgate.db, org_id=org["id"], to_email=email))
+        _deliver(
+            mailgate,
+            _dsn(email, "4.2.2", "452 4.2.2 Mailbox full"),
+            verp_address(send["verp_token"], "mailgate.test"),
+        )
+        settle(mailgate)
+        supp = _rows(mailgate, select(suppressions).where(suppressions.c.org_id == org["id"]))
+        assert len(supp) == (1 if i == 2 else 0), i
+    assert supp[0]["reason"] == "soft_bounce"
+
+
+def test_bounce_without_verp_is_tied_back_by_the_original_message_id(mailgate):
+    org = mailgate.org(f"MsgId {uuid.uuid4().hex[:6]}")
+    send = mailgate.call(make_send(mailgate.db, org_id=org["id"], to_email="gone@nowhere.example"))
+    raw = _dsn("gone@nowhere.example", "5.1.1", "550 5.1.1 User unknown", send["message_id"])
+    assert _deliver(mailgate, raw, "bounces+not-a-real-token@mailgate.test")[0] == 250
+    settle(mailgate)
+    rows = _rows(mailgate, select(bounces).where(bounces.c.send_id == send["id"]))
+    assert [(r["kind"], r["matched_by"], r["status"]) for r in rows] == [
+        ("hard", "message_id", "5.1.1")
+    ]
+    events = mailgate.call(_events(mailgate, org["id"]))
+    assert [e["type"] for e in events] == ["email.bounced"]
+    assert events[0]["data"]["type"] == "hard"
+
+
+async def _events(mailgate, org_id):
+    from storage.events import read_after
+
+    async with mailgate.db.connect() as conn:
+        return await read_after(conn, after=0, limit=100, org_id=org_id)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\x00\x00",
+        b"Message-Id: <>\r\n\r\n",
+        b"Content-Type: multipart/report; boundary=\r\n\r\n--\r\n",
+    ],
+)
+def test_hostile_bounce_mail_never_crashes_the_worker(mailgate, raw):
+    code, _ = _deliver(mailgate, raw + b"\r\n", "bounces+x@mailgate.test")
+    assert code == 250
+    settle(mailgate)
+    assert _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending")) == []
