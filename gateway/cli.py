@@ -30,6 +30,10 @@ user_app = typer.Typer(no_args_is_help=True, help="Users, their dropbox and allo
 app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(user_app, name="user")
+inbound_app = typer.Typer(
+    no_args_is_help=True, help="Mail kept for an operator: held bounces, shunted filings."
+)
+app.add_typer(inbound_app, name="inbound")
 
 _state: dict[str, Any] = {}
 
@@ -253,6 +257,44 @@ def import_records(
             typer.echo(line, err=True)
         fail(f"{len(result['errors'])} problem(s); nothing was imported")
     out({k: v for k, v in result.items() if k != "errors"})
+
+
+@inbound_app.command("list")
+def inbound_list(
+    state: Annotated[
+        str,
+        typer.Option(
+            help="held (unrecognised/unattributed bounces), failed (filing broke), pending"
+        ),
+    ] = "held",
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+) -> None:
+    """List kept messages, oldest first, with why they were kept."""
+    from storage import inbound_store
+
+    if state not in ("held", "failed", "pending", "done"):
+        fail("state must be held, failed, pending or done")
+    out(
+        run_db(
+            lambda db, s: db.run_read(inbound_store.list_state, state, max(1, min(limit, 10_000)))
+        )
+    )
+
+
+@inbound_app.command("replay")
+def inbound_replay(
+    inbound_id: Annotated[int, typer.Argument(help="Id from `inbound list`.")],
+) -> None:
+    """Process a kept message again (after a fix, or once its send exists)."""
+    from gateway.replay import ReplayError, replay
+
+    async def go(db: Database, s: Settings):
+        try:
+            return await db.run_write(replay, inbound_id, s.mail_domain)
+        except ReplayError as exc:
+            raise admin.AdminError(str(exc)) from exc
+
+    out(run_db(go))
 
 
 @app.command()
