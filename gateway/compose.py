@@ -291,8 +291,7 @@ def _part(content_type: str, body: str) -> bytes:
         encoded = b"\r\n".join(b64[i : i + 76] for i in range(0, len(b64), 76)) + b"\r\n"
         cte = "base64"
     header = (
-        f'Content-Type: {content_type}; charset="utf-8"\r\n'
-        f"Content-Transfer-Encoding: {cte}\r\n\r\n"
+        f'Content-Type: {content_type}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
     ).encode("ascii")
     return header + encoded
 

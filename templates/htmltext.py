@@ -23,6 +23,7 @@ _PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6"})
 _SKIP = frozenset({"script", "style", "head", "title", "template"})
 _BREAK = "\x00br\x00"  # a hard line break that whitespace collapsing must keep
 _PARA = "\x00p\x00"
+_BLOCK_EDGE = "\x00b\x00"  # an element boundary: one line break however many
 
 
 class _TextBuilder(HTMLParser):
@@ -41,7 +42,7 @@ class _TextBuilder(HTMLParser):
         elif tag in _PARAGRAPH:
             self.out.append(_PARA)
         elif tag in _BLOCK:
-            self.out.append(_BREAK)
+            self.out.append(_BLOCK_EDGE)
             if tag == "li":
                 self.out.append("- ")
             elif tag == "pre":
@@ -66,7 +67,7 @@ class _TextBuilder(HTMLParser):
         elif tag in _PARAGRAPH:
             self.out.append(_PARA)
         elif tag in _BLOCK:
-            self.out.append(_BREAK)
+            self.out.append(_BLOCK_EDGE)
             if tag == "pre":
                 self.pre_depth = max(0, self.pre_depth - 1)
         elif tag == "a" and self.links:
@@ -90,7 +91,7 @@ def html_to_text(html: str) -> str:
     builder.close()
     text = re.sub(r"[ \t\r\n\f\v]+", " ", "".join(builder.out))
     # Turn the markers into real breaks: at most one blank line in a row.
-    text = re.sub(r" ?(\x00(?:br|p)\x00 ?)+", _breaks, text)
+    text = re.sub(r" ?(\x00(?:br|p|b)\x00 ?)+", _breaks, text)
     return text.strip("\n ") + "\n"
 
 

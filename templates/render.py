@@ -168,11 +168,14 @@ def _check_tree(tree: nodes.Template, module: str, part: str) -> None:
                 raise problem(f"number {node.value} is too large", node)
         if isinstance(node, nodes.Getattr | nodes.Getitem | nodes.Name):
             path, root, rest = _reference(node)
+            private = next((p for p in path if p.startswith("_")), None)
+            if private is not None:
+                raise problem(f"{private} is not a merge field", node, field=private)
             if isinstance(root, nodes.Name):
                 if root.ctx == "load":
                     _check_reference(path, node)
-            else:
-                visit(root)
+            elif root is not node:
+                raise problem("attributes are only allowed on merge fields", node)
             for child in rest:
                 visit(child)
             return
@@ -185,9 +188,10 @@ def _check_tree(tree: nodes.Template, module: str, part: str) -> None:
             return
         if name not in allowed:
             raise problem(f"unknown merge field {name}", node, field=name)
-        if not fields.lookup(module, tuple(path)):
-            dotted = ".".join(path)
-            raise problem(f"unknown merge field {dotted}", node, field=dotted)
+        for end in range(2, len(path) + 1):
+            if not fields.lookup(module, tuple(path[:end])):
+                dotted = ".".join(path[:end])  # name the first unknown part
+                raise problem(f"unknown merge field {dotted}", node, field=dotted)
 
     visit(tree)
 
@@ -488,4 +492,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str | int | float | Decimal) and not isinstance(value, bool):
         return value
     return str(value)
-
