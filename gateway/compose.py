@@ -151,8 +151,8 @@ def _mailbox(addr: str, name: str | None, used: int) -> str:
         return spec
     _no_newline("display name", name)
     name = " ".join(name.split())
-    if name.isascii():
-        if _ATEXT_PHRASE.fullmatch(name) and "=?" not in name:
+    if name.isascii() and "=?" not in name:  # "=?" would be decoded by readers
+        if _ATEXT_PHRASE.fullmatch(name):
             phrase = name
         else:
             phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
