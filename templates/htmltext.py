@@ -23,6 +23,7 @@ _PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6"})
 _SKIP = frozenset({"script", "style", "head", "title", "template"})
 _BREAK = "\x00br\x00"  # a hard line break that whitespace collapsing must keep
 _PARA = "\x00p\x00"
+_SPACE = "\x00s\x00"  # a space inside <pre> that collapsing must keep
 _BLOCK_EDGE = "\x00b\x00"  # an element boundary: one line break however many
 
 
@@ -80,7 +81,7 @@ class _TextBuilder(HTMLParser):
         if self.skip_depth:
             return
         if self.pre_depth:
-            data = data.replace("\n", _BREAK)
+            data = data.replace(" ", _SPACE).replace("\t", _SPACE * 4).replace("\n", _BREAK)
         self.out.append(data)
 
 
@@ -92,7 +93,7 @@ def html_to_text(html: str) -> str:
     text = re.sub(r"[ \t\r\n\f\v]+", " ", "".join(builder.out))
     # Turn the markers into real breaks: at most one blank line in a row.
     text = re.sub(r" ?(\x00(?:br|p|b)\x00 ?)+", _breaks, text)
-    return text.strip("\n ") + "\n"
+    return text.strip("\n ").replace(_SPACE, " ") + "\n"
 
 
 def _breaks(match: re.Match[str]) -> str:

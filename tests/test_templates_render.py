@@ -273,3 +273,22 @@ def test_compiled_templates_are_cached():
 def test_render_returns_subject_html_text():
     rendered = compile_template("a", "<p>b</p>", "c").render(lead_context())
     assert rendered == Rendered(subject="a", html="<p>b</p>", text="c")
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("<p>a<br><br>b</p>", "a\n\nb\n"),
+        ("<div>a</div><div>b</div>", "a\nb\n"),
+        ('<a href="https://x.jp">https://x.jp</a>', "https://x.jp\n"),
+        ('<a href="mailto:a@x.jp">a@x.jp</a>', "a@x.jp\n"),
+        ('<a href="#top">上へ</a>', "上へ\n"),
+        ('<img src="logo.png" alt="Zylker">', "Zylker\n"),
+        ("<html><head><title>t</title></head><body>本文 &amp; 記号</body></html>", "本文 & 記号\n"),
+        ("<pre>a\n  b</pre>", "a\n  b\n"),
+    ],
+)
+def test_html_to_text_keeps_what_a_reader_needs(html, text):
+    from templates.htmltext import html_to_text
+
+    assert html_to_text(html) == text
