@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from gateway.ingest.pipeline import ContextCache, Delivery, Outcome, file_batch, parse_all
+from gateway.ingest.pipeline import Delivery, Outcome, file_batch, parse_all
 from storage import filing
 from storage.db import Database, StorageUnavailable
 
@@ -44,7 +44,6 @@ class Intake:
         self.mail_domain = mail_domain
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._context = ContextCache()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="intake-writer")
@@ -111,7 +110,7 @@ class Intake:
 
     def _transaction(self, conn, items: list[Delivery], keep: list[dict[str, Any]]) -> None:
         if items:
-            file_batch(conn, items, self.mail_domain, self._context)
+            file_batch(conn, items, self.mail_domain)
         for row in keep:
             filing.shunt(conn, row)
 

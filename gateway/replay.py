@@ -33,6 +33,7 @@ def replay(conn: Connection, inbound_id: int, mail_domain: str) -> dict[str, Any
         user_id=row["user_id"],
         mail_from=row["mail_from"],
         rcpt_to=row["rcpt_to"],
+        accepted_earlier=True,
     )
     file_batch(conn, [delivery], mail_domain)
     inbound_store.set_state(conn, inbound_id, "done", f"replayed: {delivery.outcome.value}")

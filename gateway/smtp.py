@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import time
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import normalise
-from gateway.ingest.parse import raw_values
-from gateway.ingest.pipeline import Delivery
+from gateway.ingest.pipeline import Delivery, Outcome
 from gateway.intake import Intake
 from storage import orgs as org_store
 from storage.db import Database, StorageUnavailable
 
 log = logging.getLogger("mailgate.smtp")
+
+OWNER_CACHE_SECONDS = 5.0
 
 DROPBOX_PREFIX = "dropbox-"
 
@@ -65,21 +63,6 @@ def route_for(address: str, mail_domain: str) -> tuple[str, str] | None:
     return None
 
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-
-
-def header_from_addresses(raw: bytes) -> list[str]:
-    """Normalised From addresses, reading only the header block (cheap, never raises)."""
-    m = _HEAD_END.search(raw, 0, 1024 * 1024)
-    head = raw[: m.start()] if m else raw[: 1024 * 1024]
-    try:
-        msg = BytesHeaderParser(policy=compat32).parsebytes(head)
-        pairs = getaddresses(raw_values(msg, "From"))
-    except Exception:  # noqa: BLE001
-        return []
-    return [a for a in (normalise(addr) for _, addr in pairs) if a]
-
-
 class _SMTP(SMTP):
     """aiosmtpd with the enhanced status code our contract names for size refusals.
 
@@ -100,6 +83,7 @@ class DropboxHandler:
         self.db = db
         self.intake = intake
         self.mail_domain = mail_domain.lower()
+        self._owners: dict[str, tuple[float, tuple[dict, set[str]] | None]] = {}
 
     async def handle_RCPT(
         self,
@@ -114,15 +98,19 @@ class DropboxHandler:
             return S550_UNKNOWN
         kind, token = found
         if kind == "dropbox":
+            sender = normalise(envelope.mail_from or "")
             try:
-                owner = await self.db.run_read(org_store.dropbox_owner, token)
+                owner = await self._owner(token)
+                if owner is None or sender not in owner[1]:
+                    # Refusals are never answered from the cache: re-read first.
+                    owner = await self._owner(token, fresh=True)
             except Exception:  # noqa: BLE001 - any storage failure is a temporary refusal
                 log.warning("storage unavailable at RCPT")
                 return S451_STORAGE
             if owner is None:
                 return S550_UNKNOWN
             user, allowed = owner
-            if normalise(envelope.mail_from or "") not in allowed:
+            if sender not in allowed:
                 return S550_SENDER
             routes = _routes(envelope)
             routes.append(Route("dropbox", address, {**user, "allowed": allowed}))
@@ -131,16 +119,30 @@ class DropboxHandler:
         envelope.rcpt_tos.append(address)
         return S250_RCPT
 
+    async def _owner(self, token: str, fresh: bool = False) -> tuple[dict, set[str]] | None:
+        """RCPT answers from a few seconds' cache (the look-up cost as much as filing).
+
+        Only acceptances come from the cache (a refusal is re-read first), and the
+        filing transaction re-checks token and senders authoritatively, so a
+        regenerated address is still refused at once, at DATA at the latest.
+        """
+        now = time.monotonic()
+        hit = self._owners.get(token)
+        if hit and hit[0] > now and not fresh:
+            return hit[1]
+        owner = await self.db.run_read(org_store.dropbox_owner, token)
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+        self._owners[token] = (now + OWNER_CACHE_SECONDS, owner)
+        return owner
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
         routes = _routes(envelope)
-        senders = set(header_from_addresses(raw))
         deliveries: list[Delivery] = []
         keep: list[dict] = []
         for r in routes:
             if r.kind == "dropbox":
-                if not senders or not senders <= r.user["allowed"]:
-                    continue
                 deliveries.append(
                     Delivery(
                         raw=raw,
@@ -149,6 +151,7 @@ class DropboxHandler:
                         user_id=r.user["id"],
                         mail_from=envelope.mail_from or "",
                         rcpt_to=[r.address],
+                        dropbox_token=r.user["dropbox_token"],
                     )
                 )
             else:
@@ -162,12 +165,22 @@ class DropboxHandler:
                     }
                 )
         if not deliveries and not keep:
-            return S550_SENDER
+            return S550_UNKNOWN
         try:
             await self.intake.submit(deliveries, keep)
         except StorageUnavailable:
             return S451_STORAGE
+        return reply_for(deliveries, kept=bool(keep))
+
+
+def reply_for(deliveries: list[Delivery], *, kept: bool) -> str:
+    """One reply for the whole transaction: 250 if anything was stored, else why not."""
+    outcomes = {d.outcome for d in deliveries}
+    if kept or outcomes - {Outcome.SENDER_REFUSED, Outcome.UNKNOWN_DROPBOX}:
         return S250_OK
+    if Outcome.SENDER_REFUSED in outcomes:
+        return S550_SENDER
+    return S550_UNKNOWN
 
 
 def _routes(envelope: Envelope) -> list[Route]:

@@ -208,6 +208,36 @@ def test_regenerated_dropbox_address_stops_working_at_once(mailgate, org):
         assert s.rcpt(new)[0] == 250
 
 
+def test_regenerated_address_is_refused_even_right_after_it_was_used(mailgate, org):
+    """The RCPT answer may come from a few seconds' cache; the filing re-checks the token."""
+    from gateway import admin
+
+    user = mailgate.user(org["org"], f"hot-{uuid.uuid4().hex[:6]}@acme.co.jp", "Hot")
+    api = mailgate.api(user)
+    target = lead(api, last_name="直後", email=f"hot-{uuid.uuid4().hex[:6]}@client.example")
+    assert (
+        send(
+            mailgate,
+            message(frm=user["email"], to=[target["email"]]),
+            user["dropbox_address"],
+            mail_from=user["email"],
+        )
+        == {}
+    )
+    mailgate.call(
+        admin.dropbox(mailgate.db, str(user["id"]), regenerate=True, mail_domain="mailgate.test")
+    )
+    with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)) as exc:
+        send(
+            mailgate,
+            message(frm=user["email"], to=[target["email"]]),
+            user["dropbox_address"],
+            mail_from=user["email"],
+        )
+    assert b"5.1.1" in str(exc.value).encode()
+    assert len(emails(api, "leads", target["id"])) == 1
+
+
 def test_same_message_twice_is_filed_once(mailgate, org):
     api = org["api"]
     target = lead(api, last_name="重複", email=f"dup-{uuid.uuid4().hex[:6]}@client.example")

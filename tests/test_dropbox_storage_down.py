@@ -43,9 +43,19 @@ def test_storage_lost_between_rcpt_and_data_answers_451_not_250(pg_server):
         s.send(b"From: rep@down.example\r\nTo: a@client.example\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
         code, text = s.getreply()
     assert (code, text[:5]) == (451, b"4.3.0")
-    # and a new session is refused temporarily at RCPT, not accepted
+    # A new session is refused temporarily too (at RCPT, or at DATA when RCPT was
+    # answered from the short-lived dropbox cache), never accepted.
     with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
-        s.ehlo()
-        s.mail(user["email"])
-        code, text = s.rcpt(user["dropbox_address"])
+        with pytest.raises((smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)) as exc:
+            s.sendmail(
+                user["email"],
+                [user["dropbox_address"]],
+                b"From: rep@down.example\r\nSubject: y\r\n\r\nbody\r\n",
+            )
+    err = exc.value
+    code, text = (
+        next(iter(err.recipients.values()))
+        if isinstance(err, smtplib.SMTPRecipientsRefused)
+        else (err.smtp_code, err.smtp_error)
+    )
     assert (code, text[:5]) == (451, b"4.3.0")

@@ -38,6 +38,7 @@ class ParsedMail:
     content_hash: str
     subject: str
     sender: Address | None
+    from_addresses: list[str]
     to: list[Address]
     cc: list[Address]
     date: datetime | None
@@ -147,6 +148,7 @@ def parse(raw: bytes) -> ParsedMail:
         content_hash=content_hash(raw),
         subject=decode_header_value(raw_value(msg, "Subject")).replace("\x00", "")[:2000],
         sender=senders[0] if senders else None,
+        from_addresses=[a.email for a in senders],
         to=_addresses(msg, "To"),
         cc=_addresses(msg, "Cc"),
         date=_date(raw_value(msg, "Date")),

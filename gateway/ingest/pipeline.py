@@ -8,13 +8,12 @@ batch costs a single thread hop on SQLite (see ``Database.run_write``).
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.addresses import in_domains, is_role_address
+from gateway.addresses import in_domains, is_role_address, normalise
 from gateway.ingest.parse import ParsedMail, parse
 from storage import events, filing
 from storage.events import NewEvent
@@ -23,6 +22,8 @@ from storage.events import NewEvent
 class Outcome(enum.Enum):
     FILED = "filed"
     DUPLICATE = "duplicate"
+    UNKNOWN_DROPBOX = "unknown_dropbox"  # regenerated or deactivated meanwhile: 550 5.1.1
+    SENDER_REFUSED = "sender_refused"  # envelope or From not allowed: 550 5.7.1
     IGNORED = "ignored"  # IMAP mail with no CRM counterpart: not ours to keep
     SHUNTED = "shunted"
 
@@ -37,6 +38,8 @@ class Delivery:
     user_id: int
     mail_from: str = ""
     rcpt_to: list[str] = field(default_factory=list)
+    dropbox_token: str | None = None  # dropbox mail: re-checked inside the filing transaction
+    accepted_earlier: bool = False  # replay of mail that was answered 250 before: no re-check
     folder: str | None = None  # imap: "sent" means outgoing
     parsed: ParsedMail | None = None
     direction: str = "outgoing"
@@ -68,35 +71,37 @@ def parse_all(items: list[Delivery]) -> None:
             d.parsed = parse(d.raw)
 
 
-class ContextCache:
-    """Orgs, users and their own addresses, kept a few seconds between batches.
+def step_load_context(conn: Connection, batch: Batch) -> None:
+    """Fresh each batch: who may file, and who is a colleague, must be current."""
+    batch.orgs, batch.users, batch.own_addresses = filing.load_context(
+        conn, sorted({d.org_id for d in batch.items}), sorted({d.user_id for d in batch.items})
+    )
 
-    Only classification reads them (direction, who is a colleague); who may write
-    to a dropbox is always checked against the database at RCPT time.
+
+def authorise(d: Delivery, user: dict[str, Any] | None, own: set[str]) -> Outcome | None:
+    """The authoritative dropbox checks, made in the transaction that files the mail.
+
+    The SMTP session answered RCPT from a short-lived cache; here a regenerated
+    address, a deactivated user or a sender removed meanwhile still refuses it.
+    Both the envelope sender and every From address must be allowed.
     """
+    if d.channel != "dropbox" or d.accepted_earlier:
+        return None
+    if user is None or not user["active"] or user["dropbox_token"] != d.dropbox_token:
+        return Outcome.UNKNOWN_DROPBOX
+    envelope = normalise(d.mail_from)
+    froms = d.parsed.from_addresses
+    if envelope not in own or not froms or not set(froms) <= own:
+        return Outcome.SENDER_REFUSED
+    return None
 
-    def __init__(self, ttl: float = 2.0) -> None:
-        self.ttl = ttl
-        self._entries: dict[int, tuple[float, dict[str, Any], dict[str, Any], set[str]]] = {}
 
-    def load(self, conn: Connection, batch: Batch) -> None:
-        now = time.monotonic()
-        missing = {d.user_id for d in batch.items if self._entries.get(d.user_id, (0.0,))[0] < now}
-        if missing:
-            org_ids = sorted({d.org_id for d in batch.items if d.user_id in missing})
-            orgs, users, own = filing.load_context(conn, org_ids, sorted(missing))
-            for uid, user in users.items():
-                self._entries[uid] = (
-                    now + self.ttl,
-                    orgs[user["org_id"]],
-                    user,
-                    own.get(uid, set()),
-                )
-        for d in batch.items:
-            _, org, user, own_addresses = self._entries[d.user_id]
-            batch.orgs[d.org_id] = org
-            batch.users[d.user_id] = user
-            batch.own_addresses[d.user_id] = own_addresses
+def step_authorise(batch: Batch) -> None:
+    for d in batch.live():
+        d.stage = "authorise"
+        d.outcome = authorise(
+            d, batch.users.get(d.user_id), batch.own_addresses.get(d.user_id, set())
+        )
 
 
 def step_dedupe(conn: Connection, batch: Batch) -> None:
@@ -281,13 +286,12 @@ def _filed_event(d: Delivery) -> NewEvent:
     )
 
 
-def file_batch(
-    conn: Connection, items: list[Delivery], mail_domain: str, cache: ContextCache | None = None
-) -> Batch:
+def file_batch(conn: Connection, items: list[Delivery], mail_domain: str) -> Batch:
     """Run every step over parsed ``items`` inside the caller's transaction."""
     parse_all(items)  # no-op for what the intake already parsed
     batch = Batch(items=items, mail_domain=mail_domain)
-    (cache or ContextCache(ttl=0)).load(conn, batch)
+    step_load_context(conn, batch)
+    step_authorise(batch)
     step_dedupe(conn, batch)
     step_match_and_create(conn, batch)
     step_file(conn, batch)
