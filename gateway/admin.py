@@ -171,6 +171,7 @@ async def dropbox(
 def vcard(name: str, address: str) -> str:
     """A vCard 3.0 for the user's address book, so the client can autocomplete it as BCC."""
     esc = name.replace("\\", "\\\\").replace(",", "\\,").replace(";", "\\;")
+    esc = " ".join(esc.splitlines())  # a line break in a name would end the property
     return (
         "BEGIN:VCARD\r\nVERSION:3.0\r\n"
         f"FN:{esc} (mailgate dropbox)\r\nN:;{esc} (mailgate dropbox);;;\r\n"
