@@ -224,9 +224,11 @@ async def convert_lead(request: Request) -> Response:
             )
             values.update(account_id=account_id, contact_id=contact_id, owner_id=lead["owner_id"])
             deal_id = await crm.create(conn, "deals", org_id, values)
-        await crm.mark_converted(
+        if not await crm.mark_converted(
             conn, org_id, lead_id, account_id=account_id, contact_id=contact_id, deal_id=deal_id
-        )
+        ):
+            # Converted by a simultaneous request: raising rolls back our account and contact.
+            raise ApiError(409, "already_converted", "this lead was already converted")
         result = {
             "lead_id": lead_id,
             "account_id": account_id,
