@@ -437,3 +437,21 @@ def test_demo_prints_a_token_and_dropbox_and_can_run_twice(tmp_path):
     assert first["dropbox_address"] == second["dropbox_address"]
     assert first["org_id"] == second["org_id"] and first["user_id"] == second["user_id"]
     assert mg.count(leads) == 1
+
+
+def test_mass_addon_is_capped_at_2250_mass_mails_a_day(mailgate_cli):
+    ok = mailgate_cli("org", "create", "Big", "--plan", "standard", "--mass-addon", "2000").json()
+    assert ok["mass_addon"] == 2000
+    line = mailgate_cli(
+        "org", "create", "Bigger", "--plan", "standard", "--mass-addon", "2001"
+    ).error_line()
+    assert "2250" in line and "2000" in line
+    line = mailgate_cli(
+        "org", "create", "Huge", "--plan", "enterprise", "--mass-addon", "99999999999"
+    ).error_line()
+    assert "2250" in line
+    assert "negative" in (
+        mailgate_cli(
+            "org", "create", "Neg", "--plan", "standard", "--mass-addon", "-1"
+        ).error_line()
+    )
