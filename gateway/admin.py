@@ -17,6 +17,8 @@ from storage.db import Database
 PLANS = ("free", "standard", "professional", "enterprise")
 MAX_EXTRA_SENDERS = 5
 MAX_MASS_ADDON_TOTAL = 2250
+#: Mass mails per day each plan includes (PRODUCT.md); an add-on tops it up to the cap above.
+MASS_PER_DAY = {"free": 0, "standard": 250, "professional": 500, "enterprise": 1000}
 FREE_PLAN_MAX_USERS = 4
 
 
@@ -55,6 +57,11 @@ async def create_org(
         raise AdminError(f"unknown time zone {timezone!r}") from exc
     if mass_addon < 0:
         raise AdminError("--mass-addon cannot be negative")
+    if MASS_PER_DAY[plan] + mass_addon > MAX_MASS_ADDON_TOTAL:
+        raise AdminError(
+            f"--mass-addon {mass_addon} takes the {plan} plan over {MAX_MASS_ADDON_TOTAL} "
+            f"mass mails a day; at most {MAX_MASS_ADDON_TOTAL - MASS_PER_DAY[plan]}"
+        )
     clean_domains = []
     for d in domains or []:
         norm = normalise(f"x@{d}")
@@ -171,6 +178,7 @@ async def dropbox(
 def vcard(name: str, address: str) -> str:
     """A vCard 3.0 for the user's address book, so the client can autocomplete it as BCC."""
     esc = name.replace("\\", "\\\\").replace(",", "\\,").replace(";", "\\;")
+    esc = " ".join(esc.splitlines())  # a line break in a name would end the property
     return (
         "BEGIN:VCARD\r\nVERSION:3.0\r\n"
         f"FN:{esc} (mailgate dropbox)\r\nN:;{esc} (mailgate dropbox);;;\r\n"

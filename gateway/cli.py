@@ -215,7 +215,8 @@ def user_dropbox(
     )
     if vcard is not None:
         try:
-            vcard.write_text(admin.vcard(info["name"], info["dropbox_address"]), encoding="utf-8")
+            # Bytes: vCard lines end in CRLF on every platform, untranslated.
+            vcard.write_bytes(admin.vcard(info["name"], info["dropbox_address"]).encode())
         except OSError as exc:
             fail(f"cannot write {vcard}: {exc.strerror}")
         info["vcard"] = str(vcard)
@@ -252,10 +253,13 @@ def import_records(
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}")
     result = run_db(lambda db, s: import_file(db, module, org, data))
-    if result["errors"]:
-        for line in result["errors"][:200]:
+    errors = result["errors"]
+    if len(errors) == 1:
+        fail(f"{file}: {errors[0]}; nothing was imported")
+    if errors:
+        for line in errors[:200]:
             typer.echo(line, err=True)
-        fail(f"{len(result['errors'])} problem(s); nothing was imported")
+        fail(f"{file}: {len(errors)} problems; nothing was imported")
     out({k: v for k, v in result.items() if k != "errors"})
 
 
@@ -307,6 +311,7 @@ def demo() -> None:
 
 def main() -> None:
     try:
-        app()
+        # Named explicitly: under ``python -m`` or ``-c`` Click would print "Usage: -c".
+        app(prog_name="mailgate")
     except KeyboardInterrupt:
         sys.exit(130)

@@ -49,6 +49,11 @@ LIMITS = {
     "email": 320,
 }
 MAX_ROWS = 200_000
+#: Columns each module stores; anything else would be dropped silently, so it is refused.
+FIELDS = {
+    "leads": frozenset({"first_name", "last_name", "email", "company", "phone", "title"}),
+    "contacts": frozenset({"first_name", "last_name", "email", "account_id", "phone", "title"}),
+}
 
 
 @dataclass
@@ -89,8 +94,12 @@ def parse_csv(data: bytes, module: str) -> Parsed:
     unknown = [h for h, c in zip(header, columns, strict=True) if c is None and h.strip()]
     if unknown:
         out.errors.append(f"line 1: unknown column(s): {', '.join(unknown)}")
-    if module == "leads" and "account_id" in columns:
-        out.errors.append("line 1: account_id is a contact column")
+    foreign = [h for h, c in zip(header, columns, strict=True) if c and c not in FIELDS[module]]
+    if foreign:
+        out.errors.append(f"line 1: {module} have no column(s): {', '.join(foreign)}")
+    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+    if repeated:
+        out.errors.append(f"line 1: column(s) given twice: {', '.join(repeated)}")
     if "email" not in columns and "last_name" not in columns:
         out.errors.append("line 1: need at least an email or a last_name column")
     if out.errors:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import select
 
@@ -49,7 +50,8 @@ async def import_file(db: Database, module: str, org_ref: str, data: bytes) -> d
         skipped = [
             f"line {r['_line']}: {r['email']} already exists" for r in parsed.rows if r not in todo
         ]
-        with Progress(transient=True) as progress:
+        # stderr: stdout carries only the JSON report, for scripts.
+        with Progress(transient=True, console=Console(stderr=True)) as progress:
             task = progress.add_task(f"importing {module}", total=len(todo))
             for i in range(0, len(todo), CHUNK):
                 chunk = [

@@ -87,11 +87,16 @@ async def mark_converted(
     account_id: int,
     contact_id: int,
     deal_id: int | None,
-) -> None:
-    """The lead keeps its row (history) but stops matching mail; its mail moves to the contact."""
-    await conn.execute(
+) -> bool:
+    """The lead keeps its row (history) but stops matching mail; its mail moves to the contact.
+
+    False when the lead was converted meanwhile: the guarded UPDATE is what makes two
+    simultaneous conversions convert once (on PostgreSQL it waits for the other's row
+    lock, then sees ``converted_at`` set); the caller rolls back its account and contact.
+    """
+    res = await conn.execute(
         update(leads)
-        .where(leads.c.org_id == org_id, leads.c.id == lead_id)
+        .where(leads.c.org_id == org_id, leads.c.id == lead_id, leads.c.converted_at.is_(None))
         .values(
             converted_at=utcnow(),
             status="converted",
@@ -100,6 +105,8 @@ async def mark_converted(
             converted_deal_id=deal_id,
         )
     )
+    if not res.rowcount:
+        return False
     lead_links = (
         message_links.c.org_id == org_id,
         message_links.c.module == "leads",
@@ -116,3 +123,4 @@ async def mark_converted(
     await conn.execute(
         update(message_links).where(*lead_links).values(module="contacts", record_id=contact_id)
     )
+    return True

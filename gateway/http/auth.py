@@ -40,7 +40,8 @@ async def read_json(request: Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a megabyte of ``[[[[`` nests deeper than the parser recurses.
         raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "request body must be a JSON object")
@@ -62,6 +63,7 @@ def int_param(request: Request, name: str, default: int, *, lo: int = 0, hi: int
 
 def path_id(request: Request, name: str = "id") -> int:
     raw = request.path_params[name]
-    if not raw.isdigit() or len(raw) > 18:
+    # ASCII only: str.isdigit() also accepts "１" (an alias of 1) and "²" (int() refuses it).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(404, "not_found", "no such record")
     return int(raw)

@@ -26,6 +26,8 @@ MAX_LEN = {
     "email": 320,
 }
 HIDDEN = {"email_norm", "org_id"}
+#: Ids are 64-bit in PostgreSQL; a larger integer would be a driver error, not a 422.
+MAX_ID = 2**63 - 1
 
 
 def _module(request: Request) -> str:
@@ -33,6 +35,15 @@ def _module(request: Request) -> str:
     if module not in crm.MODULES:
         raise ApiError(404, "not_found", f"unknown module {module!r}")
     return module
+
+
+def _is_utf8(value: str) -> bool:
+    """JSON may carry lone surrogates (``"\\ud800"``) that no database can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +65,8 @@ async def _validate(
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ApiError(422, "invalid_field", f"{key} must be an integer id")
+            if not 0 < value <= MAX_ID:
+                raise ApiError(422, "invalid_field", f"{key} {value} does not exist")
             target = "accounts" if key == "account_id" else "contacts"
             if await crm.get(conn, target, org_id, value) is None:
                 raise ApiError(422, "invalid_field", f"{key} {value} does not exist")
@@ -79,6 +92,8 @@ async def _validate(
             value = value.strip()
             if len(value) > MAX_LEN.get(key, 300) or "\x00" in value:
                 raise ApiError(422, "invalid_field", f"{key} is too long or contains NUL")
+            if not _is_utf8(value):
+                raise ApiError(422, "invalid_field", f"{key} contains an unpaired surrogate")
             if key == "email":
                 norm = normalise(value) if value else None
                 if value and norm is None:
@@ -127,8 +142,10 @@ async def list_records(request: Request) -> Response:
     email = request.query_params.get("email")
     email_norm = None
     if email is not None:
+        if "email_norm" not in crm.MODULES[module].c:
+            raise ApiError(400, "bad_parameter", f"{module} have no email to filter on")
         email_norm = normalise(email)
-        if email_norm is None:
+        if email_norm is None or "\x00" in email_norm:
             return JSON({"items": [], "next": None})
     async with request.app.state.services.db.connect() as conn:
         rows = await crm.list_page(
@@ -177,6 +194,9 @@ async def convert_lead(request: Request) -> Response:
     user = await current_user(request)
     lead_id = path_id(request)
     body = await read_json(request)
+    unknown = sorted(set(body) - {"deal"})
+    if unknown:
+        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
     deal_body = body.get("deal")
     if deal_body is not None and not isinstance(deal_body, dict):
         raise ApiError(422, "invalid_field", "deal must be an object")
@@ -224,9 +244,11 @@ async def convert_lead(request: Request) -> Response:
             )
             values.update(account_id=account_id, contact_id=contact_id, owner_id=lead["owner_id"])
             deal_id = await crm.create(conn, "deals", org_id, values)
-        await crm.mark_converted(
+        if not await crm.mark_converted(
             conn, org_id, lead_id, account_id=account_id, contact_id=contact_id, deal_id=deal_id
-        )
+        ):
+            # Converted by a simultaneous request: raising rolls back our account and contact.
+            raise ApiError(409, "already_converted", "this lead was already converted")
         result = {
             "lead_id": lead_id,
             "account_id": account_id,
