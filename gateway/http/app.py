@@ -26,6 +26,12 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    from gateway.sending import metrics as sending_metrics
+
+    try:
+        await sending_metrics.refresh(request.app.state.services)
+    except Exception:  # noqa: BLE001, S110 - /metrics still answers with the other series
+        pass
     return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
