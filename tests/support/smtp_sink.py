@@ -37,7 +37,7 @@ class SmtpSink:
             # Its own world-writable directory: as root, smtp-sink runs as nobody and
             # cannot reach into pytest's private (0700) temporary directories.
             self.dump_dir = Path(tempfile.mkdtemp(prefix="mailgate-sink-"))
-            os.chmod(self.dump_dir, 0o777)
+            os.chmod(self.dump_dir, 0o777)  # noqa: S103 - a test-only dump dir
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> SmtpSink:
