@@ -146,7 +146,7 @@ class RelayWorker:
         clock: Clock | None = None,
         poll_interval: float = 1.0,
         lease: timedelta = timedelta(minutes=5),
-        batch_per_connection: int = 25,
+        batch_per_connection: int = 50,
         local_hostname: str | None = None,
     ) -> None:
         self.db, self.relay, self.mail_domain = db, relay, mail_domain
@@ -157,6 +157,7 @@ class RelayWorker:
         self.pool = [_Connection(relay, timeout, local_hostname) for _ in range(pool_size)]
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="relay-worker")
@@ -167,6 +168,8 @@ class RelayWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush()
         for conn in self.pool:
             await conn.close()
 
@@ -188,12 +191,17 @@ class RelayWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
-    async def run_once(self) -> int:
-        """Claim one batch of due sends, deliver it, record the outcomes; how many."""
+    async def flush(self) -> None:
+        """Wait until the outcomes of the last batch are committed."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def _claim(self) -> list[dict[str, Any]]:
         now = self.clock.now()
-        claimed = await self.db.run_write(send_store.claim_due, now, self.batch, self.lease)
-        if not claimed:
-            return 0
+        return await self.db.run_write(send_store.claim_due, now, self.batch, self.lease)
+
+    async def _deliver(self, claimed: list[dict[str, Any]]) -> list[Delivery]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         for send in claimed:
             queue.put_nowait(send)
@@ -209,5 +217,33 @@ class RelayWorker:
                 results.append(await conn.deliver(send, sender))
 
         await asyncio.gather(*(drain(c) for c in self.pool[: len(claimed)]))
-        await self.db.run_write(outcomes.apply, results, self.clock.now(), self.policy)
-        return len(claimed)
+        return results
+
+    async def run_once(self) -> int:
+        """Deliver every send that is due now; how many were handled.
+
+        A pipeline: the next batch is claimed while this one is delivered, and
+        each batch's outcomes are committed in the background while the next
+        is delivered, so the relay connections rarely wait for the database.
+        Should an outcome commit fail, those sends stay claimed until their
+        lease runs out and go out again — at least once, never lost.
+        """
+        total = 0
+        next_claim = asyncio.ensure_future(self._claim())
+        try:
+            while True:
+                claimed = await next_claim
+                if not claimed:
+                    break
+                next_claim = asyncio.ensure_future(self._claim())
+                results = await self._deliver(claimed)
+                await self.flush()
+                self._writing = asyncio.ensure_future(
+                    self.db.run_write(outcomes.apply, results, self.clock.now(), self.policy)
+                )
+                total += len(claimed)
+        finally:
+            # A batch claimed but not delivered (stopping) waits for its lease to run out.
+            next_claim.cancel()
+            await self.flush()
+        return total
