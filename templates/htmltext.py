@@ -21,8 +21,11 @@ _BLOCK = frozenset(
 )  # fmt: skip
 _PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6"})
 _SKIP = frozenset({"script", "style", "head", "title", "template"})
-_BREAK = "\x00br\x00"  # a hard line break that whitespace collapsing must keep
-_PARA = "\x00p\x00"
+_BREAK = "\x01"  # a hard line break that whitespace collapsing must keep
+_PARA = "\x02"
+_SPACE = "\x04"  # a space inside <pre> that collapsing must keep
+_NO_MARKERS = dict.fromkeys(range(1, 5))  # input never contains our markers
+_BLOCK_EDGE = "\x03"  # an element boundary: one line break however many
 
 
 class _TextBuilder(HTMLParser):
@@ -41,7 +44,7 @@ class _TextBuilder(HTMLParser):
         elif tag in _PARAGRAPH:
             self.out.append(_PARA)
         elif tag in _BLOCK:
-            self.out.append(_BREAK)
+            self.out.append(_BLOCK_EDGE)
             if tag == "li":
                 self.out.append("- ")
             elif tag == "pre":
@@ -66,7 +69,7 @@ class _TextBuilder(HTMLParser):
         elif tag in _PARAGRAPH:
             self.out.append(_PARA)
         elif tag in _BLOCK:
-            self.out.append(_BREAK)
+            self.out.append(_BLOCK_EDGE)
             if tag == "pre":
                 self.pre_depth = max(0, self.pre_depth - 1)
         elif tag == "a" and self.links:
@@ -78,8 +81,9 @@ class _TextBuilder(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.skip_depth:
             return
+        data = data.translate(_NO_MARKERS)
         if self.pre_depth:
-            data = data.replace("\n", _BREAK)
+            data = data.replace(" ", _SPACE).replace("\t", _SPACE * 4).replace("\n", _BREAK)
         self.out.append(data)
 
 
@@ -90,8 +94,8 @@ def html_to_text(html: str) -> str:
     builder.close()
     text = re.sub(r"[ \t\r\n\f\v]+", " ", "".join(builder.out))
     # Turn the markers into real breaks: at most one blank line in a row.
-    text = re.sub(r" ?(\x00(?:br|p)\x00 ?)+", _breaks, text)
-    return text.strip("\n ") + "\n"
+    text = re.sub(r" ?([\x01\x02\x03] ?)+", _breaks, text)
+    return text.strip("\n ").replace(_SPACE, " ") + "\n"
 
 
 def _breaks(match: re.Match[str]) -> str:

@@ -66,8 +66,23 @@ class Rendered:
     text: str
 
 
+class _MergeEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with a fast path for our context's plain dicts.
+
+    Jinja tries ``getattr(dict, name)`` first and only then the key, paying
+    for an AttributeError on every merge field.  A key of a plain dict is
+    data (build_context only puts str/number/dict values there), and no
+    catalogue name is a dict method, so reading the key first is safe.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _MergeEnvironment(
         autoescape=autoescape,
         # Block tags on their own line leave no blank line in plain text.
         trim_blocks=not autoescape,
@@ -168,11 +183,14 @@ def _check_tree(tree: nodes.Template, module: str, part: str) -> None:
                 raise problem(f"number {node.value} is too large", node)
         if isinstance(node, nodes.Getattr | nodes.Getitem | nodes.Name):
             path, root, rest = _reference(node)
+            private = next((p for p in path if p.startswith("_")), None)
+            if private is not None:
+                raise problem(f"{private} is not a merge field", node, field=private)
             if isinstance(root, nodes.Name):
                 if root.ctx == "load":
                     _check_reference(path, node)
-            else:
-                visit(root)
+            elif root is not node:
+                raise problem("attributes are only allowed on merge fields", node)
             for child in rest:
                 visit(child)
             return
@@ -185,9 +203,10 @@ def _check_tree(tree: nodes.Template, module: str, part: str) -> None:
             return
         if name not in allowed:
             raise problem(f"unknown merge field {name}", node, field=name)
-        if not fields.lookup(module, tuple(path)):
-            dotted = ".".join(path)
-            raise problem(f"unknown merge field {dotted}", node, field=dotted)
+        for end in range(2, len(path) + 1):
+            if not fields.lookup(module, tuple(path[:end])):
+                dotted = ".".join(path[:end])  # name the first unknown part
+                raise problem(f"unknown merge field {dotted}", node, field=dotted)
 
     visit(tree)
 
@@ -488,4 +507,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str | int | float | Decimal) and not isinstance(value, bool):
         return value
     return str(value)
-
