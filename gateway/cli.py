@@ -302,6 +302,31 @@ def inbound_replay(
 
 
 @app.command()
+def quota(
+    org: Annotated[str | None, typer.Option(help="Org id or name (default: every org).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Today's sending quota per org: used, limit, remaining, resets-at (the org's day)."""
+    from gateway.sending.usage import all_orgs
+    from storage.types import utcnow
+
+    rows = run_db(lambda db, s: db.run_read(all_orgs, utcnow(), org))
+    if org is not None and not rows:
+        fail(f"no organization {org!r}")
+    if as_json:
+        out(rows if org is None else rows[0])
+        return
+    typer.echo(f"{'org':<24} {'kind':<10} {'used':>6} {'limit':>6} {'remaining':>9}  resets at")
+    for row in rows:
+        for kind in ("individual", "mass"):
+            q = row[kind]
+            typer.echo(
+                f"{row['org'][:24]:<24} {kind:<10} {q['used']:>6} {q['limit']:>6} "
+                f"{q['remaining']:>9}  {q['resets_at']}"
+            )
+
+
+@app.command()
 def demo() -> None:
     """Create (once) a demo organization and user; print a fresh API token and the dropbox."""
     from gateway.importer import ensure_demo

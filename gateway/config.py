@@ -37,6 +37,21 @@ class Settings(BaseSettings):
     #: uvicorn's access log costs ~35% of tracking throughput; off unless asked for.
     http_access_log: bool = False
     http_workers: int = 1
+    #: Outbound relay: connections kept open and reused by the worker.
+    relay_pool_size: int = Field(default=4, ge=1, le=64)
+    #: Seconds per SMTP command before the relay counts as unreachable (then: retry).
+    relay_timeout: float = Field(default=30.0, gt=0)
+    #: First retry delay after a temporary failure; doubles per attempt up to the cap.
+    relay_retry_base: float = Field(default=60.0, gt=0)
+    relay_retry_cap: float = Field(default=3600.0, gt=0)
+    #: A send still not accepted by the relay this long after it was queued fails.
+    relay_give_up_after: float = Field(default=3 * 86400.0, gt=0)
+    #: How often an idle worker looks for due sends (it is also woken by the API).
+    relay_poll_interval: float = Field(default=1.0, gt=0)
+    #: Optional DKIM signing of outbound mail (all three must be set).
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: Path | None = None
 
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:

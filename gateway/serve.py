@@ -94,6 +94,9 @@ async def run(
             server = uvicorn.Server(config)
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))
+        if "worker" in roles:
+            services.relay_worker = start_relay_worker(services)
+            await services.relay_worker.start()
         if started is not None and not started.done():
             started.set_result(running)
         await running.stopped.wait()
@@ -108,6 +111,35 @@ async def run(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(smtp_server.wait_closed(), 2)
         await services.stop()
+
+
+class _FollowClock:
+    """The services' clock as it is now (tests swap ``services.clock`` while running)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def now(self):
+        return self.services.clock.now()
+
+
+def start_relay_worker(services: Services):
+    """The outbound relay worker, configured from the settings (MAILGATE_RELAY_URL …)."""
+    from gateway.sending.outcomes import RetryPolicy
+    from gateway.sending.relay import RelayConfig, RelayWorker
+
+    s = services.settings
+    return RelayWorker(
+        services.db,
+        RelayConfig.parse(s.relay_url),
+        mail_domain=s.mail_domain,
+        pool_size=s.relay_pool_size,
+        timeout=s.relay_timeout,
+        policy=RetryPolicy(s.relay_retry_base, s.relay_retry_cap, s.relay_give_up_after),
+        clock=_FollowClock(services),
+        poll_interval=s.relay_poll_interval,
+        local_hostname=s.smtp_hostname,
+    )
 
 
 async def run_until_signal(settings: Settings, roles: set[str], on_start) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from gateway.bounces.process import Policy
 from gateway.bounces.worker import BounceWorker
 from gateway.config import Settings
 from gateway.intake import Intake
+from gateway.sending.quota import Clock, SystemClock
 from storage.db import Database
 
 
@@ -17,6 +19,10 @@ class Services:
     db: Database
     intake: Intake
     bounces: BounceWorker
+    #: "Now" for quota days and send scheduling; tests replace it with a FixedClock.
+    clock: Clock = field(default_factory=SystemClock)
+    #: The relay worker when this process runs the ``worker`` role (the API wakes it).
+    relay_worker: object | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -25,9 +31,27 @@ class Services:
         intake = Intake(db, mail_domain=settings.mail_domain, on_kept=bounces.wakeup.set)
         return cls(settings=settings, db=db, intake=intake, bounces=bounces)
 
+    @cached_property
+    def signer(self):
+        """How outbound mail is addressed and signed (read once: the DKIM key file)."""
+        from gateway.sending.submit import Signer
+
+        s = self.settings
+        key = s.dkim_key_file.read_bytes() if s.dkim_key_file else None
+        return Signer(
+            mail_domain=s.mail_domain,
+            public_url=s.public_url,
+            secret_key=s.resolved_secret_keys()[0],
+            dkim_selector=s.dkim_selector,
+            dkim_domain=s.dkim_domain,
+            dkim_key=key,
+        )
+
     async def start(self) -> None:
         await self.intake.start()
 
     async def stop(self) -> None:
+        if self.relay_worker is not None:
+            await self.relay_worker.stop()
         await self.intake.stop()
         await self.db.dispose()

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.http import records
+from gateway.http import records, sending
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.metrics import REGISTRY
 from gateway.services import Services
@@ -26,7 +26,31 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    from gateway.sending import metrics as sending_metrics
+
+    try:
+        await sending_metrics.refresh(request.app.state.services)
+    except Exception:  # noqa: BLE001, S110 - /metrics still answers with the other series
+        pass
     return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def sending_routes() -> list[Route]:
+    """Templates, sending, quota, suppressions: before the generic ``/{module}`` routes."""
+    t = "/api/v1/templates"
+    return [
+        Route(t, sending.create_template, methods=["POST"]),
+        Route(t, sending.list_templates, methods=["GET"]),
+        Route(t + "/{id}", sending.get_template, methods=["GET"]),
+        Route(t + "/{id}", sending.update_template, methods=["PUT"]),
+        Route(t + "/{id}/preview", sending.preview_template, methods=["POST"]),
+        Route("/api/v1/emails", sending.send_emails, methods=["POST"]),
+        Route("/api/v1/emails/bulk", sending.send_bulk, methods=["POST"]),
+        Route("/api/v1/sends/{id}", sending.get_send, methods=["GET"]),
+        Route("/api/v1/quota", sending.get_quota, methods=["GET"]),
+        Route("/api/v1/suppressions", sending.list_suppressions, methods=["GET"]),
+        Route("/api/v1/suppressions/{email}", sending.delete_suppression, methods=["DELETE"]),
+    ]
 
 
 def routes() -> list[Route]:
@@ -35,6 +59,7 @@ def routes() -> list[Route]:
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/api/v1/events", records.list_events),
+        *sending_routes(),
         Route("/api/v1/leads/{id}/convert", records.convert_lead, methods=["POST"]),
         Route(m, records.create_record, methods=["POST"]),
         Route(m, records.list_records, methods=["GET"]),

@@ -1,0 +1,106 @@
+"""Daily sending quotas: the plan rules and the org's local day, as pure functions.
+
+The day is the org's calendar day (00:00–23:59 in its IANA time zone), so the
+counters are keyed by the local date and the reset is the next local
+midnight — computed with :mod:`zoneinfo`, which gets the 23- and 25-hour DST
+days right.  The clock is a parameter everywhere so tests can stand at
+23:59:59 and at 00:00:00 without waiting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+KINDS = ("individual", "mass")
+FREE_PLAN_MAX_USERS = 4
+INDIVIDUAL_PER_USER = {"free": 50}
+INDIVIDUAL_PER_USER_PAID = 300
+MASS_BY_PLAN = {"free": 0, "standard": 250, "professional": 500, "enterprise": 1000}
+MASS_CAP = 2250
+WARNING_SHARE = 0.8
+
+
+class Clock(Protocol):
+    """Where "now" comes from: the system clock, or a fixed one in tests."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass
+class FixedClock:
+    """A clock tests set by hand (``clock.at = …``)."""
+
+    at: datetime
+
+    def now(self) -> datetime:
+        return self.at
+
+
+def daily_limit(kind: str, plan: str, active_users: int, mass_addon: int = 0) -> int:
+    """The number of messages of ``kind`` the org may send in one local day."""
+    if kind == "individual":
+        if plan == "free":
+            return INDIVIDUAL_PER_USER["free"] * min(active_users, FREE_PLAN_MAX_USERS)
+        return INDIVIDUAL_PER_USER_PAID * active_users
+    if kind == "mass":
+        return min(MASS_BY_PLAN.get(plan, 0) + max(mass_addon, 0), MASS_CAP)
+    raise ValueError(f"unknown quota kind {kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaDay:
+    """One local day of an org: the counter key and when it ends."""
+
+    day: str  # YYYY-MM-DD, local
+    starts_at: datetime  # aware, in the org's zone
+    resets_at: datetime  # next local midnight, aware, in the org's zone
+
+    def next(self, tz: ZoneInfo) -> QuotaDay:
+        return quota_day(self.resets_at, tz)
+
+
+def local_midnight(d: date, tz: ZoneInfo) -> datetime:
+    """00:00 of ``d`` in ``tz``; where DST skips midnight, the first instant that exists."""
+    naive = datetime.combine(d, time(0))
+    aware = naive.replace(tzinfo=tz)
+    # Round-trip through UTC: a non-existent local time moves forward to a real instant.
+    return aware.astimezone(UTC).astimezone(tz)
+
+
+def quota_day(now: datetime, tz: ZoneInfo | str) -> QuotaDay:
+    """The org's local day containing the instant ``now``."""
+    if isinstance(tz, str):
+        tz = ZoneInfo(tz)
+    if now.tzinfo is None:
+        raise ValueError("quota_day needs an aware datetime")
+    local = now.astimezone(tz)
+    today = local.date()
+    return QuotaDay(
+        day=today.isoformat(),
+        starts_at=local_midnight(today, tz),
+        resets_at=local_midnight(today + timedelta(days=1), tz),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """Which thresholds a reservation moved the counter across (events to emit)."""
+
+    warning: bool
+    exhausted: bool
+
+
+def crossings(before: int, after: int, limit: int) -> Crossing:
+    """A reservation from ``before`` to ``after`` crossed 80 % and/or 100 % of ``limit``."""
+    if limit <= 0 or after <= before:
+        return Crossing(False, False)
+    warn_at = -(-limit * 8 // 10)  # ceil(0.8 × limit) without floats
+    return Crossing(before < warn_at <= after, before < limit <= after)

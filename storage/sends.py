@@ -1,0 +1,156 @@
+"""SQL of the send queue: enqueue, claim due sends, record delivery outcomes.
+
+``sends`` is both the durable queue and the per-recipient status.  A worker
+claims due rows by moving them to ``sending`` with a lease
+(``claimed_until``); a worker that dies leaves rows whose lease runs out, and
+the next claim takes them again.  On PostgreSQL the claim skips rows another
+worker has locked (``FOR UPDATE SKIP LOCKED``), so several workers never
+claim the same send; SQLite has one writer and claims in one UPDATE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.schema_sending import sends
+
+CLAIM_COLUMNS = (
+    sends.c.id,
+    sends.c.org_id,
+    sends.c.user_id,
+    sends.c.kind,
+    sends.c.module,
+    sends.c.record_id,
+    sends.c.to_email,
+    sends.c.from_email,
+    sends.c.message_id,
+    sends.c.verp_token,
+    sends.c.raw,
+    sends.c.attempts,
+    sends.c.created_at,
+)
+
+
+def insert_sends(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert queued sends; their ids in the order given."""
+    if not rows:
+        return []
+    res = conn.execute(
+        insert(sends).returning(sends.c.id, sort_by_parameter_order=True), list(rows)
+    )
+    return list(res.scalars())
+
+
+def set_composed(conn: Connection, items: Sequence[tuple[int, str, bytes]]) -> None:
+    """(send id, subject, bytes): composed after the insert, since they carry the send id."""
+    if not items:
+        return
+    stmt = (
+        update(sends)
+        .where(sends.c.id == bindparam("sid"))
+        .values(raw=bindparam("raw_bytes"), subject=bindparam("subj"))
+    )
+    conn.execute(stmt, [{"sid": sid, "subj": subj, "raw_bytes": raw} for sid, subj, raw in items])
+
+
+def _due(now: datetime):
+    return or_(
+        and_(sends.c.state.in_(("queued", "deferred")), sends.c.next_attempt_at <= now),
+        and_(sends.c.state == "sending", sends.c.claimed_until < now),
+    )
+
+
+def claim_due(
+    conn: Connection, now: datetime, limit: int, lease: timedelta
+) -> list[dict[str, Any]]:
+    """Move up to ``limit`` due sends to ``sending`` under a lease; returns them."""
+    pick = select(sends.c.id).where(_due(now)).order_by(sends.c.next_attempt_at, sends.c.id)
+    pick = pick.limit(limit)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    ids = list(conn.execute(pick).scalars())
+    if not ids:
+        return []
+    stmt = (
+        update(sends)
+        .where(sends.c.id.in_(ids), _due(now))
+        .values(state="sending", claimed_until=now + lease, attempts=sends.c.attempts + 1)
+        .returning(*CLAIM_COLUMNS)
+    )
+    rows = [dict(r) for r in conn.execute(stmt).mappings()]
+    rows.sort(key=lambda r: r["id"])
+    return rows
+
+
+def mark_sent(conn: Connection, items: Sequence[tuple[int, str, datetime]]) -> None:
+    """(send id, reply, when) → delivered to the relay; the raw copy is no longer needed."""
+    if not items:
+        return
+    stmt = (
+        update(sends)
+        .where(sends.c.id == bindparam("sid"), sends.c.state == "sending")
+        .values(
+            state="sent",
+            status="sent",
+            sent_at=bindparam("at"),
+            last_reply=bindparam("reply"),
+            claimed_until=None,
+            raw=None,
+        )
+    )
+    conn.execute(stmt, [{"sid": sid, "reply": reply[:2000], "at": at} for sid, reply, at in items])
+
+
+def mark_deferred(conn: Connection, send_id: int, reply: str, next_attempt_at: datetime) -> None:
+    conn.execute(
+        update(sends)
+        .where(sends.c.id == send_id)
+        .values(
+            state="deferred",
+            status="deferred",
+            last_reply=reply[:2000],
+            next_attempt_at=next_attempt_at,
+            claimed_until=None,
+        )
+    )
+
+
+def mark_failed(conn: Connection, send_id: int, reply: str) -> None:
+    conn.execute(
+        update(sends)
+        .where(sends.c.id == send_id)
+        .values(state="failed", status="failed", last_reply=reply[:2000], claimed_until=None)
+    )
+
+
+def get_sync(conn: Connection, send_id: int) -> dict[str, Any] | None:
+    row = conn.execute(select(sends).where(sends.c.id == send_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def by_verp_token(conn: Connection, token: str) -> dict[str, Any] | None:
+    """The send a bounce's VERP address names (the lead's bounce processing)."""
+    row = conn.execute(select(sends).where(sends.c.verp_token == token)).mappings().first()
+    return dict(row) if row else None
+
+
+async def get(conn: AsyncConnection, org_id: int, send_id: int) -> dict[str, Any] | None:
+    q = select(sends).where(sends.c.org_id == org_id, sends.c.id == send_id)
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+def pending_count(conn: Connection) -> int:
+    from sqlalchemy import func
+
+    q = (
+        select(func.count())
+        .select_from(sends)
+        .where(sends.c.state.in_(("queued", "deferred", "sending")))
+    )
+    return conn.execute(q).scalar_one()

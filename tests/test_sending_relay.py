@@ -1,0 +1,288 @@
+"""Outbound mail through a real relay (Postfix's smtp-sink) over a socket.
+
+What arrives at the relay is checked where it matters: the VERP envelope
+sender, the Japanese subject as UTF-8 encoded words, an unfolded
+List-Unsubscribe with one-click, our send header, and a DKIM signature that
+dkimpy verifies.  Relay refusals: 4xx is retried and delivered, 5xx fails and
+suppresses the address, a relay that is down gets the mail once it is up —
+also across a restart of mailgate.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import re
+from email.header import decode_header, make_header
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.bounces.verp import verp_token
+from storage import sends as send_store
+from tests.support import smtp_sink
+from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
+
+pytestmark = pytest.mark.skipif(
+    not smtp_sink.available(), reason="Postfix smtp-sink not installed (apt-get install postfix)"
+)
+
+PUBLIC_URL = "https://mail.example.test"
+
+
+@pytest.fixture(scope="module")
+def dkim_key(tmp_path_factory) -> tuple[Path, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    path = tmp_path_factory.mktemp("dkim") / "key.pem"
+    path.write_bytes(pem)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+
+@pytest.fixture(scope="module")
+def relay_port() -> int:
+    return smtp_sink.free_port()
+
+
+def make_server(database_url: str, data_dir: Path, relay_port: int, key: Path) -> MailgateServer:
+    return MailgateServer(
+        database_url,
+        data_dir,
+        relay_url=f"smtp://127.0.0.1:{relay_port}",
+        public_url=PUBLIC_URL,
+        relay_retry_base=0.2,
+        relay_retry_cap=0.5,
+        relay_poll_interval=0.1,
+        relay_timeout=5,
+        relay_pool_size=2,
+        dkim_selector="mg1",
+        dkim_domain="example.co.jp",
+        dkim_key_file=key,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def server(database_url, data_dir, relay_port, dkim_key):
+    srv = make_server(database_url, data_dir, relay_port, dkim_key[0]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def people(server):
+    org = server.org("送信テスト株式会社", plan="professional")
+    user = server.user(org, "sender@example.co.jp", name="佐藤 花子")
+    api = server.api(user)
+    return org, user, api
+
+
+def sink(port: int, *flags: str) -> smtp_sink.SmtpSink:
+    return smtp_sink.SmtpSink(port, flags=flags).start()
+
+
+def new_lead(api, email_addr: str, last="山田", first="太郎") -> int:
+    r = api.post(
+        "/api/v1/leads",
+        json={"last_name": last, "first_name": first, "email": email_addr, "company": "山田商事"},
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def send_state(api, send_id: int) -> dict:
+    r = api.get(f"/api/v1/sends/{send_id}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_state(api, send_id: int, state: str, timeout: float = 20) -> dict:
+    return wait_until(
+        lambda: (s := send_state(api, send_id))["state"] == state and s, timeout=timeout
+    )
+
+
+def events_of(api, *types: str) -> list[dict]:
+    items = api.get("/api/v1/events", params={"limit": 1000}).json()["items"]
+    return [e for e in items if e["type"] in types]
+
+
+def test_mass_mail_arrives_with_verp_sender_encoded_subject_one_click_and_valid_dkim(
+    server, people, relay_port, tmp_path, dkim_key
+):
+    org, user, api = people
+    lead = new_lead(api, "taro@client.example.jp")
+    tpl = api.post(
+        "/api/v1/templates",
+        json={
+            "name": "ご案内",
+            "module": "leads",
+            "subject": "${Leads.Last Name}様 新製品のご案内（2026年冬）",
+            "html": "<p>{{ lead.full_name }} 様</p><p>いつもお世話になっております。</p>",
+        },
+    )
+    assert tpl.status_code == 201, tpl.text
+    relay = sink(relay_port)
+    try:
+        r = api.post(
+            "/api/v1/emails/bulk",
+            json={"to": [{"module": "leads", "id": lead}], "template_id": tpl.json()["id"]},
+        )
+        assert r.status_code == 202, r.text
+        send = r.json()["sends"][0]
+        assert send["status"] == "queued"
+        done = wait_state(api, send["id"], "sent")
+        assert done["status"] == "sent" and done["last_reply"].startswith("250")
+        raw = wait_until(lambda: relay.messages(), timeout=5)[-1]
+    finally:
+        relay.stop()
+
+    head, _, _ = raw.partition(b"\n\n")
+    mail_from = re.search(rb"^X-Mail-Args: <([^>]+)>", head, re.M).group(1).decode()
+    token = verp_token(mail_from, MAIL_DOMAIN)
+    assert token and len(token) >= 20  # unguessable, and it names this send
+    assert server.call(server.db.run_read(send_store.by_verp_token, token))["id"] == send["id"]
+
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    assert str(make_header(decode_header(msg["Subject"]))) == "山田様 新製品のご案内（2026年冬）"
+    assert "=?utf-8?b?" in msg["Subject"].lower()
+    assert msg["X-Mailgate-Send"] == str(send["id"])
+    assert msg["Message-ID"] == send["message_id"]
+    unsub = " ".join(msg["List-Unsubscribe"].split())
+    assert "=?" not in unsub
+    assert re.fullmatch(
+        rf"<mailto:bounces\+{token}@{MAIL_DOMAIN}\?subject=unsubscribe>, "
+        rf"<{PUBLIC_URL}/u/{send['id']}\.[A-Za-z0-9_-]+>",
+        unsub,
+    ), unsub
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    html = next(p for p in msg.walk() if p.get_content_type() == "text/html")
+    assert "山田 太郎 様" in html.get_payload(decode=True).decode("utf-8")
+
+    # DKIM: verify the bytes as they arrived (smtp-sink writes LF line ends).
+    public = dkim_key[1]
+    wire = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert dkim.verify(
+        wire,
+        dnsfunc=lambda name, timeout=5: (
+            public if name == b"mg1._domainkey.example.co.jp." else None
+        ),
+    )
+
+    # Filed against the lead like dropbox mail, and announced.
+    filed = api.get(f"/api/v1/leads/{lead}/emails").json()["items"]
+    assert [(m["direction"], m["source"], m["send_id"]) for m in filed] == [
+        ("outgoing", "api", send["id"])
+    ]
+    sent = [e for e in events_of(api, "email.sent") if e["data"]["send_id"] == send["id"]]
+    assert len(sent) == 1 and sent[0]["data"]["to"] == "taro@client.example.jp"
+
+
+def test_temporary_refusal_is_retried_then_delivered(server, people, relay_port, tmp_path):
+    _, _, api = people
+    lead = new_lead(api, "retry@client.example.jp")
+    relay = sink(relay_port, "-r", "RCPT")
+    try:
+        r = api.post(
+            "/api/v1/emails",
+            json={"to": [{"module": "leads", "id": lead}], "subject": "再送", "text": "本文"},
+        )
+        assert r.status_code == 202, r.text
+        sid = r.json()["sends"][0]["id"]
+        deferred = wait_until(
+            lambda: (
+                (s := send_state(api, sid))["state"] == "deferred"
+                and s["last_reply"].startswith("4")
+                and s
+            ),
+        )
+        assert deferred["attempts"] >= 1
+    finally:
+        relay.stop()
+    relay = sink(relay_port)
+    try:
+        done = wait_state(api, sid, "sent")
+        assert done["attempts"] >= 2
+    finally:
+        relay.stop()
+    kinds = [
+        e["type"]
+        for e in events_of(api, "email.deferred", "email.sent")
+        if e["data"]["send_id"] == sid
+    ]
+    assert "email.deferred" in kinds and kinds[-1] == "email.sent"
+
+
+def test_permanent_refusal_fails_bounces_and_suppresses_the_address(
+    server, people, relay_port, tmp_path
+):
+    _, _, api = people
+    lead = new_lead(api, "gone@client.example.jp")
+    relay = sink(relay_port, "-f", "RCPT")
+    try:
+        r = api.post(
+            "/api/v1/emails",
+            json={"to": [{"module": "leads", "id": lead}], "subject": "hello", "text": "x"},
+        )
+        sid = r.json()["sends"][0]["id"]
+        failed = wait_state(api, sid, "failed")
+    finally:
+        relay.stop()
+    assert failed["status"] == "bounced" and failed["bounce_type"] == "hard"
+    assert failed["last_reply"].startswith("5")
+    sup = api.get("/api/v1/suppressions").json()["items"]
+    assert {"email": "gone@client.example.jp", "reason": "hard_bounce"}.items() <= next(
+        s for s in sup if s["email"] == "gone@client.example.jp"
+    ).items()
+    bounced = [e for e in events_of(api, "email.bounced") if e["data"]["send_id"] == sid]
+    assert bounced and bounced[0]["data"]["type"] == "hard"
+    assert [e for e in events_of(api, "email.failed") if e["data"]["send_id"] == sid]
+
+    again = api.post(
+        "/api/v1/emails",
+        json={"to": [{"module": "leads", "id": lead}], "subject": "hello", "text": "x"},
+    )
+    assert again.status_code == 202
+    assert again.json() == {
+        "sends": [],
+        "skipped": [
+            {
+                "to": {"module": "leads", "id": lead, "email": "gone@client.example.jp"},
+                "reason": "suppressed:hard_bounce",
+            }
+        ],
+    }
+    # Lifting the suppression makes the address mailable again.
+    assert api.delete("/api/v1/suppressions/gone@client.example.jp").status_code == 204
+    assert api.delete("/api/v1/suppressions/gone@client.example.jp").status_code == 404
+
+
+def test_relay_url_forms_parse():
+    from gateway.sending.relay import RelayConfig
+
+    c = RelayConfig.parse("smtp://relay.example.com")
+    assert (c.host, c.port, c.implicit_tls, c.starttls, c.username) == (
+        "relay.example.com", 25, False, False, None
+    )  # fmt: skip
+    c = RelayConfig.parse("smtp://u%40x:p%3Ass@relay.example.com:587?starttls=1")
+    assert (c.port, c.starttls, c.username, c.password) == (587, True, "u@x", "p:ss")
+    c = RelayConfig.parse("smtps://relay.example.com")
+    assert (c.port, c.implicit_tls) == (465, True)
+    for bad in ("http://relay", "smtp://", "smtps://h?starttls=1", "smtp://h:99999"):
+        with pytest.raises(ValueError):
+            RelayConfig.parse(bad)
