@@ -81,6 +81,18 @@ def _upsert_folder(conn: Connection, mailbox_id: int, folder: str, **values: Any
 def store_checkpoint(
     conn: Connection, mailbox_id: int, folder: str, uidvalidity: int, last_uid: int
 ) -> None:
+    """Store where a folder's poll resumes; never backwards under the same UIDVALIDITY.
+
+    A re-run backfill of older mail walks UIDs from 1 again: it must not drag
+    the live poller's checkpoint back with it.
+    """
+    old = conn.execute(
+        select(mailbox_folders.c.uidvalidity, mailbox_folders.c.last_uid).where(
+            mailbox_folders.c.mailbox_id == mailbox_id, mailbox_folders.c.folder == folder
+        )
+    ).first()
+    if old is not None and old.uidvalidity == uidvalidity:
+        last_uid = max(last_uid, old.last_uid)
     _upsert_folder(conn, mailbox_id, folder, uidvalidity=uidvalidity, last_uid=last_uid)
 
 
@@ -176,9 +188,7 @@ def apply_server_flags(
     return set_seen_sync(conn, read, True) + set_seen_sync(conn, unread, False)
 
 
-async def locations(
-    conn: AsyncConnection, org_id: int, message_pk: int
-) -> list[dict[str, Any]]:
+async def locations(conn: AsyncConnection, org_id: int, message_pk: int) -> list[dict[str, Any]]:
     q = (
         select(mailbox_messages, mailboxes.c.user_id)
         .join(mailboxes, mailboxes.c.id == mailbox_messages.c.mailbox_id)
