@@ -81,7 +81,9 @@ def error_words(exc: MailboxError) -> str:
     """``bad login: the server refused …`` — what ``imap status`` shows."""
     advice = ADVICE.get(exc.kind, "")
     detail = exc.message
-    return f"{advice} ({detail})" if advice and detail and detail != advice else advice or detail
+    if not advice or not detail or advice.lower() in detail.lower():
+        return detail or advice
+    return f"{advice} ({detail})"
 
 
 class MailboxService:
