@@ -21,7 +21,6 @@ from storage import mailboxes as store
 from tests.support.dovecot import Dovecot, start_or_skip
 from tests.support.server import MailgateServer, wait_until
 
-
 LOGINS = [f"rep{i}" for i in range(40)]
 
 

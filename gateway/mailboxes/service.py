@@ -249,15 +249,29 @@ class MailboxService:
         async def load(folder: str) -> Checkpoint | None:
             return None if fresh else await self._load_checkpoint(row["id"], folder)
 
+        # One batch is filed while the next is fetched.  Only one filing is ever in
+        # flight, so a checkpoint is never committed before the batches under it.
+        filing: asyncio.Future[None] | None = None
+
         async def on_batch(batch: FetchBatch) -> None:
-            await self.file_batch(row, batch, kinds[batch.folder], progress)
+            nonlocal filing
+            if filing is not None:
+                await filing
+            filing = asyncio.ensure_future(
+                self.file_batch(row, batch, kinds[batch.folder], progress)
+            )
 
         def on_error(exc: MailboxError) -> None:
             log.warning("mailbox %s: folder skipped: %s", row["id"], exc.message)
 
-        return await poll_once(
-            source, folders, load, on_batch, since=since, on_progress=track, on_error=on_error
-        )
+        try:
+            count = await poll_once(
+                source, folders, load, on_batch, since=since, on_progress=track, on_error=on_error
+            )
+        finally:
+            if filing is not None:
+                await filing
+        return count
 
     # -- flags -----------------------------------------------------------------
 
