@@ -35,6 +35,10 @@ inbound_app = typer.Typer(
 )
 app.add_typer(inbound_app, name="inbound")
 
+
+imap_app = typer.Typer(no_args_is_help=True, help="Connected IMAP mailboxes.")
+app.add_typer(imap_app, name="imap")
+
 _state: dict[str, Any] = {}
 
 
@@ -324,6 +328,150 @@ def quota(
                 f"{row['org'][:24]:<24} {kind:<10} {q['used']:>6} {q['limit']:>6} "
                 f"{q['remaining']:>9}  {q['resets_at']}"
             )
+
+
+@imap_app.command("add")
+def imap_add(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    host: Annotated[str, typer.Option(help="IMAP server host name.")],
+    port: Annotated[int, typer.Option(help="IMAP port (993 for tls, 143 for starttls).")],
+    login: Annotated[str, typer.Option(help="Login name on the IMAP server.")],
+    password_env: Annotated[
+        str, typer.Option(help="Environment variable holding the password (never argv).")
+    ],
+    security: Annotated[str, typer.Option(help="tls|starttls|none")] = "tls",
+    sent_folder: Annotated[
+        str | None, typer.Option(help="The Sent folder, when the server flags none.")
+    ] = None,
+    bounce_mailbox: Annotated[
+        bool, typer.Option("--bounce-mailbox", help="Mail here is bounces, not correspondence.")
+    ] = False,
+    backfill_days: Annotated[int, typer.Option(help="Days fetched on first connection.")] = 30,
+) -> None:
+    """Connect a mailbox: the login is tried first; the password is stored encrypted."""
+    import os
+
+    from gateway.mailboxes import InvalidMailbox, MailboxService, mailbox_values
+
+    password = os.environ.get(password_env)
+    if not password:
+        fail(f"environment variable {password_env} is not set or empty")
+    try:
+        values = mailbox_values(
+            {
+                "host": host,
+                "port": port,
+                "login": login,
+                "password": password,
+                "security": security,
+                "sent_folder": sent_folder,
+                "bounce": bounce_mailbox,
+                "backfill_days": backfill_days,
+            }
+        )
+    except InvalidMailbox as exc:
+        fail(str(exc))
+
+    async def add(db: Database, s: Settings) -> dict[str, Any]:
+        from gateway.mailboxes.service import error_words
+        from gateway.mailboxes.validate import config_from
+
+        async with db.connect() as conn:
+            from storage import orgs as org_store
+
+            owner = await org_store.find_user(conn, user)
+        if owner is None:
+            raise admin.AdminError(f"no user {user!r}")
+        service = MailboxService(db, None, s)  # type: ignore[arg-type]
+        problem = await service.check(config_from(values, password))
+        if problem is not None:
+            raise admin.AdminError(f"cannot connect: {error_words(problem)}")
+        try:
+            return await service.add(owner["org_id"], owner["id"], values)
+        except SQLAlchemyError as exc:
+            if "uq_mailboxes" in str(exc) or "UNIQUE" in str(exc):
+                raise admin.AdminError("this mailbox is already connected") from exc
+            raise
+
+    out(run_db(add))
+
+
+def _user_mailboxes(db: Database, ref: str):
+    async def find() -> list[dict[str, Any]]:
+        from storage import mailboxes as store
+        from storage import orgs as org_store
+
+        async with db.connect() as conn:
+            owner = await org_store.find_user(conn, ref)
+            if owner is None:
+                raise admin.AdminError(f"no user {ref!r}")
+            rows = await store.list_mailboxes(conn, owner["org_id"], owner["id"])
+        if not rows:
+            raise admin.AdminError(f"user {ref!r} has no connected mailbox (`mailgate imap add`)")
+        return rows
+
+    return find()
+
+
+@imap_app.command("backfill")
+def imap_backfill(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    days: Annotated[int, typer.Option(help="How many days back (0: everything).")] = 30,
+) -> None:
+    """File the last DAYS of INBOX and Sent now, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gateway.imap import MailboxError
+    from gateway.intake import Intake
+    from gateway.mailboxes import MailboxService
+    from gateway.mailboxes.service import error_words
+
+    if not 0 <= days <= 3650:
+        fail("--days must be between 0 and 3650")
+
+    async def backfill(db: Database, s: Settings) -> dict[str, Any]:
+        rows = await _user_mailboxes(db, user)
+        intake = Intake(db, mail_domain=s.mail_domain)
+        await intake.start()
+        service = MailboxService(db, intake, s)
+        result: dict[str, Any] = {}
+        try:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                transient=False,
+            ) as bar:
+                ids: dict[str, Any] = {}
+
+                def progress(folder: str, done: int, total: int) -> None:
+                    if folder not in ids:
+                        ids[folder] = bar.add_task(folder, total=total)
+                    bar.update(ids[folder], completed=done, total=total)
+
+                for row in rows:
+                    try:
+                        count = await service.backfill(row, days, progress)
+                    except MailboxError as exc:
+                        raise admin.AdminError(f"mailbox {row['id']}: {error_words(exc)}") from exc
+                    result[str(row["id"])] = {"fetched": count}
+        finally:
+            await intake.stop()
+        return result
+
+    out(run_db(backfill))
+
+
+@imap_app.command("status")
+def imap_status(user: Annotated[str, typer.Argument(help="User id or email.")]) -> None:
+    """Each connected mailbox: state, problem in plain words, progress, checkpoints."""
+    from gateway.mailboxes import MailboxService
+
+    async def status(db: Database, s: Settings) -> list[dict[str, Any]]:
+        service = MailboxService(db, None, s)  # type: ignore[arg-type]
+        return [await service.status(r["id"]) for r in await _user_mailboxes(db, user)]
+
+    out(run_db(status))
 
 
 @app.command()

@@ -27,12 +27,17 @@ log = logging.getLogger("mailgate.intake")
 
 MAX_BATCH = 200
 
+#: ``after(conn, deliveries)``: synchronous SQL committed together with the filing.
+AfterFiling = Callable[[Any, list[Delivery]], None]
+
 
 @dataclass(slots=True)
 class Job:
     deliveries: list[Delivery]
     keep: list[dict[str, Any]] = field(default_factory=list)  # raw rows for the inbound queue
     done: asyncio.Future[None] | None = None
+    #: Runs in the same transaction after filing (the IMAP poller stores its checkpoint).
+    after: AfterFiling | None = None
 
 
 class Intake:
@@ -57,10 +62,19 @@ class Intake:
                 pass
 
     async def submit(
-        self, deliveries: list[Delivery], keep: list[dict[str, Any]] | None = None
+        self,
+        deliveries: list[Delivery],
+        keep: list[dict[str, Any]] | None = None,
+        *,
+        after: AfterFiling | None = None,
     ) -> None:
-        """Return once everything given is committed; StorageUnavailable if it cannot be."""
-        job = Job(deliveries, keep or [], asyncio.get_running_loop().create_future())
+        """Return once everything given is committed; StorageUnavailable if it cannot be.
+
+        ``after(conn, deliveries)`` runs in the same transaction once the
+        deliveries have their outcomes, so what it writes (a poller's
+        checkpoint) is committed if and only if the mail is.
+        """
+        job = Job(deliveries, keep or [], asyncio.get_running_loop().create_future(), after)
         if self._task is None or self._task.done():
             raise StorageUnavailable("intake writer is not running")
         await self._queue.put(job)
@@ -95,24 +109,33 @@ class Intake:
     async def _write(self, jobs: list[Job], attempts: int = 3) -> None:
         items = [d for job in jobs for d in job.deliveries]
         keep = [row for job in jobs for row in job.keep]
+        afters = [(job.after, job.deliveries) for job in jobs if job.after is not None]
         if items and not self.db.runs_in_thread:
             await asyncio.to_thread(parse_all, items)  # CPU work off the event loop
         for attempt in range(attempts):
             for d in items:
                 d.outcome, d.records, d.message_pk = None, [], None
             try:
-                await self.db.run_write(self._transaction, items, keep)
+                await self.db.run_write(self._transaction, items, keep, afters)
                 return
             except IntegrityError:
                 # Another process filed the same message meanwhile: dedupe will see it now.
                 if attempt == attempts - 1:
                     raise
 
-    def _transaction(self, conn, items: list[Delivery], keep: list[dict[str, Any]]) -> None:
+    def _transaction(
+        self,
+        conn,
+        items: list[Delivery],
+        keep: list[dict[str, Any]],
+        afters: list[tuple[AfterFiling, list[Delivery]]] = (),  # type: ignore[assignment]
+    ) -> None:
         if items:
             file_batch(conn, items, self.mail_domain)
         for row in keep:
             filing.shunt(conn, row)
+        for after, deliveries in afters:
+            after(conn, deliveries)
 
     async def _rescue(self, job: Job, exc: Exception) -> None:
         """A single job failed: storage is down (451), or a step broke (shunt and accept)."""
@@ -144,6 +167,8 @@ class Intake:
                 d.outcome = Outcome.SHUNTED
             for row in job.keep:
                 filing.shunt(conn, row)
+            if job.after is not None:
+                job.after(conn, job.deliveries)
 
         try:
             await self.db.run_write(keep_all)

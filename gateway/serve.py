@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -32,6 +33,7 @@ class Running:
     smtp_port: int | None = None
     http_port: int | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    mailboxes: Any = None  # the imap role's MailboxSupervisor
 
 
 def parse_roles(only: str | None) -> set[str]:
@@ -78,6 +80,12 @@ async def run(
                 max_size=settings.max_message_size,
             )
             running.smtp_port = smtp_server.sockets[0].getsockname()[1]
+        if "imap" in roles:
+            from gateway.mailboxes import MailboxService, MailboxSupervisor
+
+            supervisor = MailboxSupervisor(MailboxService(services.db, services.intake, settings))
+            running.mailboxes = supervisor
+            tasks.append(asyncio.create_task(supervisor.run(running.stopped), name="imap"))
         if "worker" in roles:
             tasks.append(asyncio.create_task(services.bounces.run(running.stopped), name="bounces"))
         if "http" in roles:

@@ -250,6 +250,7 @@ consumer_offsets = Table(
 def _register_areas() -> None:
     """Import the other areas' tables so ``metadata`` (and Alembic) sees all of them."""
     import storage.schema_bounces  # noqa: F401
+    import storage.schema_mailboxes  # noqa: F401
     import storage.schema_sending  # noqa: F401
 
 

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.http import records, sending
+from gateway.http import mailboxes, records, sending
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.metrics import REGISTRY
 from gateway.services import Services
@@ -60,6 +60,16 @@ def routes() -> list[Route]:
         Route("/metrics", metrics),
         Route("/api/v1/events", records.list_events),
         *sending_routes(),
+        Route("/api/v1/mailboxes", mailboxes.create_mailbox, methods=["POST"]),
+        Route("/api/v1/mailboxes", mailboxes.list_mailboxes, methods=["GET"]),
+        Route("/api/v1/mailboxes/{id}", mailboxes.get_mailbox, methods=["GET"]),
+        Route("/api/v1/mailboxes/{id}", mailboxes.delete_mailbox, methods=["DELETE"]),
+        Route("/api/v1/mailboxes/{id}/backfill", mailboxes.backfill_mailbox, methods=["POST"]),
+        Route("/api/v1/emails/{id}/read", mailboxes.mark_read, methods=["POST"]),
+        Route("/api/v1/users/{id}/sharing", mailboxes.get_sharing, methods=["GET"]),
+        Route("/api/v1/users/{id}/sharing", mailboxes.put_sharing, methods=["PUT"]),
+        Route("/api/v1/excluded-domains", mailboxes.get_excluded, methods=["GET"]),
+        Route("/api/v1/excluded-domains", mailboxes.put_excluded, methods=["PUT"]),
         Route("/api/v1/leads/{id}/convert", records.convert_lead, methods=["POST"]),
         Route(m, records.create_record, methods=["POST"]),
         Route(m, records.list_records, methods=["GET"]),

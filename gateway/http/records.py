@@ -11,7 +11,9 @@ from starlette.responses import Response
 from gateway.addresses import normalise
 from gateway.http.auth import current_user, int_param, path_id, read_json
 from gateway.http.errors import JSON, ApiError
-from storage import crm, events, filing
+from gateway.mailboxes import sharing
+from storage import crm, events
+from storage import mailboxes as mailbox_store
 from storage.events import NewEvent
 
 MAX_LEN = {
@@ -273,6 +275,7 @@ def email_item(row: dict[str, Any]) -> dict[str, Any]:
         "source": row["source"],
         "send_id": row["send_id"],
         "user_id": row["user_id"],
+        "seen": row.get("seen", False),
         "filed_at": row["created_at"],
     }
 
@@ -286,11 +289,26 @@ async def record_emails(request: Request) -> Response:
     async with request.app.state.services.db.connect() as conn:
         if await crm.get(conn, module, user["org_id"], rid) is None:
             raise ApiError(404, "not_found", f"no such {module[:-1]}")
-        rows = await filing.emails_for_record(
-            conn, user["org_id"], module, rid, after=after, limit=limit + 1
-        )
+        rows = await _visible_emails(conn, user, module, rid, after=after, limit=limit + 1)
     nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
     return JSON({"items": [email_item(r) for r in rows[:limit]], "next": nxt})
+
+
+async def _visible_emails(
+    conn, user: dict[str, Any], module: str, rid: int, *, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """The record's mail the asking user may see (gateway.mailboxes.sharing)."""
+    target = await mailbox_store.resolve_record(conn, user["org_id"], module, rid)
+    if target is None:
+        return []
+    module, rid = target
+    modes = await mailbox_store.sharing_modes(conn, user["org_id"])
+    custom = [uid for uid, row in modes.items() if row["mode"] == "custom"]
+    sharers = await mailbox_store.custom_sharers(conn, custom, module, rid)
+    hidden = sharing.hidden_owners(user["id"], modes, sharers)
+    return await mailbox_store.emails_for_record(
+        conn, user["org_id"], module, rid, hidden_owners=hidden, after=after, limit=limit
+    )
 
 
 async def list_events(request: Request) -> Response:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from gateway.addresses import in_domains, is_role_address, normalise
 from gateway.ingest.parse import ParsedMail, parse
-from storage import events, filing
+from storage import events, filing, replies
 from storage.events import NewEvent
+from storage.mailboxes import excluded_by_org
 
 
 class Outcome(enum.Enum):
@@ -57,6 +59,7 @@ class Batch:
     orgs: dict[int, dict[str, Any]] = field(default_factory=dict)
     users: dict[int, dict[str, Any]] = field(default_factory=dict)
     own_addresses: dict[int, set[str]] = field(default_factory=dict)
+    excluded: dict[int, list[str]] = field(default_factory=dict)  # org → domains never filed
     new_events: list[NewEvent] = field(default_factory=list)
 
     def live(self) -> list[Delivery]:
@@ -135,6 +138,22 @@ def classify(d: Delivery, own: set[str]) -> None:
         d.counterparts = [sender] if sender else []
 
 
+def exclude_counterparts(d: Delivery, excluded: list[str]) -> bool:
+    """Drop counterparts in the org's excluded domains; True when nobody is left.
+
+    Mail with an excluded domain is never filed (any channel) or shared: the
+    counterpart is dropped, and mail that only involves excluded domains is
+    ignored altogether.
+    """
+    if not excluded or not d.counterparts:
+        return False
+    d.counterparts = [a for a in d.counterparts if not in_domains(a, excluded)]
+    if not d.counterparts:
+        d.outcome = Outcome.IGNORED
+        return True
+    return False
+
+
 def creatable(address: str, *, own: set[str], org_domains: list[str], mail_domain: str) -> bool:
     """Colleagues, role mailboxes and our own dropbox addresses never become records."""
     return not (
@@ -147,13 +166,16 @@ def creatable(address: str, *, own: set[str], org_domains: list[str], mail_domai
 
 def step_match_and_create(conn: Connection, batch: Batch) -> None:
     by_org: dict[int, set[str]] = {}
+    batch.excluded = excluded_by_org(conn, sorted({d.org_id for d in batch.live()}))
     for d in batch.live():
         classify(d, batch.own_addresses.get(d.user_id, set()))
+        if exclude_counterparts(d, batch.excluded.get(d.org_id, [])):
+            continue
         by_org.setdefault(d.org_id, set()).update(d.counterparts)
     known = {o: filing.records_by_email(conn, o, emails) for o, emails in by_org.items()}
     for d in batch.live():
         d.stage = "match"
-        found = known[d.org_id]
+        found = known.get(d.org_id, {})
         own = batch.own_addresses.get(d.user_id, set())
         org = batch.orgs[d.org_id]
         for address in d.counterparts:
@@ -286,6 +308,33 @@ def _filed_event(d: Delivery) -> NewEvent:
     )
 
 
+def step_replies(conn: Connection, batch: Batch) -> None:
+    """Incoming mail answering one of our sends marks that send replied (dropbox or IMAP)."""
+    now = datetime.now(UTC)
+    for d in batch.items:
+        if d.direction != "incoming" or d.outcome not in (Outcome.FILED, Outcome.IGNORED):
+            continue
+        refs = [*d.parsed.references, d.parsed.in_reply_to]
+        if not any(refs):
+            continue
+        d.stage = "replies"
+        for send in replies.mark_replied(conn, d.org_id, refs, now):
+            batch.new_events.append(
+                NewEvent(
+                    d.org_id,
+                    "email.replied",
+                    {
+                        "send_id": send["id"],
+                        "message_id": d.message_pk,
+                        "user_id": d.user_id,
+                        "from": d.parsed.sender.email if d.parsed.sender else "",
+                        "module": send["module"],
+                        "record_id": send["record_id"],
+                    },
+                )
+            )
+
+
 def file_batch(conn: Connection, items: list[Delivery], mail_domain: str) -> Batch:
     """Run every step over parsed ``items`` inside the caller's transaction."""
     parse_all(items)  # no-op for what the intake already parsed
@@ -295,5 +344,6 @@ def file_batch(conn: Connection, items: list[Delivery], mail_domain: str) -> Bat
     step_dedupe(conn, batch)
     step_match_and_create(conn, batch)
     step_file(conn, batch)
+    step_replies(conn, batch)
     events.append_sync(conn, batch.new_events)
     return batch

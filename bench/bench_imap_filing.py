@@ -1,0 +1,121 @@
+"""IMAP backfill through fetch + filing vs a bare aioimaplib batched FETCH loop, same run.
+
+    /work/devvenv/bin/python bench/bench_imap_filing.py [--messages 5000] [--size 5120] [--rounds 3]
+
+Ours is ``MailboxService.backfill``: EXAMINE, UID SEARCH, batched FETCH, then
+every batch through the one ingest path (parse, dedupe, match the lead, insert
+message + link + events) with its checkpoint and UID locations in the same
+transaction, on a fresh SQLite database each round.  The baseline only counts
+the literals aioimaplib hands back.  Needs Dovecot (Debian ``dovecot-imapd``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_imap import bare_aioimaplib  # noqa: E402
+from gateway import admin  # noqa: E402
+from gateway.config import Settings  # noqa: E402
+from gateway.intake import Intake  # noqa: E402
+from gateway.mailboxes import MailboxService, mailbox_values  # noqa: E402
+from storage import crm  # noqa: E402
+from storage import mailboxes as store  # noqa: E402
+from storage.db import Database  # noqa: E402
+from storage.migrate import upgrade  # noqa: E402
+from tests.support.dovecot import Dovecot  # noqa: E402
+
+LEAD = "lead@customer.example.com"
+
+
+def make_message(i: int, size: int) -> bytes:
+    head = (
+        f"From: 鈴木 一郎 <{LEAD}>\nTo: rep@acme.example.jp\nMessage-ID: <f{i}@example.com>\n"
+        f"Subject: =?UTF-8?B?44GU5o+Q5qGI?= {i}\nDate: Mon, 23 Nov 2026 12:00:00 +0900\n"
+        "Content-Type: text/plain; charset=utf-8\n\n"
+    ).encode()
+    line = "お世話になっております。ご提案ありがとうございます。\n".encode()
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+async def ours(server: Dovecot, workdir: Path, round_no: int) -> tuple[int, float]:
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{workdir}/r{round_no}.db",
+        data_dir=workdir,
+        secret_key="bench",
+        mail_domain="mailgate.bench",
+    )
+    db = Database(settings.database_url)
+    await upgrade(db)
+    org = await admin.create_org(db, f"Bench {round_no}", plan="professional", domains=[])
+    user = await admin.create_user(
+        db, str(org["id"]), "rep@acme.example.jp", name="山田 太郎", mail_domain="x"
+    )
+    async with db.begin() as conn:
+        await crm.create(
+            conn, "leads", org["id"], {"last_name": "鈴木", "email": LEAD, "email_norm": LEAD}
+        )
+    intake = Intake(db, mail_domain=settings.mail_domain)
+    await intake.start()
+    service = MailboxService(db, intake, settings)
+    values = mailbox_values(
+        {
+            "host": server.host,
+            "port": server.port,
+            "login": "alice",
+            "password": "secret",
+            "security": "none",
+        }
+    )
+    created = await service.add(org["id"], user["id"], values)
+    async with db.connect() as conn:
+        row = await store.get_mailbox(conn, created["id"])
+    started = time.perf_counter()
+    await service.backfill(row, 0)
+    elapsed = time.perf_counter() - started
+    async with db.connect() as conn:
+        filed = (await conn.exec_driver_sql("SELECT count(*) FROM messages")).scalar()
+    await intake.stop()
+    await db.dispose()
+    return filed, elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=5120)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with Dovecot() as server, tempfile.TemporaryDirectory() as tmp:
+        server.add_user("alice", "secret")
+        server.seed("alice", "INBOX", (make_message(i, args.size) for i in range(args.messages)))
+        await bare_aioimaplib(server, args.messages)  # warm Dovecot's index and page cache
+        base_rates, our_rates = [], []
+        for r in range(args.rounds):
+            n, s = await bare_aioimaplib(server, args.messages)
+            assert n == args.messages, n
+            base_rates.append(n / s)
+            n, s = await ours(server, Path(tmp), r)
+            assert n == args.messages, f"filed {n} of {args.messages}"
+            our_rates.append(n / s)
+    base, mine = statistics.median(base_rates), statistics.median(our_rates)
+    print(
+        f"cpus={os.cpu_count()} messages={args.messages} size={args.size} B "
+        f"rounds={args.rounds} (median), SQLite"
+    )
+    print(f"bare aioimaplib batched UID FETCH:        {base:8.0f} msg/s")
+    print(f"MailboxService.backfill (fetch + filing): {mine:8.0f} msg/s")
+    print(f"ratio ours/bare: {mine / base:.2f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,461 @@
+"""Connected mailboxes: add, poll forever, backfill, report status, and push \\Seen.
+
+Every polled message goes through the one ingest path (``Intake.submit``);
+the folder checkpoint, the message's UID location and the mailbox's progress
+are written by the ``after`` hook *in the same transaction* as the filing,
+so a crash or a kick re-fetches at most one batch and never files twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from gateway.config import Settings
+from gateway.imap import (
+    Backoff,
+    Checkpoint,
+    FetchBatch,
+    MailboxConfig,
+    MailboxError,
+    MailboxSource,
+    connect,
+    discover_folders,
+    poll_once,
+    wait_for_new,
+)
+from gateway.ingest.pipeline import Delivery, Outcome
+from gateway.intake import Intake
+from gateway.mailboxes.crypto import PasswordBox, PasswordUnreadable
+from gateway.mailboxes.validate import config_from
+from storage import mailboxes as store
+from storage.db import Database
+
+log = logging.getLogger("mailgate.mailboxes")
+
+ProgressFn = Callable[[str, int, int], None]
+
+#: Plain words for each problem a user can act on.
+ADVICE = {
+    "bad_login": "the server refused the login or password",
+    "tls_failure": "a secure (TLS) connection could not be established",
+    "unreachable": "the mail server could not be reached",
+    "timeout": "the mail server stopped answering",
+    "disconnected": "the mail server closed the connection",
+    "protocol": "the mail server answered something unexpected",
+    "password": "the stored password can no longer be read",
+}
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A mailbox as the API and CLI show it: never the password, not even encrypted."""
+    error = None
+    if row.get("error_kind"):
+        error = {"kind": row["error_kind"], "message": row["error_message"] or ""}
+    return {
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "host": row["host"],
+        "port": row["port"],
+        "login": row["login"],
+        "security": row["security"],
+        "sent_folder": row["sent_folder"],
+        "bounce": row["bounce"],
+        "backfill_days": row["backfill_days"],
+        "state": row["state"],
+        "error": error,
+        "progress": {
+            folder: {"done": done, "total": total}
+            for folder, (done, total) in (row.get("progress") or {}).items()
+        },
+        "last_ok_at": row["last_ok_at"],
+        "created_at": row["created_at"],
+    }
+
+
+def error_words(exc: MailboxError) -> str:
+    """``bad login: the server refused …`` — what ``imap status`` shows."""
+    advice = ADVICE.get(exc.kind, "")
+    detail = exc.message
+    if not advice or not detail or advice.lower() in detail.lower():
+        return detail or advice
+    return f"{advice} ({detail})"
+
+
+class MailboxService:
+    def __init__(self, db: Database, intake: Intake, settings: Settings) -> None:
+        self.db = db
+        self.intake = intake
+        self.passwords = PasswordBox(settings.resolved_secret_keys())
+        self.connect_timeout = 30.0
+        self.idle_timeout = 120.0
+
+    # -- records ---------------------------------------------------------------
+
+    async def add(self, org_id: int, user_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        """Store a mailbox (password sealed); the ``imap`` role starts polling it."""
+        row = {k: v for k, v in values.items() if k != "password"}
+        row.update(
+            org_id=org_id,
+            user_id=user_id,
+            password_enc=self.passwords.seal(values["password"]),
+            progress={},
+        )
+        async with self.db.begin() as conn:
+            mid = await store.create_mailbox(conn, row)
+            return public(await store.get_mailbox(conn, mid))
+
+    def config(self, row: dict[str, Any]) -> MailboxConfig:
+        return config_from(row, self.passwords.open(row["password_enc"]))
+
+    async def status(self, mailbox_id: int) -> dict[str, Any] | None:
+        async with self.db.connect() as conn:
+            row = await store.get_mailbox(conn, mailbox_id)
+            if row is None:
+                return None
+            folders = await store.folder_states(conn, mailbox_id)
+            filed = await store.count_locations(conn, mailbox_id)
+        out = public(row)
+        out["folders"] = {
+            name: {"uidvalidity": f["uidvalidity"], "last_uid": f["last_uid"]}
+            for name, f in folders.items()
+        }
+        out["messages"] = filed
+        return out
+
+    async def check(self, config: MailboxConfig, timeout: float = 10.0) -> MailboxError | None:
+        """Log in once and out again: None when the account works."""
+        try:
+            session = await connect(config, timeout)
+        except MailboxError as exc:
+            return exc
+        await session.logout()
+        return None
+
+    async def record_error(self, mailbox_id: int, kind: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            async with self.db.begin() as conn:
+                await store.update_mailbox(
+                    conn, mailbox_id, state="error", error_kind=kind, error_message=message
+                )
+
+    async def _record_ok(self, mailbox_id: int) -> None:
+        async with self.db.begin() as conn:
+            await store.update_mailbox(
+                conn,
+                mailbox_id,
+                state="ok",
+                error_kind=None,
+                error_message=None,
+                last_ok_at=datetime.now(UTC),
+            )
+
+    # -- filing ----------------------------------------------------------------
+
+    async def _load_checkpoint(self, mailbox_id: int, folder: str) -> Checkpoint | None:
+        async with self.db.connect() as conn:
+            row = (await store.folder_states(conn, mailbox_id)).get(folder)
+        if row is None or not row["uidvalidity"]:
+            return None
+        return Checkpoint(row["uidvalidity"], row["last_uid"])
+
+    async def file_batch(
+        self, row: dict[str, Any], batch: FetchBatch, kind: str, progress: dict[str, list[int]]
+    ) -> None:
+        """File one fetched batch and store its checkpoint in one transaction."""
+        mid, org_id = row["id"], row["org_id"]
+        if row["bounce"]:
+            deliveries: list[Delivery] = []
+            keep = [
+                {
+                    "channel": "bounce",
+                    "state": "pending",
+                    "mail_from": "",
+                    "rcpt_to": [],
+                    "raw": m.raw,
+                }
+                for m in batch.messages
+            ]
+        else:
+            keep = []
+            deliveries = [
+                Delivery(
+                    raw=m.raw, channel="imap", org_id=org_id, user_id=row["user_id"], folder=kind
+                )
+                for m in batch.messages
+            ]
+        state = "backfilling" if any(d < t for d, t in progress.values()) else "ok"
+        snapshot = {k: list(v) for k, v in progress.items()}
+        messages = batch.messages
+
+        def after(conn, ds: list[Delivery]) -> None:
+            if ds:
+                dupes = [
+                    (d.parsed.message_id, d.parsed.content_hash)
+                    for d in ds
+                    if d.outcome is Outcome.DUPLICATE and d.parsed is not None
+                ]
+                earlier = store.message_pks(conn, org_id, dupes)
+                locations, seen = [], []
+                for m, d in zip(messages, ds, strict=True):
+                    pk = d.message_pk if d.outcome is Outcome.FILED else None
+                    if d.outcome is Outcome.DUPLICATE and d.parsed is not None:
+                        pk = earlier.get((d.parsed.message_id, d.parsed.content_hash))
+                    if pk is None:
+                        continue
+                    locations.append(
+                        {
+                            "mailbox_id": mid,
+                            "message_pk": pk,
+                            "folder": batch.folder,
+                            "uidvalidity": batch.checkpoint.uidvalidity,
+                            "uid": m.uid,
+                            "seen_pending": False,
+                        }
+                    )
+                    if m.seen and d.outcome is Outcome.FILED:
+                        seen.append(pk)
+                store.store_locations(conn, locations)
+                store.set_seen_sync(conn, seen)
+            cp = batch.checkpoint
+            store.store_checkpoint(conn, mid, batch.folder, cp.uidvalidity, cp.last_uid)
+            store.store_progress(conn, mid, snapshot, state)
+
+        await self.intake.submit(deliveries, keep, after=after)
+
+    async def poll(
+        self,
+        row: dict[str, Any],
+        source: MailboxSource,
+        folders: list[str],
+        *,
+        since: date,
+        fresh: bool = False,
+        on_progress: ProgressFn | None = None,
+    ) -> int:
+        """One pass over ``folders``; ``fresh`` ignores checkpoints (an explicit backfill)."""
+        progress: dict[str, list[int]] = {}
+        kinds = {f: ("inbox" if i == 0 else "sent") for i, f in enumerate(folders)}
+
+        def track(folder: str, done: int, total: int) -> None:
+            progress[folder] = [done, total]
+            if on_progress is not None:
+                on_progress(folder, done, total)
+
+        async def load(folder: str) -> Checkpoint | None:
+            return None if fresh else await self._load_checkpoint(row["id"], folder)
+
+        # One batch is filed while the next is fetched.  Only one filing is ever in
+        # flight, so a checkpoint is never committed before the batches under it.
+        filing: asyncio.Future[None] | None = None
+
+        async def on_batch(batch: FetchBatch) -> None:
+            nonlocal filing
+            if filing is not None:
+                await filing
+            filing = asyncio.ensure_future(
+                self.file_batch(row, batch, kinds[batch.folder], progress)
+            )
+
+        def on_error(exc: MailboxError) -> None:
+            log.warning("mailbox %s: folder skipped: %s", row["id"], exc.message)
+
+        try:
+            count = await poll_once(
+                source, folders, load, on_batch, since=since, on_progress=track, on_error=on_error
+            )
+        finally:
+            if filing is not None:
+                await filing
+        return count
+
+    # -- flags -----------------------------------------------------------------
+
+    async def sync_flags(self, row: dict[str, Any], source: MailboxSource, folders: list[str]):
+        """Read/unread in the mail client → messages.seen (CONDSTORE: no FETCH when unchanged)."""
+        if not source.session.has_capability("CONDSTORE"):
+            return
+        async with self.db.connect() as conn:
+            states = await store.folder_states(conn, row["id"])
+        for folder in folders:
+            stored = states.get(folder)
+            since = stored["highestmodseq"] if stored else None
+            if since is None:
+                state = await source.session.examine(folder, condstore=True)
+                async with self.db.begin() as conn:
+                    await store.store_modseq(conn, row["id"], folder, state.highestmodseq)
+                continue
+            flags, modseq = await source.changed_flags(folder, since)
+            if modseq == since and not flags:
+                continue
+            uidvalidity = stored["uidvalidity"]
+            seen = {uid: "\\Seen" in f for uid, f in flags.items()}
+
+            def apply(conn, folder=folder, seen=seen, uidvalidity=uidvalidity) -> None:
+                store.apply_server_flags(conn, row["id"], folder, uidvalidity, seen)
+
+            await self.db.run_write(apply)
+            async with self.db.begin() as conn:
+                await store.store_modseq(conn, row["id"], folder, modseq)
+
+    async def push_seen(self, row: dict[str, Any], source: MailboxSource) -> int:
+        """Tell the server about messages read (or unread) in the CRM."""
+        async with self.db.connect() as conn:
+            pending = await store.pending_seen(conn, row["id"])
+        for item in pending:
+            await source.set_seen(item["folder"], item["uid"], bool(item["seen"]))
+        if pending:
+            async with self.db.begin() as conn:
+                await store.set_seen_pending(conn, [p["id"] for p in pending], False)
+        return len(pending)
+
+    async def mark_read(self, org_id: int, message_pk: int, seen: bool) -> str:
+        """CRM read state → messages.seen, and \\Seen on every server holding the message.
+
+        Returns ``updated`` (the server was told), ``pending`` (it could not be
+        reached: the poller tells it on its next cycle) or ``none`` (the message
+        did not come from a connected mailbox).
+        """
+        async with self.db.begin() as conn:
+            await conn.run_sync(store.set_seen_sync, [message_pk], seen)
+            where = await store.locations(conn, org_id, message_pk)
+            await store.set_seen_pending(conn, [w["id"] for w in where], True)
+        if not where:
+            return "none"
+        result = "updated"
+        for loc in where:
+            async with self.db.connect() as conn:
+                row = await store.get_mailbox(conn, loc["mailbox_id"])
+            try:
+                async with await connect(self.config(row), 10.0) as session:
+                    await MailboxSource(session).set_seen(loc["folder"], loc["uid"], seen)
+            except (MailboxError, PasswordUnreadable) as exc:
+                log.info("mailbox %s: \\Seen left for the poller: %s", row["id"], exc)
+                result = "pending"
+                continue
+            async with self.db.begin() as conn:
+                await store.set_seen_pending(conn, [loc["id"]], False)
+        return result
+
+    # -- the loops -------------------------------------------------------------
+
+    async def run(self, row: dict[str, Any], stop: asyncio.Event) -> None:
+        """Keep one mailbox filed until ``stop``: catch up, IDLE, reconnect with backoff."""
+        mid = row["id"]
+        backoff = Backoff(1.0, 300.0)
+        since = date.today() - timedelta(days=row["backfill_days"])
+        while not stop.is_set():
+            try:
+                config = self.config(row)
+            except PasswordUnreadable as exc:
+                await self.record_error(mid, "password", str(exc))
+                await _sleep_or_stop(300, stop)
+                continue
+            try:
+                session = await connect(config, self.connect_timeout)
+                try:
+                    folders = await discover_folders(session, row["sent_folder"])
+                    source = MailboxSource(session)
+                    while not stop.is_set():
+                        await self.push_seen(row, source)
+                        await self.sync_flags(row, source, folders)
+                        await self.poll(row, source, folders, since=since)
+                        await self._record_ok(mid)
+                        backoff.reset()
+                        await wait_for_new(
+                            session,
+                            folders[0],
+                            self.idle_timeout,
+                            await self._load_checkpoint(mid, folders[0]),
+                            stop,
+                        )
+                finally:
+                    await session.logout()
+            except MailboxError as exc:
+                await self.record_error(mid, exc.kind, error_words(exc))
+                delay = backoff.next()
+                if exc.kind == "bad_login":  # the same password fails again; avoid lock-outs
+                    delay = max(delay, 300.0)
+                log.info("mailbox %s: %s; retrying in %g s", mid, exc.kind, delay)
+                await _sleep_or_stop(delay, stop)
+
+    async def backfill(
+        self, row: dict[str, Any], days: int, on_progress: ProgressFn | None = None
+    ) -> int:
+        """File the last ``days`` of INBOX and Sent now (what `imap backfill` runs)."""
+        try:
+            config = self.config(row)
+        except PasswordUnreadable as exc:
+            raise MailboxError("protocol", str(exc)) from exc
+        since = date.today() - timedelta(days=days) if days else date.min
+        try:
+            async with await connect(config, self.connect_timeout) as session:
+                folders = await discover_folders(session, row["sent_folder"])
+                count = await self.poll(
+                    row,
+                    MailboxSource(session),
+                    folders,
+                    since=since,
+                    fresh=True,
+                    on_progress=on_progress,
+                )
+        except MailboxError as exc:
+            await self.record_error(row["id"], exc.kind, error_words(exc))
+            raise
+        await self._record_ok(row["id"])
+        return count
+
+
+class MailboxSupervisor:
+    """The ``imap`` role: one poller task per mailbox, following adds, edits and removals."""
+
+    def __init__(self, service: MailboxService, refresh: float = 1.0) -> None:
+        self.service = service
+        self.refresh = refresh
+        self.tasks: dict[int, tuple[int, asyncio.Task[None], asyncio.Event]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    await self._reconcile()
+                await _sleep_or_stop(self.refresh, stop)
+        finally:
+            for _, task, ev in self.tasks.values():
+                ev.set()
+                task.cancel()
+            for _, task, _ in self.tasks.values():
+                with contextlib.suppress(BaseException):
+                    await task
+            self.tasks.clear()
+
+    async def _reconcile(self) -> None:
+        async with self.service.db.connect() as conn:
+            rows = {r["id"]: r for r in await store.list_mailboxes(conn)}
+        for mid in list(self.tasks):
+            version, task, ev = self.tasks[mid]
+            row = rows.get(mid)
+            if row is None or row["version"] != version or task.done():
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    log.error("mailbox %s poller failed: %r", mid, exc)
+                    await self.service.record_error(mid, "protocol", f"internal error: {exc!r}")
+                ev.set()
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                del self.tasks[mid]
+        for mid, row in rows.items():
+            if mid not in self.tasks:
+                ev = asyncio.Event()
+                task = asyncio.create_task(self.service.run(row, ev), name=f"imap-{mid}")
+                self.tasks[mid] = (row["version"], task, ev)
+
+
+async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)

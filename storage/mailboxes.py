@@ -1,0 +1,367 @@
+"""SQL of the IMAP integration: mailboxes, checkpoints, UID locations, sharing.
+
+Functions over a plain ``Connection`` run inside the intake's filing
+transaction (a batch and its checkpoint commit together); the async ones
+serve the API, the CLI and the poller's status reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.schema import deals, message_links, messages
+from storage.schema_mailboxes import (
+    excluded_domains,
+    mailbox_folders,
+    mailbox_messages,
+    mailboxes,
+    sharing,
+    sharing_records,
+)
+
+# -- mailboxes -------------------------------------------------------------------
+
+
+async def create_mailbox(conn: AsyncConnection, values: dict[str, Any]) -> int:
+    q = insert(mailboxes).values(**values).returning(mailboxes.c.id)
+    return (await conn.execute(q)).scalar_one()
+
+
+async def get_mailbox(conn: AsyncConnection, mailbox_id: int) -> dict[str, Any] | None:
+    row = (
+        (await conn.execute(select(mailboxes).where(mailboxes.c.id == mailbox_id)))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def list_mailboxes(
+    conn: AsyncConnection, org_id: int | None = None, user_id: int | None = None
+) -> list[dict[str, Any]]:
+    q = select(mailboxes).order_by(mailboxes.c.id)
+    if org_id is not None:
+        q = q.where(mailboxes.c.org_id == org_id)
+    if user_id is not None:
+        q = q.where(mailboxes.c.user_id == user_id)
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def update_mailbox(conn: AsyncConnection, mailbox_id: int, **values: Any) -> None:
+    await conn.execute(update(mailboxes).where(mailboxes.c.id == mailbox_id).values(**values))
+
+
+async def delete_mailbox(conn: AsyncConnection, org_id: int, mailbox_id: int) -> bool:
+    q = delete(mailboxes).where(mailboxes.c.org_id == org_id, mailboxes.c.id == mailbox_id)
+    return (await conn.execute(q)).rowcount > 0
+
+
+async def folder_states(conn: AsyncConnection, mailbox_id: int) -> dict[str, dict[str, Any]]:
+    q = select(mailbox_folders).where(mailbox_folders.c.mailbox_id == mailbox_id)
+    return {r["folder"]: dict(r) for r in (await conn.execute(q)).mappings()}
+
+
+async def reset_folders(conn: AsyncConnection, mailbox_id: int) -> None:
+    """Forget every checkpoint: the next poll backfills again (dedupe keeps it harmless)."""
+    await conn.execute(delete(mailbox_folders).where(mailbox_folders.c.mailbox_id == mailbox_id))
+
+
+def _upsert_folder(conn: Connection, mailbox_id: int, folder: str, **values: Any) -> None:
+    key = (mailbox_folders.c.mailbox_id == mailbox_id) & (mailbox_folders.c.folder == folder)
+    if conn.execute(update(mailbox_folders).where(key).values(**values)).rowcount == 0:
+        values.setdefault("uidvalidity", 0)
+        values.setdefault("last_uid", 0)
+        conn.execute(insert(mailbox_folders).values(mailbox_id=mailbox_id, folder=folder, **values))
+
+
+def store_checkpoint(
+    conn: Connection, mailbox_id: int, folder: str, uidvalidity: int, last_uid: int
+) -> None:
+    """Store where a folder's poll resumes; never backwards under the same UIDVALIDITY.
+
+    A re-run backfill of older mail walks UIDs from 1 again: it must not drag
+    the live poller's checkpoint back with it.
+    """
+    old = conn.execute(
+        select(mailbox_folders.c.uidvalidity, mailbox_folders.c.last_uid).where(
+            mailbox_folders.c.mailbox_id == mailbox_id, mailbox_folders.c.folder == folder
+        )
+    ).first()
+    if old is not None and old.uidvalidity == uidvalidity:
+        last_uid = max(last_uid, old.last_uid)
+    _upsert_folder(conn, mailbox_id, folder, uidvalidity=uidvalidity, last_uid=last_uid)
+
+
+async def store_modseq(
+    conn: AsyncConnection, mailbox_id: int, folder: str, highestmodseq: int | None
+) -> None:
+    await conn.run_sync(_upsert_folder, mailbox_id, folder, highestmodseq=highestmodseq)
+
+
+def store_progress(conn: Connection, mailbox_id: int, progress: dict[str, Any], state: str) -> None:
+    conn.execute(
+        update(mailboxes)
+        .where(mailboxes.c.id == mailbox_id)
+        .values(progress=progress, state=state, error_kind=None, error_message=None)
+    )
+
+
+# -- where each filed message sits on the server ------------------------------------
+
+
+def message_pks(
+    conn: Connection, org_id: int, keys: Sequence[tuple[str | None, str]]
+) -> dict[tuple[str | None, str], int]:
+    """(Message-ID, content hash) → messages.id for mail filed earlier (dropbox, a resync)."""
+    if not keys:
+        return {}
+    ids = sorted({m for m, _ in keys if m})
+    hashes = sorted({h for _, h in keys})
+    cond = messages.c.content_hash.in_(hashes)
+    if ids:
+        cond = or_(cond, messages.c.message_id.in_(ids))
+    rows = conn.execute(
+        select(messages.c.id, messages.c.message_id, messages.c.content_hash).where(
+            messages.c.org_id == org_id, cond
+        )
+    ).all()
+    by_id = {m: pk for pk, m, _ in rows if m}
+    by_hash = {h: pk for pk, _, h in rows}
+    out: dict[tuple[str | None, str], int] = {}
+    for m, h in keys:
+        pk = by_hash.get(h) or (by_id.get(m) if m else None)
+        if pk is not None:
+            out[(m, h)] = pk
+    return out
+
+
+def store_locations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Remember (mailbox, folder, UIDVALIDITY, UID) → message; a refetch changes nothing."""
+    if not rows:
+        return
+    existing = {
+        (r.folder, r.uidvalidity, r.uid)
+        for r in conn.execute(
+            select(
+                mailbox_messages.c.folder, mailbox_messages.c.uidvalidity, mailbox_messages.c.uid
+            ).where(
+                mailbox_messages.c.mailbox_id == rows[0]["mailbox_id"],
+                mailbox_messages.c.uid.in_([r["uid"] for r in rows]),
+            )
+        )
+    }
+    fresh = [r for r in rows if (r["folder"], r["uidvalidity"], r["uid"]) not in existing]
+    if fresh:
+        conn.execute(insert(mailbox_messages), fresh)
+
+
+def set_seen_sync(conn: Connection, pks: Iterable[int], seen: bool = True) -> int:
+    pks = sorted(set(pks))
+    if not pks:
+        return 0
+    return conn.execute(
+        update(messages).where(messages.c.id.in_(pks), messages.c.seen != seen).values(seen=seen)
+    ).rowcount
+
+
+def apply_server_flags(
+    conn: Connection, mailbox_id: int, folder: str, uidvalidity: int, seen_by_uid: dict[int, bool]
+) -> int:
+    """Read or unread in the mail client → messages.seen; returns how many changed."""
+    if not seen_by_uid:
+        return 0
+    rows = conn.execute(
+        select(mailbox_messages.c.uid, mailbox_messages.c.message_pk).where(
+            mailbox_messages.c.mailbox_id == mailbox_id,
+            mailbox_messages.c.folder == folder,
+            mailbox_messages.c.uidvalidity == uidvalidity,
+            mailbox_messages.c.uid.in_(sorted(seen_by_uid)),
+            mailbox_messages.c.seen_pending.is_(False),
+        )
+    ).all()
+    read = [pk for uid, pk in rows if seen_by_uid[uid]]
+    unread = [pk for uid, pk in rows if not seen_by_uid[uid]]
+    return set_seen_sync(conn, read, True) + set_seen_sync(conn, unread, False)
+
+
+async def locations(conn: AsyncConnection, org_id: int, message_pk: int) -> list[dict[str, Any]]:
+    q = (
+        select(mailbox_messages, mailboxes.c.user_id)
+        .join(mailboxes, mailboxes.c.id == mailbox_messages.c.mailbox_id)
+        .where(mailboxes.c.org_id == org_id, mailbox_messages.c.message_pk == message_pk)
+    )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def set_seen_pending(conn: AsyncConnection, location_ids: list[int], pending: bool) -> None:
+    if location_ids:
+        await conn.execute(
+            update(mailbox_messages)
+            .where(mailbox_messages.c.id.in_(location_ids))
+            .values(seen_pending=pending)
+        )
+
+
+async def pending_seen(conn: AsyncConnection, mailbox_id: int) -> list[dict[str, Any]]:
+    q = (
+        select(mailbox_messages, messages.c.seen)
+        .join(messages, messages.c.id == mailbox_messages.c.message_pk)
+        .where(
+            mailbox_messages.c.mailbox_id == mailbox_id,
+            mailbox_messages.c.seen_pending.is_(True),
+        )
+    )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def get_message(conn: AsyncConnection, org_id: int, message_pk: int) -> dict[str, Any] | None:
+    q = select(messages.c.id, messages.c.user_id, messages.c.seen).where(
+        messages.c.org_id == org_id, messages.c.id == message_pk
+    )
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def count_locations(conn: AsyncConnection, mailbox_id: int) -> int:
+    from sqlalchemy import func
+
+    q = select(func.count()).where(mailbox_messages.c.mailbox_id == mailbox_id)
+    return (await conn.execute(q)).scalar_one()
+
+
+# -- sharing and excluded domains ---------------------------------------------------
+
+
+def excluded_by_org(conn: Connection, org_ids: Sequence[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    q = select(excluded_domains.c.org_id, excluded_domains.c.domain).where(
+        excluded_domains.c.org_id.in_(list(org_ids))
+    )
+    for org_id, domain in conn.execute(q).all():
+        out.setdefault(org_id, []).append(domain)
+    return out
+
+
+async def list_excluded(conn: AsyncConnection, org_id: int) -> list[str]:
+    return (await conn.run_sync(excluded_by_org, [org_id])).get(org_id, [])
+
+
+async def set_excluded(conn: AsyncConnection, org_id: int, domains: list[str]) -> None:
+    await conn.execute(delete(excluded_domains).where(excluded_domains.c.org_id == org_id))
+    if domains:
+        await conn.execute(
+            insert(excluded_domains), [{"org_id": org_id, "domain": d} for d in domains]
+        )
+
+
+async def sharing_modes(conn: AsyncConnection, org_id: int) -> dict[int, dict[str, Any]]:
+    q = select(sharing).where(sharing.c.org_id == org_id)
+    return {r["user_id"]: dict(r) for r in (await conn.execute(q)).mappings()}
+
+
+async def shared_records(conn: AsyncConnection, user_id: int) -> list[tuple[str, int]]:
+    q = (
+        select(sharing_records.c.module, sharing_records.c.record_id)
+        .where(sharing_records.c.user_id == user_id)
+        .order_by(sharing_records.c.module, sharing_records.c.record_id)
+    )
+    return [(m, r) for m, r in (await conn.execute(q)).all()]
+
+
+async def custom_sharers(
+    conn: AsyncConnection, user_ids: Iterable[int], module: str, record_id: int
+) -> set[int]:
+    user_ids = sorted(set(user_ids))
+    if not user_ids:
+        return set()
+    q = select(sharing_records.c.user_id).where(
+        sharing_records.c.user_id.in_(user_ids),
+        sharing_records.c.module == module,
+        sharing_records.c.record_id == record_id,
+    )
+    return set((await conn.execute(q)).scalars())
+
+
+async def set_sharing(
+    conn: AsyncConnection,
+    org_id: int,
+    user_id: int,
+    *,
+    mode: str,
+    delegated: bool,
+    records: list[tuple[str, int]] | None,
+) -> None:
+    key = sharing.c.user_id == user_id
+    values = {"mode": mode, "delegated": delegated}
+    if (await conn.execute(update(sharing).where(key).values(**values))).rowcount == 0:
+        await conn.execute(insert(sharing).values(user_id=user_id, org_id=org_id, **values))
+    if records is not None:
+        await conn.execute(delete(sharing_records).where(sharing_records.c.user_id == user_id))
+        if records:
+            await conn.execute(
+                insert(sharing_records),
+                [{"user_id": user_id, "module": m, "record_id": r} for m, r in records],
+            )
+
+
+EMAIL_COLUMNS = (
+    messages.c.id,
+    messages.c.message_id,
+    messages.c.subject,
+    messages.c.from_addr,
+    messages.c.from_name,
+    messages.c.to_addrs,
+    messages.c.cc_addrs,
+    messages.c.date,
+    messages.c.direction,
+    messages.c.source,
+    messages.c.send_id,
+    messages.c.user_id,
+    messages.c.seen,
+    messages.c.created_at,
+)
+
+
+async def resolve_record(
+    conn: AsyncConnection, org_id: int, module: str, rid: int
+) -> tuple[str, int] | None:
+    """A deal's mail is its contact's."""
+    if module != "deals":
+        return module, rid
+    q = select(deals.c.contact_id).where(deals.c.org_id == org_id, deals.c.id == rid)
+    contact_id = (await conn.execute(q)).scalar()
+    return None if contact_id is None else ("contacts", contact_id)
+
+
+async def emails_for_record(
+    conn: AsyncConnection,
+    org_id: int,
+    module: str,
+    rid: int,
+    *,
+    hidden_owners: set[int],
+    after: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Mail filed against a record, without the mail of ``hidden_owners``."""
+    q = (
+        select(*EMAIL_COLUMNS)
+        .join(message_links, message_links.c.message_id == messages.c.id)
+        .where(
+            message_links.c.org_id == org_id,
+            message_links.c.module == module,
+            message_links.c.record_id == rid,
+            messages.c.id > after,
+        )
+        .order_by(messages.c.id)
+        .limit(limit)
+    )
+    if hidden_owners:
+        q = q.where(
+            or_(messages.c.user_id.is_(None), messages.c.user_id.notin_(sorted(hidden_owners)))
+        )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
