@@ -251,6 +251,7 @@ def _register_areas() -> None:
     """Import the other areas' tables so ``metadata`` (and Alembic) sees all of them."""
     import storage.schema_bounces  # noqa: F401
     import storage.schema_sending  # noqa: F401
+    import storage.schema_tracking  # noqa: F401
 
 
 _register_areas()

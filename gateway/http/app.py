@@ -9,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.http import records
+from gateway.http import records, reports
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.metrics import REGISTRY
 from gateway.services import Services
+from tracking import endpoints as tracking
 
 
 async def healthz(request: Request) -> Response:
@@ -35,6 +36,12 @@ def routes() -> list[Route]:
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/api/v1/events", records.list_events),
+        Route("/api/v1/reports/emails", reports.emails_report, methods=["GET"]),
+        Route("/api/v1/reports/no-response", reports.no_response, methods=["GET"]),
+        Route("/t/o/{token}", tracking.open_pixel, methods=["GET"]),
+        Route("/t/c/{token}", tracking.click, methods=["GET"]),
+        Route("/u/{token}", tracking.unsubscribe_page, methods=["GET"]),
+        Route("/u/{token}", tracking.unsubscribe_post, methods=["POST"]),
         Route("/api/v1/leads/{id}/convert", records.convert_lead, methods=["POST"]),
         Route(m, records.create_record, methods=["POST"]),
         Route(m, records.list_records, methods=["GET"]),
