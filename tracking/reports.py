@@ -122,9 +122,7 @@ def _shape(counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def email_report(
-    conn, org_id: int, period: Period, *, group: str, by: str | None
-) -> dict[str, Any]:
+def email_report(conn, org_id: int, period: Period, group: str, by: str | None) -> dict[str, Any]:
     """The report body (sync: runs in ``Database.run_read``)."""
     if group not in GROUPS:
         raise ReportError(f"group must be one of {', '.join(GROUPS)}")
@@ -176,7 +174,7 @@ def email_report(
     }
 
 
-def no_response_report(conn, org_id: int, period: Period, *, limit: int) -> dict[str, Any]:
+def no_response_report(conn, org_id: int, period: Period, limit: int) -> dict[str, Any]:
     zone = _zone(period.tz)
     rows = tracking_store.no_response(conn, org_id, period.start, period.end, limit=limit + 1)
     items = [

@@ -29,7 +29,7 @@ async def emails_report(request: Request) -> Response:
     by = request.query_params.get("by") or None
     db = request.app.state.services.db
     try:
-        body = await db.run_read(email_report, user["org_id"], period, group=group, by=by)
+        body = await db.run_read(email_report, user["org_id"], period, group, by)
     except ReportError as exc:
         raise ApiError(400, "bad_parameter", str(exc)) from exc
     return JSON(body)
@@ -40,5 +40,5 @@ async def no_response(request: Request) -> Response:
     period = await _period(request, user["org_id"])
     limit = int_param(request, "limit", 1000, lo=1, hi=10000)
     db = request.app.state.services.db
-    body = await db.run_read(no_response_report, user["org_id"], period, limit=limit)
+    body = await db.run_read(no_response_report, user["org_id"], period, limit)
     return JSON(body)
