@@ -42,6 +42,7 @@ def make_send(
     module: str | None = None,
     record_id: int | None = None,
     status: str = "sent",
+    public_url: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Insert one sent message; returns the row plus ``html`` (tracked) and ``send_id``."""
@@ -75,7 +76,7 @@ def make_send(
                 html,
                 send_id=send_id,
                 signer=tracking.signer,
-                public_url=tracking.public_url,
+                public_url=public_url or tracking.public_url,
             )
             if links is not None:
                 stored = links
