@@ -82,7 +82,7 @@ def serve_bare(port: int) -> None:
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/t/o/{token}", pixel), Route("/healthz", healthz)])
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
@@ -91,6 +91,9 @@ def serve_bare(port: int) -> None:
         lifespan="off",
         server_header=False,
     )
+    # The same event loop as ``mailgate serve`` (asyncio.run, not uvicorn.run's uvloop):
+    # the comparison is about our endpoint, not about the loop implementation.
+    asyncio.run(uvicorn.Server(config).serve())
 
 
 def run_wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
@@ -192,7 +195,14 @@ def bench_pixel(seconds: int, database_url: str | None) -> None:
             cmd = [sys.executable, __file__, "--serve-bare", str(port)]
         else:
             env["MAILGATE_HTTP_LISTEN"] = f"127.0.0.1:{port}"
-            cmd = [sys.executable, "-c", "from gateway.cli import app; app()", "serve", "--only", "http"]
+            cmd = [
+                sys.executable,
+                "-c",
+                "from gateway.cli import app; app()",
+                "serve",
+                "--only",
+                "http",
+            ]
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         try:
             wait_http(port)
@@ -228,6 +238,7 @@ def bench_pixel(seconds: int, database_url: str | None) -> None:
 
 
 async def bench_report(url: str) -> None:
+    from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     from gateway import admin
@@ -249,17 +260,21 @@ async def bench_report(url: str) -> None:
         t0 = time.perf_counter()
         async with db.begin() as conn:
             for i in range(5):
-                await conn.exec_driver_sql(
-                    "INSERT INTO users (org_id, email, email_norm, name, is_admin, active, "
-                    "dropbox_token, dropbox_setting, created_at) VALUES "
-                    f"({org['id']}, 'u{i}@b.jp', 'u{i}@b.jp', 'u', false, true, 'tok{i}', 'lead', now())"
+                await conn.execute(
+                    text(
+                        "INSERT INTO users (org_id, email, email_norm, name, is_admin, active, "
+                        "dropbox_token, dropbox_setting, created_at) VALUES "
+                        "(:org, :e, :e, 'u', false, true, :tok, 'lead', now())"
+                    ),
+                    {"org": org["id"], "e": f"u{i}@b.jp", "tok": f"tok{i}"},
                 )
             users = [r[0] for r in (await conn.exec_driver_sql("SELECT id FROM users")).all()]
-            await conn.exec_driver_sql(f"""
+            await conn.execute(
+                text("""
                 INSERT INTO sends (org_id, user_id, kind, module, record_id, to_email, from_email,
                   subject, template_version, message_id, verp_token, links, state, attempts,
                   next_attempt_at, status, sent_at, opened_at, clicked_at, bounced_at, created_at)
-                SELECT {org["id"]}, (ARRAY{users})[1 + g % 5], 'mass', 'leads', g % 200000,
+                SELECT :org, (CAST(:users AS bigint[]))[1 + g % 5], 'mass', 'leads', g % 200000,
                   'r' || g || '@example.jp', 'news@b.jp', 's', 1 + g % 2, '<' || g || '@b>',
                   'v' || g, '[]'::jsonb, 'sent', 1, ts, 'sent', ts,
                   CASE WHEN g % 5 < 2 AND g % 50 <> 0 THEN ts + interval '2 hours' END,
@@ -268,16 +283,21 @@ async def bench_report(url: str) -> None:
                 FROM (SELECT g, timestamptz '2026-08-25 00:00+00'
                              + (g * interval '7.776 seconds') AS ts
                       FROM generate_series(1, 1000000) AS g) s
-            """)
-            await conn.exec_driver_sql(f"""
+            """),
+                {"org": org["id"], "users": users},
+            )
+            await conn.execute(
+                text("""
                 INSERT INTO tracking_hits (org_id, send_id, kind, link_index, at, ip, user_agent,
                   verdict, reason)
-                SELECT {org["id"]}, g, CASE WHEN g % 3 = 0 THEN 'click' ELSE 'open' END, NULL,
+                SELECT :org, g, CASE WHEN g % 3 = 0 THEN 'click' ELSE 'open' END, NULL,
                   timestamptz '2026-08-25 00:00+00' + (g * interval '7.776 seconds'),
                   '203.0.113.1', 'Mozilla/5.0', CASE WHEN g % 4 = 0 THEN 'machine' ELSE 'human' END,
                   'no_machine_signal'
                 FROM generate_series(1, 1000000) AS g
-            """)
+            """),
+                {"org": org["id"]},
+            )
         async with db.engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.exec_driver_sql("VACUUM ANALYZE sends")

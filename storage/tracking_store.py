@@ -38,12 +38,22 @@ HIT_SEND_COLUMNS = (
 )
 
 
-def sends_for_hits(conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+def sends_for_hits(
+    conn: Connection, ids: Iterable[int], with_links: Iterable[int] = ()
+) -> dict[int, dict[str, Any]]:
+    """The sends of a batch; ``links`` (a JSON decode each) only for ``with_links``."""
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = conn.execute(select(*HIT_SEND_COLUMNS).where(sends.c.id.in_(wanted))).mappings()
-    return {r["id"]: dict(r) for r in rows}
+    columns = [c for c in HIT_SEND_COLUMNS if c is not sends.c.links]
+    rows = conn.execute(select(*columns).where(sends.c.id.in_(wanted))).mappings()
+    out = {r["id"]: dict(r, links=None) for r in rows}
+    clicked = sorted(set(with_links) & out.keys())
+    if clicked:
+        q = select(sends.c.id, sends.c.links).where(sends.c.id.in_(clicked))
+        for send_id, links in conn.execute(q):
+            out[send_id]["links"] = links
+    return out
 
 
 def hits_since(

@@ -81,7 +81,9 @@ def write_hits(
     Hits of sends that do not exist (a deleted send) are dropped: nothing to
     attribute them to.
     """
-    sends = tracking_store.sends_for_hits(conn, {h.send_id for h in batch})
+    sends = tracking_store.sends_for_hits(
+        conn, {h.send_id for h in batch}, {h.send_id for h in batch if h.kind == "click"}
+    )
     batch = [h for h in batch if h.send_id in sends]
     if not batch:
         return 0
@@ -163,9 +165,7 @@ def _event_data(send: dict[str, Any], hit: PendingHit, judged: Verdict) -> dict[
         "template_version": send["template_version"],
         "verdict": judged.kind,
         "reason": judged.reason,
-        "ip": hit.ip,
-        "user_agent": hit.user_agent[:_MAX_UA],
-    }
+    }  # ip and user agent stay in tracking_hits: events are read by every consumer
     if hit.kind == "click":
         links = send["links"] or []
         data["link_index"] = hit.link_index
