@@ -48,7 +48,10 @@ def parse_roles(only: str | None) -> set[str]:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio only sets TCP_NODELAY
+    # when proto is TCP; without it every keep-alive response waits ~40 ms (Nagle +
+    # delayed ACK) — measured 22 req/s on one connection instead of thousands.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(512)

@@ -11,6 +11,9 @@ from gateway.config import Settings
 from gateway.intake import Intake
 from gateway.sending.quota import Clock, SystemClock
 from storage.db import Database
+from tracking.endpoints import Tracking
+from tracking.recorder import HitRecorder
+from tracking.tokens import TokenSigner, keys_from_secrets
 
 
 @dataclass
@@ -19,6 +22,7 @@ class Services:
     db: Database
     intake: Intake
     bounces: BounceWorker
+    tracking: Tracking
     #: "Now" for quota days and send scheduling; tests replace it with a FixedClock.
     clock: Clock = field(default_factory=SystemClock)
     #: The relay worker when this process runs the ``worker`` role (the API wakes it).
@@ -29,7 +33,10 @@ class Services:
         db = Database(settings.database_url)
         bounces = BounceWorker(db, Policy(mail_domain=settings.mail_domain))
         intake = Intake(db, mail_domain=settings.mail_domain, on_kept=bounces.wakeup.set)
-        return cls(settings=settings, db=db, intake=intake, bounces=bounces)
+        signer = TokenSigner(keys_from_secrets(settings.resolved_secret_keys()))
+        recorder = HitRecorder(db, public_url=settings.public_url)
+        tracking = Tracking(db, signer, recorder, settings.public_url)
+        return cls(settings=settings, db=db, intake=intake, bounces=bounces, tracking=tracking)
 
     @cached_property
     def signer(self):
@@ -49,9 +56,11 @@ class Services:
 
     async def start(self) -> None:
         await self.intake.start()
+        await self.tracking.recorder.start()
 
     async def stop(self) -> None:
         if self.relay_worker is not None:
             await self.relay_worker.stop()
         await self.intake.stop()
+        await self.tracking.recorder.stop()  # commits the hits still pending
         await self.db.dispose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, union_all
+from sqlalchemy import Connection, and_, insert, select, union_all
 from sqlalchemy import literal as sa_literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,6 +25,7 @@ from storage.schema import (
     user_senders,
     users,
 )
+from storage.schema_sending import sends
 
 
 def load_context(
@@ -154,9 +155,12 @@ async def emails_for_record(
         if contact_id is None:
             return []
         module, rid = "contacts", contact_id
+    # Our own sends carry their recipient status (sent, opened, clicked, bounced …).
+    send = and_(sends.c.id == messages.c.send_id, sends.c.org_id == org_id)
     q = (
-        select(*LIST_COLUMNS)
+        select(*LIST_COLUMNS, sends.c.status.label("send_status"))
         .join(message_links, message_links.c.message_id == messages.c.id)
+        .outerjoin(sends, send)
         .where(
             message_links.c.org_id == org_id,
             message_links.c.module == module,

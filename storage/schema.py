@@ -252,6 +252,7 @@ def _register_areas() -> None:
     import storage.schema_bounces  # noqa: F401
     import storage.schema_mailboxes  # noqa: F401
     import storage.schema_sending  # noqa: F401
+    import storage.schema_tracking  # noqa: F401
 
 
 _register_areas()

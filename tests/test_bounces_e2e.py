@@ -20,7 +20,7 @@ from gateway.bounces import verp_address
 from storage.schema import inbound
 from storage.schema_bounces import bounces
 from storage.schema_sending import sends, suppressions
-from tests.support.sends import make_send
+from tests.support.sends import make_bare_send as make_send
 
 
 def _deliver(mailgate, raw: bytes, rcpt: str) -> tuple[int, bytes]:

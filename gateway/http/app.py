@@ -9,10 +9,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.http import mailboxes, records, sending
+from gateway.http import mailboxes, records, reports, sending
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.metrics import REGISTRY
 from gateway.services import Services
+from tracking import endpoints as tracking
 
 
 async def healthz(request: Request) -> Response:
@@ -70,6 +71,12 @@ def routes() -> list[Route]:
         Route("/api/v1/users/{id}/sharing", mailboxes.put_sharing, methods=["PUT"]),
         Route("/api/v1/excluded-domains", mailboxes.get_excluded, methods=["GET"]),
         Route("/api/v1/excluded-domains", mailboxes.put_excluded, methods=["PUT"]),
+        Route("/api/v1/reports/emails", reports.emails_report, methods=["GET"]),
+        Route("/api/v1/reports/no-response", reports.no_response, methods=["GET"]),
+        Route("/t/o/{token}", tracking.open_pixel, methods=["GET"]),
+        Route("/t/c/{token}", tracking.click, methods=["GET"]),
+        Route("/u/{token}", tracking.unsubscribe_page, methods=["GET"]),
+        Route("/u/{token}", tracking.unsubscribe_post, methods=["POST"]),
         Route("/api/v1/leads/{id}/convert", records.convert_lead, methods=["POST"]),
         Route(m, records.create_record, methods=["POST"]),
         Route(m, records.list_records, methods=["GET"]),

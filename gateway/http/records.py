@@ -274,6 +274,7 @@ def email_item(row: dict[str, Any]) -> dict[str, Any]:
         "direction": row["direction"],
         "source": row["source"],
         "send_id": row["send_id"],
+        "status": row.get("send_status"),
         "user_id": row["user_id"],
         "seen": row.get("seen", False),
         "filed_at": row["created_at"],

@@ -1,0 +1,350 @@
+"""Tracking benchmarks: recorded opens/s on ``/t/o/{token}``, and a report over 1M sends.
+
+1. ``pixel`` — wrk (Debian ``/usr/bin/wrk``), one thread, 50 connections,
+   against mailgate's real open endpoint (``mailgate serve --only http``, one
+   uvicorn worker, every request a different valid token, hits judged and
+   committed in batches) and, in the same run, against a bare Starlette
+   endpoint returning the same GIF with the same headers under the same
+   uvicorn settings.  "Recorded" counts the ``tracking_hits`` rows committed
+   afterwards, so a recorder that drops hits cannot look fast.
+2. ``report`` (PostgreSQL; needs ``MAILGATE_TEST_DATABASE_URL``) — seeds
+   1,000,000 sends with ``generate_series`` (90 days, 2 template versions, 5
+   users, ~40 % opened, ~10 % clicked, 2 % bounced) plus 1,000,000 hits, and
+   times ``GET /api/v1/reports/emails``'s query over the whole range.
+
+Run: ``python bench/bench_tracking.py [pixel|report|all] [--seconds 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ROOT = Path(__file__).resolve().parents[1]
+UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
+SECRET = "bench-secret-key"
+LUA = """
+tokens = {}
+for line in io.lines("%s") do tokens[#tokens + 1] = line end
+wrk.headers["User-Agent"] = "%s"
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/t/o/" .. tokens[(i %% #tokens) + 1])
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port: int, timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def serve_bare(port: int) -> None:
+    """The baseline: a bare Starlette route answering the same GIF, same uvicorn settings."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from tracking.pixel import PIXEL_GIF, PIXEL_HEADERS
+
+    async def pixel(request):
+        return Response(PIXEL_GIF, headers=PIXEL_HEADERS)
+
+    async def healthz(request):
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/t/o/{token}", pixel), Route("/healthz", healthz)])
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    # The same event loop as ``mailgate serve`` (asyncio.run, not uvicorn.run's uvloop):
+    # the comparison is about our endpoint, not about the loop implementation.
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+def run_wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            "-c50",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rate": rate,
+        "requests": total,
+        "p99_ms": float(p99.group(1)) * scale,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+async def seed_sends(url: str, n: int) -> tuple[list[str], int]:
+    from sqlalchemy import insert
+
+    from gateway import admin
+    from storage.db import Database
+    from storage.migrate import upgrade
+    from storage.schema_sending import sends
+    from storage.types import utcnow
+    from tracking.tokens import TokenSigner, keys_from_secrets
+
+    db = Database(url)
+    await upgrade(db)
+    org = await admin.create_org(db, "bench", plan="enterprise", timezone="Asia/Tokyo", domains=[])
+    now = utcnow()
+    rows = [
+        {
+            "org_id": org["id"],
+            "kind": "mass",
+            "to_email": f"r{i}@example.jp",
+            "from_email": "news@example.jp",
+            "message_id": f"<b{i}@bench>",
+            "verp_token": f"v{i}",
+            "links": ["https://example.jp/", "http://127.0.0.1/"],
+            "state": "sent",
+            "status": "sent",
+            "sent_at": now,
+        }
+        for i in range(n)
+    ]
+    async with db.begin() as conn:
+        await conn.execute(insert(sends), rows)
+        first = (await conn.exec_driver_sql("SELECT min(id) FROM sends")).scalar()
+    await db.dispose()
+    signer = TokenSigner(keys_from_secrets([SECRET]))
+    return [signer.open_token(first + i) for i in range(n)], org["id"]
+
+
+async def count_hits(url: str) -> int:
+    from storage.db import Database
+
+    db = Database(url)
+    async with db.connect() as conn:
+        n = (await conn.exec_driver_sql("SELECT count(*) FROM tracking_hits")).scalar()
+    await db.dispose()
+    return n
+
+
+def bench_pixel(seconds: int, database_url: str | None) -> None:
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found (apt-get install wrk)")
+    tmp = Path(tempfile.mkdtemp(prefix="mg-bench-"))
+    url = database_url or f"sqlite+aiosqlite:///{tmp / 'mailgate.db'}"
+    tokens, _ = asyncio.run(seed_sends(url, 20_000))
+    (tmp / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    script = tmp / "opens.lua"
+    script.write_text(LUA % (tmp / "tokens.txt", UA))
+    env = dict(
+        os.environ,
+        MAILGATE_DATABASE_URL=url,
+        MAILGATE_SECRET_KEY=SECRET,
+        MAILGATE_DATA_DIR=str(tmp),
+        PYTHONPATH=str(ROOT),
+    )
+    results = {}
+    for name in ("bare", "mailgate"):
+        port = free_port()
+        if name == "bare":
+            cmd = [sys.executable, __file__, "--serve-bare", str(port)]
+        else:
+            env["MAILGATE_HTTP_LISTEN"] = f"127.0.0.1:{port}"
+            cmd = [
+                sys.executable,
+                "-c",
+                "from gateway.cli import app; app()",
+                "serve",
+                "--only",
+                "http",
+            ]
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        try:
+            wait_http(port)
+            run_wrk(port, script, 2)  # warm-up
+            time.sleep(4 if name == "mailgate" else 0)  # let the warm-up hits commit
+            before = asyncio.run(count_hits(url)) if name == "mailgate" else 0
+            results[name] = run_wrk(port, script, seconds)
+            if name == "mailgate":
+                time.sleep(4)  # the settle window, then the last batch commits
+                recorded = asyncio.run(count_hits(url)) - before
+                results[name]["recorded"] = recorded
+        finally:
+            proc.terminate()
+            proc.wait(15)
+    bare, ours = results["bare"], results["mailgate"]
+    recorded_rate = ours["recorded"] / seconds
+    engine = url.split("+")[0].split(":")[0]
+    print(
+        f"open pixel, wrk -t1 -c50 -d{seconds}s, 1 uvicorn worker, {engine}, {os.cpu_count()} cores"
+    )
+    print(f"  bare Starlette GIF : {bare['rate']:9.0f} req/s   p99 {bare['p99_ms']:6.2f} ms")
+    print(
+        f"  mailgate /t/o      : {ours['rate']:9.0f} req/s   p99 {ours['p99_ms']:6.2f} ms   "
+        f"non-2xx {ours['non2xx']}"
+    )
+    print(
+        f"  recorded           : {recorded_rate:9.0f} opens/s  ({ours['recorded']} rows for "
+        f"{ours['requests']} requests)"
+    )
+    print(
+        f"  ratio recorded/bare: {recorded_rate / bare['rate']:.2f}x  (target >= 0.70, p99 < 20 ms)"
+    )
+
+
+async def bench_report(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from gateway import admin
+    from storage.db import Database
+    from storage.migrate import upgrade
+    from tests.support.databases import _pg_admin
+    from tracking.reports import email_report, no_response_report, parse_period
+
+    name = f"mg_bench_{os.getpid()}"
+    _pg_admin_sync = _pg_admin
+    await asyncio.to_thread(_pg_admin_sync, url, f'CREATE DATABASE "{name}"')
+    dburl = make_url(url).set(database=name).render_as_string(hide_password=False)
+    db = Database(dburl)
+    try:
+        await upgrade(db)
+        org = await admin.create_org(
+            db, "bench", plan="enterprise", timezone="Asia/Tokyo", domains=[]
+        )
+        t0 = time.perf_counter()
+        async with db.begin() as conn:
+            for i in range(5):
+                await conn.execute(
+                    text(
+                        "INSERT INTO users (org_id, email, email_norm, name, is_admin, active, "
+                        "dropbox_token, dropbox_setting, created_at) VALUES "
+                        "(:org, :e, :e, 'u', false, true, :tok, 'lead', now())"
+                    ),
+                    {"org": org["id"], "e": f"u{i}@b.jp", "tok": f"tok{i}"},
+                )
+            users = [r[0] for r in (await conn.exec_driver_sql("SELECT id FROM users")).all()]
+            await conn.execute(
+                text("""
+                INSERT INTO sends (org_id, user_id, kind, module, record_id, to_email, from_email,
+                  subject, template_version, message_id, verp_token, links, state, attempts,
+                  next_attempt_at, status, sent_at, opened_at, clicked_at, bounced_at, created_at)
+                SELECT :org, (CAST(:users AS bigint[]))[1 + g % 5], 'mass', 'leads', g % 200000,
+                  'r' || g || '@example.jp', 'news@b.jp', 's', 1 + g % 2, '<' || g || '@b>',
+                  'v' || g, '[]'::jsonb, 'sent', 1, ts, 'sent', ts,
+                  CASE WHEN g % 5 < 2 AND g % 50 <> 0 THEN ts + interval '2 hours' END,
+                  CASE WHEN g % 10 = 0 AND g % 50 <> 0 THEN ts + interval '3 hours' END,
+                  CASE WHEN g % 50 = 0 THEN ts + interval '1 minute' END, ts
+                FROM (SELECT g, timestamptz '2026-08-25 00:00+00'
+                             + (g * interval '7.776 seconds') AS ts
+                      FROM generate_series(1, 1000000) AS g) s
+            """),
+                {"org": org["id"], "users": users},
+            )
+            await conn.execute(
+                text("""
+                INSERT INTO tracking_hits (org_id, send_id, kind, link_index, at, ip, user_agent,
+                  verdict, reason)
+                SELECT :org, g, CASE WHEN g % 3 = 0 THEN 'click' ELSE 'open' END, NULL,
+                  timestamptz '2026-08-25 00:00+00' + (g * interval '7.776 seconds'),
+                  '203.0.113.1', 'Mozilla/5.0', CASE WHEN g % 4 = 0 THEN 'machine' ELSE 'human' END,
+                  'no_machine_signal'
+                FROM generate_series(1, 1000000) AS g
+            """),
+                {"org": org["id"]},
+            )
+        async with db.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("VACUUM ANALYZE sends")
+            await conn.exec_driver_sql("VACUUM ANALYZE tracking_hits")
+        print(f"seeded 1,000,000 sends + 1,000,000 hits in {time.perf_counter() - t0:.1f} s")
+        period = parse_period("2026-08-25", "2026-11-23", "Asia/Tokyo")
+        for label, fn, args in (
+            ("emails group=day by=template", email_report, ("day", "template")),
+            ("emails group=week by=user", email_report, ("week", "user")),
+            ("emails group=month (no by)", email_report, ("month", None)),
+            ("no-response (limit 1000)", no_response_report, (1000,)),
+        ):
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                body = await db.run_read(fn, org["id"], period, *args)
+                times.append(time.perf_counter() - t)
+            sent = sum(t["sent"] for t in body.get("totals", [])) if "totals" in body else "-"
+            print(
+                f"  {label:32s} median {statistics.median(times) * 1000:7.1f} ms  "
+                f"max {max(times) * 1000:7.1f} ms  (sent counted: {sent})"
+            )
+    finally:
+        await db.dispose()
+        await asyncio.to_thread(
+            _pg_admin_sync, url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+        )
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-bare":
+        serve_bare(int(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["pixel", "report", "all"])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--database-url", help="for the pixel bench (default: a fresh SQLite)")
+    args = parser.parse_args()
+    if args.what in ("pixel", "all"):
+        bench_pixel(args.seconds, args.database_url)
+    if args.what in ("report", "all"):
+        pg = os.environ.get("MAILGATE_TEST_DATABASE_URL")
+        if not pg:
+            print("report bench skipped: set MAILGATE_TEST_DATABASE_URL to a PostgreSQL URL")
+        else:
+            asyncio.run(bench_report(pg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""SQL of tracking: the sends a batch of hits belongs to, hit history, status updates, reports.
+
+Synchronous functions take a ``Connection`` and run inside
+``Database.run_write`` (one transaction per batch of hits); the async ones
+serve the HTTP endpoints.  Reports read ``sends`` columns only — never the
+event log — through ``ix_sends_org_sent``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, insert, literal_column, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.schema import contacts, leads, messages
+from storage.schema_sending import sends
+from storage.schema_tracking import tracking_hits
+
+#: What a hit needs to know about its send (and what the events carry).
+HIT_SEND_COLUMNS = (
+    sends.c.id,
+    sends.c.org_id,
+    sends.c.user_id,
+    sends.c.to_email,
+    sends.c.module,
+    sends.c.record_id,
+    sends.c.template_id,
+    sends.c.template_version,
+    sends.c.links,
+    sends.c.status,
+    sends.c.sent_at,
+    sends.c.opened_at,
+    sends.c.clicked_at,
+    sends.c.unsubscribed_at,
+)
+
+
+def sends_for_hits(
+    conn: Connection, ids: Iterable[int], with_links: Iterable[int] = ()
+) -> dict[int, dict[str, Any]]:
+    """The sends of a batch; ``links`` (a JSON decode each) only for ``with_links``."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    columns = [c for c in HIT_SEND_COLUMNS if c is not sends.c.links]
+    rows = conn.execute(select(*columns).where(sends.c.id.in_(wanted))).mappings()
+    out = {r["id"]: dict(r, links=None) for r in rows}
+    clicked = sorted(set(with_links) & out.keys())
+    if clicked:
+        q = select(sends.c.id, sends.c.links).where(sends.c.id.in_(clicked))
+        for send_id, links in conn.execute(q):
+            out[send_id]["links"] = links
+    return out
+
+
+def hits_since(
+    conn: Connection, send_ids: Iterable[int], since: datetime
+) -> dict[int, list[dict[str, Any]]]:
+    """Recent hits of these sends (the verdict rules look at neighbours)."""
+    wanted = sorted(set(send_ids))
+    out: dict[int, list[dict[str, Any]]] = {}
+    if not wanted:
+        return out
+    q = select(
+        tracking_hits.c.send_id,
+        tracking_hits.c.kind,
+        tracking_hits.c.link_index,
+        tracking_hits.c.at,
+        tracking_hits.c.ip,
+        tracking_hits.c.user_agent,
+    ).where(tracking_hits.c.send_id.in_(wanted), tracking_hits.c.at >= since)
+    for r in conn.execute(q).mappings():
+        out.setdefault(r["send_id"], []).append(dict(r))
+    return out
+
+
+def insert_hits(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(tracking_hits), list(rows))
+
+
+_SEND_UPDATE = (
+    update(sends)
+    .where(sends.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        opened_at=bindparam("b_opened_at"),
+        clicked_at=bindparam("b_clicked_at"),
+    )
+)
+
+
+def update_send_statuses(conn: Connection, changes: Sequence[dict[str, Any]]) -> None:
+    """Dicts with ``id``, ``status``, ``opened_at``, ``clicked_at``; one executemany."""
+    if changes:
+        conn.execute(
+            _SEND_UPDATE,
+            [
+                {
+                    "b_id": c["id"],
+                    "b_status": c["status"],
+                    "b_opened_at": c["opened_at"],
+                    "b_clicked_at": c["clicked_at"],
+                }
+                for c in changes
+            ],
+        )
+
+
+def mark_unsubscribed(conn: Connection, send_id: int, at: datetime) -> bool:
+    """Set the send unsubscribed once; True when this call did it."""
+    res = conn.execute(
+        update(sends)
+        .where(sends.c.id == send_id, sends.c.unsubscribed_at.is_(None))
+        .values(unsubscribed_at=at, status="unsubscribed")
+    )
+    return bool(res.rowcount)
+
+
+async def send_for_link(conn: AsyncConnection, send_id: int) -> dict[str, Any] | None:
+    q = select(sends.c.id, sends.c.org_id, sends.c.links, sends.c.to_email).where(
+        sends.c.id == send_id
+    )
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+def send_for_unsubscribe(conn: Connection, send_id: int) -> dict[str, Any] | None:
+    row = conn.execute(select(*HIT_SEND_COLUMNS).where(sends.c.id == send_id)).mappings().first()
+    return dict(row) if row else None
+
+
+# Reports -----------------------------------------------------------------------------
+
+_KEYS = {
+    "template": (sends.c.template_id, sends.c.template_version),
+    "user": (sends.c.user_id,),
+    None: (),
+}
+
+
+def _bucket_pg(column, group: str, tz: str):
+    return func.date_trunc(group, func.timezone(tz, column))
+
+
+def email_counts(
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    group: str,
+    by: str | None,
+    tz: str,
+) -> list[dict[str, Any]]:
+    """Counts per (period, key) of sends sent in [start, end).
+
+    PostgreSQL buckets in SQL (``date_trunc`` in the org's zone); other engines
+    return one row per send and the caller buckets (small deployments).
+    """
+    keys = _KEYS[by]
+    counts = (
+        func.count().label("sent"),
+        func.count(sends.c.bounced_at).label("bounced"),
+        func.count(sends.c.opened_at).label("opened"),
+        func.count(sends.c.clicked_at).label("clicked"),
+        func.count(sends.c.replied_at).label("replied"),
+    )
+    where = and_(sends.c.org_id == org_id, sends.c.sent_at >= start, sends.c.sent_at < end)
+    if conn.dialect.name == "postgresql":
+        bucket = _bucket_pg(sends.c.sent_at, group, tz).label("period")
+        q = select(bucket, *keys, *counts).where(where).group_by(bucket, *keys)
+        return [dict(r) for r in conn.execute(q).mappings()]
+    q = select(
+        sends.c.sent_at.label("period"),
+        *keys,
+        literal_column("1").label("sent"),
+        (sends.c.bounced_at.is_not(None)).label("bounced"),
+        (sends.c.opened_at.is_not(None)).label("opened"),
+        (sends.c.clicked_at.is_not(None)).label("clicked"),
+        (sends.c.replied_at.is_not(None)).label("replied"),
+    ).where(where)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def received_counts(
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    group: str,
+    by_user: bool,
+    tz: str,
+) -> list[dict[str, Any]]:
+    """Incoming mail filed in [start, end), per period (and user)."""
+    keys = (messages.c.user_id,) if by_user else ()
+    where = and_(
+        messages.c.org_id == org_id,
+        messages.c.direction == "incoming",
+        messages.c.created_at >= start,
+        messages.c.created_at < end,
+    )
+    if conn.dialect.name == "postgresql":
+        bucket = _bucket_pg(messages.c.created_at, group, tz).label("period")
+        q = (
+            select(bucket, *keys, func.count().label("received"))
+            .where(where)
+            .group_by(bucket, *keys)
+        )
+    else:
+        q = select(
+            messages.c.created_at.label("period"), *keys, literal_column("1").label("received")
+        ).where(where)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def no_response(
+    conn: Connection, org_id: int, start: datetime, end: datetime, *, limit: int
+) -> list[dict[str, Any]]:
+    """Leads/contacts sent mail in [start, end) with no human open, click or reply since.
+
+    Bounced-only recipients are included (they did not respond either); the
+    ``bounced`` count tells them apart.
+    """
+    responded = func.count(sends.c.opened_at) + func.count(sends.c.clicked_at)
+    responded = responded + func.count(sends.c.replied_at)
+    q = (
+        select(
+            sends.c.module,
+            sends.c.record_id,
+            func.max(sends.c.to_email).label("email"),
+            func.count().label("sent"),
+            func.count(sends.c.bounced_at).label("bounced"),
+            func.max(sends.c.sent_at).label("last_sent_at"),
+        )
+        .where(
+            sends.c.org_id == org_id,
+            sends.c.sent_at >= start,
+            sends.c.sent_at < end,
+            sends.c.module.in_(("leads", "contacts")),
+            sends.c.record_id.is_not(None),
+        )
+        .group_by(sends.c.module, sends.c.record_id)
+        .having(responded == 0)
+        .order_by(func.max(sends.c.sent_at).desc(), sends.c.record_id)
+        .limit(limit)
+    )
+    rows = [dict(r) for r in conn.execute(q).mappings()]
+    _add_names(conn, org_id, rows)
+    return rows
+
+
+def _add_names(conn: Connection, org_id: int, rows: list[dict[str, Any]]) -> None:
+    for module, table in (("leads", leads), ("contacts", contacts)):
+        ids = [r["record_id"] for r in rows if r["module"] == module]
+        if not ids:
+            continue
+        q = select(table.c.id, table.c.first_name, table.c.last_name).where(
+            table.c.org_id == org_id, table.c.id.in_(ids)
+        )
+        names = {r.id: (r.last_name, r.first_name) for r in conn.execute(q)}
+        for r in rows:
+            if r["module"] == module and r["record_id"] in names:
+                r["last_name"], r["first_name"] = names[r["record_id"]]
+
+
+__all__ = [
+    "email_counts",
+    "hits_since",
+    "insert_hits",
+    "mark_unsubscribed",
+    "no_response",
+    "received_counts",
+    "send_for_link",
+    "send_for_unsubscribe",
+    "sends_for_hits",
+    "update_send_statuses",
+]

@@ -1,0 +1,151 @@
+"""The public tracking endpoints: ``/t/o/{token}``, ``/t/c/{token}``, ``/u/{token}``.
+
+No authentication: the signed token is the only credential, and every
+failure — garbage, a flipped bit, a token of another deployment, a click
+token whose link index the send does not have — answers 404 and records
+nothing.  The open pixel never touches the database on the request path;
+the click needs the send's stored links (the only places it will ever
+redirect to), and unsubscribing is a rare, synchronous write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from storage import tracking_store
+from storage.db import Database
+from storage.events import NewEvent, append_sync
+from storage.suppressions import suppress
+from storage.types import utcnow
+from tracking.links import safe_redirect_target
+from tracking.pixel import PIXEL_GIF, PIXEL_HEADERS
+from tracking.recorder import HitRecorder
+from tracking.tokens import TokenKind, TokenSigner
+from tracking.unsubscribe_page import (
+    PAGE_HEADERS,
+    mask_email,
+    pick_lang,
+    render_confirm_page,
+    render_done_page,
+    render_invalid_page,
+)
+
+__all__ = ["Tracking", "open_pixel", "click", "unsubscribe_page", "unsubscribe_post"]
+
+_NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+_MAX_UNSUBSCRIBE_BODY = 4096
+
+
+class Tracking:
+    """What the endpoints share: the signer, the recorder and where links point."""
+
+    def __init__(
+        self, db: Database, signer: TokenSigner, recorder: HitRecorder, public_url: str
+    ) -> None:
+        self.db = db
+        self.signer = signer
+        self.recorder = recorder
+        self.public_url = public_url.rstrip("/")
+
+
+def _tracking(request: Request) -> Tracking:
+    return request.app.state.services.tracking
+
+
+def _client(request: Request) -> tuple[str, str]:
+    ip = request.client.host if request.client else ""
+    return ip, request.headers.get("user-agent", "")
+
+
+async def open_pixel(request: Request) -> Response:
+    tracking = _tracking(request)
+    parsed = tracking.signer.verify(request.path_params["token"], TokenKind.OPEN)
+    if parsed is None:
+        # Still the GIF (a broken-image icon helps nobody), but 404 and nothing recorded.
+        return Response(PIXEL_GIF, status_code=404, headers=PIXEL_HEADERS)
+    ip, agent = _client(request)
+    tracking.recorder.record("open", parsed.send_id, None, ip, agent)
+    return Response(PIXEL_GIF, headers=PIXEL_HEADERS)
+
+
+def _not_found(request: Request) -> Response:
+    lang = pick_lang(request.headers.get("accept-language"))
+    return HTMLResponse(render_invalid_page(lang), status_code=404, headers=PAGE_HEADERS)
+
+
+async def click(request: Request) -> Response:
+    tracking = _tracking(request)
+    parsed = tracking.signer.verify(request.path_params["token"], TokenKind.CLICK)
+    if parsed is None:
+        return _not_found(request)
+    async with tracking.db.connect() as conn:
+        send = await tracking_store.send_for_link(conn, parsed.send_id)
+    links = (send or {}).get("links") or []
+    index = parsed.link_index
+    if index is None or index >= len(links) or not safe_redirect_target(links[index]):
+        return _not_found(request)
+    ip, agent = _client(request)
+    tracking.recorder.record("click", parsed.send_id, index, ip, agent)
+    return RedirectResponse(links[index], status_code=302, headers=_NO_STORE)
+
+
+async def _unsubscribe_send(request: Request) -> tuple[Tracking, dict[str, Any] | None]:
+    tracking = _tracking(request)
+    parsed = tracking.signer.verify(request.path_params["token"], TokenKind.UNSUBSCRIBE)
+    if parsed is None:
+        return tracking, None
+    send = await tracking.db.run_read(tracking_store.send_for_unsubscribe, parsed.send_id)
+    return tracking, send
+
+
+async def unsubscribe_page(request: Request) -> Response:
+    """The confirmation page; a GET never unsubscribes (scanners follow GETs)."""
+    _, send = await _unsubscribe_send(request)
+    if send is None:
+        return _not_found(request)
+    lang = pick_lang(request.headers.get("accept-language"))
+    body = render_confirm_page(lang, mask_email(send["to_email"]), str(request.url.path))
+    return HTMLResponse(body, headers=PAGE_HEADERS)
+
+
+def _unsubscribe(conn, send: dict[str, Any], detail: str) -> bool:
+    """Suppress the address for the org, mark the send; True the first time only."""
+    now = utcnow()
+    email = send["to_email"].strip().lower()
+    suppress(conn, send["org_id"], email, "unsubscribe", detail=detail, send_id=send["id"])
+    if not tracking_store.mark_unsubscribed(conn, send["id"], now):
+        return False
+    event = {
+        "send_id": send["id"],
+        "to": send["to_email"],
+        "module": send["module"],
+        "record_id": send["record_id"],
+        "user_id": send["user_id"],
+        "template_id": send["template_id"],
+        "method": detail,
+    }
+    append_sync(conn, [NewEvent(send["org_id"], "email.unsubscribed", event, at=now)])
+    return True
+
+
+async def unsubscribe_post(request: Request) -> Response:
+    """RFC 8058 one-click (``List-Unsubscribe=One-Click``) and the page's form.
+
+    Idempotent: a second POST answers the same page and changes nothing.
+    """
+    tracking, send = await _unsubscribe_send(request)
+    if send is None:
+        return _not_found(request)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_UNSUBSCRIBE_BODY:
+            break
+    one_click = b"List-Unsubscribe=One-Click" in body[:_MAX_UNSUBSCRIBE_BODY]
+    detail = "one_click" if one_click else "form"
+    await tracking.db.run_write(_unsubscribe, send, detail)
+    lang = pick_lang(request.headers.get("accept-language"))
+    return HTMLResponse(render_done_page(lang, mask_email(send["to_email"])), headers=PAGE_HEADERS)

@@ -1,0 +1,274 @@
+"""The batched writer of tracking hits: the endpoints never wait for the database.
+
+An endpoint calls :meth:`HitRecorder.record` (a list append, no I/O) and
+answers at once.  A writer task commits what has accumulated in one
+transaction via ``Database.run_write``: SQLite has one writer, and a commit
+per hit would halve throughput and put hundreds of milliseconds on p99.
+
+Hits are judged once the verdict rules' burst window around them has passed
+(``settle``, 2 s): a scanner following every link of a message within a
+second must be seen as one burst, not split across two batches where the
+first clicks would already have counted as a person's.  Each hit is stored
+with its verdict in ``tracking_hits``, becomes an ``email.opened`` /
+``email.clicked`` event carrying ``verdict`` and ``reason``, and — for human
+hits only — moves the send's ``opened_at``/``clicked_at``/``status``.  A human
+click implies an open (with its own ``email.opened`` event, reason
+``implied_by_click``, when the send had none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from storage import tracking_store
+from storage.db import Database
+from storage.events import NewEvent, append_sync
+from storage.types import utcnow
+from tracking.prepare import is_honeypot
+from tracking.verdicts import DEFAULT_RULES, Hit, Verdict, VerdictRules, verdict
+
+log = logging.getLogger("mailgate.tracking")
+
+__all__ = ["PendingHit", "HitRecorder", "write_hits"]
+
+#: Statuses a human open/click may move forward; the others say more (bounced,
+#: unsubscribed, complained, replied) and stay.
+_RANK = {
+    "queued": 0,
+    "sending": 0,
+    "deferred": 0,
+    "failed": 0,
+    "sent": 1,
+    "opened": 2,
+    "clicked": 3,
+}
+#: Neighbouring hits the rules may need: the 60 s unopened-click window and the
+#: burst window, with a wide margin.
+_HISTORY = timedelta(hours=1)
+_MAX_UA = 500
+
+
+@dataclass(slots=True)
+class PendingHit:
+    kind: str  # open | click
+    send_id: int
+    link_index: int | None
+    at: datetime
+    ip: str
+    user_agent: str
+    mono: float
+
+
+def _status_after(current: str, wanted: str) -> str:
+    if current not in _RANK:
+        return current
+    return wanted if _RANK[wanted] > _RANK[current] else current
+
+
+def write_hits(
+    conn: Connection, batch: list[PendingHit], public_url: str, rules: VerdictRules
+) -> int:
+    """Judge and store one batch in the caller's transaction; returns hits stored.
+
+    Hits of sends that do not exist (a deleted send) are dropped: nothing to
+    attribute them to.
+    """
+    sends = tracking_store.sends_for_hits(
+        conn, {h.send_id for h in batch}, {h.send_id for h in batch if h.kind == "click"}
+    )
+    batch = [h for h in batch if h.send_id in sends]
+    if not batch:
+        return 0
+    since = min(h.at for h in batch) - _HISTORY
+    history: dict[int, list[Hit]] = {
+        sid: [Hit(r["kind"], r["at"], r["user_agent"], r["ip"], r["link_index"]) for r in rows]
+        for sid, rows in tracking_store.hits_since(conn, sends, since).items()
+    }
+    as_hits = [
+        Hit(
+            h.kind,
+            h.at,
+            h.user_agent,
+            h.ip,
+            h.link_index,
+            honeypot=h.kind == "click"
+            and is_honeypot(sends[h.send_id]["links"] or [], h.link_index, public_url),
+        )
+        for h in batch
+    ]
+    # The whole batch is known: every hit sees its batch neighbours on both sides.
+    for sid in sends:
+        history.setdefault(sid, [])
+    for hit, pending in zip(as_hits, batch, strict=True):
+        history[pending.send_id].append(hit)
+
+    rows: list[dict[str, Any]] = []
+    new_events: list[NewEvent] = []
+    changed: dict[int, dict[str, Any]] = {}
+    for hit, pending in zip(as_hits, batch, strict=True):
+        send = sends[pending.send_id]
+        judged: Verdict = verdict(
+            hit, delivered_at=send["sent_at"], recent_hits=history[pending.send_id], rules=rules
+        )
+        rows.append(
+            {
+                "org_id": send["org_id"],
+                "send_id": send["id"],
+                "kind": pending.kind,
+                "link_index": pending.link_index,
+                "at": pending.at,
+                "ip": pending.ip[:45],
+                "user_agent": pending.user_agent[:_MAX_UA],
+                "verdict": judged.kind,
+                "reason": judged.reason[:24],
+            }
+        )
+        data = _event_data(send, pending, judged)
+        event_type = "email.opened" if pending.kind == "open" else "email.clicked"
+        new_events.append(NewEvent(send["org_id"], event_type, data, at=pending.at))
+        if not judged.is_human:
+            continue
+        if send["opened_at"] is None:
+            send["opened_at"] = pending.at
+            if pending.kind == "click":
+                implied = dict(data, link_index=None, reason="implied_by_click")
+                implied.pop("url", None)
+                new_events.append(NewEvent(send["org_id"], "email.opened", implied, at=pending.at))
+        if pending.kind == "click" and send["clicked_at"] is None:
+            send["clicked_at"] = pending.at
+        send["status"] = _status_after(
+            send["status"], "clicked" if send["clicked_at"] else "opened"
+        )
+        changed[send["id"]] = send
+    tracking_store.insert_hits(conn, rows)
+    tracking_store.update_send_statuses(conn, list(changed.values()))
+    append_sync(conn, new_events)
+    return len(rows)
+
+
+def _event_data(send: dict[str, Any], hit: PendingHit, judged: Verdict) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "send_id": send["id"],
+        "to": send["to_email"],
+        "module": send["module"],
+        "record_id": send["record_id"],
+        "user_id": send["user_id"],
+        "template_id": send["template_id"],
+        "template_version": send["template_version"],
+        "verdict": judged.kind,
+        "reason": judged.reason,
+    }  # ip and user agent stay in tracking_hits: events are read by every consumer
+    if hit.kind == "click":
+        links = send["links"] or []
+        data["link_index"] = hit.link_index
+        if hit.link_index is not None and hit.link_index < len(links):
+            data["url"] = links[hit.link_index]
+    return data
+
+
+class HitRecorder:
+    """Collects hits from the endpoints; one writer task commits them in batches."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        public_url: str,
+        rules: VerdictRules = DEFAULT_RULES,
+        settle: float | None = None,
+        max_batch: int = 2000,
+        max_pending: int = 500_000,
+    ) -> None:
+        self.db = db
+        self.public_url = public_url
+        self.rules = rules
+        self.settle = rules.burst_window.total_seconds() if settle is None else settle
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.recorded = 0
+        self.dropped = 0
+        self._pending: list[PendingHit] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def record(
+        self, kind: str, send_id: int, link_index: int | None, ip: str, user_agent: str
+    ) -> None:
+        """Queue one verified hit; never blocks, never touches the database."""
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1  # the writer is far behind (database down): shed, don't grow
+            return
+        self._pending.append(
+            PendingHit(kind, send_id, link_index, utcnow(), ip, user_agent, time.monotonic())
+        )
+        if len(self._pending) == 1:
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tracking-recorder")
+
+    async def stop(self) -> None:
+        """Stop the writer and commit everything still pending."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Judge and commit every pending hit now (shutdown, tests); returns hits stored."""
+        stored = 0
+        async with self._lock:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: len(batch)]
+                stored += await self._write(batch)
+        return stored
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                wait = self._pending[0].mono + self.settle - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                async with self._lock:
+                    cutoff = time.monotonic() - self.settle
+                    n = 0
+                    while n < len(self._pending) and n < self.max_batch:
+                        if self._pending[n].mono > cutoff:
+                            break
+                        n += 1
+                    if not n:
+                        continue
+                    batch = self._pending[:n]
+                    del self._pending[:n]
+                    await self._write(batch)
+
+    async def _write(self, batch: list[PendingHit], attempts: int = 3) -> int:
+        for attempt in range(attempts):
+            try:
+                stored = await self.db.run_write(write_hits, batch, self.public_url, self.rules)
+            except Exception:  # noqa: BLE001 - retried, then counted as dropped
+                log.warning("writing %d tracking hits failed (attempt %d)", len(batch), attempt + 1)
+                if attempt == attempts - 1:
+                    log.exception("dropping %d tracking hits", len(batch))
+                    self.dropped += len(batch)
+                    return 0
+                await asyncio.sleep(0.5 * (attempt + 1))
+            else:
+                self.recorded += stored
+                return stored
+        return 0

@@ -1,0 +1,198 @@
+"""Email reports: sent, bounced, opened, clicked, received, replied per period and key.
+
+Counts come from the ``sends`` status columns, which only *human* hits set
+(:mod:`tracking.recorder`), so machine opens and clicks never inflate a
+report.  Percentages follow the hosted CRM's email analytics: bounced is a
+share of sent; opened, clicked and replied are shares of delivered (sent
+minus bounced) — a bounced message cannot be opened.
+
+Periods are calendar days, ISO weeks (starting Monday) or months in the
+organization's time zone; ``from``/``to`` given as dates are inclusive local
+days, given as ISO date-times they are exact instants (``to`` exclusive).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from storage import tracking_store
+
+__all__ = [
+    "GROUPS",
+    "BYS",
+    "ReportError",
+    "Period",
+    "parse_period",
+    "period_label",
+    "email_report",
+    "no_response_report",
+]
+
+GROUPS = ("day", "week", "month")
+BYS = ("template", "user")
+_KEY_COLUMNS = {"template": ("template_id", "template_version"), "user": ("user_id",), None: ()}
+_COUNTED = ("sent", "bounced", "opened", "clicked", "replied")
+MAX_RANGE = timedelta(days=366 * 3)
+
+
+class ReportError(ValueError):
+    """A parameter the caller must fix (answered as 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive
+    tz: str
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _instant(raw: str, zone: ZoneInfo, *, end: bool) -> datetime:
+    raw = raw.strip()
+    try:
+        if len(raw) == 10:
+            day = date.fromisoformat(raw)
+            if end:
+                day += timedelta(days=1)
+            return datetime.combine(day, time(), zone).astimezone(UTC)
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ReportError(f"not a date or ISO 8601 date-time: {raw!r}") from exc
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=zone)
+    return at.astimezone(UTC)
+
+
+def parse_period(
+    raw_from: str | None, raw_to: str | None, tz: str, *, now: datetime | None = None
+) -> Period:
+    """The UTC half-open range of a report; the last 30 local days by default."""
+    zone = _zone(tz)
+    now = now or datetime.now(UTC)
+    end = (
+        _instant(raw_to, zone, end=True)
+        if raw_to
+        else _instant(now.astimezone(zone).date().isoformat(), zone, end=True)
+    )
+    start = _instant(raw_from, zone, end=False) if raw_from else end - timedelta(days=30)
+    if start >= end:
+        raise ReportError("from must be before to")
+    if end - start > MAX_RANGE:
+        raise ReportError("a report covers at most three years")
+    return Period(start, end, tz)
+
+
+def period_label(value: datetime, group: str, zone: ZoneInfo, *, local: bool) -> str:
+    """``2026-11-23`` (day, and the Monday of a week) or ``2026-11`` (month)."""
+    if not local:
+        value = value.astimezone(zone)
+    day = value.date()
+    if group == "week":
+        day -= timedelta(days=day.weekday())
+    if group == "month":
+        return f"{day.year:04d}-{day.month:02d}"
+    return day.isoformat()
+
+
+def _pct(n: int, of: int) -> float:
+    return round(100.0 * n / of, 1) if of else 0.0
+
+
+def _shape(counts: dict[str, int]) -> dict[str, Any]:
+    sent, bounced = counts["sent"], counts["bounced"]
+    delivered = sent - bounced
+    return {
+        "sent": sent,
+        "delivered": delivered,
+        "bounced": {"n": bounced, "pct": _pct(bounced, sent)},
+        "opened": {"n": counts["opened"], "pct": _pct(counts["opened"], delivered)},
+        "clicked": {"n": counts["clicked"], "pct": _pct(counts["clicked"], delivered)},
+        "replied": {"n": counts["replied"], "pct": _pct(counts["replied"], delivered)},
+        "received": counts.get("received"),
+    }
+
+
+def email_report(conn, org_id: int, period: Period, group: str, by: str | None) -> dict[str, Any]:
+    """The report body (sync: runs in ``Database.run_read``)."""
+    if group not in GROUPS:
+        raise ReportError(f"group must be one of {', '.join(GROUPS)}")
+    if by is not None and by not in BYS:
+        raise ReportError(f"by must be one of {', '.join(BYS)}")
+    zone = _zone(period.tz)
+    local = conn.dialect.name == "postgresql"  # buckets come back as local timestamps
+    key_cols = _KEY_COLUMNS[by]
+    rows = tracking_store.email_counts(
+        conn, org_id, period.start, period.end, group=group, by=by, tz=period.tz
+    )
+    received = tracking_store.received_counts(
+        conn, org_id, period.start, period.end, group=group, by_user=by == "user", tz=period.tz
+    )
+    items: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_COUNTED, 0))
+    totals: dict[str, dict[str, int]] = defaultdict(
+        lambda: dict.fromkeys((*_COUNTED, "received"), 0)
+    )
+    for row in rows:
+        label = period_label(row["period"], group, zone, local=local)
+        key = (label, *(row[c] for c in key_cols))
+        for name in _COUNTED:
+            n = int(row[name])
+            items[key][name] += n
+            totals[label][name] += n
+    received_by_key: dict[tuple, int] = defaultdict(int)
+    for row in received:
+        label = period_label(row["period"], group, zone, local=local)
+        n = int(row["received"])
+        totals[label]["received"] += n
+        if by == "user":
+            received_by_key[(label, row["user_id"])] += n
+            items[(label, row["user_id"])]  # a user who only received mail still gets a row
+    out_items = []
+    for key in sorted(items, key=lambda k: tuple((x is None, x) for x in k)):
+        counts = dict(items[key])
+        counts["received"] = received_by_key.get(key, 0) if by == "user" else None
+        item = {"period": key[0], **dict(zip(key_cols, key[1:], strict=True)), **_shape(counts)}
+        out_items.append(item)
+    out_totals = [{"period": label, **_shape(totals[label])} for label in sorted(totals)]
+    return {
+        "from": period.start.astimezone(zone).isoformat(),
+        "to": period.end.astimezone(zone).isoformat(),
+        "timezone": period.tz,
+        "group": group,
+        "by": by,
+        "items": out_items,
+        "totals": out_totals,
+    }
+
+
+def no_response_report(conn, org_id: int, period: Period, limit: int) -> dict[str, Any]:
+    zone = _zone(period.tz)
+    rows = tracking_store.no_response(conn, org_id, period.start, period.end, limit=limit + 1)
+    items = [
+        {
+            "module": r["module"],
+            "id": r["record_id"],
+            "email": r["email"],
+            "last_name": r.get("last_name"),
+            "first_name": r.get("first_name"),
+            "sent": r["sent"],
+            "bounced": r["bounced"],
+            "last_sent_at": r["last_sent_at"].astimezone(zone).isoformat(),
+        }
+        for r in rows[:limit]
+    ]
+    return {
+        "from": period.start.astimezone(zone).isoformat(),
+        "to": period.end.astimezone(zone).isoformat(),
+        "items": items,
+        "truncated": len(rows) > limit,
+    }
