@@ -52,6 +52,7 @@ class Services:
             dkim_selector=s.dkim_selector,
             dkim_domain=s.dkim_domain,
             dkim_key=key,
+            tracker=self.tracking.signer,
         )
 
     async def start(self) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, union_all
+from sqlalchemy import Connection, and_, insert, or_, select, union_all
 from sqlalchemy import literal as sa_literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.schema import (
     contacts,
-    deals,
     inbound,
     leads,
     message_links,
@@ -141,21 +140,26 @@ LIST_COLUMNS = (
     messages.c.source,
     messages.c.send_id,
     messages.c.user_id,
+    messages.c.seen,
     messages.c.created_at,
 )
 
 
 async def emails_for_record(
-    conn: AsyncConnection, org_id: int, module: str, rid: int, *, after: int, limit: int
+    conn: AsyncConnection,
+    org_id: int,
+    module: str,
+    rid: int,
+    *,
+    after: int,
+    limit: int,
+    hidden_owners: set[int] | frozenset[int] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """Mail filed against a record; a deal's mail is its contact's."""
-    if module == "deals":
-        contact = select(deals.c.contact_id).where(deals.c.org_id == org_id, deals.c.id == rid)
-        contact_id = (await conn.execute(contact)).scalar()
-        if contact_id is None:
-            return []
-        module, rid = "contacts", contact_id
-    # Our own sends carry their recipient status (sent, opened, clicked, bounced …).
+    """Mail filed against a record (deals: resolve to their contact first), newest last.
+
+    ``hidden_owners``: users whose mail the asker may not see (sharing rules).
+    Our own sends carry their recipient status (sent, opened, clicked, bounced …).
+    """
     send = and_(sends.c.id == messages.c.send_id, sends.c.org_id == org_id)
     q = (
         select(*LIST_COLUMNS, sends.c.status.label("send_status"))
@@ -170,4 +174,8 @@ async def emails_for_record(
         .order_by(messages.c.id)
         .limit(limit)
     )
+    if hidden_owners:
+        q = q.where(
+            or_(messages.c.user_id.is_(None), messages.c.user_id.notin_(sorted(hidden_owners)))
+        )
     return [dict(r) for r in (await conn.execute(q)).mappings()]

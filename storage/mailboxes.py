@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.schema import deals, message_links, messages
+from storage.schema import deals, messages
 from storage.schema_mailboxes import (
     excluded_domains,
     mailbox_folders,
@@ -308,24 +308,6 @@ async def set_sharing(
             )
 
 
-EMAIL_COLUMNS = (
-    messages.c.id,
-    messages.c.message_id,
-    messages.c.subject,
-    messages.c.from_addr,
-    messages.c.from_name,
-    messages.c.to_addrs,
-    messages.c.cc_addrs,
-    messages.c.date,
-    messages.c.direction,
-    messages.c.source,
-    messages.c.send_id,
-    messages.c.user_id,
-    messages.c.seen,
-    messages.c.created_at,
-)
-
-
 async def resolve_record(
     conn: AsyncConnection, org_id: int, module: str, rid: int
 ) -> tuple[str, int] | None:
@@ -335,33 +317,3 @@ async def resolve_record(
     q = select(deals.c.contact_id).where(deals.c.org_id == org_id, deals.c.id == rid)
     contact_id = (await conn.execute(q)).scalar()
     return None if contact_id is None else ("contacts", contact_id)
-
-
-async def emails_for_record(
-    conn: AsyncConnection,
-    org_id: int,
-    module: str,
-    rid: int,
-    *,
-    hidden_owners: set[int],
-    after: int,
-    limit: int,
-) -> list[dict[str, Any]]:
-    """Mail filed against a record, without the mail of ``hidden_owners``."""
-    q = (
-        select(*EMAIL_COLUMNS)
-        .join(message_links, message_links.c.message_id == messages.c.id)
-        .where(
-            message_links.c.org_id == org_id,
-            message_links.c.module == module,
-            message_links.c.record_id == rid,
-            messages.c.id > after,
-        )
-        .order_by(messages.c.id)
-        .limit(limit)
-    )
-    if hidden_owners:
-        q = q.where(
-            or_(messages.c.user_id.is_(None), messages.c.user_id.notin_(sorted(hidden_owners)))
-        )
-    return [dict(r) for r in (await conn.execute(q)).mappings()]

@@ -245,14 +245,3 @@ consumer_offsets = Table(
     Column("position", ID, nullable=False, default=0),
     Column("updated_at", UTCDateTime(), nullable=False, default=utcnow, onupdate=utcnow),
 )
-
-
-def _register_areas() -> None:
-    """Import the other areas' tables so ``metadata`` (and Alembic) sees all of them."""
-    import storage.schema_bounces  # noqa: F401
-    import storage.schema_mailboxes  # noqa: F401
-    import storage.schema_sending  # noqa: F401
-    import storage.schema_tracking  # noqa: F401
-
-
-_register_areas()

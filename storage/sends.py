@@ -46,16 +46,22 @@ def insert_sends(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     return list(res.scalars())
 
 
-def set_composed(conn: Connection, items: Sequence[tuple[int, str, bytes]]) -> None:
-    """(send id, subject, bytes): composed after the insert, since they carry the send id."""
+def set_composed(conn: Connection, items: Sequence[tuple[int, str, bytes, list[str]]]) -> None:
+    """(send id, subject, bytes, tracked links): composed after the insert (they carry the id)."""
     if not items:
         return
     stmt = (
         update(sends)
         .where(sends.c.id == bindparam("sid"))
-        .values(raw=bindparam("raw_bytes"), subject=bindparam("subj"))
+        .values(raw=bindparam("raw_bytes"), subject=bindparam("subj"), links=bindparam("urls"))
     )
-    conn.execute(stmt, [{"sid": sid, "subj": subj, "raw_bytes": raw} for sid, subj, raw in items])
+    conn.execute(
+        stmt,
+        [
+            {"sid": sid, "subj": subj, "raw_bytes": raw, "urls": links}
+            for sid, subj, raw, links in items
+        ],
+    )
 
 
 def _due(now: datetime):

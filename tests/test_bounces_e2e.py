@@ -225,3 +225,20 @@ def test_hostile_bounce_mail_never_crashes_the_worker(mailgate, raw):
     assert code == 250
     settle(mailgate)
     assert _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending")) == []
+
+
+def test_list_unsubscribe_mailto_unsubscribes_the_recipient(mailgate):
+    org = mailgate.org(f"Mailto {uuid.uuid4().hex[:6]}")
+    send = mailgate.call(make_send(mailgate.db, org_id=org["id"], to_email="reader@client.example"))
+    raw = b"From: reader@client.example\r\nTo: x\r\nSubject: unsubscribe\r\n\r\n\r\n"
+    assert _deliver(mailgate, raw, verp_address(send["verp_token"], "mailgate.test"))[0] == 250
+    settle(mailgate)
+    supp = _rows(mailgate, select(suppressions).where(suppressions.c.org_id == org["id"]))
+    assert [(r["email_norm"], r["reason"]) for r in supp] == [
+        ("reader@client.example", "unsubscribe")
+    ]
+    status = _rows(mailgate, select(sends.c.status).where(sends.c.id == send["id"]))
+    assert status == [{"status": "unsubscribed"}]
+    assert [e["type"] for e in mailgate.call(_events(mailgate, org["id"]))] == [
+        "email.unsubscribed"
+    ]

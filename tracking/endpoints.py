@@ -17,13 +17,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from storage import tracking_store
 from storage.db import Database
-from storage.events import NewEvent, append_sync
-from storage.suppressions import suppress
-from storage.types import utcnow
 from tracking.links import safe_redirect_target
 from tracking.pixel import PIXEL_GIF, PIXEL_HEADERS
 from tracking.recorder import HitRecorder
 from tracking.tokens import TokenKind, TokenSigner
+from tracking.unsubscribe import apply_unsubscribe
 from tracking.unsubscribe_page import (
     PAGE_HEADERS,
     mask_email,
@@ -111,26 +109,6 @@ async def unsubscribe_page(request: Request) -> Response:
     return HTMLResponse(body, headers=PAGE_HEADERS)
 
 
-def _unsubscribe(conn, send: dict[str, Any], detail: str) -> bool:
-    """Suppress the address for the org, mark the send; True the first time only."""
-    now = utcnow()
-    email = send["to_email"].strip().lower()
-    suppress(conn, send["org_id"], email, "unsubscribe", detail=detail, send_id=send["id"])
-    if not tracking_store.mark_unsubscribed(conn, send["id"], now):
-        return False
-    event = {
-        "send_id": send["id"],
-        "to": send["to_email"],
-        "module": send["module"],
-        "record_id": send["record_id"],
-        "user_id": send["user_id"],
-        "template_id": send["template_id"],
-        "method": detail,
-    }
-    append_sync(conn, [NewEvent(send["org_id"], "email.unsubscribed", event, at=now)])
-    return True
-
-
 async def unsubscribe_post(request: Request) -> Response:
     """RFC 8058 one-click (``List-Unsubscribe=One-Click``) and the page's form.
 
@@ -146,6 +124,6 @@ async def unsubscribe_post(request: Request) -> Response:
             break
     one_click = b"List-Unsubscribe=One-Click" in body[:_MAX_UNSUBSCRIBE_BODY]
     detail = "one_click" if one_click else "form"
-    await tracking.db.run_write(_unsubscribe, send, detail)
+    await tracking.db.run_write(apply_unsubscribe, send, detail)
     lang = pick_lang(request.headers.get("accept-language"))
     return HTMLResponse(render_done_page(lang, mask_email(send["to_email"])), headers=PAGE_HEADERS)

@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway.bounces import BounceKind, BounceReport, classify, verp_token
-from storage import bounce_store, events, suppressions
+from gateway.ingest.parse import parse
+from storage import bounce_store, events, suppressions, tracking_store
 from storage.events import NewEvent
+from tracking.unsubscribe import apply_unsubscribe
 
 SOFT_LIMIT = 3
 SOFT_WINDOW = timedelta(days=7)
@@ -170,10 +172,29 @@ def _targets(report: BounceReport, send: dict[str, Any], matched_by: str):
     return list(by_email.items())
 
 
+def _mailto_unsubscribe(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcome | None:
+    """A recipient used the ``mailto:`` of List-Unsubscribe (subject "unsubscribe")."""
+    subject = parse(row["raw"]).subject.lower()
+    if "unsubscribe" not in subject and "配信停止" not in subject:
+        return None
+    for address in row["rcpt_to"] or []:
+        token = verp_token(address, policy.mail_domain)
+        send = bounce_store.send_by_verp(conn, token) if token else None
+        if send:
+            full = tracking_store.send_for_unsubscribe(conn, send["id"])
+            apply_unsubscribe(conn, full, "mailto")
+            return Outcome("done", "unsubscribe by mailto", org_id=send["org_id"])
+    return None
+
+
 def process_one(
     conn: Connection, row: dict[str, Any], policy: Policy, insert_ignore=None
 ) -> Outcome:
     report = classify(row["raw"])
+    if report.kind in (BounceKind.UNRECOGNISED, BounceKind.AUTOREPLY):
+        done = _mailto_unsubscribe(conn, row, policy)
+        if done is not None:
+            return done
     if report.kind in (BounceKind.UNRECOGNISED,):
         return Outcome("held", f"unrecognised: {report.reason}"[:500])
     if report.kind == BounceKind.AUTOREPLY:

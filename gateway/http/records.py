@@ -12,7 +12,7 @@ from gateway.addresses import normalise
 from gateway.http.auth import current_user, int_param, path_id, read_json
 from gateway.http.errors import JSON, ApiError
 from gateway.mailboxes import sharing
-from storage import crm, events
+from storage import crm, events, filing
 from storage import mailboxes as mailbox_store
 from storage.events import NewEvent
 
@@ -307,7 +307,7 @@ async def _visible_emails(
     custom = [uid for uid, row in modes.items() if row["mode"] == "custom"]
     sharers = await mailbox_store.custom_sharers(conn, custom, module, rid)
     hidden = sharing.hidden_owners(user["id"], modes, sharers)
-    return await mailbox_store.emails_for_record(
+    return await filing.emails_for_record(
         conn, user["org_id"], module, rid, hidden_owners=hidden, after=after, limit=limit
     )
 

@@ -31,6 +31,8 @@ from storage.events import NewEvent, append_sync
 from storage.schema import accounts, contacts, leads, users
 from storage.suppressions import suppressed_among
 from templates.render import build_context, compile_template, full_name
+from tracking.prepare import prepare_html, unsubscribe_link
+from tracking.tokens import TokenSigner
 
 RECIPIENT_MODULES = {"leads": leads, "contacts": contacts}
 #: How many local days ahead ``defer_excess`` may book a bulk send.
@@ -74,6 +76,8 @@ class Signer:
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key: bytes | None = None
+    #: Signs open/click/unsubscribe tokens (tracking.tokens); None sends untracked mail.
+    tracker: TokenSigner | None = None
 
 
 @dataclass
@@ -197,7 +201,10 @@ def _quota_events(
 
 
 def _unsubscribe(signer: Signer, send_id: int, verp_token: str) -> tuple[str, str]:
-    https = f"{signer.public_url.rstrip('/')}/u/{unsubscribe_token(send_id, signer.secret_key)}"
+    if signer.tracker is not None:
+        https = unsubscribe_link(signer.public_url, signer.tracker, send_id)
+    else:
+        https = f"{signer.public_url.rstrip('/')}/u/{unsubscribe_token(send_id, signer.secret_key)}"
     mailto = f"mailto:{verp_address(verp_token, signer.mail_domain)}?subject={quote('unsubscribe')}"
     return mailto, https
 
@@ -286,6 +293,16 @@ def enqueue(conn: Connection, req: SendRequest, signer: Signer, now: datetime) -
             unsubscribe_url=https,
         )
         rendered = compiled.render(context)
+        sent_html, links = rendered.html, []
+        if signer.tracker is not None and rendered.html:
+            # The recipient's copy is tracked; the copy filed in the CRM is not.
+            sent_html, links, _ = prepare_html(
+                rendered.html,
+                send_id=sid,
+                signer=signer.tracker,
+                public_url=signer.public_url,
+                skip_domains=frozenset(req.org.get("tracking_skip_domains") or ()),
+            )
         to_name = full_name(record.get("first_name"), record.get("last_name"), req.org["locale"])
         raw = compose(
             from_addr=req.from_email,
@@ -293,7 +310,7 @@ def enqueue(conn: Connection, req: SendRequest, signer: Signer, now: datetime) -
             to_addr=record["email"],
             to_name=to_name or None,
             subject=rendered.subject,
-            html=rendered.html,
+            html=sent_html,
             text=rendered.text,
             message_id=row["message_id"],
             headers={"X-Mailgate-Send": str(sid)},
@@ -308,7 +325,7 @@ def enqueue(conn: Connection, req: SendRequest, signer: Signer, now: datetime) -
                 domain=signer.dkim_domain,
                 private_key_pem=signer.dkim_key,
             )
-        row["id"], row["subject"] = sid, rendered.subject
+        row["id"], row["subject"], row["links"] = sid, rendered.subject, links
         raws.append((sid, raw))
         messages.append(
             {
@@ -345,7 +362,11 @@ def enqueue(conn: Connection, req: SendRequest, signer: Signer, now: datetime) -
             }
         )
     send_store.set_composed(
-        conn, [(sid, row["subject"], raw) for (sid, raw), row in zip(raws, rows, strict=True)]
+        conn,
+        [
+            (sid, row["subject"], raw, row["links"])
+            for (sid, raw), row in zip(raws, rows, strict=True)
+        ],
     )
     message_pks = filing.insert_messages(conn, messages)
     filing.insert_links(
