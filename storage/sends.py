@@ -112,26 +112,36 @@ def mark_sent(conn: Connection, items: Sequence[tuple[int, str, datetime]]) -> N
     conn.execute(stmt, [{"sid": sid, "reply": reply[:2000], "at": at} for sid, reply, at in items])
 
 
-def mark_deferred(conn: Connection, send_id: int, reply: str, next_attempt_at: datetime) -> None:
-    conn.execute(
+def mark_deferred(conn: Connection, items: Sequence[tuple[int, str, datetime]]) -> None:
+    """(send id, reply, next attempt) → back in the queue once its backoff has passed."""
+    if not items:
+        return
+    stmt = (
         update(sends)
-        .where(sends.c.id == send_id)
+        .where(sends.c.id == bindparam("sid"))
         .values(
             state="deferred",
             status="deferred",
-            last_reply=reply[:2000],
-            next_attempt_at=next_attempt_at,
+            last_reply=bindparam("reply"),
+            next_attempt_at=bindparam("when"),
             claimed_until=None,
         )
     )
-
-
-def mark_failed(conn: Connection, send_id: int, reply: str) -> None:
     conn.execute(
-        update(sends)
-        .where(sends.c.id == send_id)
-        .values(state="failed", status="failed", last_reply=reply[:2000], claimed_until=None)
+        stmt, [{"sid": sid, "reply": reply[:2000], "when": when} for sid, reply, when in items]
     )
+
+
+def mark_failed(conn: Connection, items: Sequence[tuple[int, str]]) -> None:
+    """(send id, reply) → given up on; the raw copy stays for inspection."""
+    if not items:
+        return
+    stmt = (
+        update(sends)
+        .where(sends.c.id == bindparam("sid"))
+        .values(state="failed", status="failed", last_reply=bindparam("reply"), claimed_until=None)
+    )
+    conn.execute(stmt, [{"sid": sid, "reply": reply[:2000]} for sid, reply in items])
 
 
 def get_sync(conn: Connection, send_id: int) -> dict[str, Any] | None:
