@@ -124,7 +124,7 @@ def apply(
     a relay outage turns a whole batch into deferrals, and that must cost no
     more than a batch of successes.
     """
-    sent: list[tuple[int, str, datetime]] = []
+    sent: list[tuple[int, str]] = []
     deferred: list[tuple[int, str, datetime]] = []
     failed: list[tuple[int, str]] = []
     bounced: list[Delivery] = []
@@ -132,7 +132,7 @@ def apply(
     for d in deliveries:
         send = d.send
         if d.verdict == "sent":
-            sent.append((send["id"], d.reply, now))
+            sent.append((send["id"], d.reply))
             new.append(
                 NewEvent(
                     send["org_id"], "email.sent", _event_data(send, reply=d.reply[:500]), at=now
@@ -159,7 +159,7 @@ def apply(
         new.append(NewEvent(send["org_id"], "email.failed", data, at=now))
         if d.code is not None and 500 <= d.code < 600:
             bounced.append(d)
-    send_store.mark_sent(conn, sent)
+    send_store.mark_sent(conn, sent, now)
     send_store.mark_deferred(conn, deferred)
     send_store.mark_failed(conn, failed)
     for d in bounced:  # after mark_failed: the bounce sets status "bounced" over "failed"
