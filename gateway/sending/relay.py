@@ -113,6 +113,7 @@ class _Connection:
             smtp.close()
 
     async def _open(self) -> aiosmtplib.SMTP:
+        """Connect and greet: the lean transaction skips sendmail, which would send EHLO."""
         smtp = self.relay.client(self.timeout, self.local_hostname)
         self.smtp = smtp
         await smtp.connect()
