@@ -7,7 +7,8 @@ records every outcome (state, status, ``email.sent`` event) — a message
 counts only once its outcome is committed.  Prints both rates and the ratio.
 
 Usage: python bench/bench_send.py [N] [CONNECTIONS]
-(MAILGATE_BENCH_DATABASE_URL=postgresql+asyncpg://… to measure on PostgreSQL.)
+(MAILGATE_BENCH_DATABASE_URL=postgresql+asyncpg://… to measure on PostgreSQL;
+MAILGATE_BENCH_LOOP=uvloop to run both sides on uvloop instead of asyncio's loop.)
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ async def main(n: int, connections: int) -> None:
         sink.stop()
     size = sum(len(r) for _, r in messages) // n
     print(f"messages: {n} x ~{size} bytes, {connections} reused connections, smtp-sink relay")
-    print(f"database: {url.split('://')[0]}")
+    print(
+        f"database: {url.split('://')[0]}, event loop: {type(asyncio.get_running_loop()).__module__}"
+    )
     print(f"bare aiosmtplib loop : {base:8.0f} msg/s")
     print(f"mailgate relay worker: {mine:8.0f} msg/s (claimed, delivered, outcome committed)")
     print(f"ratio: {mine / base:.2f}")
@@ -145,9 +148,15 @@ async def main(n: int, connections: int) -> None:
 if __name__ == "__main__":
     if not available():
         sys.exit("smtp-sink not installed (apt-get install postfix)")
-    asyncio.run(
-        main(
-            int(sys.argv[1]) if len(sys.argv) > 1 else 5000,
-            int(sys.argv[2]) if len(sys.argv) > 2 else 4,
+    loop_factory = None
+    if os.environ.get("MAILGATE_BENCH_LOOP") == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(
+            main(
+                int(sys.argv[1]) if len(sys.argv) > 1 else 5000,
+                int(sys.argv[2]) if len(sys.argv) > 2 else 4,
+            )
         )
-    )

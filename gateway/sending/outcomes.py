@@ -118,46 +118,51 @@ def _insert_ignore(conn: Connection):
 def apply(
     conn: Connection, deliveries: Sequence[Delivery], now: datetime, policy: RetryPolicy
 ) -> None:
-    """Write a batch of delivery results (one transaction for the whole batch)."""
-    sent = [d for d in deliveries if d.verdict == "sent"]
-    send_store.mark_sent(conn, [(d.send["id"], d.reply, now) for d in sent])
-    new: list[NewEvent] = [
-        NewEvent(d.send["org_id"], "email.sent", _event_data(d.send, reply=d.reply[:500]), at=now)
-        for d in sent
-    ]
+    """Write a batch of delivery results (one transaction for the whole batch).
+
+    One executemany UPDATE per outcome kind, then every event in one insert:
+    a relay outage turns a whole batch into deferrals, and that must cost no
+    more than a batch of successes.
+    """
+    sent: list[tuple[int, str]] = []
+    deferred: list[tuple[int, str, datetime]] = []
+    failed: list[tuple[int, str]] = []
+    bounced: list[Delivery] = []
+    new: list[NewEvent] = []
     for d in deliveries:
-        if d.verdict == "deferred":
-            when = policy.next_attempt(d.send["attempts"], d.send["created_at"], now)
-            if when is not None:
-                send_store.mark_deferred(conn, d.send["id"], d.reply, when)
-                new.append(
-                    NewEvent(
-                        d.send["org_id"],
-                        "email.deferred",
-                        _event_data(
-                            d.send,
-                            reply=d.reply[:500],
-                            attempts=d.send["attempts"],
-                            next_attempt_at=when.isoformat(),
-                        ),
-                        at=now,
-                    )
-                )
-                continue
-            d.reply = f"gave up after {d.send['attempts']} attempts; last reply: {d.reply}"
-            d.verdict = "failed"
-            d.code = None  # a deadline is not a permanent refusal: no suppression
-        if d.verdict == "failed":
-            send_store.mark_failed(conn, d.send["id"], d.reply)
+        send = d.send
+        if d.verdict == "sent":
+            sent.append((send["id"], d.reply))
             new.append(
                 NewEvent(
-                    d.send["org_id"],
-                    "email.failed",
-                    _event_data(d.send, reply=d.reply[:500], code=d.code),
-                    at=now,
+                    send["org_id"], "email.sent", _event_data(send, reply=d.reply[:500]), at=now
                 )
             )
-            if d.code is not None and 500 <= d.code < 600:
-                record_hard_bounce_at_smtp(conn, d.send, d.reply, pending_events=new)
+            continue
+        if d.verdict == "deferred":
+            when = policy.next_attempt(send["attempts"], send["created_at"], now)
+            if when is not None:
+                deferred.append((send["id"], d.reply, when))
+                data = _event_data(
+                    send,
+                    reply=d.reply[:500],
+                    attempts=send["attempts"],
+                    next_attempt_at=when.isoformat(),
+                )
+                new.append(NewEvent(send["org_id"], "email.deferred", data, at=now))
+                continue
+            d.reply = f"gave up after {send['attempts']} attempts; last reply: {d.reply}"
+            d.verdict = "failed"
+            d.code = None  # a deadline is not a permanent refusal: no suppression
+        failed.append((send["id"], d.reply))
+        data = _event_data(send, reply=d.reply[:500], code=d.code)
+        new.append(NewEvent(send["org_id"], "email.failed", data, at=now))
+        if d.code is not None and 500 <= d.code < 600:
+            bounced.append(d)
+    send_store.mark_sent(conn, sent, now)
+    send_store.mark_deferred(conn, deferred)
+    send_store.mark_failed(conn, failed)
+    for d in bounced:  # after mark_failed: the bounce sets status "bounced" over "failed"
+        record_hard_bounce_at_smtp(conn, d.send, d.reply, pending_events=new)
     # Events last: they take the event-log lock on PostgreSQL.
     append_sync(conn, new)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.typing import SMTPStatus
 
 from gateway.bounces.verp import verp_address
 from gateway.sending import outcomes
@@ -109,12 +112,28 @@ class _Connection:
                 await asyncio.wait_for(smtp.quit(), 2)
             smtp.close()
 
+    async def _open(self) -> aiosmtplib.SMTP:
+        """Connect and greet: the lean transaction skips sendmail, which would send EHLO."""
+        smtp = self.relay.client(self.timeout, self.local_hostname)
+        self.smtp = smtp
+        await smtp.connect()
+        if smtp.is_ehlo_or_helo_needed:
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await smtp.helo()
+        return smtp
+
     async def deliver(self, send: dict[str, Any], sender: str) -> Delivery:
         try:
-            if self.smtp is None or not self.smtp.is_connected:
-                self.smtp = self.relay.client(self.timeout, self.local_hostname)
-                await self.smtp.connect()
-            _errors, message = await self.smtp.sendmail(sender, [send["to_email"]], send["raw"])
+            smtp = self.smtp
+            if smtp is None or not smtp.is_connected:
+                smtp = await self._open()
+            to = send["to_email"]
+            if _PLAIN_ADDRESS.match(sender) and _PLAIN_ADDRESS.match(to):
+                message = await _transaction(smtp, sender, to, send["raw"])
+            else:  # quoting, SMTPUTF8 …: aiosmtplib's own checks and errors
+                _errors, message = await smtp.sendmail(sender, [to], send["raw"])
             return Delivery(send, "sent", f"250 {message}".strip(), 250)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
@@ -129,6 +148,46 @@ class _Connection:
             await self.close()
             reason = str(exc) or type(exc).__name__
             return Delivery(send, "deferred", f"relay unreachable: {reason}", None)
+
+
+#: An addr-spec that goes on the MAIL/RCPT line as it is: no quoting, comments,
+#: angle brackets, spaces or controls, ASCII only (anything else takes sendmail).
+_PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+$")
+
+
+def _size(raw: bytes) -> int:
+    """The SIZE (RFC 1870) of ``raw`` as DATA sends it: line endings as CRLF, CRLF at the end."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:  # lone CR or LF: rare
+        return len(normalize_message_line_endings(raw))
+    return len(raw) + (0 if raw.endswith(b"\r\n") else 2)
+
+
+async def _transaction(smtp: aiosmtplib.SMTP, sender: str, to: str, raw: bytes) -> str:
+    """One mail transaction for plain addresses; the final reply's text.
+
+    What ``SMTP.sendmail`` does for one recipient, without re-parsing both
+    addresses and normalising the message twice per message (a third of the
+    relay's own CPU): MAIL (with SIZE), RCPT, DATA, and RSET after a refusal
+    so the connection can carry the next message.  Raises what sendmail
+    raises.
+    """
+    mail = [b"FROM:<" + sender.encode("ascii") + b">"]
+    if smtp.supports_extension("size"):
+        mail.append(b"SIZE=%d" % _size(raw))
+    try:
+        reply = await smtp.execute_command(b"MAIL", *mail)
+        if reply.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+        reply = await smtp.execute_command(b"RCPT", b"TO:<" + to.encode("ascii") + b">")
+        if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+            refused = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, to)
+            raise aiosmtplib.SMTPRecipientsRefused([refused])
+        return (await smtp.data(raw)).message
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
+            await smtp.rset()
+        raise
 
 
 class RelayWorker:
