@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.events import EVENT_LOG_LOCK, EVENT_TYPES
 from storage.schema import contacts, events, leads, messages
 from storage.schema_sending import sends
-from storage.schema_tracking import tracking_hits
+from storage.schema_tracking import ROLLUP_BUCKET_SECONDS, send_rollup, tracking_hits
 
 #: What a hit needs to know about its send (and what the events carry).
 HIT_SEND_COLUMNS = (
@@ -272,6 +272,8 @@ def email_counts(
         func.count(sends.c.replied_at).label("replied"),
     )
     where = and_(sends.c.org_id == org_id, sends.c.sent_at >= start, sends.c.sent_at < end)
+    if conn.dialect.name == "postgresql" and _on_bucket(start) and _on_bucket(end):
+        return _rollup_counts(conn, org_id, start, end, group=group, by=by, tz=tz)
     if conn.dialect.name == "postgresql":
         bucket = _bucket_pg(sends.c.sent_at, group, tz).label("period")
         q = select(bucket, *keys, *counts).where(where).group_by(bucket, *keys)
@@ -286,6 +288,48 @@ def email_counts(
         (sends.c.replied_at.is_not(None)).label("replied"),
     ).where(where)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _on_bucket(at: datetime) -> bool:
+    return at.timestamp() % ROLLUP_BUCKET_SECONDS == 0
+
+
+_ROLLUP_KEYS = {
+    "template": ("template_id", "template_version"),
+    "user": ("user_id",),
+    None: (),
+}
+
+
+def _rollup_counts(
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    group: str,
+    by: str | None,
+    tz: str,
+) -> list[dict[str, Any]]:
+    """:func:`email_counts` from ``send_rollup`` (PostgreSQL; period on bucket bounds).
+
+    Sums a few rows per quarter hour instead of counting every send; the -1 of
+    a missing key turns back into NULL.
+    """
+    r = send_rollup.c
+    keys = [func.nullif(r[name], -1).label(name) for name in _ROLLUP_KEYS[by]]
+    bucket = _bucket_pg(r.bucket, group, tz).label("period")
+    sums = [func.sum(r[name]).label(name) for name in _COUNTED]
+    q = (
+        select(bucket, *keys, *sums)
+        .where(r.org_id == org_id, r.bucket >= start, r.bucket < end)
+        .group_by(bucket, *keys)
+        .having(func.sum(r.sent) > 0)
+    )
+    return [dict(row) for row in conn.execute(q).mappings()]
+
+
+_COUNTED = ("sent", "bounced", "opened", "clicked", "replied")
 
 
 def received_counts(
