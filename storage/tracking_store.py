@@ -57,7 +57,7 @@ def sends_for_hits(
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    columns = [c for c in HIT_SEND_COLUMNS if c is not sends.c.links]
+    columns = [c for c in HIT_SEND_COLUMNS if c.name not in ("links", "unsubscribed_at")]
     names = [c.name for c in columns]
     rows = conn.execute(select(*columns).where(sends.c.id.in_(wanted))).all()
     out = {}

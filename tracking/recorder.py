@@ -82,16 +82,17 @@ def write_hits(
     attribute them to.  The per-hit work is kept to tuples and one JSON dump:
     this runs beside the endpoints under the same GIL.
     """
-    sends = tracking_store.sends_for_hits(
-        conn, {h.send_id for h in batch}, {h.send_id for h in batch if h.kind == "click"}
-    )
+    clicked = {h.send_id for h in batch if h.kind == "click"}
+    sends = tracking_store.sends_for_hits(conn, {h.send_id for h in batch}, clicked)
     batch = [h for h in batch if h.send_id in sends]
     if not batch:
         return 0
+    # Only a click's verdict looks at the send's other hits (an earlier open, a
+    # burst): sends with opens alone in this batch need no history.
     since = min(h.at for h in batch) - _HISTORY
     history: dict[int, list[Hit]] = {
         sid: [Hit(*row) for row in rows]
-        for sid, rows in tracking_store.hits_since(conn, sends, since).items()
+        for sid, rows in tracking_store.hits_since(conn, clicked & sends.keys(), since).items()
     }
     as_hits = [
         Hit(
