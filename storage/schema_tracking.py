@@ -14,7 +14,16 @@ sends is an index-only scan.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+)
 
 from storage.schema import messages, metadata
 from storage.schema_sending import sends
@@ -60,4 +69,49 @@ ix_messages_org_direction_created = Index(
     messages.c.org_id,
     messages.c.direction,
     messages.c.created_at,
+)
+
+#: The email report's rollup (PostgreSQL): sends counted per org, 15-minute UTC
+#: bucket of ``sent_at``, template, version and user.  Statement-level triggers on
+#: ``sends`` (migration 0006) keep it exact on every insert, update and delete, so
+#: a report over a million sends sums a few thousand rows.  15 minutes because
+#: every time zone's offset is a multiple of it: a bucket never straddles a local
+#: day.  Missing keys are stored as -1 (they are part of the unique key).
+#: SQLite deployments are small and aggregate ``sends`` directly; the table stays
+#: empty there.
+send_rollup = Table(
+    "send_rollup",
+    metadata,
+    Column("org_id", ID, nullable=False),
+    Column("bucket", UTCDateTime(), nullable=False),
+    Column("template_id", ID, nullable=False),
+    Column("template_version", Integer, nullable=False),
+    Column("user_id", ID, nullable=False),
+    Column("sent", BigInteger, nullable=False, default=0),
+    Column("bounced", BigInteger, nullable=False, default=0),
+    Column("opened", BigInteger, nullable=False, default=0),
+    Column("clicked", BigInteger, nullable=False, default=0),
+    Column("replied", BigInteger, nullable=False, default=0),
+    PrimaryKeyConstraint(
+        "org_id", "bucket", "template_id", "template_version", "user_id", name="pk_send_rollup"
+    ),
+)
+
+#: Seconds per rollup bucket.
+ROLLUP_BUCKET_SECONDS = 900
+
+#: "Who did not respond" groups an org's sends by recipient record.
+ix_sends_org_record = Index(
+    "ix_sends_org_record",
+    sends.c.org_id,
+    sends.c.module,
+    sends.c.record_id,
+    postgresql_include=[
+        "sent_at",
+        "opened_at",
+        "clicked_at",
+        "replied_at",
+        "bounced_at",
+        "to_email",
+    ],
 )

@@ -8,16 +8,28 @@ event log — through ``ix_sends_org_sent``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, literal_column, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.schema import contacts, leads, messages
+from storage.events import EVENT_LOG_LOCK, EVENT_TYPES
+from storage.schema import contacts, events, leads, messages
 from storage.schema_sending import sends
-from storage.schema_tracking import tracking_hits
+from storage.schema_tracking import ROLLUP_BUCKET_SECONDS, send_rollup, tracking_hits
 
 #: What a hit needs to know about its send (and what the events carry).
 HIT_SEND_COLUMNS = (
@@ -45,9 +57,14 @@ def sends_for_hits(
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    columns = [c for c in HIT_SEND_COLUMNS if c is not sends.c.links]
-    rows = conn.execute(select(*columns).where(sends.c.id.in_(wanted))).mappings()
-    out = {r["id"]: dict(r, links=None) for r in rows}
+    columns = [c for c in HIT_SEND_COLUMNS if c.name not in ("links", "unsubscribed_at")]
+    names = [c.name for c in columns]
+    rows = conn.execute(select(*columns).where(sends.c.id.in_(wanted))).all()
+    out = {}
+    for row in rows:  # plain tuples: RowMapping costs more than the query on a busy writer
+        send = dict(zip(names, row, strict=True))
+        send["links"] = None
+        out[send["id"]] = send
     clicked = sorted(set(with_links) & out.keys())
     if clicked:
         q = select(sends.c.id, sends.c.links).where(sends.c.id.in_(clicked))
@@ -58,30 +75,63 @@ def sends_for_hits(
 
 def hits_since(
     conn: Connection, send_ids: Iterable[int], since: datetime
-) -> dict[int, list[dict[str, Any]]]:
-    """Recent hits of these sends (the verdict rules look at neighbours)."""
+) -> dict[int, list[tuple[str, datetime, str, str, int | None]]]:
+    """Recent hits of these sends as (kind, at, user_agent, ip, link_index)."""
     wanted = sorted(set(send_ids))
-    out: dict[int, list[dict[str, Any]]] = {}
+    out: dict[int, list[tuple[str, datetime, str, str, int | None]]] = {}
     if not wanted:
         return out
     q = select(
         tracking_hits.c.send_id,
         tracking_hits.c.kind,
-        tracking_hits.c.link_index,
         tracking_hits.c.at,
-        tracking_hits.c.ip,
         tracking_hits.c.user_agent,
+        tracking_hits.c.ip,
+        tracking_hits.c.link_index,
     ).where(tracking_hits.c.send_id.in_(wanted), tracking_hits.c.at >= since)
-    for r in conn.execute(q).mappings():
-        out.setdefault(r["send_id"], []).append(dict(r))
+    for send_id, *hit in conn.execute(q):
+        out.setdefault(send_id, []).append(tuple(hit))
     return out
 
 
-def insert_hits(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(tracking_hits), list(rows))
+# The batch writer's statements run through ``exec_driver_sql`` with plain tuples:
+# SQLAlchemy's per-row parameter processing (type decorators, JSON, dict keys) was
+# most of the writer's time, and the writer shares the GIL with the endpoints.
+# Values are therefore given in the driver's own terms: see :func:`db_time`,
+# :func:`db_json`.
+
+_HIT_COLUMNS = (
+    "org_id",
+    "send_id",
+    "kind",
+    "link_index",
+    "at",
+    "ip",
+    "user_agent",
+    "verdict",
+    "reason",
+)
+_EVENT_COLUMNS = ("org_id", "type", "at", "data")
 
 
+_COMPILED: dict[tuple[str, str], str] = {}
+
+
+def _driver_sql(conn: Connection, name: str, stmt: Any, order: Sequence[str]) -> str:
+    """``stmt`` compiled once per dialect; its positional parameters must follow ``order``."""
+    key = (conn.dialect.name, name)
+    sql = _COMPILED.get(key)
+    if sql is None:
+        compiled = stmt.compile(dialect=conn.dialect)
+        if tuple(compiled.positiontup or ()) != tuple(order):
+            raise RuntimeError(f"{name}: parameters {compiled.positiontup} != {order}")
+        sql = _COMPILED[key] = str(compiled)
+    return sql
+
+
+# ``inline``: no RETURNING of the new ids, which nobody reads.
+_INSERT_HIT = insert(tracking_hits).values({c: bindparam(c) for c in _HIT_COLUMNS}).inline()
+_INSERT_EVENT = insert(events).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline()
 _SEND_UPDATE = (
     update(sends)
     .where(sends.c.id == bindparam("b_id"))
@@ -91,23 +141,75 @@ _SEND_UPDATE = (
         clicked_at=bindparam("b_clicked_at"),
     )
 )
+_SEND_UPDATE_ORDER = ("b_status", "b_opened_at", "b_clicked_at", "b_id")
 
 
-def update_send_statuses(conn: Connection, changes: Sequence[dict[str, Any]]) -> None:
-    """Dicts with ``id``, ``status``, ``opened_at``, ``clicked_at``; one executemany."""
+def db_time(conn: Connection) -> Callable[[datetime | None], Any]:
+    """How this driver wants a UTC-aware time (what ``UTCDateTime`` would bind).
+
+    SQLite stores naive UTC text in SQLAlchemy's format (microseconds always
+    written, so text order is time order); PostgreSQL drivers take the aware
+    datetime.
+    """
+    if conn.dialect.name != "sqlite":
+        return _aware
+    return _sqlite_time
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("naive datetime given to the database; use UTC-aware times")
+    return value
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the database; use UTC-aware times")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
+    )
+
+
+def db_json(value: Any) -> str:
+    """JSON as every driver here takes it for a JSON/JSONB column: the text."""
+    return json.dumps(value)
+
+
+def insert_hits(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows in ``_HIT_COLUMNS`` order, times already through :func:`db_time`."""
+    if rows:
+        sql = _driver_sql(conn, "insert_hit", _INSERT_HIT, _HIT_COLUMNS)
+        conn.exec_driver_sql(sql, list(rows))
+
+
+def append_events(conn: Connection, rows: Sequence[tuple[int, str, Any, str]]) -> None:
+    """Append (org_id, type, db time, json text) events; the last step before commit.
+
+    The lean twin of :func:`storage.events.append_sync` for the hit writer:
+    the same PostgreSQL advisory lock keeps ids appearing in commit order.
+    """
+    if not rows:
+        return
+    for row in rows:
+        if row[1] not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {row[1]!r}")
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOG_LOCK})
+    conn.exec_driver_sql(
+        _driver_sql(conn, "insert_event", _INSERT_EVENT, _EVENT_COLUMNS), list(rows)
+    )
+
+
+def update_send_statuses(conn: Connection, changes: Sequence[tuple[Any, ...]]) -> None:
+    """(status, opened_at, clicked_at, id) tuples, times through :func:`db_time`."""
     if changes:
-        conn.execute(
-            _SEND_UPDATE,
-            [
-                {
-                    "b_id": c["id"],
-                    "b_status": c["status"],
-                    "b_opened_at": c["opened_at"],
-                    "b_clicked_at": c["clicked_at"],
-                }
-                for c in changes
-            ],
-        )
+        sql = _driver_sql(conn, "update_send", _SEND_UPDATE, _SEND_UPDATE_ORDER)
+        conn.exec_driver_sql(sql, list(changes))
 
 
 def mark_unsubscribed(conn: Connection, send_id: int, at: datetime) -> bool:
@@ -170,6 +272,8 @@ def email_counts(
         func.count(sends.c.replied_at).label("replied"),
     )
     where = and_(sends.c.org_id == org_id, sends.c.sent_at >= start, sends.c.sent_at < end)
+    if conn.dialect.name == "postgresql" and _on_bucket(start) and _on_bucket(end):
+        return _rollup_counts(conn, org_id, start, end, group=group, by=by, tz=tz)
     if conn.dialect.name == "postgresql":
         bucket = _bucket_pg(sends.c.sent_at, group, tz).label("period")
         q = select(bucket, *keys, *counts).where(where).group_by(bucket, *keys)
@@ -184,6 +288,48 @@ def email_counts(
         (sends.c.replied_at.is_not(None)).label("replied"),
     ).where(where)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _on_bucket(at: datetime) -> bool:
+    return at.timestamp() % ROLLUP_BUCKET_SECONDS == 0
+
+
+_ROLLUP_KEYS = {
+    "template": ("template_id", "template_version"),
+    "user": ("user_id",),
+    None: (),
+}
+
+
+def _rollup_counts(
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    group: str,
+    by: str | None,
+    tz: str,
+) -> list[dict[str, Any]]:
+    """:func:`email_counts` from ``send_rollup`` (PostgreSQL; period on bucket bounds).
+
+    Sums a few rows per quarter hour instead of counting every send; the -1 of
+    a missing key turns back into NULL.
+    """
+    r = send_rollup.c
+    keys = [func.nullif(r[name], -1).label(name) for name in _ROLLUP_KEYS[by]]
+    bucket = _bucket_pg(r.bucket, group, tz).label("period")
+    sums = [func.sum(r[name]).label(name) for name in _COUNTED]
+    q = (
+        select(bucket, *keys, *sums)
+        .where(r.org_id == org_id, r.bucket >= start, r.bucket < end)
+        .group_by(bucket, *keys)
+        .having(func.sum(r.sent) > 0)
+    )
+    return [dict(row) for row in conn.execute(q).mappings()]
+
+
+_COUNTED = ("sent", "bounced", "opened", "clicked", "replied")
 
 
 def received_counts(
@@ -269,6 +415,9 @@ def _add_names(conn: Connection, org_id: int, rows: list[dict[str, Any]]) -> Non
 
 
 __all__ = [
+    "append_events",
+    "db_json",
+    "db_time",
     "email_counts",
     "hits_since",
     "insert_hits",

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from storage import tracking_store
 from storage.db import Database
@@ -58,15 +59,47 @@ def _client(request: Request) -> tuple[str, str]:
     return ip, request.headers.get("user-agent", "")
 
 
-async def open_pixel(request: Request) -> Response:
-    tracking = _tracking(request)
-    parsed = tracking.signer.verify(request.path_params["token"], TokenKind.OPEN)
-    if parsed is None:
-        # Still the GIF (a broken-image icon helps nobody), but 404 and nothing recorded.
-        return Response(PIXEL_GIF, status_code=404, headers=PIXEL_HEADERS)
-    ip, agent = _client(request)
-    tracking.recorder.record("open", parsed.send_id, None, ip, agent)
-    return Response(PIXEL_GIF, headers=PIXEL_HEADERS)
+class _OpenPixel:
+    """``GET /t/o/{token}`` as a bare ASGI app: the hottest path of the service.
+
+    Starlette hands an ASGI app (not a function) the raw scope, so a pixel costs
+    no ``Request``/``Response`` objects: verify the token, append the hit, send
+    two pre-built messages.  Status, headers and body are those of
+    ``Response(PIXEL_GIF, headers=PIXEL_HEADERS)``.
+    """
+
+    _FOUND = Response(PIXEL_GIF, headers=PIXEL_HEADERS)
+    _NOT_FOUND = Response(PIXEL_GIF, status_code=404, headers=PIXEL_HEADERS)
+    _BODY = {"type": "http.response.body", "body": PIXEL_GIF}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tracking: Tracking = scope["app"].state.services.tracking
+        parsed = tracking.signer.verify(scope["path_params"]["token"], TokenKind.OPEN)
+        if parsed is None:
+            # Still the GIF (a broken-image icon helps nobody), but 404 and nothing recorded.
+            start = self._NOT_FOUND
+        else:
+            client = scope.get("client")
+            agent = ""
+            for name, value in scope["headers"]:
+                if name == b"user-agent":
+                    agent = value.decode("latin-1")
+                    break
+            tracking.recorder.record(
+                "open", parsed.send_id, None, client[0] if client else "", agent
+            )
+            start = self._FOUND
+        await send(
+            {
+                "type": "http.response.start",
+                "status": start.status_code,
+                "headers": start.raw_headers,
+            }
+        )
+        await send(self._BODY)
+
+
+open_pixel = _OpenPixel()
 
 
 def _not_found(request: Request) -> Response:
