@@ -419,6 +419,7 @@ def imap_backfill(
     days: Annotated[int, typer.Option(help="How many days back (0: everything).")] = 30,
 ) -> None:
     """File the last DAYS of INBOX and Sent now, with a progress bar."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from gateway.imap import MailboxError
@@ -440,6 +441,8 @@ def imap_backfill(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                # stderr: stdout carries only the JSON result, for scripts.
+                console=Console(stderr=True),
                 transient=False,
             ) as bar:
                 ids: dict[str, Any] = {}
@@ -483,8 +486,21 @@ def demo() -> None:
 
 
 def main() -> None:
+    # Typer vendors its Click (``typer._click``); the top-level ``click`` is not it.
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
     try:
         # Named explicitly: under ``python -m`` or ``-c`` Click would print "Usage: -c".
-        app(prog_name="mailgate")
+        # Not standalone, so a bad argument is our one ``error:`` line, not a boxed panel.
+        code = app(prog_name="mailgate", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
