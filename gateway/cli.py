@@ -179,6 +179,42 @@ def org_create(
     )
 
 
+@org_app.command("addresses")
+def org_addresses(
+    org: Annotated[str, typer.Argument(help="Org id or name.")],
+    action: Annotated[str, typer.Argument(help="add|remove|list")],
+    email: Annotated[str | None, typer.Argument(help="Address to add or remove.")] = None,
+    name: Annotated[str | None, typer.Option(help='Display name, e.g. "サポート窓口".')] = None,
+) -> None:
+    """Manage the org's shared From addresses (support@ …): 10 per active user."""
+    from gateway import org_addresses as addresses
+
+    if action not in ("add", "remove", "list"):
+        fail("action must be add, remove or list")
+    if action != "list" and not email:
+        fail(f"`{action}` needs an EMAIL")
+    if action != "add" and name is not None:
+        fail("--name only goes with `add`")
+
+    async def go(db: Database, s: Settings) -> dict[str, Any]:
+        from storage import orgs as org_store
+
+        async with db.connect() as conn:
+            found = await org_store.find_org(conn, org)
+        if found is None:
+            raise admin.AdminError(f"no organization {org!r}")
+        try:
+            if action == "add":
+                await addresses.add(db, found["id"], email, name)
+            elif action == "remove":
+                await addresses.remove_email(db, found["id"], email or "")
+        except addresses.OrgAddressError as exc:
+            raise admin.AdminError(exc.message) from exc
+        return {"org_id": found["id"], "addresses": await addresses.list_all(db, found["id"])}
+
+    out(run_db(go))
+
+
 @user_app.command("create")
 def user_create(
     email: str,
