@@ -215,6 +215,39 @@ def org_addresses(
     out(run_db(go))
 
 
+@org_app.command("tracking-skip")
+def org_tracking_skip(
+    org: Annotated[str, typer.Argument(help="Org id or name.")],
+    action: Annotated[str, typer.Argument(help="list|set")],
+    domains: Annotated[
+        list[str] | None, typer.Argument(help="With `set`: every domain (none clears the list).")
+    ] = None,
+) -> None:
+    """Domains whose links go out untracked (and their subdomains)."""
+    from gateway import tracking_domains
+
+    if action not in ("list", "set"):
+        fail("action must be list or set")
+    if action == "list" and domains:
+        fail("`list` takes no domains; use `set`")
+
+    async def go(db: Database, s: Settings) -> dict[str, Any]:
+        from storage import orgs as org_store
+
+        async with db.connect() as conn:
+            found = await org_store.find_org(conn, org)
+        if found is None:
+            raise admin.AdminError(f"no organization {org!r}")
+        if action == "set":
+            try:
+                await tracking_domains.replace(db, found["id"], list(domains or []))
+            except tracking_domains.InvalidDomains as exc:
+                raise admin.AdminError(str(exc)) from exc
+        return {"org_id": found["id"], "domains": await tracking_domains.get(db, found["id"])}
+
+    out(run_db(go))
+
+
 @user_app.command("create")
 def user_create(
     email: str,

@@ -259,3 +259,92 @@ def test_cli_refuses_hostile_input_in_one_line(gate, mg):
         org.add(org.address(f"d{i}"))
     assert "remove one first" in mg("org", "addresses", name, "add", org.address()).error_line()
     assert len(org.listed()) == 10
+
+
+# --- per-org tracking skip domains ------------------------------------------------------
+
+
+def test_admins_set_tracking_skip_domains_and_links_there_go_out_untracked(gate):
+    from sqlalchemy import select
+
+    from storage.schema_sending import sends
+
+    org = Org(gate)
+    assert org.api.get("/api/v1/tracking-skip-domains").json() == {"domains": []}
+    r = org.api.put(
+        "/api/v1/tracking-skip-domains", json={"domains": ["Partner.Example.JP.", "例え.jp"]}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"domains": ["partner.example.jp", "xn--r8jz45g.jp"]}
+    rep = gate.api(org.member())
+    assert rep.get("/api/v1/tracking-skip-domains").json() == r.json()
+    assert rep.put("/api/v1/tracking-skip-domains", json={"domains": []}).status_code == 403
+
+    html = (
+        '<p><a href="https://www.partner.example.jp/portal">portal</a> '
+        '<a href="https://shop.example.com/sale">sale</a></p>'
+    )
+    sent = rep.post(
+        "/api/v1/emails",
+        json={"to": [{"module": "leads", "id": lead(rep)}], "subject": "ご案内", "html": html},
+    )
+    assert sent.status_code == 202, sent.text
+    sid = sent.json()["sends"][0]["id"]
+
+    async def row():
+        async with gate.db.connect() as conn:
+            q = select(sends.c.links, sends.c.raw).where(sends.c.id == sid)
+            return (await conn.execute(q)).mappings().one()
+
+    stored = gate.call(row())
+    assert "https://shop.example.com/sale" in stored["links"]  # tracked
+    assert not [u for u in stored["links"] if "partner" in u]  # left alone
+    raw = bytes(stored["raw"]).decode("ascii", "replace")
+    assert "https://www.partner.example.jp/portal" in raw
+
+    cleared = org.api.put("/api/v1/tracking-skip-domains", json={"domains": []})
+    assert cleared.json() == {"domains": []}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"domains": "example.com"},
+        {"domains": ["ok.example", "not a domain"]},
+        {"domains": ["user@example.com"]},
+        {"domains": ["evil.example\r\nX: y"]},
+        {"domains": [7]},
+        {"domains": ["d.example"] * 101},
+        {"domains": [], "extra": 1},
+    ],
+    ids=["missing", "string", "space", "address", "crlf", "number", "too-many", "unknown"],
+)
+def test_hostile_tracking_skip_domains_are_refused(gate, body):
+    org = Org(gate)
+    org.api.put("/api/v1/tracking-skip-domains", json={"domains": ["kept.example"]})
+    r = org.api.put("/api/v1/tracking-skip-domains", json=body)
+    assert r.status_code == 422, r.text
+    assert org.api.get("/api/v1/tracking-skip-domains").json() == {"domains": ["kept.example"]}
+
+
+def test_tracking_skip_domains_are_per_org_and_set_from_the_cli(gate, mg):
+    mine, theirs = Org(gate), Org(gate)
+    shown = mg("org", "tracking-skip", mine.org["name"], "set", "Mine.Example", "b.example").json()
+    assert shown == {"org_id": mine.org["id"], "domains": ["b.example", "mine.example"]}
+    assert mine.api.get("/api/v1/tracking-skip-domains").json()["domains"] == shown["domains"]
+    assert theirs.api.get("/api/v1/tracking-skip-domains").json() == {"domains": []}
+    assert mg("org", "tracking-skip", str(mine.org["id"]), "list").json() == shown
+    assert "not a domain name" in (
+        mg("org", "tracking-skip", mine.org["name"], "set", "a b").error_line()
+    )
+    assert "list or set" in mg("org", "tracking-skip", mine.org["name"], "drop").error_line()
+    cleared = mg("org", "tracking-skip", mine.org["name"], "set").json()
+    assert cleared["domains"] == []
+
+
+@pytest.mark.parametrize("command", [["org", "addresses"], ["org", "tracking-skip"]])
+def test_org_setting_commands_answer_help(tmp_path, command):
+    result = Mailgate(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", tmp_path)(*command, "--help")
+    assert result.code == 0, result.stderr
+    assert "Usage: mailgate" in result.stdout

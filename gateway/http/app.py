@@ -74,6 +74,16 @@ def routes() -> list[Route]:
         Route("/api/v1/org-addresses", org_addresses.list_addresses, methods=["GET"]),
         Route("/api/v1/org-addresses", org_addresses.create_address, methods=["POST"]),
         Route("/api/v1/org-addresses/{id}", org_addresses.delete_address, methods=["DELETE"]),
+        Route(
+            "/api/v1/tracking-skip-domains",
+            org_addresses.get_tracking_skip_domains,
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/tracking-skip-domains",
+            org_addresses.put_tracking_skip_domains,
+            methods=["PUT"],
+        ),
         Route("/api/v1/reports/emails", reports.emails_report, methods=["GET"]),
         Route("/api/v1/reports/no-response", reports.no_response, methods=["GET"]),
         Route("/t/o/{token}", tracking.open_pixel, methods=["GET"]),
