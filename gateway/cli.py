@@ -179,6 +179,75 @@ def org_create(
     )
 
 
+@org_app.command("addresses")
+def org_addresses(
+    org: Annotated[str, typer.Argument(help="Org id or name.")],
+    action: Annotated[str, typer.Argument(help="add|remove|list")],
+    email: Annotated[str | None, typer.Argument(help="Address to add or remove.")] = None,
+    name: Annotated[str | None, typer.Option(help='Display name, e.g. "サポート窓口".')] = None,
+) -> None:
+    """Manage the org's shared From addresses (support@ …): 10 per active user."""
+    from gateway import org_addresses as addresses
+
+    if action not in ("add", "remove", "list"):
+        fail("action must be add, remove or list")
+    if action != "list" and not email:
+        fail(f"`{action}` needs an EMAIL")
+    if action != "add" and name is not None:
+        fail("--name only goes with `add`")
+
+    async def go(db: Database, s: Settings) -> dict[str, Any]:
+        from storage import orgs as org_store
+
+        async with db.connect() as conn:
+            found = await org_store.find_org(conn, org)
+        if found is None:
+            raise admin.AdminError(f"no organization {org!r}")
+        try:
+            if action == "add":
+                await addresses.add(db, found["id"], email, name)
+            elif action == "remove":
+                await addresses.remove_email(db, found["id"], email or "")
+        except addresses.OrgAddressError as exc:
+            raise admin.AdminError(exc.message) from exc
+        return {"org_id": found["id"], "addresses": await addresses.list_all(db, found["id"])}
+
+    out(run_db(go))
+
+
+@org_app.command("tracking-skip")
+def org_tracking_skip(
+    org: Annotated[str, typer.Argument(help="Org id or name.")],
+    action: Annotated[str, typer.Argument(help="list|set")],
+    domains: Annotated[
+        list[str] | None, typer.Argument(help="With `set`: every domain (none clears the list).")
+    ] = None,
+) -> None:
+    """Domains whose links go out untracked (and their subdomains)."""
+    from gateway import tracking_domains
+
+    if action not in ("list", "set"):
+        fail("action must be list or set")
+    if action == "list" and domains:
+        fail("`list` takes no domains; use `set`")
+
+    async def go(db: Database, s: Settings) -> dict[str, Any]:
+        from storage import orgs as org_store
+
+        async with db.connect() as conn:
+            found = await org_store.find_org(conn, org)
+        if found is None:
+            raise admin.AdminError(f"no organization {org!r}")
+        if action == "set":
+            try:
+                await tracking_domains.replace(db, found["id"], list(domains or []))
+            except tracking_domains.InvalidDomains as exc:
+                raise admin.AdminError(str(exc)) from exc
+        return {"org_id": found["id"], "domains": await tracking_domains.get(db, found["id"])}
+
+    out(run_db(go))
+
+
 @user_app.command("create")
 def user_create(
     email: str,
@@ -419,6 +488,7 @@ def imap_backfill(
     days: Annotated[int, typer.Option(help="How many days back (0: everything).")] = 30,
 ) -> None:
     """File the last DAYS of INBOX and Sent now, with a progress bar."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from gateway.imap import MailboxError
@@ -440,6 +510,8 @@ def imap_backfill(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                # stderr: stdout carries only the JSON result, for scripts.
+                console=Console(stderr=True),
                 transient=False,
             ) as bar:
                 ids: dict[str, Any] = {}
@@ -483,8 +555,21 @@ def demo() -> None:
 
 
 def main() -> None:
+    # Typer vendors its Click (``typer._click``); the top-level ``click`` is not it.
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
     try:
         # Named explicitly: under ``python -m`` or ``-c`` Click would print "Usage: -c".
-        app(prog_name="mailgate")
+        # Not standalone, so a bad argument is our one ``error:`` line, not a boxed panel.
+        code = app(prog_name="mailgate", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

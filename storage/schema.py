@@ -53,6 +53,8 @@ orgs = Table(
     Column("mass_addon", Integer, nullable=False, default=0),
     # The org's own mail domains: colleagues there never become leads.
     Column("domains", JSONType, nullable=False, default=list),
+    # Links to these domains (and subdomains) are sent untracked; NULL: none.
+    Column("tracking_skip_domains", JSONType, nullable=True),
     _created(),
 )
 

@@ -1,0 +1,84 @@
+"""Org sending settings: `/api/v1/org-addresses` (shared From addresses) and
+`/api/v1/tracking-skip-domains`.
+
+Every user of the org may read them (to choose a ``from``); only admins change them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import org_addresses, tracking_domains
+from gateway.http.auth import current_user, path_id, read_json
+from gateway.http.errors import JSON, ApiError
+
+
+def _api_error(exc: org_addresses.OrgAddressError) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message)
+
+
+async def _admin(request: Request) -> dict[str, Any]:
+    user = await current_user(request)
+    if not user["is_admin"]:
+        raise ApiError(403, "forbidden", "only an admin manages organization addresses")
+    return user
+
+
+async def list_addresses(request: Request) -> Response:
+    user = await current_user(request)
+    items = await org_addresses.list_all(request.app.state.services.db, user["org_id"])
+    return JSON({"items": items, "next": None})
+
+
+async def create_address(request: Request) -> Response:
+    user = await _admin(request)
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"email", "name"})
+    if unknown:
+        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    try:
+        created = await org_addresses.add(
+            request.app.state.services.db, user["org_id"], body.get("email"), body.get("name")
+        )
+    except org_addresses.OrgAddressError as exc:
+        raise _api_error(exc) from None
+    return JSON(created, status_code=201)
+
+
+async def delete_address(request: Request) -> Response:
+    user = await _admin(request)
+    try:
+        await org_addresses.remove(request.app.state.services.db, user["org_id"], path_id(request))
+    except org_addresses.OrgAddressError as exc:
+        raise _api_error(exc) from None
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------- tracking skip domains
+
+
+async def get_tracking_skip_domains(request: Request) -> Response:
+    user = await current_user(request)
+    domains = await tracking_domains.get(request.app.state.services.db, user["org_id"])
+    return JSON({"domains": domains})
+
+
+async def put_tracking_skip_domains(request: Request) -> Response:
+    """``PUT /api/v1/tracking-skip-domains`` ``{"domains": [...]}`` (admins): untracked links."""
+    user = await current_user(request)
+    if not user["is_admin"]:
+        raise ApiError(403, "forbidden", "only an admin sets tracking skip domains")
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"domains"})
+    if unknown:
+        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
+    try:
+        domains = await tracking_domains.replace(
+            request.app.state.services.db, user["org_id"], body.get("domains")
+        )
+    except tracking_domains.InvalidDomains as exc:
+        raise ApiError(422, "invalid_field", str(exc)) from None
+    return JSON({"domains": domains})
