@@ -8,6 +8,7 @@ Reading a record's mail (the API) is async.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, union_all
@@ -24,26 +25,56 @@ from storage.schema import (
     user_senders,
     users,
 )
+from storage.schema_mailboxes import excluded_domains
 from storage.schema_sending import sends
+
+
+@dataclass(slots=True)
+class FilingContext:
+    """Who may file and who is a colleague, read fresh in the filing transaction."""
+
+    orgs: dict[int, dict[str, Any]]
+    users: dict[int, dict[str, Any]]
+    own: dict[int, set[str]]  # user → their address + allowed senders
+    excluded: dict[int, list[str]]  # org → domains never filed
 
 
 def load_context(
     conn: Connection, org_ids: Sequence[int], user_ids: Sequence[int]
-) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[int, set[str]]]:
-    """Orgs, users and each user's own addresses (their address + allowed senders)."""
-    org_rows = conn.execute(select(orgs).where(orgs.c.id.in_(list(org_ids)))).mappings()
-    org_map = {r["id"]: dict(r) for r in org_rows}
+) -> FilingContext:
+    """Orgs with their excluded domains, users with their allowed senders: two queries.
+
+    Each statement costs more than the rows it reads at dropbox batch sizes, so
+    the one-to-many sides are outer-joined rather than read separately.
+    """
+    org_q = (
+        select(orgs, excluded_domains.c.domain.label("excluded_domain"))
+        .outerjoin(excluded_domains, excluded_domains.c.org_id == orgs.c.id)
+        .where(orgs.c.id.in_(list(org_ids)))
+    )
+    org_map: dict[int, dict[str, Any]] = {}
+    excluded: dict[int, list[str]] = {}
+    for r in conn.execute(org_q).mappings():
+        row = dict(r)
+        domain = row.pop("excluded_domain")
+        org_map.setdefault(row["id"], row)
+        if domain is not None:
+            excluded.setdefault(row["id"], []).append(domain)
+    user_q = (
+        select(users, user_senders.c.email_norm.label("sender_norm"))
+        .outerjoin(user_senders, user_senders.c.user_id == users.c.id)
+        .where(users.c.id.in_(list(user_ids)))
+    )
     user_map: dict[int, dict[str, Any]] = {}
     own: dict[int, set[str]] = {}
-    for r in conn.execute(select(users).where(users.c.id.in_(list(user_ids)))).mappings():
-        user_map[r["id"]] = dict(r)
-        own.setdefault(r["id"], set()).add(r["email_norm"])
-    q = select(user_senders.c.user_id, user_senders.c.email_norm).where(
-        user_senders.c.user_id.in_(list(user_ids))
-    )
-    for uid, email in conn.execute(q).all():
-        own.setdefault(uid, set()).add(email)
-    return org_map, user_map, own
+    for r in conn.execute(user_q).mappings():
+        row = dict(r)
+        sender = row.pop("sender_norm")
+        user_map.setdefault(row["id"], row)
+        addresses = own.setdefault(row["id"], {row["email_norm"]})
+        if sender is not None:
+            addresses.add(sender)
+    return FilingContext(org_map, user_map, own, excluded)
 
 
 def existing(
