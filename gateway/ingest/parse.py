@@ -131,7 +131,22 @@ def _date(value: str | None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-def _bodies(msg: Message, defects: list[str]) -> tuple[str, str]:
+#: Transfer encodings ``get_payload(decode=True)`` decodes; any other leaves the bytes as sent.
+_ENCODED = frozenset(("quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"))
+
+
+def _decoded_payload(part: Message, body: bytes | None) -> bytes | None:
+    """``part.get_payload(decode=True)``, from the body bytes when :func:`_read` kept them."""
+    if body is None:
+        return part.get_payload(decode=True)
+    if str(part.get("content-transfer-encoding", "")).lower() not in _ENCODED:
+        return body  # what get_payload would rebuild from the surrogate-escaped text
+    part.set_payload(body.decode("ascii", "surrogateescape"))
+    return part.get_payload(decode=True)
+
+
+def _bodies(msg: Message, defects: list[str], body: bytes | None = None) -> tuple[str, str]:
+    """Text and HTML bodies; ``body``: the raw body of a single-part ``msg`` (see _read)."""
     text_parts: list[str] = []
     html_parts: list[str] = []
     for part in msg.walk():
@@ -144,7 +159,7 @@ def _bodies(msg: Message, defects: list[str]) -> tuple[str, str]:
         if disposition.startswith("attachment"):
             continue
         try:
-            payload = part.get_payload(decode=True)
+            payload = _decoded_payload(part, body if part is msg else None)
         except Exception as exc:  # noqa: BLE001
             defects.append(f"body: {type(exc).__name__}")
             continue
@@ -165,16 +180,17 @@ def _split_head(raw: bytes) -> tuple[bytes, bytes] | None:
     return raw[:cut], raw[cut:]
 
 
-def message_of(raw: bytes) -> Message:
+def _read(raw: bytes) -> tuple[Message, bytes | None]:
     """``message_from_bytes`` (compat32), without feeding a single-part body line by line.
 
     The feed parser splits and re-joins every body line of a single-part
     message only to store them back as one string; for a typical message that
     is most of the parse.  So the header block is parsed alone and, when it
     ends cleanly in a blank line and announces neither multipart nor message
-    content, the body is attached as the full parse would have attached it.
-    Anything else (multipart, no blank line, a header block that does not end
-    where we cut) is parsed in full.
+    content, the body bytes are returned beside the headers (payload unset:
+    :func:`_bodies` takes them as they are, skipping a surrogate-escape round
+    trip).  Anything else (multipart, no blank line, a header block that does
+    not end where we cut) is parsed in full and comes back with ``None``.
     """
     split = _split_head(raw)
     if split is not None:
@@ -185,18 +201,25 @@ def message_of(raw: bytes) -> Message:
             and msg.get_payload() == ""
             and not msg.is_multipart()
         ):
-            msg.set_payload(body.decode("ascii", "surrogateescape"))
-            return msg
-    return message_from_bytes(raw, policy=email_policy.compat32)
+            return msg, body
+    return message_from_bytes(raw, policy=email_policy.compat32), None
+
+
+def message_of(raw: bytes) -> Message:
+    """What ``message_from_bytes(raw, policy=compat32)`` returns, faster for single-part mail."""
+    msg, body = _read(raw)
+    if body is not None:
+        msg.set_payload(body.decode("ascii", "surrogateescape"))
+    return msg
 
 
 def parse(raw: bytes) -> ParsedMail:
     defects: list[str] = []
     try:
-        msg = message_of(raw)
+        msg, body = _read(raw)
     except Exception as exc:  # noqa: BLE001 - the stdlib parser is not total
         defects.append(f"parse: {type(exc).__name__}")
-        msg = Message()
+        msg, body = Message(), None
     defects.extend(type(d).__name__ for d in msg.defects[:20])
     headers = _headers(msg)
 
@@ -205,7 +228,7 @@ def parse(raw: bytes) -> ParsedMail:
         return values[0] if values else None
 
     senders = _addresses(headers, "From")
-    text, html = _bodies(msg, defects)
+    text, html = _bodies(msg, defects, body)
     return ParsedMail(
         message_id=first_message_id(first("message-id")),
         content_hash=content_hash(raw),
