@@ -1,6 +1,11 @@
-"""The baseline: a bare aiosmtpd server that accepts every message and keeps nothing."""
+"""The baseline: a bare aiosmtpd server that accepts every message and keeps nothing.
+
+It runs on the event loop ``mailgate serve`` picks (uvloop unless
+``MAILGATE_EVENT_LOOP=asyncio``), so the ratio compares our work, not the loops.
+"""
 
 import asyncio
+import os
 import sys
 
 from aiosmtpd.smtp import SMTP
@@ -21,4 +26,16 @@ async def main(port: int) -> None:
         await server.serve_forever()
 
 
-asyncio.run(main(int(sys.argv[1])))
+def loop_factory():
+    if os.environ.get("MAILGATE_EVENT_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    runner.run(main(int(sys.argv[1])))

@@ -3,6 +3,8 @@
 5 KB messages, 10 parallel sessions.  For mailgate a message counts only
 once it is filed (our 250 is sent after the filing commit); the sink counts
 at 250.  Prints both rates and the ratio.  Usage: python bench/bench_dropbox.py [N]
+Both servers run on uvloop (``mailgate serve``'s default when installed);
+``MAILGATE_EVENT_LOOP=asyncio`` runs both on the standard loop.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
         sink = bench_sink(n)
         ours, filed = bench_mailgate(n, Path(tmp))
-    print(f"messages: {n} x 5 KB, 10 sessions, {os.cpu_count()} cores")
+    loop = "asyncio" if os.environ.get("MAILGATE_EVENT_LOOP") == "asyncio" else "uvloop"
+    print(f"messages: {n} x 5 KB, 10 sessions, {os.cpu_count()} cores, {loop} loop (both)")
     print(f"bare aiosmtpd sink: {sink:8.0f} msg/s")
     print(f"mailgate filed:     {ours:8.0f} msg/s  (filed {filed}/{n})")
     print(f"ratio:              {ours / sink:8.2f}")

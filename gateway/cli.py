@@ -106,7 +106,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run mailgate (every role by default) in the foreground."""
-    from gateway.serve import parse_roles, run_until_signal
+    from gateway.serve import event_loop_factory, parse_roles, run_until_signal
 
     try:
         roles = parse_roles(only)
@@ -135,7 +135,8 @@ def serve(
         await run_until_signal(s, roles, started)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(main())
     except OSError as exc:
         fail(f"cannot listen: {exc}")
     except (StorageUnavailable, SQLAlchemyError) as exc:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,23 @@ class Running:
     http_port: int | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     mailboxes: Any = None  # the imap role's MailboxSupervisor
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop when installed (it comes with uvicorn[standard]), else asyncio's own loop.
+
+    The SMTP and IMAP roles are bound by event-loop and socket overhead as much
+    as by filing; uvloop's transports cut that.  ``MAILGATE_EVENT_LOOP=asyncio``
+    keeps the standard loop (for debugging, or to compare).
+    """
+    if os.environ.get("MAILGATE_EVENT_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def parse_roles(only: str | None) -> set[str]:

@@ -15,6 +15,7 @@ from email import message_from_bytes
 from email import policy as email_policy
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from functools import lru_cache
 
 from gateway.addresses import normalise
 from gateway.ingest.charsets import decode_bytes, decode_header_value
@@ -80,21 +81,42 @@ def raw_value(msg: Message, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _addresses(msg: Message, name: str) -> list[Address]:
-    values = raw_values(msg, name)
-    out: list[Address] = []
+def _headers(msg: Message) -> dict[str, list[str]]:
+    """Lower-cased name → values as received, built once (each look-up used to walk them all)."""
+    index: dict[str, list[str]] = {}
+    for k, v in msg.raw_items():
+        index.setdefault(k.lower(), []).append(str(v))
+    return index
+
+
+def _addresses(headers: dict[str, list[str]], name: str) -> list[Address]:
+    values = headers.get(name.lower())
+    if not values:
+        return []
+    return [Address(n, e) for n, e in _address_list(tuple(values))]
+
+
+@lru_cache(maxsize=4096)
+def _address_list(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(display name, normalised address) pairs of one header, cached.
+
+    The same From/To/Cc values come back message after message (a rep's own
+    address, their regular correspondents), and the stdlib address parser is
+    the costliest part of reading the headers.  Pure, so caching is safe.
+    """
+    out: list[tuple[str, str]] = []
     seen: set[str] = set()
     try:
-        pairs = getaddresses([str(v) for v in values])
+        pairs = getaddresses(list(values))
     except Exception:  # noqa: BLE001 - malformed address lists must not stop filing
-        return out
+        return ()
     for display, addr in pairs:
         norm = normalise(addr)
         if norm is None or norm in seen:
             continue
         seen.add(norm)
-        out.append(Address(name=decode_header_value(display)[:300], email=norm))
-    return out
+        out.append((decode_header_value(display)[:300], norm))
+    return tuple(out)
 
 
 def _date(value: str | None) -> datetime | None:
@@ -109,7 +131,22 @@ def _date(value: str | None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-def _bodies(msg: Message, defects: list[str]) -> tuple[str, str]:
+#: Transfer encodings ``get_payload(decode=True)`` decodes; any other leaves the bytes as sent.
+_ENCODED = frozenset(("quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"))
+
+
+def _decoded_payload(part: Message, body: bytes | None) -> bytes | None:
+    """``part.get_payload(decode=True)``, from the body bytes when :func:`_read` kept them."""
+    if body is None:
+        return part.get_payload(decode=True)
+    if str(part.get("content-transfer-encoding", "")).lower() not in _ENCODED:
+        return body  # what get_payload would rebuild from the surrogate-escaped text
+    part.set_payload(body.decode("ascii", "surrogateescape"))
+    return part.get_payload(decode=True)
+
+
+def _bodies(msg: Message, defects: list[str], body: bytes | None = None) -> tuple[str, str]:
+    """Text and HTML bodies; ``body``: the raw body of a single-part ``msg`` (see _read)."""
     text_parts: list[str] = []
     html_parts: list[str] = []
     for part in msg.walk():
@@ -122,7 +159,7 @@ def _bodies(msg: Message, defects: list[str]) -> tuple[str, str]:
         if disposition.startswith("attachment"):
             continue
         try:
-            payload = part.get_payload(decode=True)
+            payload = _decoded_payload(part, body if part is msg else None)
         except Exception as exc:  # noqa: BLE001
             defects.append(f"body: {type(exc).__name__}")
             continue
@@ -133,27 +170,76 @@ def _bodies(msg: Message, defects: list[str]) -> tuple[str, str]:
     return "\n".join(text_parts)[:MAX_BODY_CHARS], "\n".join(html_parts)[:MAX_BODY_CHARS]
 
 
+def _split_head(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(header block with its blank line, body), or None when there is no blank line."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    if not ends:
+        return None
+    end = min(ends)
+    cut = end + (4 if raw.startswith(b"\r\n\r\n", end) else 2)
+    return raw[:cut], raw[cut:]
+
+
+def _read(raw: bytes) -> tuple[Message, bytes | None]:
+    """``message_from_bytes`` (compat32), without feeding a single-part body line by line.
+
+    The feed parser splits and re-joins every body line of a single-part
+    message only to store them back as one string; for a typical message that
+    is most of the parse.  So the header block is parsed alone and, when it
+    ends cleanly in a blank line and announces neither multipart nor message
+    content, the body bytes are returned beside the headers (payload unset:
+    :func:`_bodies` takes them as they are, skipping a surrogate-escape round
+    trip).  Anything else (multipart, no blank line, a header block that does
+    not end where we cut) is parsed in full and comes back with ``None``.
+    """
+    split = _split_head(raw)
+    if split is not None:
+        head, body = split
+        msg = message_from_bytes(head, policy=email_policy.compat32)
+        if (
+            msg.get_content_maintype() not in ("multipart", "message")
+            and msg.get_payload() == ""
+            and not msg.is_multipart()
+        ):
+            return msg, body
+    return message_from_bytes(raw, policy=email_policy.compat32), None
+
+
+def message_of(raw: bytes) -> Message:
+    """What ``message_from_bytes(raw, policy=compat32)`` returns, faster for single-part mail."""
+    msg, body = _read(raw)
+    if body is not None:
+        msg.set_payload(body.decode("ascii", "surrogateescape"))
+    return msg
+
+
 def parse(raw: bytes) -> ParsedMail:
     defects: list[str] = []
     try:
-        msg = message_from_bytes(raw, policy=email_policy.compat32)
+        msg, body = _read(raw)
     except Exception as exc:  # noqa: BLE001 - the stdlib parser is not total
         defects.append(f"parse: {type(exc).__name__}")
-        msg = Message()
+        msg, body = Message(), None
     defects.extend(type(d).__name__ for d in msg.defects[:20])
-    senders = _addresses(msg, "From")
-    text, html = _bodies(msg, defects)
+    headers = _headers(msg)
+
+    def first(name: str) -> str | None:
+        values = headers.get(name)
+        return values[0] if values else None
+
+    senders = _addresses(headers, "From")
+    text, html = _bodies(msg, defects, body)
     return ParsedMail(
-        message_id=first_message_id(raw_value(msg, "Message-ID")),
+        message_id=first_message_id(first("message-id")),
         content_hash=content_hash(raw),
-        subject=decode_header_value(raw_value(msg, "Subject")).replace("\x00", "")[:2000],
+        subject=decode_header_value(first("subject")).replace("\x00", "")[:2000],
         sender=senders[0] if senders else None,
         from_addresses=[a.email for a in senders],
-        to=_addresses(msg, "To"),
-        cc=_addresses(msg, "Cc"),
-        date=_date(raw_value(msg, "Date")),
-        in_reply_to=first_message_id(raw_value(msg, "In-Reply-To")),
-        references=all_message_ids(raw_value(msg, "References")),
+        to=_addresses(headers, "To"),
+        cc=_addresses(headers, "Cc"),
+        date=_date(first("date")),
+        in_reply_to=first_message_id(first("in-reply-to")),
+        references=all_message_ids(first("references")),
         text=text,
         html=html,
         headers={

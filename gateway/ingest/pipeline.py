@@ -18,7 +18,6 @@ from gateway.addresses import in_domains, is_role_address, normalise
 from gateway.ingest.parse import ParsedMail, parse
 from storage import events, filing, replies
 from storage.events import NewEvent
-from storage.mailboxes import excluded_by_org
 
 
 class Outcome(enum.Enum):
@@ -76,9 +75,11 @@ def parse_all(items: list[Delivery]) -> None:
 
 def step_load_context(conn: Connection, batch: Batch) -> None:
     """Fresh each batch: who may file, and who is a colleague, must be current."""
-    batch.orgs, batch.users, batch.own_addresses = filing.load_context(
+    ctx = filing.load_context(
         conn, sorted({d.org_id for d in batch.items}), sorted({d.user_id for d in batch.items})
     )
+    batch.orgs, batch.users, batch.own_addresses = ctx.orgs, ctx.users, ctx.own
+    batch.excluded = ctx.excluded
 
 
 def authorise(d: Delivery, user: dict[str, Any] | None, own: set[str]) -> Outcome | None:
@@ -166,7 +167,6 @@ def creatable(address: str, *, own: set[str], org_domains: list[str], mail_domai
 
 def step_match_and_create(conn: Connection, batch: Batch) -> None:
     by_org: dict[int, set[str]] = {}
-    batch.excluded = excluded_by_org(conn, sorted({d.org_id for d in batch.live()}))
     for d in batch.live():
         classify(d, batch.own_addresses.get(d.user_id, set()))
         if exclude_counterparts(d, batch.excluded.get(d.org_id, [])):
