@@ -57,6 +57,11 @@ def sending_routes() -> list[Route]:
 def routes() -> list[Route]:
     m = "/api/v1/{module}"
     return [
+        # Tracking first: the pixel is the hottest path and routes are matched in order.
+        Route("/t/o/{token}", tracking.open_pixel, methods=["GET"]),
+        Route("/t/c/{token}", tracking.click, methods=["GET"]),
+        Route("/u/{token}", tracking.unsubscribe_page, methods=["GET"]),
+        Route("/u/{token}", tracking.unsubscribe_post, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/api/v1/events", records.list_events),
@@ -86,10 +91,6 @@ def routes() -> list[Route]:
         ),
         Route("/api/v1/reports/emails", reports.emails_report, methods=["GET"]),
         Route("/api/v1/reports/no-response", reports.no_response, methods=["GET"]),
-        Route("/t/o/{token}", tracking.open_pixel, methods=["GET"]),
-        Route("/t/c/{token}", tracking.click, methods=["GET"]),
-        Route("/u/{token}", tracking.unsubscribe_page, methods=["GET"]),
-        Route("/u/{token}", tracking.unsubscribe_post, methods=["POST"]),
         Route("/api/v1/leads/{id}/convert", records.convert_lead, methods=["POST"]),
         Route(m, records.create_record, methods=["POST"]),
         Route(m, records.list_records, methods=["GET"]),
