@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     smtp_hostname: str = "mailgate.localhost"
     #: uvicorn's access log costs ~35% of tracking throughput; off unless asked for.
     http_access_log: bool = False
-    http_workers: int = 1
     #: Outbound relay: connections kept open and reused by the worker.
     relay_pool_size: int = Field(default=4, ge=1, le=64)
     #: Seconds per SMTP command before the relay counts as unreachable (then: retry).
