@@ -34,7 +34,7 @@ def suppress(
     ).first()
     if exists:
         return False
-    stmt = insert_ignore(suppressions) if insert_ignore else suppressions.insert()
+    stmt = insert_ignore(suppressions) if insert_ignore else _insert_ignore(conn, suppressions)
     res = conn.execute(
         stmt.values(
             org_id=org_id,
@@ -46,6 +46,15 @@ def suppress(
         )
     )
     return bool(res.rowcount)
+
+
+def _insert_ignore(conn: Connection, table):
+    """``INSERT … ON CONFLICT DO NOTHING``: a concurrent suppression of the same address wins."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()
 
 
 def suppressed_among(conn: Connection, org_id: int, emails: Iterable[str]) -> dict[str, str]:

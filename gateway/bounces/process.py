@@ -84,6 +84,7 @@ def apply_bounce(
     inbound_id: int | None = None,
     insert_ignore=None,
     reported_email: str = "",
+    event_extra: dict[str, Any] | None = None,
 ) -> list[NewEvent]:
     """Record one hard/soft bounce or complaint and act on it; returns the events to emit."""
     now = bounce_store.now()
@@ -111,6 +112,7 @@ def apply_bounce(
         "reply_code": reply_code,
         "reason": reason,
         "diagnostic": diagnostic[:500],
+        **(event_extra or {}),
     }
     out: list[NewEvent] = []
     if kind == "complaint":

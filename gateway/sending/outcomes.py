@@ -10,18 +10,16 @@ address exactly as an asynchronous hard bounce does —
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection
 
 from storage import sends as send_store
 from storage.events import NewEvent, append_sync
-from storage.schema_sending import sends
-from storage.suppressions import suppress
-from storage.types import utcnow
 
 Verdict = Literal["sent", "deferred", "failed"]
 
@@ -73,46 +71,38 @@ def record_hard_bounce_at_smtp(
     *,
     pending_events: list[NewEvent] | None = None,
 ) -> None:
-    """The relay refused the recipient permanently: bounced (hard), suppressed, announced.
+    """The relay refused the recipient permanently: one more hard bounce, handled like all.
 
-    The ``email.bounced`` event is appended at once, or added to
+    It goes through bounce processing's :func:`~gateway.bounces.process.apply_bounce`
+    (recorded in ``bounces``, send marked bounced/hard, address suppressed,
+    ``email.bounced`` announced).  The event is appended at once, or added to
     ``pending_events`` when the caller appends a batch last.
     """
-    now = utcnow()
-    conn.execute(
-        update(sends)
-        .where(sends.c.id == send_row["id"])
-        .values(status="bounced", bounce_type="hard", bounced_at=now)
-    )
-    suppress(
+    from gateway.bounces.process import Policy, apply_bounce
+
+    status = _ENHANCED.search(reply)
+    new = apply_bounce(
         conn,
-        send_row["org_id"],
-        send_row["to_email"].lower(),
-        "hard_bounce",
-        detail=reply,
-        send_id=send_row["id"],
-        insert_ignore=_insert_ignore(conn),
-    )
-    event = NewEvent(
-        send_row["org_id"],
-        "email.bounced",
-        _event_data(send_row, type="hard", reply=reply[:500], stage="smtp"),
+        org_id=send_row["org_id"],
+        send=send_row,
+        email=send_row["to_email"].lower(),
+        kind="hard",
+        policy=Policy(mail_domain=""),
+        status=status.group(0) if status else "",
+        reply_code=reply[:3] if reply[:3].isdigit() else "",
+        reason="refused_at_smtp",
+        diagnostic=reply,
+        matched_by="smtp",
+        reported_email=send_row["to_email"].lower(),
+        event_extra=_event_data(send_row, type="hard", reply=reply[:500], stage="smtp"),
     )
     if pending_events is None:
-        append_sync(conn, [event])
+        append_sync(conn, new)
     else:
-        pending_events.append(event)
+        pending_events.extend(new)
 
 
-def _insert_ignore(conn: Connection):
-    def make(table):
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table).on_conflict_do_nothing()
-
-    return make
+_ENHANCED = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 
 
 def apply(
