@@ -10,49 +10,27 @@ the verdict rules rightly call a machine.
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support.browser import chromium_browser
 from tests.support.sends import events_of, flush, hits_of, make_send, send_row
 
 CHROME_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36"
 )
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-extensions",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-]
 
 
 @pytest.fixture
 def chromium():
     """Per test (~0.3 s): Playwright's sync API holds an event loop while it runs,
     which would stop the next engine's database fixture from setting up."""
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    if not os.path.exists(path):
-        pytest.skip("Chromium not found at /usr/bin/chromium (apt-get install chromium)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, args=ARGS)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 class _Pages(BaseHTTPRequestHandler):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.support.browser import chromium_browser
 from tracking.links import (
     list_unsubscribe_headers,
     rewrite_html,
@@ -334,31 +335,8 @@ def test_the_pixel_is_a_43_byte_transparent_gif_that_no_cache_keeps():
 
 @pytest.fixture(scope="module")
 def chromium():
-    import os
-    import shutil
-
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    if not os.path.exists(path):
-        pytest.skip("Chromium not found at /usr/bin/chromium (apt-get install chromium)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=path,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-            ],
-        )
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 def test_in_a_browser_people_see_the_same_message_and_no_honeypot(signer, chromium):

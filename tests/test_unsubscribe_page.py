@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from tests.support.browser import chromium_browser
 from tracking.unsubscribe_page import (
     PAGE_HEADERS,
     mask_email,
@@ -160,31 +161,8 @@ def test_mask_email_keeps_the_domain_and_hides_the_mailbox(email, masked):
 
 @pytest.fixture(scope="module")
 def chromium():
-    import os
-    import shutil
-
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    if not os.path.exists(path):
-        pytest.skip("Chromium not found at /usr/bin/chromium (apt-get install chromium)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=path,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-            ],
-        )
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.mark.parametrize("lang", ["ja", "en"])
