@@ -57,3 +57,18 @@ def find_all(text: str) -> list[str]:
 def is_system(address: str) -> bool:
     local = address.split("@", 1)[0].lower()
     return local in _SYSTEM_LOCALPARTS or local.startswith(("mailer-daemon", "postmaster"))
+
+
+def lines_about(text: str, email: str) -> str:
+    """The lines of ``text`` mentioning ``email`` and the few after each: where MTAs put
+    the reason for that address.  Follow-on lines stop at the next address or a blank."""
+    lines = text.splitlines()
+    picked: list[str] = []
+    for i, line in enumerate(lines):
+        if email in line.lower():
+            picked.append(line)
+            for follow in lines[i + 1 : i + 4]:
+                if "@" in follow or not follow.strip():
+                    break
+                picked.append(follow)
+    return "\n".join(picked)

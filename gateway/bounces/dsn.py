@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from gateway.bounces import addresses, reasons
+from gateway.bounces.addresses import lines_about
 from gateway.bounces.report import BouncedRecipient
 
 _FIELD_RE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
@@ -86,7 +87,7 @@ def recipients(text: str, context: str = "") -> list[BouncedRecipient]:
         reply_code = reasons.first_reply_code(diagnostic)
         if action == "delayed" and not status:
             status = "4.0.0"
-        near = _recipient_lines(context, email)
+        near = lines_about(context, email)
         reason, severity = reasons.decide(status, reply_code, diagnostic, near, context)
         if action == "delayed":
             severity = "soft"
@@ -104,18 +105,3 @@ def recipients(text: str, context: str = "") -> list[BouncedRecipient]:
 
 def has_fields(text: str) -> bool:
     return bool(re.search(r"^(final|original)-recipient\s*:", text, re.I | re.M))
-
-
-def _recipient_lines(text: str, email: str) -> str:
-    """The lines of ``text`` around mentions of ``email``: the local diagnostic."""
-    lines = text.splitlines()
-    picked: list[str] = []
-    for i, line in enumerate(lines):
-        if email in line.lower():
-            picked.append(line)
-            # Follow-on lines belong to this address until the next address starts.
-            for follow in lines[i + 1 : i + 4]:
-                if "@" in follow or not follow.strip():
-                    break
-                picked.append(follow)
-    return "\n".join(picked)

@@ -10,7 +10,6 @@ labelled as anything).
 
 from __future__ import annotations
 
-import codecs
 import email
 import email.header
 from collections.abc import Iterator
@@ -18,26 +17,11 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 
+from gateway.ingest.charsets import decode_bytes as decode_text
+
 MAX_PARTS = 200
 MAX_DEPTH = 20
 MAX_TEXT = 256 * 1024
-
-_JIS_ESCAPE = b"\x1b$"
-_CHARSET_ALIASES = {
-    # Carriers label cp932 (Shift_JIS with vendor extensions) as plain shift_jis.
-    "shift_jis": "cp932",
-    "shift-jis": "cp932",
-    "sjis": "cp932",
-    "x-sjis": "cp932",
-    "windows-31j": "cp932",
-    # Japanese mobile mail uses the extended JIS set under the plain label.
-    "iso-2022-jp": "iso2022_jp_ext",
-    "iso2022-jp": "iso2022_jp_ext",
-    "unknown-8bit": "",
-    "x-unknown": "",
-    "us-ascii": "",
-    "ascii": "",
-}
 
 
 def parse(raw: bytes) -> Message:
@@ -52,39 +36,9 @@ def parse(raw: bytes) -> Message:
         return Message()
 
 
-def _codec(charset: str | None) -> str:
-    if not charset:
-        return ""
-    name = str(charset).strip().strip('"').lower()
-    name = _CHARSET_ALIASES.get(name, name)
-    if not name:
-        return ""
-    try:
-        codecs.lookup(name)
-    except (LookupError, ValueError):
-        return ""
-    return name
-
-
 def decode_bytes(data: bytes, charset: str | None = None) -> str:
-    """Bytes to text, never raising: declared charset, then sniffing, then latin-1."""
-    if _JIS_ESCAPE in data:
-        # Escape sequences win over any label: carriers mislabel JIS all the time.
-        return data.decode("iso2022_jp_ext", errors="replace")
-    name = _codec(charset)
-    if name:
-        try:
-            return data.decode(name)
-        except (UnicodeDecodeError, LookupError, ValueError):
-            pass
-    for guess in ("utf-8", "cp932"):
-        try:
-            return data.decode(guess)
-        except UnicodeDecodeError:
-            continue
-    if name:
-        return data.decode(name, errors="replace")
-    return data.decode("latin-1")
+    """Bytes to text, never raising: the ingest path's decoding (cp932 for JIS/SJIS)."""
+    return decode_text(data, charset)
 
 
 def header(msg: Message, name: str) -> str:

@@ -15,6 +15,7 @@ import re
 from flufl.bounce import all_failures
 
 from gateway.bounces import addresses, dsn, mime, reasons
+from gateway.bounces.addresses import lines_about
 from gateway.bounces.autoreply import looks_like_bounce
 from gateway.bounces.mail import Mail
 from gateway.bounces.report import BouncedRecipient, BounceKind, BounceReport
@@ -110,7 +111,7 @@ def _from_text(mail: Mail, head: str) -> tuple[list[BouncedRecipient], str] | No
 
 
 def _recipient(email: str, head: str, temporary: bool = False) -> BouncedRecipient:
-    near = _near(head, email)
+    near = lines_about(head, email)
     status = reasons.first_status(near) or reasons.first_status(head)
     reply_code = reasons.first_reply_code(near) or reasons.first_reply_code(head)
     reason, severity = reasons.decide(status, reply_code, near, head)
@@ -118,18 +119,3 @@ def _recipient(email: str, head: str, temporary: bool = False) -> BouncedRecipie
         severity = "soft"
     diagnostic = " ".join(near.split())[:1000] if near else ""
     return BouncedRecipient(email, severity, status, reply_code, diagnostic, reason)
-
-
-def _near(text: str, email: str) -> str:
-    """The address's line and the few after it: where MTAs put the reason."""
-    lines = text.splitlines()
-    picked: list[str] = []
-    for i, line in enumerate(lines):
-        if email in line.lower():
-            picked.append(line)
-            # Follow-on lines belong to this address until the next address starts.
-            for follow in lines[i + 1 : i + 4]:
-                if "@" in follow or not follow.strip():
-                    break
-                picked.append(follow)
-    return "\n".join(picked)
