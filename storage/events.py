@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, bindparam, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.lean import db_json, db_time, driver_sql
 from storage.schema import events
 from storage.types import utcnow
 
@@ -53,20 +54,35 @@ class NewEvent:
     at: datetime | None = None
 
 
+_EVENT_COLUMNS = ("org_id", "type", "at", "data")
+# ``inline``: no RETURNING of the new ids, which nobody reads.
+_INSERT_EVENT = insert(events).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline()
+
+
+def append_rows(conn: Connection, rows: Sequence[tuple[int, str, Any, str]]) -> None:
+    """Append (org_id, type, time in driver terms, JSON text) rows; last, before commit.
+
+    On PostgreSQL the transaction first takes the event-log advisory lock, so ids
+    become visible in commit order (see the module docstring).
+    """
+    if not rows:
+        return
+    for row in rows:
+        if row[1] not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {row[1]!r}")
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOG_LOCK})
+    sql = driver_sql(conn, "insert_event", _INSERT_EVENT, _EVENT_COLUMNS)
+    conn.exec_driver_sql(sql, list(rows))
+
+
 def append_sync(conn: Connection, new: Sequence[NewEvent]) -> None:
     """Append events in the caller's transaction; call it last, just before commit."""
     if not new:
         return
-    for ev in new:
-        if ev.type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {ev.type!r}")
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOG_LOCK})
     now = utcnow()
-    conn.execute(
-        insert(events),
-        [{"org_id": e.org_id, "type": e.type, "data": e.data, "at": e.at or now} for e in new],
-    )
+    to_db = db_time(conn)
+    append_rows(conn, [(e.org_id, e.type, to_db(e.at or now), db_json(e.data)) for e in new])
 
 
 async def append(conn: AsyncConnection, new: Sequence[NewEvent]) -> None:

@@ -8,9 +8,8 @@ event log — through ``ix_sends_org_sent``.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -21,13 +20,13 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.events import EVENT_LOG_LOCK, EVENT_TYPES
-from storage.schema import contacts, events, leads, messages
+from storage.events import append_rows
+from storage.lean import db_json, db_time, driver_sql
+from storage.schema import contacts, leads, messages
 from storage.schema_sending import sends
 from storage.schema_tracking import ROLLUP_BUCKET_SECONDS, send_rollup, tracking_hits
 
@@ -111,27 +110,10 @@ _HIT_COLUMNS = (
     "verdict",
     "reason",
 )
-_EVENT_COLUMNS = ("org_id", "type", "at", "data")
-
-
-_COMPILED: dict[tuple[str, str], str] = {}
-
-
-def _driver_sql(conn: Connection, name: str, stmt: Any, order: Sequence[str]) -> str:
-    """``stmt`` compiled once per dialect; its positional parameters must follow ``order``."""
-    key = (conn.dialect.name, name)
-    sql = _COMPILED.get(key)
-    if sql is None:
-        compiled = stmt.compile(dialect=conn.dialect)
-        if tuple(compiled.positiontup or ()) != tuple(order):
-            raise RuntimeError(f"{name}: parameters {compiled.positiontup} != {order}")
-        sql = _COMPILED[key] = str(compiled)
-    return sql
 
 
 # ``inline``: no RETURNING of the new ids, which nobody reads.
 _INSERT_HIT = insert(tracking_hits).values({c: bindparam(c) for c in _HIT_COLUMNS}).inline()
-_INSERT_EVENT = insert(events).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline()
 _SEND_UPDATE = (
     update(sends)
     .where(sends.c.id == bindparam("b_id"))
@@ -144,71 +126,22 @@ _SEND_UPDATE = (
 _SEND_UPDATE_ORDER = ("b_status", "b_opened_at", "b_clicked_at", "b_id")
 
 
-def db_time(conn: Connection) -> Callable[[datetime | None], Any]:
-    """How this driver wants a UTC-aware time (what ``UTCDateTime`` would bind).
-
-    SQLite stores naive UTC text in SQLAlchemy's format (microseconds always
-    written, so text order is time order); PostgreSQL drivers take the aware
-    datetime.
-    """
-    if conn.dialect.name != "sqlite":
-        return _aware
-    return _sqlite_time
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValueError("naive datetime given to the database; use UTC-aware times")
-    return value
-
-
-def _sqlite_time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to the database; use UTC-aware times")
-    if value.utcoffset():
-        value = value.astimezone(UTC)
-    return (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
-        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
-    )
-
-
-def db_json(value: Any) -> str:
-    """JSON as every driver here takes it for a JSON/JSONB column: the text."""
-    return json.dumps(value)
-
-
 def insert_hits(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Rows in ``_HIT_COLUMNS`` order, times already through :func:`db_time`."""
     if rows:
-        sql = _driver_sql(conn, "insert_hit", _INSERT_HIT, _HIT_COLUMNS)
+        sql = driver_sql(conn, "insert_hit", _INSERT_HIT, _HIT_COLUMNS)
         conn.exec_driver_sql(sql, list(rows))
 
 
 def append_events(conn: Connection, rows: Sequence[tuple[int, str, Any, str]]) -> None:
-    """Append (org_id, type, db time, json text) events; the last step before commit.
-
-    The lean twin of :func:`storage.events.append_sync` for the hit writer:
-    the same PostgreSQL advisory lock keeps ids appearing in commit order.
-    """
-    if not rows:
-        return
-    for row in rows:
-        if row[1] not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {row[1]!r}")
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOG_LOCK})
-    conn.exec_driver_sql(
-        _driver_sql(conn, "insert_event", _INSERT_EVENT, _EVENT_COLUMNS), list(rows)
-    )
+    """(org_id, type, db time, json text) rows: see :func:`storage.events.append_rows`."""
+    append_rows(conn, rows)
 
 
 def update_send_statuses(conn: Connection, changes: Sequence[tuple[Any, ...]]) -> None:
     """(status, opened_at, clicked_at, id) tuples, times through :func:`db_time`."""
     if changes:
-        sql = _driver_sql(conn, "update_send", _SEND_UPDATE, _SEND_UPDATE_ORDER)
+        sql = driver_sql(conn, "update_send", _SEND_UPDATE, _SEND_UPDATE_ORDER)
         conn.exec_driver_sql(sql, list(changes))
 
 
