@@ -27,8 +27,7 @@ LOGINS = [f"cli{i}" for i in range(12)]
 @pytest.fixture(scope="module")
 def dovecot():
     server = start_or_skip()
-    for login in LOGINS:
-        server.add_user(login, PASSWORD)
+    server.add_users({login: PASSWORD for login in LOGINS})
     server.unused = list(LOGINS)
     yield server
     server.stop()

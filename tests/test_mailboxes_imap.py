@@ -29,8 +29,7 @@ def dovecot():
     # Every login exists before the first one is used: Dovecot did not always see a
     # user added to the passwd-file while other logins were being served.
     server = start_or_skip()
-    for login in LOGINS:
-        server.add_user(login, "pw")
+    server.add_users({login: "pw" for login in LOGINS})
     server.unused = list(LOGINS)
     yield server
     server.stop()

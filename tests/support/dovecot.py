@@ -227,14 +227,28 @@ class Dovecot:
     # -- users and mail ----------------------------------------------------
 
     def add_user(self, name: str, password: str) -> None:
-        """Add a login to the passwd-file; Dovecot rereads the file on the next login."""
-        self._users[name] = password
+        """Add a login (or change its password) in the passwd-file.
+
+        The file is replaced atomically, so a login running meanwhile never reads it
+        half-written.  Dovecot re-reads it at most once per second (it remembers the
+        second of its last check), so we return only once a new second has begun:
+        the next login is then sure to see the change.
+        """
+        self.add_users({name: password})
+
+    def add_users(self, logins: dict[str, str]) -> None:
+        """:meth:`add_user` for many logins with one write and one wait."""
+        self._users.update(logins)
         lines = "".join(f"{user}:{{PLAIN}}{pw}::::::\n" for user, pw in self._users.items())
         passwd = self.root / "passwd"
-        passwd.write_text(lines)
-        self._chown(passwd)
-        self.maildir(name, "INBOX")
-        self.maildir(name, "Sent")
+        tmp = self.root / "passwd.tmp"
+        tmp.write_text(lines)
+        self._chown(tmp)
+        tmp.replace(passwd)
+        for name in logins:
+            self.maildir(name, "INBOX")
+            self.maildir(name, "Sent")
+        time.sleep(1.05 - (time.time() % 1.0))
 
     def maildir(self, user: str, folder: str = "INBOX") -> Path:
         """The maildir of ``folder`` (created with cur/new/tmp if missing)."""
