@@ -48,7 +48,6 @@ class Services:
         return Signer(
             mail_domain=s.mail_domain,
             public_url=s.public_url,
-            secret_key=s.resolved_secret_keys()[0],
             dkim_selector=s.dkim_selector,
             dkim_domain=s.dkim_domain,
             dkim_key=key,

@@ -76,11 +76,6 @@ def raw_values(msg: Message, name: str) -> list[str]:
     return [str(v) for k, v in msg.raw_items() if k.lower() == key]
 
 
-def raw_value(msg: Message, name: str) -> str | None:
-    values = raw_values(msg, name)
-    return values[0] if values else None
-
-
 def _headers(msg: Message) -> dict[str, list[str]]:
     """Lower-cased name → values as received, built once (each look-up used to walk them all)."""
     index: dict[str, list[str]] = {}

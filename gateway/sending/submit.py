@@ -23,7 +23,7 @@ from gateway.compose import compose, make_message_id
 from gateway.dkim_sign import sign as dkim_sign
 from gateway.ingest.parse import content_hash
 from gateway.sending import quota as rules
-from gateway.sending.tokens import new_verp_token, unsubscribe_token
+from gateway.sending.tokens import new_verp_token
 from storage import filing
 from storage import quotas as quota_store
 from storage import sends as send_store
@@ -72,12 +72,11 @@ class Signer:
 
     mail_domain: str
     public_url: str
-    secret_key: str
+    #: Signs the open/click/unsubscribe tokens the ``/t`` and ``/u`` endpoints verify.
+    tracker: TokenSigner
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key: bytes | None = None
-    #: Signs open/click/unsubscribe tokens (tracking.tokens); None sends untracked mail.
-    tracker: TokenSigner | None = None
 
 
 @dataclass
@@ -201,10 +200,7 @@ def _quota_events(
 
 
 def _unsubscribe(signer: Signer, send_id: int, verp_token: str) -> tuple[str, str]:
-    if signer.tracker is not None:
-        https = unsubscribe_link(signer.public_url, signer.tracker, send_id)
-    else:
-        https = f"{signer.public_url.rstrip('/')}/u/{unsubscribe_token(send_id, signer.secret_key)}"
+    https = unsubscribe_link(signer.public_url, signer.tracker, send_id)
     mailto = f"mailto:{verp_address(verp_token, signer.mail_domain)}?subject={quote('unsubscribe')}"
     return mailto, https
 
@@ -294,7 +290,7 @@ def enqueue(conn: Connection, req: SendRequest, signer: Signer, now: datetime) -
         )
         rendered = compiled.render(context)
         sent_html, links = rendered.html, []
-        if signer.tracker is not None and rendered.html:
+        if rendered.html:
             # The recipient's copy is tracked; the copy filed in the CRM is not.
             sent_html, links, _ = prepare_html(
                 rendered.html,
