@@ -93,7 +93,7 @@ def bench_mailgate(n: int, tmp: Path) -> tuple[float, int]:
         "MAILGATE_MAIL_DOMAIN": "bench.test",
         "MAILGATE_SECRET_KEY": "bench",
     }
-    cli = [sys.executable, "-c", "from gateway.cli import main; main()"]
+    cli = [sys.executable, "-c", "from gateway.cli.main import main; main()"]
     subprocess.run([*cli, "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
         [*cli, "org", "create", "Bench", "--plan", "enterprise"],

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aioimaplib import aioimaplib  # noqa: E402
 
-from gateway.imap import MailboxConfig, MailboxSource, connect  # noqa: E402
+from gateway.receive.imap import MailboxConfig, MailboxSource, connect  # noqa: E402
 from tests.support.dovecot import Dovecot  # noqa: E402
 
 BATCH = 200
@@ -93,7 +93,7 @@ async def main() -> None:
     base, mine = statistics.median(base_rates), statistics.median(our_rates)
     print(f"cpus={os.cpu_count()} rounds={args.rounds} (median)")
     print(f"bare aioimaplib batched UID FETCH: {base:8.0f} msg/s")
-    print(f"gateway.imap MailboxSource:        {mine:8.0f} msg/s")
+    print(f"gateway.receive.imap MailboxSource:        {mine:8.0f} msg/s")
     print(f"ratio ours/bare: {mine / base:.2f}x")
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_imap import bare_aioimaplib  # noqa: E402
-from gateway import admin  # noqa: E402
 from gateway.config import Settings  # noqa: E402
-from gateway.intake import Intake  # noqa: E402
-from gateway.mailboxes import MailboxService, mailbox_values  # noqa: E402
+from gateway.ingest.runner import Intake  # noqa: E402
+from gateway.org import admin  # noqa: E402
+from gateway.receive.mailboxes import MailboxService, mailbox_values  # noqa: E402
 from gateway.serve import event_loop_factory  # noqa: E402
 from storage import crm  # noqa: E402
 from storage import mailboxes as store  # noqa: E402

@@ -19,7 +19,7 @@ import jinja2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.compose import compose, make_message_id  # noqa: E402
+from gateway.sending.compose import compose, make_message_id  # noqa: E402
 from templates.render import build_context, compile_template  # noqa: E402
 
 SUBJECT = "{{ lead.last_name }} 様 ご提案の件について"

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import aiosmtplib  # noqa: E402
 
-from gateway import admin  # noqa: E402
-from gateway.compose import compose, make_message_id  # noqa: E402
+from gateway.org import admin  # noqa: E402
+from gateway.sending.compose import compose, make_message_id  # noqa: E402
 from gateway.sending.relay import RelayConfig, RelayWorker  # noqa: E402
 from gateway.sending.tokens import new_verp_token  # noqa: E402
 from storage import sends as send_store  # noqa: E402

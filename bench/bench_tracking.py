@@ -130,7 +130,7 @@ def run_wrk(port: int, script: Path, seconds: int) -> dict[str, float]:
 async def seed_sends(url: str, n: int) -> tuple[list[str], int]:
     from sqlalchemy import insert
 
-    from gateway import admin
+    from gateway.org import admin
     from storage.db import Database
     from storage.migrate import upgrade
     from storage.schema_sending import sends
@@ -204,7 +204,7 @@ def bench_pixel(seconds: int, database_url: str | None, rounds: int = 3) -> None
                 cmd = [
                     sys.executable,
                     "-c",
-                    "from gateway.cli import app; app()",
+                    "from gateway.cli.main import app; app()",
                     "serve",
                     "--only",
                     "http",
@@ -256,7 +256,7 @@ async def bench_report(url: str) -> None:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from gateway import admin
+    from gateway.org import admin
     from storage.db import Database
     from storage.migrate import upgrade
     from tests.support.databases import _pg_admin

@@ -22,8 +22,8 @@ import uvicorn
 
 from gateway.config import Settings
 from gateway.http.app import create_app
+from gateway.receive.smtp import DropboxHandler, start_smtp
 from gateway.services import Services
-from gateway.smtp import DropboxHandler, start_smtp
 
 log = logging.getLogger("mailgate.serve")
 
@@ -109,7 +109,7 @@ async def run(
             )
             running.smtp_port = smtp_server.sockets[0].getsockname()[1]
         if "imap" in roles:
-            from gateway.mailboxes import MailboxService, MailboxSupervisor
+            from gateway.receive.mailboxes import MailboxService, MailboxSupervisor
 
             supervisor = MailboxSupervisor(MailboxService(services.db, services.intake, settings))
             running.mailboxes = supervisor

@@ -8,7 +8,7 @@ from functools import cached_property
 from gateway.bounces.process import Policy
 from gateway.bounces.worker import BounceWorker
 from gateway.config import Settings
-from gateway.intake import Intake
+from gateway.ingest.runner import Intake
 from gateway.sending.quota import Clock, SystemClock
 from storage.db import Database
 from tracking.endpoints import Tracking

@@ -1,7 +1,7 @@
 """Tables of the IMAP integration: connected mailboxes, where each poll resumes,
 which filed message came from which server UID, and who shares their mail.
 
-The password column holds a Fernet token (see ``gateway.mailboxes.secrets``),
+The password column holds a Fernet token (see ``gateway.receive.mailboxes.secrets``),
 never the password: a database dump does not leak mailbox access without the
 server's secret key.
 """

@@ -26,7 +26,7 @@ from storage.schema import contacts, leads
 from tests.support.databases import fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-c", "from gateway.cli import main; main()"]
+LAUNCH = [sys.executable, "-c", "from gateway.cli.main import main; main()"]
 
 
 @dataclass

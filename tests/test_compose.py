@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.compose import compose, make_message_id
-from gateway.dkim_sign import sign
+from gateway.sending.compose import compose, make_message_id
+from gateway.sending.dkim import sign
 
 UNSUB = (
     "mailto:unsubscribe+3f2a9c0d7e6b5a4c3f2a9c0d7e6b5a4c@bounce.zylker.jp",

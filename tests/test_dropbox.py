@@ -165,7 +165,7 @@ def test_forged_envelope_alone_cannot_file_mail(mailgate, org):
 
 
 def test_allowed_extra_sender_may_file(mailgate, org):
-    from gateway import admin
+    from gateway.org import admin
 
     mailgate.call(
         admin.senders(mailgate.db, str(org["user"]["id"]), "add", "taro.private@gmail.example")
@@ -190,7 +190,7 @@ def test_unknown_recipient_is_refused_with_551(mailgate, org):
 
 
 def test_regenerated_dropbox_address_stops_working_at_once(mailgate, org):
-    from gateway import admin
+    from gateway.org import admin
 
     user = mailgate.user(org["org"], f"regen-{uuid.uuid4().hex[:6]}@acme.co.jp", "Regen")
     old = user["dropbox_address"]
@@ -210,7 +210,7 @@ def test_regenerated_dropbox_address_stops_working_at_once(mailgate, org):
 
 def test_regenerated_address_is_refused_even_right_after_it_was_used(mailgate, org):
     """The RCPT answer may come from a few seconds' cache; the filing re-checks the token."""
-    from gateway import admin
+    from gateway.org import admin
 
     user = mailgate.user(org["org"], f"hot-{uuid.uuid4().hex[:6]}@acme.co.jp", "Hot")
     api = mailgate.api(user)

@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from gateway.imap.checkpoint import (
+from gateway.receive.imap.checkpoint import (
     Checkpoint,
     FolderState,
     PlanKind,
@@ -16,11 +16,16 @@ from gateway.imap.checkpoint import (
     plan_fetch,
     uid_set,
 )
-from gateway.imap.client import MailboxConfig, parse_folder_state, parse_search, quote_mailbox
-from gateway.imap.fetch import imap_date, parse_fetch_response, parse_flag_updates
-from gateway.imap.folders import find_sent, parse_list_line
-from gateway.imap.poller import Backoff
-from gateway.imap.utf7 import decode_modified_utf7, encode_modified_utf7
+from gateway.receive.imap.client import (
+    MailboxConfig,
+    parse_folder_state,
+    parse_search,
+    quote_mailbox,
+)
+from gateway.receive.imap.fetch import imap_date, parse_fetch_response, parse_flag_updates
+from gateway.receive.imap.folders import find_sent, parse_list_line
+from gateway.receive.imap.poller import Backoff
+from gateway.receive.imap.utf7 import decode_modified_utf7, encode_modified_utf7
 
 # -- plan_fetch ------------------------------------------------------------------
 
@@ -102,7 +107,7 @@ def test_examine_answer_gives_uidvalidity_uidnext_exists():
 
 
 def test_examine_answer_without_uidvalidity_is_a_protocol_error():
-    from gateway.imap.client import MailboxError
+    from gateway.receive.imap.client import MailboxError
 
     with pytest.raises(MailboxError) as caught:
         parse_folder_state([b"3 EXISTS", b"Examine completed"])

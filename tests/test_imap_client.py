@@ -10,7 +10,13 @@ import time
 
 import pytest
 
-from gateway.imap import MailboxConfig, MailboxError, MailboxSource, connect, discover_folders
+from gateway.receive.imap import (
+    MailboxConfig,
+    MailboxError,
+    MailboxSource,
+    connect,
+    discover_folders,
+)
 from tests.support.dovecot import Dovecot, dovecot_server, free_port
 
 dovecot = pytest.fixture(dovecot_server, name="dovecot")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.imap import Checkpoint, MailboxConfig, MailboxSource, connect
-from gateway.imap.fetch import FetchBatch
+from gateway.receive.imap import Checkpoint, MailboxConfig, MailboxSource, connect
+from gateway.receive.imap.fetch import FetchBatch
 from tests.support.dovecot import Dovecot, crlf, dovecot_server
 
 dovecot = pytest.fixture(dovecot_server, name="dovecot")

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.imap import MailboxConfig, MailboxError, MailboxSource, connect
+from gateway.receive.imap import MailboxConfig, MailboxError, MailboxSource, connect
 
 Script = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 

@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 
-from gateway.imap import (
+from gateway.receive.imap import (
     Backoff,
     Checkpoint,
     FetchBatch,

@@ -25,7 +25,7 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "MAILGATE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}",
     }
     return subprocess.run(
-        [sys.executable, "-c", "from gateway.cli import main; main()", *args],
+        [sys.executable, "-c", "from gateway.cli.main import main; main()", *args],
         capture_output=True,
         text=True,
         env=env,

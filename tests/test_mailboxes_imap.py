@@ -15,8 +15,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from gateway.imap import MailboxConfig, MailboxSource, connect, discover_folders
-from gateway.mailboxes import MailboxService
+from gateway.receive.imap import MailboxConfig, MailboxSource, connect, discover_folders
+from gateway.receive.mailboxes import MailboxService
 from storage import mailboxes as store
 from tests.support.dovecot import Dovecot, start_or_skip
 from tests.support.server import MailgateServer, wait_until

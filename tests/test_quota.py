@@ -24,7 +24,7 @@ from storage.schema_sending import quota_usage, sends
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 NEW_YORK = ZoneInfo("America/New_York")
-CLI = "from gateway.cli import main; main()"
+CLI = "from gateway.cli.main import main; main()"
 
 
 # --------------------------------------------------------------------------- the rules

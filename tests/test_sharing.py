@@ -8,7 +8,7 @@ from email.mime.text import MIMEText
 
 import pytest
 
-from gateway.mailboxes import sharing
+from gateway.receive.mailboxes import sharing
 from tests.support.server import wait_until
 
 # -- the rules (pure) -------------------------------------------------------------

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.http import mailboxes, org_addresses, records, reports, sending
+from gateway.http import mailboxes, org_settings, records, reports, sending
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.metrics import REGISTRY
 from gateway.services import Services
@@ -76,17 +76,17 @@ def routes() -> list[Route]:
         Route("/api/v1/users/{id}/sharing", mailboxes.put_sharing, methods=["PUT"]),
         Route("/api/v1/excluded-domains", mailboxes.get_excluded, methods=["GET"]),
         Route("/api/v1/excluded-domains", mailboxes.put_excluded, methods=["PUT"]),
-        Route("/api/v1/org-addresses", org_addresses.list_addresses, methods=["GET"]),
-        Route("/api/v1/org-addresses", org_addresses.create_address, methods=["POST"]),
-        Route("/api/v1/org-addresses/{id}", org_addresses.delete_address, methods=["DELETE"]),
+        Route("/api/v1/org-addresses", org_settings.list_addresses, methods=["GET"]),
+        Route("/api/v1/org-addresses", org_settings.create_address, methods=["POST"]),
+        Route("/api/v1/org-addresses/{id}", org_settings.delete_address, methods=["DELETE"]),
         Route(
             "/api/v1/tracking-skip-domains",
-            org_addresses.get_tracking_skip_domains,
+            org_settings.get_tracking_skip_domains,
             methods=["GET"],
         ),
         Route(
             "/api/v1/tracking-skip-domains",
-            org_addresses.put_tracking_skip_domains,
+            org_settings.put_tracking_skip_domains,
             methods=["PUT"],
         ),
         Route("/api/v1/reports/emails", reports.emails_report, methods=["GET"]),

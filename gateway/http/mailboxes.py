@@ -15,7 +15,7 @@ from starlette.responses import Response
 from gateway.addresses import normalise
 from gateway.http.auth import current_user, path_id, read_json
 from gateway.http.errors import JSON, ApiError
-from gateway.mailboxes import InvalidMailbox, MailboxService, mailbox_values, sharing
+from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values, sharing
 from storage import crm
 from storage import mailboxes as store
 from storage import orgs as org_store
@@ -74,7 +74,7 @@ async def list_mailboxes(request: Request) -> Response:
         rows = await store.list_mailboxes(
             conn, user["org_id"], None if user["is_admin"] else user["id"]
         )
-    from gateway.mailboxes import public
+    from gateway.receive.mailboxes import public
 
     return JSON({"items": [public(r) for r in rows], "next": None})
 

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from gateway.addresses import normalise
 from gateway.http.auth import current_user, int_param, path_id, read_json
 from gateway.http.errors import JSON, ApiError
-from gateway.mailboxes import sharing
+from gateway.receive.mailboxes import sharing
 from storage import crm, events, filing
 from storage import mailboxes as mailbox_store
 from storage.events import NewEvent
@@ -298,7 +298,7 @@ async def record_emails(request: Request) -> Response:
 async def _visible_emails(
     conn, user: dict[str, Any], module: str, rid: int, *, after: int, limit: int
 ) -> list[dict[str, Any]]:
-    """The record's mail the asking user may see (gateway.mailboxes.sharing)."""
+    """The record's mail the asking user may see (gateway.receive.mailboxes.sharing)."""
     target = await mailbox_store.resolve_record(conn, user["org_id"], module, rid)
     if target is None:
         return []

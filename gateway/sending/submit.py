@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, func, select
 
 from gateway.bounces.verp import verp_address
-from gateway.compose import compose, make_message_id
-from gateway.dkim_sign import sign as dkim_sign
 from gateway.ingest.parse import content_hash
 from gateway.sending import quota as rules
+from gateway.sending.compose import compose, make_message_id
+from gateway.sending.dkim import sign as dkim_sign
 from gateway.sending.tokens import new_verp_token
 from storage import filing
 from storage import quotas as quota_store

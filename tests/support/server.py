@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from gateway import admin
 from gateway.config import Settings
+from gateway.org import admin
 from gateway.serve import Running, run
 from storage.db import Database
 from storage.migrate import upgrade

@@ -23,7 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import normalise
 from gateway.ingest.pipeline import Delivery, Outcome
-from gateway.intake import Intake
+from gateway.ingest.runner import Intake
 from storage import orgs as org_store
 from storage.db import Database, StorageUnavailable
 

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import date
 
-from gateway.imap.checkpoint import Checkpoint
-from gateway.imap.client import DEFAULT_TIMEOUT, MailboxConfig, MailboxError, connect
-from gateway.imap.fetch import FetchBatch, MailboxSource, Progress
-from gateway.imap.folders import discover_folders
-from gateway.imap.idle import _sleep_or_stop, wait_for_new
+from gateway.receive.imap.checkpoint import Checkpoint
+from gateway.receive.imap.client import DEFAULT_TIMEOUT, MailboxConfig, MailboxError, connect
+from gateway.receive.imap.fetch import FetchBatch, MailboxSource, Progress
+from gateway.receive.imap.folders import discover_folders
+from gateway.receive.imap.idle import _sleep_or_stop, wait_for_new
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from gateway.imap.checkpoint import (
+from gateway.receive.imap.checkpoint import (
     Checkpoint,
     FetchPlan,
     FolderState,
@@ -29,7 +29,7 @@ from gateway.imap.checkpoint import (
     plan_fetch,
     uid_set,
 )
-from gateway.imap.client import ImapSession
+from gateway.receive.imap.client import ImapSession
 
 #: aioimaplib recursion limit (see module docstring) leaves ~1,000 lines; 3 lines per message.
 MAX_BATCH = 200

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import re
 
-from gateway.imap.checkpoint import Checkpoint
-from gateway.imap.client import ImapSession, MailboxError
+from gateway.receive.imap.checkpoint import Checkpoint
+from gateway.receive.imap.client import ImapSession, MailboxError
 
 _EXISTS = re.compile(rb"^\d+ EXISTS", re.IGNORECASE)
 _BYE = re.compile(rb"^(\* )?BYE\b", re.IGNORECASE)

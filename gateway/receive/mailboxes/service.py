@@ -16,7 +16,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway.config import Settings
-from gateway.imap import (
+from gateway.ingest.pipeline import Delivery, Outcome
+from gateway.ingest.runner import Intake
+from gateway.receive.imap import (
     Backoff,
     Checkpoint,
     FetchBatch,
@@ -28,10 +30,8 @@ from gateway.imap import (
     poll_once,
     wait_for_new,
 )
-from gateway.ingest.pipeline import Delivery, Outcome
-from gateway.intake import Intake
-from gateway.mailboxes.crypto import PasswordBox, PasswordUnreadable
-from gateway.mailboxes.validate import config_from
+from gateway.receive.mailboxes.crypto import PasswordBox, PasswordUnreadable
+from gateway.receive.mailboxes.validate import config_from
 from storage import mailboxes as store
 from storage.db import Database
 

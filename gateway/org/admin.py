@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy.exc import IntegrityError
 
 from gateway.addresses import normalise
-from gateway.smtp import DROPBOX_PREFIX
+from gateway.receive.smtp import DROPBOX_PREFIX
 from storage import orgs as store
 from storage.db import Database
 

@@ -11,12 +11,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import org_addresses, tracking_domains
 from gateway.http.auth import current_user, path_id, read_json
 from gateway.http.errors import JSON, ApiError
+from gateway.org import shared_addresses, tracking_domains
 
 
-def _api_error(exc: org_addresses.OrgAddressError) -> ApiError:
+def _api_error(exc: shared_addresses.OrgAddressError) -> ApiError:
     return ApiError(exc.status, exc.code, exc.message)
 
 
@@ -29,7 +29,7 @@ async def _admin(request: Request) -> dict[str, Any]:
 
 async def list_addresses(request: Request) -> Response:
     user = await current_user(request)
-    items = await org_addresses.list_all(request.app.state.services.db, user["org_id"])
+    items = await shared_addresses.list_all(request.app.state.services.db, user["org_id"])
     return JSON({"items": items, "next": None})
 
 
@@ -40,10 +40,10 @@ async def create_address(request: Request) -> Response:
     if unknown:
         raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
     try:
-        created = await org_addresses.add(
+        created = await shared_addresses.add(
             request.app.state.services.db, user["org_id"], body.get("email"), body.get("name")
         )
-    except org_addresses.OrgAddressError as exc:
+    except shared_addresses.OrgAddressError as exc:
         raise _api_error(exc) from None
     return JSON(created, status_code=201)
 
@@ -51,8 +51,10 @@ async def create_address(request: Request) -> Response:
 async def delete_address(request: Request) -> Response:
     user = await _admin(request)
     try:
-        await org_addresses.remove(request.app.state.services.db, user["org_id"], path_id(request))
-    except org_addresses.OrgAddressError as exc:
+        await shared_addresses.remove(
+            request.app.state.services.db, user["org_id"], path_id(request)
+        )
+    except shared_addresses.OrgAddressError as exc:
         raise _api_error(exc) from None
     return Response(status_code=204)
 

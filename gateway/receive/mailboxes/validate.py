@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.imap import MailboxConfig
+from gateway.receive.imap import MailboxConfig
 
 _HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.imap.client import ImapSession
-from gateway.imap.utf7 import decode_modified_utf7
+from gateway.receive.imap.client import ImapSession
+from gateway.receive.imap.utf7 import decode_modified_utf7
 
 _LIST = re.compile(
     rb'^(?:LIST )?\((?P<flags>[^)]*)\) (?P<sep>NIL|"(?:[^"\\]|\\.)*") (?P<name>.*)$', re.IGNORECASE

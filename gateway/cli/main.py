@@ -12,8 +12,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import admin
 from gateway.config import Settings, load_settings
+from gateway.org import admin
 from storage.db import Database, StorageUnavailable
 
 T = TypeVar("T")
@@ -188,7 +188,7 @@ def org_addresses(
     name: Annotated[str | None, typer.Option(help='Display name, e.g. "サポート窓口".')] = None,
 ) -> None:
     """Manage the org's shared From addresses (support@ …): 10 per active user."""
-    from gateway import org_addresses as addresses
+    from gateway.org import shared_addresses as addresses
 
     if action not in ("add", "remove", "list"):
         fail("action must be add, remove or list")
@@ -225,7 +225,7 @@ def org_tracking_skip(
     ] = None,
 ) -> None:
     """Domains whose links go out untracked (and their subdomains)."""
-    from gateway import tracking_domains
+    from gateway.org import tracking_domains
 
     if action not in ("list", "set"):
         fail("action must be list or set")
@@ -318,7 +318,7 @@ def import_records(
     org: Annotated[str, typer.Option(help="Org id or name.")],
 ) -> None:
     """Import leads or contacts from CSV: every row or none."""
-    from gateway.importer import import_file
+    from gateway.records.csv_import import import_file
 
     if module not in ("leads", "contacts"):
         fail("module must be leads or contacts")
@@ -364,7 +364,7 @@ def inbound_replay(
     inbound_id: Annotated[int, typer.Argument(help="Id from `inbound list`.")],
 ) -> None:
     """Process a kept message again (after a fix, or once its send exists)."""
-    from gateway.replay import ReplayError, replay
+    from gateway.ingest.replay import ReplayError, replay
 
     async def go(db: Database, s: Settings):
         try:
@@ -421,7 +421,7 @@ def imap_add(
     """Connect a mailbox: the login is tried first; the password is stored encrypted."""
     import os
 
-    from gateway.mailboxes import InvalidMailbox, MailboxService, mailbox_values
+    from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values
 
     password = os.environ.get(password_env)
     if not password:
@@ -443,8 +443,8 @@ def imap_add(
         fail(str(exc))
 
     async def add(db: Database, s: Settings) -> dict[str, Any]:
-        from gateway.mailboxes.service import error_words
-        from gateway.mailboxes.validate import config_from
+        from gateway.receive.mailboxes.service import error_words
+        from gateway.receive.mailboxes.validate import config_from
 
         async with db.connect() as conn:
             from storage import orgs as org_store
@@ -492,10 +492,10 @@ def imap_backfill(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from gateway.imap import MailboxError
-    from gateway.intake import Intake
-    from gateway.mailboxes import MailboxService
-    from gateway.mailboxes.service import error_words
+    from gateway.ingest.runner import Intake
+    from gateway.receive.imap import MailboxError
+    from gateway.receive.mailboxes import MailboxService
+    from gateway.receive.mailboxes.service import error_words
 
     if not 0 <= days <= 3650:
         fail("--days must be between 0 and 3650")
@@ -538,7 +538,7 @@ def imap_backfill(
 @imap_app.command("status")
 def imap_status(user: Annotated[str, typer.Argument(help="User id or email.")]) -> None:
     """Each connected mailbox: state, problem in plain words, progress, checkpoints."""
-    from gateway.mailboxes import MailboxService
+    from gateway.receive.mailboxes import MailboxService
 
     async def status(db: Database, s: Settings) -> list[dict[str, Any]]:
         service = MailboxService(db, None, s)  # type: ignore[arg-type]
@@ -550,7 +550,7 @@ def imap_status(user: Annotated[str, typer.Argument(help="User id or email.")]) 
 @app.command()
 def demo() -> None:
     """Create (once) a demo organization and user; print a fresh API token and the dropbox."""
-    from gateway.importer import ensure_demo
+    from gateway.records.csv_import import ensure_demo
 
     out(run_db(lambda db, s: ensure_demo(db, s), migrate=True))
 

@@ -17,12 +17,12 @@ durably filed; a crash in between refetches that one batch (≤ 200 messages),
 which the ingest dedupe (Message-ID / content hash) absorbs.
 """
 
-from gateway.imap.checkpoint import Checkpoint, FetchPlan, FolderState, PlanKind, plan_fetch
-from gateway.imap.client import ImapSession, MailboxConfig, MailboxError, connect
-from gateway.imap.fetch import FetchBatch, FetchedMessage, MailboxSource
-from gateway.imap.folders import discover_folders, find_sent
-from gateway.imap.idle import wait_for_new
-from gateway.imap.poller import Backoff, poll_forever, poll_once
+from gateway.receive.imap.checkpoint import Checkpoint, FetchPlan, FolderState, PlanKind, plan_fetch
+from gateway.receive.imap.client import ImapSession, MailboxConfig, MailboxError, connect
+from gateway.receive.imap.fetch import FetchBatch, FetchedMessage, MailboxSource
+from gateway.receive.imap.folders import discover_folders, find_sent
+from gateway.receive.imap.idle import wait_for_new
+from gateway.receive.imap.poller import Backoff, poll_forever, poll_once
 
 __all__ = [
     "Backoff",

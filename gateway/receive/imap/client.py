@@ -28,8 +28,8 @@ from typing import Literal, TypeVar
 
 from aioimaplib import aioimaplib as imap
 
-from gateway.imap.checkpoint import FolderState
-from gateway.imap.utf7 import encode_modified_utf7
+from gateway.receive.imap.checkpoint import FolderState
+from gateway.receive.imap.utf7 import encode_modified_utf7
 
 log = logging.getLogger(__name__)
 

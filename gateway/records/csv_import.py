@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import select
 
-from gateway import admin
 from gateway.config import Settings
-from gateway.csv_import import parse_csv
+from gateway.org import admin
+from gateway.records.csv_rows import parse_csv
 from storage import crm
 from storage import orgs as org_store
 from storage.db import Database

@@ -1,0 +1,1 @@
+"""Organizations, users, plans, dropbox addresses, allowed and shared senders."""

@@ -1,0 +1,1 @@
+"""CRM records: leads, contacts, accounts, deals; conversion and CSV import."""

@@ -1,0 +1,165 @@
+"""The one contract every background worker follows.
+
+A runner owns one kind of work (inbound mail to file, sends to relay, bounce
+mail to classify, tracking hits to write, mailboxes to poll, events to
+consume).  ``serve`` builds its roles from a table of runners (see
+:mod:`gateway.serve`) and drives them all the same way:
+
+- ``start()`` begins the loop in a task;
+- ``wake()`` says "there is new work" (the SMTP session after storing, the API
+  after enqueueing), so an idle runner does not wait out its poll interval;
+- ``run_once()`` does one round — claim a batch, handle it, commit — and
+  returns how many items it handled (0 = nothing due);
+- ``drain()`` repeats ``run_once()`` until it returns 0 (tests, and hand-over);
+- ``stop(deadline)`` lets the round in progress finish for up to ``deadline``
+  seconds, then cancels it, and hands back whatever it still holds
+  (:meth:`LoopRunner.hand_back`: release claims so another node takes them at
+  once instead of waiting out a lease).
+
+Durable work is claimed in rows with a lease (``claimed_until``): a runner that
+dies simply lets its lease expire and another takes the rows over.  Each item
+is handled in its own savepoint with a bounded attempt count, and an item that
+keeps failing is parked with the name of the stage that failed, for
+``mailgate inbound replay``.  This module knows nothing of that storage; it
+only gives every runner the same loop, the same wake-up, and the same habit
+for failures (logged once per outage, retried with a capped back-off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol, runtime_checkable
+
+log = logging.getLogger("mailgate.runner")
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What ``serve`` and the tests rely on, for every background worker."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self, deadline: float = 10.0) -> None: ...
+
+    def wake(self) -> None: ...
+
+    async def run_once(self) -> int: ...
+
+    async def drain(self) -> int: ...
+
+
+class LoopRunner:
+    """A runner whose loop calls :meth:`run_once` until told to stop.
+
+    Subclasses implement :meth:`run_once` (and, when they hold claims or open
+    connections, :meth:`hand_back` and :meth:`close`).  After a round that
+    handled nothing the loop sleeps until woken or ``poll_interval`` passes;
+    after a round that failed it backs off (0.5 s doubling to 30 s) and logs the
+    failure once, not once per round, until a round succeeds again.
+    """
+
+    name = "runner"
+    poll_interval: float = 1.0
+    max_backoff: float = 30.0
+
+    def __init__(self, *, poll_interval: float | None = None) -> None:
+        if poll_interval is not None:
+            self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+
+    # -- what subclasses provide ------------------------------------------------
+
+    async def run_once(self) -> int:
+        """One round: claim, handle, commit; how many items were handled."""
+        raise NotImplementedError
+
+    async def hand_back(self) -> None:
+        """Release what this runner still holds (claims); called once on stop."""
+
+    async def close(self) -> None:
+        """Close connections this runner opened; called once on stop, after hand_back."""
+
+    # -- the contract -----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def healthy(self) -> bool:
+        """False while rounds keep failing (storage away, peer down)."""
+        return self._failures == 0
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(), name=f"runner-{self.name}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def drain(self, max_rounds: int = 100_000) -> int:
+        total = 0
+        for _ in range(max_rounds):
+            n = await self.run_once()
+            if not n:
+                break
+            total += n
+        return total
+
+    async def stop(self, deadline: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), deadline)
+            except TimeoutError:
+                log.warning("%s: still busy after %.1f s; cancelling", self.name, deadline)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            except Exception as exc:  # noqa: BLE001 - the loop ended by an error
+                log.error("%s: ended with %s: %s", self.name, type(exc).__name__, exc)
+        with contextlib.suppress(Exception):
+            await self.hand_back()
+        with contextlib.suppress(Exception):
+            await self.close()
+
+    # -- the loop ---------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            # Cleared before the round, so a wake() during it is not lost.
+            self._wake.clear()
+            try:
+                handled = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - storage or peer away: back off, retry
+                self._failures += 1
+                if self._failures == 1:
+                    log.error("%s: round failed: %s: %s", self.name, type(exc).__name__, exc)
+                    log.debug("%s: failure detail", self.name, exc_info=True)
+                await self._idle(min(self.max_backoff, 0.5 * 2 ** (self._failures - 1)))
+                continue
+            if self._failures:
+                log.warning("%s: recovered after %d failed rounds", self.name, self._failures)
+                self._failures = 0
+            if handled:
+                continue
+            await self._idle(self.poll_interval)
+
+    async def _idle(self, seconds: float) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
