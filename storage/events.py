@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, text
@@ -23,33 +24,46 @@ from storage.types import utcnow
 
 EVENT_LOG_LOCK = 0x6D61696C  # "mail"
 
-EVENT_TYPES = frozenset(
-    {
-        "email.filed",
-        "email.received",
-        "email.sent",
-        "email.deferred",
-        "email.failed",
-        "email.opened",
-        "email.clicked",
-        "email.replied",
-        "email.bounced",
-        "email.complained",
-        "email.unsubscribed",
-        "record.created",
-        "record.converted",
-        "suppression.lifted",
-        "quota.warning",
-        "quota.exhausted",
-        "sync.run",
-    }
-)
+
+class EventType(StrEnum):
+    """Every type the log holds; ``docs/events.md`` documents each one's data fields.
+
+    Payloads are built only by :mod:`storage.payloads` (one builder per subject),
+    so every writer of a type produces the same fields.
+    """
+
+    EMAIL_FILED = "email.filed"
+    EMAIL_RECEIVED = "email.received"
+    EMAIL_SENT = "email.sent"
+    EMAIL_DEFERRED = "email.deferred"
+    EMAIL_FAILED = "email.failed"
+    EMAIL_OPENED = "email.opened"
+    EMAIL_CLICKED = "email.clicked"
+    EMAIL_REPLIED = "email.replied"
+    EMAIL_BOUNCED = "email.bounced"
+    EMAIL_COMPLAINED = "email.complained"
+    EMAIL_UNSUBSCRIBED = "email.unsubscribed"
+    RECORD_CREATED = "record.created"
+    RECORD_UPDATED = "record.updated"
+    RECORD_DELETED = "record.deleted"
+    RECORD_CONVERTED = "record.converted"
+    SUPPRESSION_LIFTED = "suppression.lifted"
+    QUOTA_WARNING = "quota.warning"
+    QUOTA_EXHAUSTED = "quota.exhausted"
+    CAMPAIGN_SENT = "campaign.sent"
+    SYNC_RUN = "sync.run"
+    WEBHOOK_DISABLED = "webhook.disabled"
+
+
+EVENT_TYPES = frozenset(t.value for t in EventType)
 
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
+    """An event to append; build it with :mod:`storage.payloads`, not by hand."""
+
     org_id: int
-    type: str
+    type: EventType
     data: dict[str, Any] = field(default_factory=dict)
     at: datetime | None = None
 
@@ -82,7 +96,7 @@ def append_sync(conn: Connection, new: Sequence[NewEvent]) -> None:
         return
     now = utcnow()
     to_db = db_time(conn)
-    append_rows(conn, [(e.org_id, e.type, to_db(e.at or now), db_json(e.data)) for e in new])
+    append_rows(conn, [(e.org_id, str(e.type), to_db(e.at or now), db_json(e.data)) for e in new])
 
 
 async def append(conn: AsyncConnection, new: Sequence[NewEvent]) -> None:

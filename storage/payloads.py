@@ -1,0 +1,254 @@
+"""One payload builder per event subject: the only place event data is shaped.
+
+Every writer of an event type calls the same builder, so a consumer (the
+sync, webhooks, the API reader) sees the same fields whichever path wrote it:
+a lead created by the dropbox, the API or a CSV import is one
+``record.created`` with the record's id each time.  ``docs/events.md`` lists
+each type's fields; keep the two in step.
+
+Subjects:
+
+- **filed mail** (:func:`email_filed`, :func:`email_received`,
+  :func:`email_replied`): a message we stored, by its ``messages`` id;
+- **a send** (:func:`send_event`): one outbound message to one recipient and
+  what became of it (sent, deferred, failed, opened, clicked, bounced,
+  complained, unsubscribed), by its ``sends`` id;
+- **a record** (:func:`record_event`, :func:`record_converted`): a lead,
+  contact, account or deal, by module and id, with the fields that changed;
+- **quota** (:func:`quota_event`), **suppression** (:func:`suppression_lifted`).
+
+Builders are pure: they take plain values (or a row as a mapping) and return
+a :class:`~storage.events.NewEvent`; nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from storage.events import EventType, NewEvent
+
+#: Subjects are cut to this length in events (the full text stays in ``messages``).
+SUBJECT_LIMIT = 200
+#: Relay replies and diagnostics are cut to this length in events.
+REPLY_LIMIT = 500
+
+SEND_TYPES = frozenset(
+    {
+        EventType.EMAIL_SENT,
+        EventType.EMAIL_DEFERRED,
+        EventType.EMAIL_FAILED,
+        EventType.EMAIL_OPENED,
+        EventType.EMAIL_CLICKED,
+        EventType.EMAIL_BOUNCED,
+        EventType.EMAIL_COMPLAINED,
+        EventType.EMAIL_UNSUBSCRIBED,
+    }
+)
+
+RECORD_CHANGES = frozenset(
+    {EventType.RECORD_CREATED, EventType.RECORD_UPDATED, EventType.RECORD_DELETED}
+)
+
+
+# -- filed mail ----------------------------------------------------------------------
+
+
+def email_filed(
+    org_id: int,
+    *,
+    message_pk: int,
+    header_message_id: str | None,
+    user_id: int | None,
+    direction: str,
+    source: str,
+    subject: str,
+    records: Iterable[tuple[str, int]],
+    send_id: int | None = None,
+    at: datetime | None = None,
+) -> NewEvent:
+    """A message was stored and linked to ``records`` ((module, id) pairs)."""
+    data: dict[str, Any] = {
+        "message_id": message_pk,
+        "header_message_id": header_message_id,
+        "user_id": user_id,
+        "direction": direction,
+        "source": source,
+        "subject": (subject or "")[:SUBJECT_LIMIT],
+        "records": [{"module": m, "id": r} for m, r in records],
+    }
+    if send_id is not None:
+        data["send_id"] = send_id
+    return NewEvent(org_id, EventType.EMAIL_FILED, data, at=at)
+
+
+def email_received(
+    org_id: int, *, message_pk: int, user_id: int | None, sender: str, at: datetime | None = None
+) -> NewEvent:
+    """Incoming mail was filed (a polled mailbox's INBOX, or mail from a record)."""
+    data = {"message_id": message_pk, "user_id": user_id, "from": sender}
+    return NewEvent(org_id, EventType.EMAIL_RECEIVED, data, at=at)
+
+
+def email_replied(
+    org_id: int,
+    *,
+    send: Mapping[str, Any],
+    message_pk: int | None,
+    user_id: int | None,
+    sender: str,
+    at: datetime | None = None,
+) -> NewEvent:
+    """Mail answering one of our sends arrived (``send`` needs id, module, record_id)."""
+    data = {
+        "send_id": send["id"],
+        "message_id": message_pk,
+        "user_id": user_id,
+        "from": sender,
+        "module": send["module"],
+        "record_id": send["record_id"],
+    }
+    return NewEvent(org_id, EventType.EMAIL_REPLIED, data, at=at)
+
+
+# -- sends ---------------------------------------------------------------------------
+
+
+def send_fields(send: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every send event carries, from a ``sends`` row (``to_email`` or ``to``)."""
+    return {
+        "send_id": send["id"],
+        "to": send.get("to_email", send.get("to")),
+        "kind": send.get("kind"),
+        "module": send.get("module"),
+        "record_id": send.get("record_id"),
+        "user_id": send.get("user_id"),
+        "template_id": send.get("template_id"),
+        "message_id": send.get("message_id"),
+    }
+
+
+def send_event(
+    type: EventType, send: Mapping[str, Any], *, at: datetime | None = None, **extra: Any
+) -> NewEvent:
+    """What became of one send: the common send fields plus the type's own (``extra``).
+
+    Type-specific fields (see ``docs/events.md``): ``reply`` (sent, deferred,
+    failed), ``attempts`` and ``next_attempt_at`` (deferred), ``code`` (failed),
+    ``verdict``/``reason``/``link_index``/``url`` (opened, clicked),
+    ``type``/``email``/``status``/``reason``/``diagnostic`` (bounced),
+    ``feedback_type`` (complained), ``method`` (unsubscribed).
+    """
+    if type not in SEND_TYPES:
+        raise ValueError(f"{type} is not a send event")
+    data = send_fields(send)
+    for key in ("reply", "diagnostic"):
+        if isinstance(extra.get(key), str):
+            extra[key] = extra[key][:REPLY_LIMIT]
+    data.update(extra)
+    return NewEvent(send["org_id"], type, data, at=at)
+
+
+# -- records -------------------------------------------------------------------------
+
+
+def record_event(
+    type: EventType,
+    org_id: int,
+    *,
+    module: str,
+    record_id: int,
+    source: str,
+    changed: Mapping[str, Any] | None = None,
+    user_id: int | None = None,
+    at: datetime | None = None,
+) -> NewEvent:
+    """A record was created, updated or deleted.
+
+    ``changed`` holds the fields that changed with their new values (for a
+    create: the fields it was created with; for a delete: the last email, so a
+    consumer that keyed on it can find its copy).  ``source`` says who did it:
+    ``api``, ``dropbox``, ``imap``, ``import``, ``conversion``.
+    """
+    if type not in RECORD_CHANGES:
+        raise ValueError(f"{type} is not a record change")
+    data = {
+        "module": module,
+        "id": record_id,
+        "source": source,
+        "changed": _jsonable(changed or {}),
+    }
+    if user_id is not None:
+        data["user_id"] = user_id
+    return NewEvent(org_id, type, data, at=at)
+
+
+def record_converted(
+    org_id: int,
+    *,
+    lead_id: int,
+    account_id: int,
+    contact_id: int,
+    deal_id: int | None,
+    user_id: int | None = None,
+    at: datetime | None = None,
+) -> NewEvent:
+    """A lead became an account, a contact and (optionally) a deal."""
+    data = {
+        "lead_id": lead_id,
+        "account_id": account_id,
+        "contact_id": contact_id,
+        "deal_id": deal_id,
+    }
+    if user_id is not None:
+        data["user_id"] = user_id
+    return NewEvent(org_id, EventType.RECORD_CONVERTED, data, at=at)
+
+
+# -- quota and suppressions ----------------------------------------------------------
+
+
+def quota_event(
+    type: EventType,
+    org_id: int,
+    *,
+    kind: str,
+    day: str,
+    used: int,
+    limit: int,
+    resets_at: datetime,
+    at: datetime | None = None,
+) -> NewEvent:
+    """An org crossed 80 % of (``quota.warning``) or used up (``quota.exhausted``) a quota."""
+    if type not in (EventType.QUOTA_WARNING, EventType.QUOTA_EXHAUSTED):
+        raise ValueError(f"{type} is not a quota event")
+    data = {
+        "kind": kind,
+        "day": day,
+        "used": used,
+        "limit": limit,
+        "resets_at": resets_at.isoformat(),
+    }
+    return NewEvent(org_id, type, data, at=at)
+
+
+def suppression_lifted(
+    org_id: int, *, email: str, reason: str, user_id: int | None, at: datetime | None = None
+) -> NewEvent:
+    """Someone removed an address from the org's suppression list."""
+    data = {"email": email, "reason": reason, "user_id": user_id}
+    return NewEvent(org_id, EventType.SUPPRESSION_LIFTED, data, at=at)
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values as JSON can carry them (dates and decimals as text)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+            out[key] = value
+        elif hasattr(value, "isoformat"):
+            out[key] = value.isoformat()
+        else:
+            out[key] = str(value)
+    return out
