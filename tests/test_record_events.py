@@ -37,9 +37,7 @@ def last_event_id(api: httpx.Client) -> int:
     return items[-1]["id"] if items else 0
 
 
-def test_create_patch_delete_of_a_lead_are_three_events_with_id_and_changed_fields(
-    mailgate, user
-):
+def test_create_patch_delete_of_a_lead_are_three_events_with_id_and_changed_fields(mailgate, user):
     with mailgate.api(user) as api:
         start = last_event_id(api)
         lead = api.post(
@@ -47,9 +45,12 @@ def test_create_patch_delete_of_a_lead_are_three_events_with_id_and_changed_fiel
             json={"last_name": "佐藤", "email": "sato@ex.example.jp", "company": "顧客商事"},
         ).json()
         # "company" is sent unchanged: only last_name is reported as changed.
-        assert api.patch(
-            f"/api/v1/leads/{lead['id']}", json={"last_name": "鈴木", "company": "顧客商事"}
-        ).status_code == 200
+        assert (
+            api.patch(
+                f"/api/v1/leads/{lead['id']}", json={"last_name": "鈴木", "company": "顧客商事"}
+            ).status_code
+            == 200
+        )
         assert api.delete(f"/api/v1/leads/{lead['id']}").status_code == 204
 
         got = events_after(api, start, "record.created", "record.updated", "record.deleted")
@@ -137,5 +138,9 @@ def test_a_csv_import_of_three_rows_is_three_record_created_events_with_distinct
     by_email = {r["email"]: r["id"] for r in listed}
     assert {e["data"]["changed"]["email"]: e["data"]["id"] for e in got} == {
         email: by_email[email]
-        for email in ("taro@import.example.jp", "hanako@import.example.jp", "sato@import.example.jp")
+        for email in (
+            "taro@import.example.jp",
+            "hanako@import.example.jp",
+            "sato@import.example.jp",
+        )
     }
