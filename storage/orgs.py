@@ -56,11 +56,11 @@ async def get_user(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None
 
 
 async def find_user(conn: AsyncConnection, ref: str) -> dict[str, Any] | None:
-    """By id or by email (the CLI accepts either)."""
+    """By id (all digits) or by normalised address (the caller normalises it)."""
     if ref.isdigit():
         q = select(users).where(users.c.id == int(ref))
     else:
-        q = select(users).where(users.c.email_norm == ref.strip().lower()).order_by(users.c.id)
+        q = select(users).where(users.c.email_norm == ref).order_by(users.c.id)
     row = (await conn.execute(q)).mappings().first()
     return dict(row) if row else None
 

@@ -148,8 +148,15 @@ async def issue_api_token(db: Database, user_id: int) -> str:
     return token
 
 
+async def find_user(conn, ref: str) -> dict[str, Any] | None:
+    """A user by id or by address, compared as the CRM compares addresses."""
+    if not ref.isdigit():
+        ref = normalise(ref) or ref.strip()
+    return await store.find_user(conn, ref)
+
+
 async def _user(conn, ref: str) -> dict[str, Any]:
-    user = await store.find_user(conn, ref)
+    user = await find_user(conn, ref)
     if user is None:
         raise AdminError(f"no user {ref!r}")
     return user

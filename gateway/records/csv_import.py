@@ -89,7 +89,7 @@ DEMO_USER = "demo@demo.example.jp"
 async def ensure_demo(db: Database, settings: Settings) -> dict[str, Any]:
     async with db.connect() as conn:
         org = await org_store.find_org(conn, DEMO_ORG)
-        user = await org_store.find_user(conn, DEMO_USER)
+        user = await admin.find_user(conn, DEMO_USER)
     if org is None:
         org = await admin.create_org(
             db, DEMO_ORG, plan="professional", timezone="Asia/Tokyo", domains=["demo.example.jp"]
