@@ -259,17 +259,9 @@ def check_recipients(conn: Connection | None, sub: Submission) -> Flow:
             seen.add(record["email_norm"])
             sub.outgoing.append(Outgoing(module, rid, record))
             continue
-        sub.skipped.append(
-            Skipped(
-                module,
-                rid,
-                reason,
-                detail=sub.suppressed[record["email_norm"]]
-                if reason is SkipReason.SUPPRESSED
-                else None,
-                email=(record or {}).get("email"),
-            )
-        )
+        detail = sub.suppressed[record["email_norm"]] if reason is SkipReason.SUPPRESSED else None
+        email = (record or {}).get("email")
+        sub.skipped.append(Skipped(module, rid, reason, detail=detail, email=email))
     return Flow.CONTINUE if sub.outgoing else Flow.DONE
 
 
