@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.records.changes import changed_fields, created_fields
 from tests.test_api_records import new_org
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,4 +145,19 @@ def test_a_csv_import_of_three_rows_is_three_record_created_events_with_distinct
             "hanako@import.example.jp",
             "sato@import.example.jp",
         )
+    }
+
+
+# -- what counts as changed (pure) ---------------------------------------------------
+
+
+def test_changed_fields_reports_only_new_values_and_hides_bookkeeping():
+    before = {"id": 1, "last_name": "佐藤", "amount": Decimal("100.00"), "email_norm": "a@x.jp"}
+    after = {"last_name": "鈴木", "amount": Decimal("100"), "email_norm": "b@x.jp"}
+    assert changed_fields(before, after) == {"last_name": "鈴木"}
+
+
+def test_created_fields_leave_out_unset_values():
+    assert created_fields({"last_name": "佐藤", "phone": None, "email_norm": "a@x.jp"}) == {
+        "last_name": "佐藤"
     }

@@ -238,9 +238,10 @@ class RecordsApi(Resource):
             if before is None:
                 raise ApiError(404, "not_found", f"no such {module[:-1]}")
             values = await _validate(conn, module, org_id, body, partial=True)
+            if values:
+                await crm.patch(conn, module, org_id, rid, values)
             changed = changed_fields(before, values)
             if changed:
-                await crm.patch(conn, module, org_id, rid, values)
                 await events.append(
                     conn,
                     [
