@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.schema import accounts, contacts, deals, leads, message_links
@@ -30,6 +31,44 @@ async def create(conn: AsyncConnection, module: str, org_id: int, values: dict[s
     table = MODULES[module]
     res = await conn.execute(insert(table).values(org_id=org_id, **values).returning(table.c.id))
     return res.scalar_one()
+
+
+async def insert_many(
+    conn: AsyncConnection, module: str, org_id: int, rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Insert records in batched statements; each new row as stored (with its id).
+
+    The rows come back from ``RETURNING`` in whatever order the engine gives
+    (no per-row round trip to keep them in parameter order): each carries its
+    own values, which is all a caller building one event per record needs.
+    """
+    if not rows:
+        return []
+    table = MODULES[module]
+    columns = sorted({k for r in rows for k in r})
+    stmt = insert(table).returning(table.c.id, *(table.c[c] for c in columns))
+    res = await conn.execute(stmt, [{**r, "org_id": org_id} for r in rows])
+    return [dict(r) for r in res.mappings()]
+
+
+async def existing_emails(
+    conn: AsyncConnection, module: str, org_id: int, emails: Sequence[str]
+) -> set[str]:
+    """Which of ``emails`` (normalised) already belong to a record of ``module``."""
+    table = MODULES[module]
+    q = select(table.c.email_norm).where(
+        table.c.org_id == org_id, table.c.email_norm.in_(list(emails))
+    )
+    return set((await conn.execute(q)).scalars())
+
+
+def records_by_ids(
+    conn: Connection, module: str, org_id: int, ids: Iterable[int]
+) -> dict[int, dict[str, Any]]:
+    """The org's records of ``module`` among ``ids``, by id (missing ids are absent)."""
+    table = MODULES[module]
+    q = select(table).where(table.c.org_id == org_id, table.c.id.in_(sorted(set(ids))))
+    return {row["id"]: dict(row) for row in conn.execute(q).mappings()}
 
 
 async def get(conn: AsyncConnection, module: str, org_id: int, rid: int) -> dict[str, Any] | None:

@@ -14,10 +14,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Insert
+
+from storage.inserts import insert_ignore
 
 T = TypeVar("T")
 
@@ -145,16 +147,8 @@ class Database:
             return fn(conn, *args)
 
     def insert_ignore(self, table) -> Insert:
-        """``INSERT … ON CONFLICT DO NOTHING`` for either engine (races lose quietly)."""
-        if self.is_postgres:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(table).on_conflict_do_nothing()
-        if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            return sqlite_insert(table).on_conflict_do_nothing()
-        return insert(table)
+        """:func:`storage.inserts.insert_ignore` for this engine."""
+        return insert_ignore(table, self.dialect)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

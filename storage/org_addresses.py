@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.schema import orgs, users
+from storage.orgs import active_users
+from storage.schema import orgs
 from storage.schema_sending import org_addresses
 
 
@@ -35,10 +36,7 @@ def counts(conn: Connection, org_id: int) -> tuple[int, int]:
     have = conn.execute(
         select(func.count()).select_from(org_addresses).where(org_addresses.c.org_id == org_id)
     ).scalar_one()
-    active = conn.execute(
-        select(func.count()).select_from(users).where(users.c.org_id == org_id, users.c.active)
-    ).scalar_one()
-    return have, active
+    return have, active_users(conn, org_id)
 
 
 def find(conn: Connection, org_id: int, email_norm: str) -> dict[str, Any] | None:
@@ -47,6 +45,13 @@ def find(conn: Connection, org_id: int, email_norm: str) -> dict[str, Any] | Non
     )
     row = conn.execute(q).mappings().first()
     return _public(row) if row else None
+
+
+async def get_by_email(
+    conn: AsyncConnection, org_id: int, email_norm: str
+) -> dict[str, Any] | None:
+    """:func:`find` for async callers (the API's ``from`` check)."""
+    return await conn.run_sync(find, org_id, email_norm)
 
 
 def insert_address(conn: Connection, org_id: int, email_norm: str, name: str) -> dict[str, Any]:

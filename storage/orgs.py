@@ -34,8 +34,15 @@ async def find_org(conn: AsyncConnection, ref: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-async def list_orgs(conn: AsyncConnection) -> list[dict[str, Any]]:
-    return [dict(r) for r in (await conn.execute(select(orgs).order_by(orgs.c.id))).mappings()]
+def orgs_by_ref(conn: Connection, ref: str | None = None) -> list[dict[str, Any]]:
+    """Every org in id order, or the one named by id or name (ops reports)."""
+    q = select(orgs).order_by(orgs.c.id)
+    if ref is not None:
+        cond = orgs.c.name == ref
+        if ref.isdigit():
+            cond = cond | (orgs.c.id == int(ref))
+        q = q.where(cond)
+    return [dict(r) for r in conn.execute(q).mappings()]
 
 
 async def create_user(conn: AsyncConnection, **values: Any) -> int:
@@ -49,18 +56,28 @@ async def get_user(conn: AsyncConnection, user_id: int) -> dict[str, Any] | None
 
 
 async def find_user(conn: AsyncConnection, ref: str) -> dict[str, Any] | None:
-    """By id or by email (the CLI accepts either)."""
+    """By id (all digits) or by normalised address (the caller normalises it)."""
     if ref.isdigit():
         q = select(users).where(users.c.id == int(ref))
     else:
-        q = select(users).where(users.c.email_norm == ref.strip().lower()).order_by(users.c.id)
+        q = select(users).where(users.c.email_norm == ref).order_by(users.c.id)
     row = (await conn.execute(q)).mappings().first()
     return dict(row) if row else None
 
 
-async def count_active_users(conn: AsyncConnection, org_id: int) -> int:
+def active_users(conn: Connection, org_id: int) -> int:
+    """The org's active users: its licenses, which the quotas and address limits scale with.
+
+    The one count every caller uses; run it in the transaction whose decision
+    depends on it (a quota reservation, an address add under the org lock).
+    """
     q = select(func.count()).select_from(users).where(users.c.org_id == org_id, users.c.active)
-    return (await conn.execute(q)).scalar_one()
+    return conn.execute(q).scalar_one()
+
+
+async def count_active_users(conn: AsyncConnection, org_id: int) -> int:
+    """:func:`active_users` for async callers."""
+    return await conn.run_sync(active_users, org_id)
 
 
 async def user_by_dropbox(conn: AsyncConnection, token: str) -> dict[str, Any] | None:

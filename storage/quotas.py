@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, select, update
 
+from storage.inserts import insert_ignore
 from storage.schema_sending import quota_usage
 
 
@@ -24,14 +25,6 @@ class Reservation:
     after: int  # and after it
 
 
-def _insert_ignore(conn: Connection):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(quota_usage).on_conflict_do_nothing()
-
-
 def _key(org_id: int, kind: str, day: str):
     return and_(
         quota_usage.c.org_id == org_id, quota_usage.c.kind == kind, quota_usage.c.day == day
@@ -40,7 +33,9 @@ def _key(org_id: int, kind: str, day: str):
 
 def _ensure_row(conn: Connection, org_id: int, kind: str, day: str) -> None:
     conn.execute(
-        _insert_ignore(conn).values(org_id=org_id, kind=kind, day=day, used=0, warned=False)
+        insert_ignore(quota_usage, conn.dialect.name).values(
+            org_id=org_id, kind=kind, day=day, used=0, warned=False
+        )
     )
 
 

@@ -18,8 +18,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
+from gateway.org.plans import daily_limit
 from gateway.sending import quota as rules
-from gateway.sending.quota import FixedClock, daily_limit, quota_day
+from gateway.sending.quota import FixedClock, quota_day
 from storage.schema_sending import quota_usage, sends
 
 TOKYO = ZoneInfo("Asia/Tokyo")

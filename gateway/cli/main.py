@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import Settings, load_settings
 from gateway.org import admin
+from gateway.org.plans import PLAN_NAMES
 from storage.db import Database, StorageUnavailable
 
 T = TypeVar("T")
@@ -156,7 +157,7 @@ def db_upgrade() -> None:
 @org_app.command("create")
 def org_create(
     name: str,
-    plan: Annotated[str, typer.Option(help="free|standard|professional|enterprise")],
+    plan: Annotated[str, typer.Option(help="|".join(PLAN_NAMES))],
     timezone: Annotated[str, typer.Option(help="IANA time zone of the org's day.")] = "Asia/Tokyo",
     mass_addon: Annotated[int, typer.Option(help="Extra mass mails per day bought.")] = 0,
     domain: Annotated[
@@ -447,9 +448,7 @@ def imap_add(
         from gateway.receive.mailboxes.validate import config_from
 
         async with db.connect() as conn:
-            from storage import orgs as org_store
-
-            owner = await org_store.find_user(conn, user)
+            owner = await admin.find_user(conn, user)
         if owner is None:
             raise admin.AdminError(f"no user {user!r}")
         service = MailboxService(db, None, s)  # type: ignore[arg-type]
@@ -469,10 +468,9 @@ def imap_add(
 def _user_mailboxes(db: Database, ref: str):
     async def find() -> list[dict[str, Any]]:
         from storage import mailboxes as store
-        from storage import orgs as org_store
 
         async with db.connect() as conn:
-            owner = await org_store.find_user(conn, ref)
+            owner = await admin.find_user(conn, ref)
             if owner is None:
                 raise admin.AdminError(f"no user {ref!r}")
             rows = await store.list_mailboxes(conn, owner["org_id"], owner["id"])

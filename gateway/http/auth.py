@@ -1,4 +1,4 @@
-"""Bearer tokens: each one sees its own organization only."""
+"""Bearer tokens (each one sees its own organization only), and request parsing."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ from starlette.requests import Request
 
 from gateway.http.errors import ApiError
 from storage import orgs as org_store
+from storage.db import Database
 
 MAX_JSON_BYTES = 1024 * 1024
 
 
-async def current_user(request: Request) -> dict[str, Any]:
+async def authenticate(db: Database, request: Request) -> dict[str, Any]:
+    """The active user whose API token the request carries, or a 401."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <api_token>")
-    db = request.app.state.services.db
     async with db.connect() as conn:
         user = await org_store.user_by_api_token(conn, token.strip())
     if user is None:

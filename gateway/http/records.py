@@ -7,14 +7,18 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.addresses import normalise
-from gateway.http.auth import current_user, int_param, path_id, read_json
+from gateway.http.auth import int_param, path_id, read_json
 from gateway.http.errors import JSON, ApiError
+from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
+from gateway.records.changes import changed_fields, created_fields, deleted_fields
 from storage import crm, events, filing
 from storage import mailboxes as mailbox_store
-from storage.events import NewEvent
+from storage.events import EventType
+from storage.payloads import record_converted, record_event
 
 MAX_LEN = {
     "first_name": 100,
@@ -115,152 +119,6 @@ async def _validate(
     return values
 
 
-async def create_record(request: Request) -> Response:
-    user = await current_user(request)
-    module = _module(request)
-    body = await read_json(request)
-    db = request.app.state.services.db
-    async with db.begin() as conn:
-        values = await _validate(conn, module, user["org_id"], body, partial=False)
-        values.setdefault("owner_id", user["id"])
-        rid = await crm.create(conn, module, user["org_id"], values)
-        await events.append(
-            conn,
-            [
-                NewEvent(
-                    user["org_id"], "record.created", {"module": module, "id": rid, "source": "api"}
-                )
-            ],
-        )
-        record = await crm.get(conn, module, user["org_id"], rid)
-    return JSON(public(record), status_code=201)
-
-
-async def list_records(request: Request) -> Response:
-    user = await current_user(request)
-    module = _module(request)
-    limit = int_param(request, "limit", 100, lo=1, hi=1000)
-    after = int_param(request, "cursor", 0)
-    email = request.query_params.get("email")
-    email_norm = None
-    if email is not None:
-        if "email_norm" not in crm.MODULES[module].c:
-            raise ApiError(400, "bad_parameter", f"{module} have no email to filter on")
-        email_norm = normalise(email)
-        if email_norm is None or "\x00" in email_norm:
-            return JSON({"items": [], "next": None})
-    async with request.app.state.services.db.connect() as conn:
-        rows = await crm.list_page(
-            conn, module, user["org_id"], after=after, limit=limit + 1, email_norm=email_norm
-        )
-    nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-    return JSON({"items": [public(r) for r in rows[:limit]], "next": nxt})
-
-
-async def get_record(request: Request) -> Response:
-    user = await current_user(request)
-    module = _module(request)
-    async with request.app.state.services.db.connect() as conn:
-        record = await crm.get(conn, module, user["org_id"], path_id(request))
-    if record is None:
-        raise ApiError(404, "not_found", f"no such {module[:-1]}")
-    return JSON(public(record))
-
-
-async def patch_record(request: Request) -> Response:
-    user = await current_user(request)
-    module = _module(request)
-    rid = path_id(request)
-    body = await read_json(request)
-    async with request.app.state.services.db.begin() as conn:
-        if await crm.get(conn, module, user["org_id"], rid) is None:
-            raise ApiError(404, "not_found", f"no such {module[:-1]}")
-        values = await _validate(conn, module, user["org_id"], body, partial=True)
-        if values:
-            await crm.patch(conn, module, user["org_id"], rid, values)
-        record = await crm.get(conn, module, user["org_id"], rid)
-    return JSON(public(record))
-
-
-async def delete_record(request: Request) -> Response:
-    user = await current_user(request)
-    module = _module(request)
-    async with request.app.state.services.db.begin() as conn:
-        if not await crm.remove(conn, module, user["org_id"], path_id(request)):
-            raise ApiError(404, "not_found", f"no such {module[:-1]}")
-    return Response(status_code=204)
-
-
-async def convert_lead(request: Request) -> Response:
-    """Lead → account + contact (+ deal when asked); its filed mail moves to the contact."""
-    user = await current_user(request)
-    lead_id = path_id(request)
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"deal"})
-    if unknown:
-        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
-    deal_body = body.get("deal")
-    if deal_body is not None and not isinstance(deal_body, dict):
-        raise ApiError(422, "invalid_field", "deal must be an object")
-    org_id = user["org_id"]
-    async with request.app.state.services.db.begin() as conn:
-        lead = await crm.get(conn, "leads", org_id, lead_id)
-        if lead is None:
-            raise ApiError(404, "not_found", "no such lead")
-        if lead["converted_at"] is not None:
-            raise ApiError(
-                409,
-                "already_converted",
-                "this lead was already converted",
-                contact_id=lead["converted_contact_id"],
-            )
-        account_name = (
-            lead["company"]
-            or f"{lead['last_name']} {lead['first_name']}".strip()
-            or lead["email"]
-            or "Account"
-        )
-        account_id = await crm.create(
-            conn, "accounts", org_id, {"name": account_name, "owner_id": lead["owner_id"]}
-        )
-        contact_id = await crm.create(
-            conn,
-            "contacts",
-            org_id,
-            {
-                "first_name": lead["first_name"],
-                "last_name": lead["last_name"],
-                "email": lead["email"],
-                "email_norm": lead["email_norm"],
-                "account_id": account_id,
-                "phone": lead["phone"],
-                "title": lead["title"],
-                "owner_id": lead["owner_id"],
-                "source": "conversion",
-            },
-        )
-        deal_id = None
-        if deal_body is not None:
-            values = await _validate(
-                conn, "deals", org_id, {"name": account_name, **deal_body}, partial=False
-            )
-            values.update(account_id=account_id, contact_id=contact_id, owner_id=lead["owner_id"])
-            deal_id = await crm.create(conn, "deals", org_id, values)
-        if not await crm.mark_converted(
-            conn, org_id, lead_id, account_id=account_id, contact_id=contact_id, deal_id=deal_id
-        ):
-            # Converted by a simultaneous request: raising rolls back our account and contact.
-            raise ApiError(409, "already_converted", "this lead was already converted")
-        result = {
-            "lead_id": lead_id,
-            "account_id": account_id,
-            "contact_id": contact_id,
-            "deal_id": deal_id,
-        }
-        await events.append(conn, [NewEvent(org_id, "record.converted", result)])
-    return JSON(result)
-
-
 def email_item(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -281,20 +139,6 @@ def email_item(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def record_emails(request: Request) -> Response:
-    user = await current_user(request)
-    module = _module(request)
-    rid = path_id(request)
-    limit = int_param(request, "limit", 100, lo=1, hi=500)
-    after = int_param(request, "cursor", 0)
-    async with request.app.state.services.db.connect() as conn:
-        if await crm.get(conn, module, user["org_id"], rid) is None:
-            raise ApiError(404, "not_found", f"no such {module[:-1]}")
-        rows = await _visible_emails(conn, user, module, rid, after=after, limit=limit + 1)
-    nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-    return JSON({"items": [email_item(r) for r in rows[:limit]], "next": nxt})
-
-
 async def _visible_emails(
     conn, user: dict[str, Any], module: str, rid: int, *, after: int, limit: int
 ) -> list[dict[str, Any]]:
@@ -312,10 +156,244 @@ async def _visible_emails(
     )
 
 
-async def list_events(request: Request) -> Response:
-    user = await current_user(request)
-    after = int_param(request, "after", 0)
-    limit = int_param(request, "limit", 100, lo=1, hi=1000)
-    async with request.app.state.services.db.connect() as conn:
-        items = await events.read_after(conn, after=after, limit=limit, org_id=user["org_id"])
-    return JSON({"items": items, "next": str(items[-1]["id"]) if len(items) == limit else None})
+class RecordsApi(Resource):
+    """CRUD of the four modules, lead conversion, a record's mail, and the event log."""
+
+    def routes(self) -> list[Route]:
+        m = "/api/v1/{module}"
+        return [
+            Route("/api/v1/leads/{id}/convert", self.convert_lead, methods=["POST"]),
+            Route(m, self.create_record, methods=["POST"]),
+            Route(m, self.list_records, methods=["GET"]),
+            Route(m + "/{id}", self.get_record, methods=["GET"]),
+            Route(m + "/{id}", self.patch_record, methods=["PATCH"]),
+            Route(m + "/{id}", self.delete_record, methods=["DELETE"]),
+            Route(m + "/{id}/emails", self.record_emails, methods=["GET"]),
+        ]
+
+    async def create_record(self, request: Request) -> Response:
+        user = await self.user(request)
+        module = _module(request)
+        body = await read_json(request)
+        org_id = user["org_id"]
+        async with self.db.begin() as conn:
+            values = await _validate(conn, module, org_id, body, partial=False)
+            values.setdefault("owner_id", user["id"])
+            rid = await crm.create(conn, module, org_id, values)
+            record = await crm.get(conn, module, org_id, rid)
+            await events.append(
+                conn,
+                [
+                    record_event(
+                        EventType.RECORD_CREATED,
+                        org_id,
+                        module=module,
+                        record_id=rid,
+                        source="api",
+                        changed=created_fields(values),
+                        user_id=user["id"],
+                    )
+                ],
+            )
+        return JSON(public(record), status_code=201)
+
+    async def list_records(self, request: Request) -> Response:
+        user = await self.user(request)
+        module = _module(request)
+        limit = int_param(request, "limit", 100, lo=1, hi=1000)
+        after = int_param(request, "cursor", 0)
+        email = request.query_params.get("email")
+        email_norm = None
+        if email is not None:
+            if "email_norm" not in crm.MODULES[module].c:
+                raise ApiError(400, "bad_parameter", f"{module} have no email to filter on")
+            email_norm = normalise(email)
+            if email_norm is None or "\x00" in email_norm:
+                return JSON({"items": [], "next": None})
+        async with self.db.connect() as conn:
+            rows = await crm.list_page(
+                conn, module, user["org_id"], after=after, limit=limit + 1, email_norm=email_norm
+            )
+        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+        return JSON({"items": [public(r) for r in rows[:limit]], "next": nxt})
+
+    async def get_record(self, request: Request) -> Response:
+        user = await self.user(request)
+        module = _module(request)
+        async with self.db.connect() as conn:
+            record = await crm.get(conn, module, user["org_id"], path_id(request))
+        if record is None:
+            raise ApiError(404, "not_found", f"no such {module[:-1]}")
+        return JSON(public(record))
+
+    async def patch_record(self, request: Request) -> Response:
+        """Change the given fields; ``record.updated`` names only those whose value changed."""
+        user = await self.user(request)
+        module = _module(request)
+        rid = path_id(request)
+        body = await read_json(request)
+        org_id = user["org_id"]
+        async with self.db.begin() as conn:
+            before = await crm.get(conn, module, org_id, rid)
+            if before is None:
+                raise ApiError(404, "not_found", f"no such {module[:-1]}")
+            values = await _validate(conn, module, org_id, body, partial=True)
+            if values:
+                await crm.patch(conn, module, org_id, rid, values)
+            changed = changed_fields(before, values)
+            if changed:
+                await events.append(
+                    conn,
+                    [
+                        record_event(
+                            EventType.RECORD_UPDATED,
+                            org_id,
+                            module=module,
+                            record_id=rid,
+                            source="api",
+                            changed=changed,
+                            user_id=user["id"],
+                        )
+                    ],
+                )
+            record = await crm.get(conn, module, org_id, rid)
+        return JSON(public(record))
+
+    async def delete_record(self, request: Request) -> Response:
+        user = await self.user(request)
+        module = _module(request)
+        rid = path_id(request)
+        org_id = user["org_id"]
+        async with self.db.begin() as conn:
+            record = await crm.get(conn, module, org_id, rid)
+            if record is None or not await crm.remove(conn, module, org_id, rid):
+                raise ApiError(404, "not_found", f"no such {module[:-1]}")
+            await events.append(
+                conn,
+                [
+                    record_event(
+                        EventType.RECORD_DELETED,
+                        org_id,
+                        module=module,
+                        record_id=rid,
+                        source="api",
+                        changed=deleted_fields(record),
+                        user_id=user["id"],
+                    )
+                ],
+            )
+        return Response(status_code=204)
+
+    async def convert_lead(self, request: Request) -> Response:
+        """Lead → account + contact (+ deal when asked); its filed mail moves to the contact."""
+        user = await self.user(request)
+        lead_id = path_id(request)
+        body = await read_json(request)
+        unknown = sorted(set(body) - {"deal"})
+        if unknown:
+            raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(unknown)}")
+        deal_body = body.get("deal")
+        if deal_body is not None and not isinstance(deal_body, dict):
+            raise ApiError(422, "invalid_field", "deal must be an object")
+        org_id = user["org_id"]
+        async with self.db.begin() as conn:
+            lead = await crm.get(conn, "leads", org_id, lead_id)
+            if lead is None:
+                raise ApiError(404, "not_found", "no such lead")
+            if lead["converted_at"] is not None:
+                raise ApiError(
+                    409,
+                    "already_converted",
+                    "this lead was already converted",
+                    contact_id=lead["converted_contact_id"],
+                )
+            account_name = (
+                lead["company"]
+                or f"{lead['last_name']} {lead['first_name']}".strip()
+                or lead["email"]
+                or "Account"
+            )
+            account = {"name": account_name, "owner_id": lead["owner_id"]}
+            account_id = await crm.create(conn, "accounts", org_id, account)
+            contact = {
+                "first_name": lead["first_name"],
+                "last_name": lead["last_name"],
+                "email": lead["email"],
+                "email_norm": lead["email_norm"],
+                "account_id": account_id,
+                "phone": lead["phone"],
+                "title": lead["title"],
+                "owner_id": lead["owner_id"],
+                "source": "conversion",
+            }
+            contact_id = await crm.create(conn, "contacts", org_id, contact)
+            created = [("accounts", account_id, account), ("contacts", contact_id, contact)]
+            deal_id = None
+            if deal_body is not None:
+                deal = await _validate(
+                    conn, "deals", org_id, {"name": account_name, **deal_body}, partial=False
+                )
+                deal.update(account_id=account_id, contact_id=contact_id, owner_id=lead["owner_id"])
+                deal_id = await crm.create(conn, "deals", org_id, deal)
+                created.append(("deals", deal_id, deal))
+            if not await crm.mark_converted(
+                conn, org_id, lead_id, account_id=account_id, contact_id=contact_id, deal_id=deal_id
+            ):
+                # Converted by a simultaneous request: raising rolls back our account and contact.
+                raise ApiError(409, "already_converted", "this lead was already converted")
+            converted = await crm.get(conn, "leads", org_id, lead_id)
+            await events.append(
+                conn,
+                [
+                    *(
+                        record_event(
+                            EventType.RECORD_CREATED,
+                            org_id,
+                            module=module,
+                            record_id=rid,
+                            source="conversion",
+                            changed=created_fields(values),
+                            user_id=user["id"],
+                        )
+                        for module, rid, values in created
+                    ),
+                    record_event(
+                        EventType.RECORD_UPDATED,
+                        org_id,
+                        module="leads",
+                        record_id=lead_id,
+                        source="conversion",
+                        changed=changed_fields(lead, converted),
+                        user_id=user["id"],
+                    ),
+                    record_converted(
+                        org_id,
+                        lead_id=lead_id,
+                        account_id=account_id,
+                        contact_id=contact_id,
+                        deal_id=deal_id,
+                        user_id=user["id"],
+                    ),
+                ],
+            )
+        return JSON(
+            {
+                "lead_id": lead_id,
+                "account_id": account_id,
+                "contact_id": contact_id,
+                "deal_id": deal_id,
+            }
+        )
+
+    async def record_emails(self, request: Request) -> Response:
+        user = await self.user(request)
+        module = _module(request)
+        rid = path_id(request)
+        limit = int_param(request, "limit", 100, lo=1, hi=500)
+        after = int_param(request, "cursor", 0)
+        async with self.db.connect() as conn:
+            if await crm.get(conn, module, user["org_id"], rid) is None:
+                raise ApiError(404, "not_found", f"no such {module[:-1]}")
+            rows = await _visible_emails(conn, user, module, rid, after=after, limit=limit + 1)
+        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+        return JSON({"items": [email_item(r) for r in rows[:limit]], "next": nxt})

@@ -4,41 +4,47 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
-from gateway.http.auth import current_user, int_param
+from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
+from gateway.http.resource import Resource
 from storage import orgs as org_store
 from tracking.reports import ReportError, email_report, no_response_report, parse_period
 
 
-async def _period(request: Request, org_id: int):
-    db = request.app.state.services.db
-    async with db.connect() as conn:
-        org = await org_store.get_org(conn, org_id)
-    tz = (org or {}).get("timezone") or "UTC"
-    try:
-        return parse_period(request.query_params.get("from"), request.query_params.get("to"), tz)
-    except ReportError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from exc
+class ReportsApi(Resource):
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/reports/emails", self.emails_report, methods=["GET"]),
+            Route("/api/v1/reports/no-response", self.no_response, methods=["GET"]),
+        ]
 
+    async def _period(self, request: Request, org_id: int):
+        async with self.db.connect() as conn:
+            org = await org_store.get_org(conn, org_id)
+        tz = (org or {}).get("timezone") or "UTC"
+        try:
+            return parse_period(
+                request.query_params.get("from"), request.query_params.get("to"), tz
+            )
+        except ReportError as exc:
+            raise ApiError(400, "bad_parameter", str(exc)) from exc
 
-async def emails_report(request: Request) -> Response:
-    user = await current_user(request)
-    period = await _period(request, user["org_id"])
-    group = request.query_params.get("group") or "day"
-    by = request.query_params.get("by") or None
-    db = request.app.state.services.db
-    try:
-        body = await db.run_read(email_report, user["org_id"], period, group, by)
-    except ReportError as exc:
-        raise ApiError(400, "bad_parameter", str(exc)) from exc
-    return JSON(body)
+    async def emails_report(self, request: Request) -> Response:
+        user = await self.user(request)
+        period = await self._period(request, user["org_id"])
+        group = request.query_params.get("group") or "day"
+        by = request.query_params.get("by") or None
+        try:
+            body = await self.db.run_read(email_report, user["org_id"], period, group, by)
+        except ReportError as exc:
+            raise ApiError(400, "bad_parameter", str(exc)) from exc
+        return JSON(body)
 
-
-async def no_response(request: Request) -> Response:
-    user = await current_user(request)
-    period = await _period(request, user["org_id"])
-    limit = int_param(request, "limit", 1000, lo=1, hi=10000)
-    db = request.app.state.services.db
-    body = await db.run_read(no_response_report, user["org_id"], period, limit)
-    return JSON(body)
+    async def no_response(self, request: Request) -> Response:
+        user = await self.user(request)
+        period = await self._period(request, user["org_id"])
+        limit = int_param(request, "limit", 1000, lo=1, hi=10000)
+        body = await self.db.run_read(no_response_report, user["org_id"], period, limit)
+        return JSON(body)

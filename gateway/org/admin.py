@@ -10,16 +10,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy.exc import IntegrityError
 
 from gateway.addresses import normalise
+from gateway.org import plans
 from gateway.receive.smtp import DROPBOX_PREFIX
 from storage import orgs as store
 from storage.db import Database
 
-PLANS = ("free", "standard", "professional", "enterprise")
 MAX_EXTRA_SENDERS = 5
-MAX_MASS_ADDON_TOTAL = 2250
-#: Mass mails per day each plan includes (PRODUCT.md); an add-on tops it up to the cap above.
-MASS_PER_DAY = {"free": 0, "standard": 250, "professional": 500, "enterprise": 1000}
-FREE_PLAN_MAX_USERS = 4
 
 
 class AdminError(Exception):
@@ -49,18 +45,20 @@ async def create_org(
     domains: list[str] | None = None,
     locale: str = "ja",
 ) -> dict[str, Any]:
-    if plan not in PLANS:
-        raise AdminError(f"unknown plan {plan!r}; choose one of {', '.join(PLANS)}")
+    try:
+        included = plans.plan(plan).mass_per_day
+    except plans.UnknownPlan as exc:
+        raise AdminError(str(exc)) from None
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise AdminError(f"unknown time zone {timezone!r}") from exc
     if mass_addon < 0:
         raise AdminError("--mass-addon cannot be negative")
-    if MASS_PER_DAY[plan] + mass_addon > MAX_MASS_ADDON_TOTAL:
+    if included + mass_addon > plans.MASS_CAP:
         raise AdminError(
-            f"--mass-addon {mass_addon} takes the {plan} plan over {MAX_MASS_ADDON_TOTAL} "
-            f"mass mails a day; at most {MAX_MASS_ADDON_TOTAL - MASS_PER_DAY[plan]}"
+            f"--mass-addon {mass_addon} takes the {plan} plan over {plans.MASS_CAP} "
+            f"mass mails a day; at most {plans.max_mass_addon(plan)}"
         )
     clean_domains = []
     for d in domains or []:
@@ -115,11 +113,10 @@ async def create_user(
             org = await store.find_org(conn, org_ref)
             if org is None:
                 raise AdminError(f"no organization {org_ref!r}")
-            if (
-                org["plan"] == "free"
-                and await store.count_active_users(conn, org["id"]) >= FREE_PLAN_MAX_USERS
-            ):
-                raise AdminError(f"the free plan allows at most {FREE_PLAN_MAX_USERS} users")
+            active = await store.count_active_users(conn, org["id"])
+            if plans.user_cap_reached(org["plan"], active):
+                cap = plans.plan(org["plan"]).max_users
+                raise AdminError(f"the {org['plan']} plan allows at most {cap} users")
             user_id = await store.create_user(
                 conn,
                 org_id=org["id"],
@@ -151,8 +148,15 @@ async def issue_api_token(db: Database, user_id: int) -> str:
     return token
 
 
+async def find_user(conn, ref: str) -> dict[str, Any] | None:
+    """A user by id or by address, compared as the CRM compares addresses."""
+    if not ref.isdigit():
+        ref = normalise(ref) or ref.strip()
+    return await store.find_user(conn, ref)
+
+
 async def _user(conn, ref: str) -> dict[str, Any]:
-    user = await store.find_user(conn, ref)
+    user = await find_user(conn, ref)
     if user is None:
         raise AdminError(f"no user {ref!r}")
     return user

@@ -12,10 +12,10 @@ import re
 from typing import Any
 
 from gateway.addresses import normalise
+from gateway.org import plans
 from storage import org_addresses as store
 from storage.db import Database
 
-PER_LICENSE = 10
 MAX_NAME = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -26,10 +26,6 @@ class OrgAddressError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-def limit_for(active_users: int) -> int:
-    return PER_LICENSE * active_users
 
 
 def checked(email: Any, name: Any) -> tuple[str, str]:
@@ -54,7 +50,7 @@ def checked(email: Any, name: Any) -> tuple[str, str]:
 
 
 async def add(db: Database, org_id: int, email: Any, name: Any = None) -> dict[str, Any]:
-    """Add a shared address, atomically within ``PER_LICENSE × active users``."""
+    """Add a shared address, atomically within the plan catalogue's per-license limit."""
     norm, clean_name = checked(email, name)
 
     def write(conn) -> dict[str, Any]:
@@ -63,13 +59,14 @@ async def add(db: Database, org_id: int, email: Any, name: Any = None) -> dict[s
         if store.find(conn, org_id, norm) is not None:
             raise OrgAddressError(409, "exists", f"{norm} is already an organization address")
         have, active = store.counts(conn, org_id)
-        limit = limit_for(active)
+        limit = plans.shared_address_limit(active)
         if have >= limit:
             raise OrgAddressError(
                 422,
                 "limit_reached",
                 f"the organization has {have} of its {limit} addresses "
-                f"({PER_LICENSE} per active user, {active} active); remove one first",
+                f"({plans.SHARED_ADDRESSES_PER_LICENSE} per active user, {active} active); "
+                "remove one first",
             )
         return store.insert_address(conn, org_id, norm, clean_name)
 

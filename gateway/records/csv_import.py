@@ -6,36 +6,48 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
-from sqlalchemy import select
 
 from gateway.config import Settings
 from gateway.org import admin
+from gateway.records.changes import created_fields
 from gateway.records.csv_rows import parse_csv
 from storage import crm
 from storage import orgs as org_store
 from storage.db import Database
-from storage.events import NewEvent, append
+from storage.events import EventType, NewEvent, append
+from storage.payloads import record_event
 
 CHUNK = 500
+
+
+def imported_events(org_id: int, module: str, rows: list[dict[str, Any]]) -> list[NewEvent]:
+    """One ``record.created`` per imported record, in id order, with the fields it got."""
+    return [
+        record_event(
+            EventType.RECORD_CREATED,
+            org_id,
+            module=module,
+            record_id=row["id"],
+            source="import",
+            changed=created_fields({k: v for k, v in row.items() if k != "source"}),
+        )
+        for row in sorted(rows, key=lambda r: r["id"])
+    ]
 
 
 async def import_file(db: Database, module: str, org_ref: str, data: bytes) -> dict[str, Any]:
     parsed = parse_csv(data, module)
     if parsed.errors:
         return {"errors": parsed.errors}
-    table = crm.MODULES[module]
     async with db.begin() as conn:
         org = await org_store.find_org(conn, org_ref)
         if org is None:
             raise admin.AdminError(f"no organization {org_ref!r}")
         org_id = org["id"]
         emails = [r["email_norm"] for r in parsed.rows if r.get("email_norm")]
-        existing = set()
+        existing: set[str] = set()
         for i in range(0, len(emails), CHUNK):
-            q = select(table.c.email_norm).where(
-                table.c.org_id == org_id, table.c.email_norm.in_(emails[i : i + CHUNK])
-            )
-            existing.update((await conn.execute(q)).scalars())
+            existing |= await crm.existing_emails(conn, module, org_id, emails[i : i + CHUNK])
         errors = []
         if module == "contacts":
             account_ids = {r["account_id"] for r in parsed.rows if r.get("account_id")}
@@ -50,30 +62,18 @@ async def import_file(db: Database, module: str, org_ref: str, data: bytes) -> d
         skipped = [
             f"line {r['_line']}: {r['email']} already exists" for r in parsed.rows if r not in todo
         ]
+        created: list[dict[str, Any]] = []
         # stderr: stdout carries only the JSON report, for scripts.
         with Progress(transient=True, console=Console(stderr=True)) as progress:
             task = progress.add_task(f"importing {module}", total=len(todo))
             for i in range(0, len(todo), CHUNK):
                 chunk = [
-                    {
-                        **{k: v for k, v in r.items() if k != "_line"},
-                        "org_id": org_id,
-                        "source": "import",
-                    }
+                    {**{k: v for k, v in r.items() if k != "_line"}, "source": "import"}
                     for r in todo[i : i + CHUNK]
                 ]
-                await conn.execute(table.insert(), chunk)
+                created += await crm.insert_many(conn, module, org_id, chunk)
                 progress.advance(task, len(chunk))
-        await append(
-            conn,
-            [
-                NewEvent(
-                    org_id,
-                    "record.created",
-                    {"module": module, "source": "import", "count": len(todo)},
-                )
-            ],
-        )
+        await append(conn, imported_events(org_id, module, created))
     return {
         "errors": [],
         "imported": len(todo),
@@ -89,7 +89,7 @@ DEMO_USER = "demo@demo.example.jp"
 async def ensure_demo(db: Database, settings: Settings) -> dict[str, Any]:
     async with db.connect() as conn:
         org = await org_store.find_org(conn, DEMO_ORG)
-        user = await org_store.find_user(conn, DEMO_USER)
+        user = await admin.find_user(conn, DEMO_USER)
     if org is None:
         org = await admin.create_org(
             db, DEMO_ORG, plan="professional", timezone="Asia/Tokyo", domains=["demo.example.jp"]

@@ -1,4 +1,6 @@
-"""Daily sending quotas: the plan rules and the org's local day, as pure functions.
+"""Daily sending quotas: the org's local day and the thresholds, as pure functions.
+
+The limits themselves come from the plan catalogue, :mod:`gateway.org.plans`.
 
 The day is the org's calendar day (00:00–23:59 in its IANA time zone), so the
 counters are keyed by the local date and the reset is the next local
@@ -13,14 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
-
-KINDS = ("individual", "mass")
-FREE_PLAN_MAX_USERS = 4
-INDIVIDUAL_PER_USER = {"free": 50}
-INDIVIDUAL_PER_USER_PAID = 300
-MASS_BY_PLAN = {"free": 0, "standard": 250, "professional": 500, "enterprise": 1000}
-MASS_CAP = 2250
-WARNING_SHARE = 0.8
 
 
 class Clock(Protocol):
@@ -42,17 +36,6 @@ class FixedClock:
 
     def now(self) -> datetime:
         return self.at
-
-
-def daily_limit(kind: str, plan: str, active_users: int, mass_addon: int = 0) -> int:
-    """The number of messages of ``kind`` the org may send in one local day."""
-    if kind == "individual":
-        if plan == "free":
-            return INDIVIDUAL_PER_USER["free"] * min(active_users, FREE_PLAN_MAX_USERS)
-        return INDIVIDUAL_PER_USER_PAID * active_users
-    if kind == "mass":
-        return min(MASS_BY_PLAN.get(plan, 0) + max(mass_addon, 0), MASS_CAP)
-    raise ValueError(f"unknown quota kind {kind!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +81,13 @@ class Crossing:
     exhausted: bool
 
 
+def warning_threshold(limit: int) -> int:
+    """ceil(80 % of ``limit``) without floats: the count that earns ``quota.warning``."""
+    return -(-limit * 8 // 10)
+
+
 def crossings(before: int, after: int, limit: int) -> Crossing:
     """A reservation from ``before`` to ``after`` crossed 80 % and/or 100 % of ``limit``."""
     if limit <= 0 or after <= before:
         return Crossing(False, False)
-    warn_at = -(-limit * 8 // 10)  # ceil(0.8 × limit) without floats
-    return Crossing(before < warn_at <= after, before < limit <= after)
+    return Crossing(before < warning_threshold(limit) <= after, before < limit <= after)

@@ -6,22 +6,22 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
+from gateway.org.plans import QUOTA_KINDS, daily_limit
 from gateway.sending import quota as rules
-from gateway.sending.submit import active_users
+from storage import orgs as org_store
 from storage import quotas as quota_store
-from storage.schema import orgs
 
 
 def org_quota(conn: Connection, org: dict[str, Any], now: datetime) -> dict[str, dict[str, Any]]:
     """Per kind: used, limit, remaining, resets_at (ISO 8601 in the org's offset)."""
     day = rules.quota_day(now, ZoneInfo(org["timezone"]))
     used = quota_store.usage_for_day(conn, org["id"], day.day)
-    users = active_users(conn, org["id"])
+    users = org_store.active_users(conn, org["id"])
     out: dict[str, dict[str, Any]] = {}
-    for kind in rules.KINDS:
-        limit = rules.daily_limit(kind, org["plan"], users, org["mass_addon"])
+    for kind in QUOTA_KINDS:
+        limit = daily_limit(kind, org["plan"], users, org["mass_addon"])
         n = used.get(kind, 0)
         out[kind] = {
             "used": n,
@@ -35,21 +35,13 @@ def org_quota(conn: Connection, org: dict[str, Any], now: datetime) -> dict[str,
 
 def all_orgs(conn: Connection, now: datetime, org_ref: str | None = None) -> list[dict[str, Any]]:
     """Every org's quota (or the one named by id or name), for ops."""
-    q = select(orgs).order_by(orgs.c.id)
-    if org_ref is not None:
-        cond = orgs.c.name == org_ref
-        if org_ref.isdigit():
-            cond = cond | (orgs.c.id == int(org_ref))
-        q = q.where(cond)
-    result = []
-    for org in conn.execute(q).mappings():
-        result.append(
-            {
-                "org_id": org["id"],
-                "org": org["name"],
-                "plan": org["plan"],
-                "timezone": org["timezone"],
-                **org_quota(conn, dict(org), now),
-            }
-        )
-    return result
+    return [
+        {
+            "org_id": org["id"],
+            "org": org["name"],
+            "plan": org["plan"],
+            "timezone": org["timezone"],
+            **org_quota(conn, org, now),
+        }
+        for org in org_store.orgs_by_ref(conn, org_ref)
+    ]

@@ -1,0 +1,529 @@
+"""Accepting a send, as a declared sequence of verb-named guard steps.
+
+:data:`STEPS` is the order :func:`gateway.sending.submit.enqueue` runs them in,
+all inside one transaction.  Every step has one signature, ``step(conn,
+submission) -> Flow``: it reads and extends the :class:`Submission`, and
+either lets the request go on (``Flow.CONTINUE``), finds nothing left to do
+(``Flow.DONE``: every recipient was skipped), or refuses the whole request
+by raising :class:`QuotaExceeded` (the transaction rolls back, nothing is
+kept).  A recipient a step will not mail is recorded with a
+:class:`SkipReason`, never silently dropped.
+
+Steps that only decide (check recipients, render, track links, compose and
+sign) touch no database: ``conn`` is there for the uniform signature, and
+their unit tests pass ``None``.  The steps that read or write call
+:mod:`storage` functions, one per statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum, StrEnum
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection
+
+from gateway.bounces.verp import verp_address
+from gateway.ingest.parse import content_hash
+from gateway.org.plans import daily_limit
+from gateway.sending import quota as rules
+from gateway.sending.compose import compose, make_message_id
+from gateway.sending.dkim import sign as dkim_sign
+from gateway.sending.tokens import new_verp_token
+from storage import crm, filing
+from storage import orgs as org_store
+from storage import quotas as quota_store
+from storage import sends as send_store
+from storage.events import EventType, NewEvent, append_sync
+from storage.payloads import email_filed, quota_event
+from storage.suppressions import suppressed_among
+from templates.render import Rendered, build_context, compile_template, full_name
+from tracking.prepare import prepare_html, unsubscribe_link
+from tracking.tokens import TokenSigner
+
+#: Modules whose records carry an address we can send to.
+RECIPIENT_MODULES = ("leads", "contacts")
+#: How many local days ahead ``defer_excess`` may book a bulk send.
+MAX_DEFER_DAYS = 31
+
+
+class SkipReason(StrEnum):
+    """Why one recipient of an accepted request gets no mail (the API's ``reason``)."""
+
+    UNSUPPORTED_MODULE = "unsupported_module"
+    NOT_FOUND = "not_found"
+    NO_EMAIL = "no_email"
+    SUPPRESSED = "suppressed"  # shown with the suppression's reason: ``suppressed:bounce``
+    MODULE_MISMATCH = "module_mismatch"
+    ADDRESS_NOT_DELIVERABLE = "address_not_deliverable"
+    DUPLICATE = "duplicate"
+
+
+class Flow(Enum):
+    """What a step tells the sequence: go on, or stop with what has been decided."""
+
+    CONTINUE = "continue"
+    DONE = "done"
+
+
+class QuotaExceeded(Exception):
+    """The send does not fit in the day's quota (and was not allowed to spill over)."""
+
+    def __init__(self, kind: str, used: int, limit: int, requested: int, resets_at: datetime):
+        self.kind, self.used, self.limit = kind, used, limit
+        self.requested, self.resets_at = requested, resets_at
+        left = max(limit - used, 0)
+        super().__init__(
+            f"daily {kind} quota exceeded: {requested} requested, {left} of {limit} left today"
+            f"; it resets at {resets_at.isoformat()}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What to send: a template's saved version, or inline parts (``template_id`` None)."""
+
+    subject: str
+    html: str
+    text: str | None = None
+    header: str | None = None
+    footer: str | None = None
+    module: str | None = None  # a template's module; inline content fits any recipient
+    template_id: int | None = None
+    template_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """Where and how outbound mail is addressed and signed (from the settings)."""
+
+    mail_domain: str
+    public_url: str
+    #: Signs the open/click/unsubscribe tokens the ``/t`` and ``/u`` endpoints verify.
+    tracker: TokenSigner
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key: bytes | None = None
+
+
+@dataclass
+class SendRequest:
+    org: dict[str, Any]
+    user: dict[str, Any]
+    kind: str  # individual | mass
+    to: list[tuple[str, int]]
+    content: Content
+    from_email: str
+    from_name: str
+    defer_excess: bool = False
+    source: str = "api"  # api | campaign (how the filed copy is labelled)
+    campaign_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A recipient that gets no mail, and why."""
+
+    module: str
+    record_id: int
+    reason: SkipReason
+    detail: str | None = None  # the suppression's own reason
+    email: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        to: dict[str, Any] = {"module": self.module, "id": self.record_id}
+        if self.email:
+            to["email"] = self.email
+        reason = f"{self.reason}:{self.detail}" if self.detail else str(self.reason)
+        return {"to": to, "reason": reason}
+
+
+@dataclass
+class Outgoing:
+    """One message to one recipient, filled in step by step."""
+
+    module: str
+    record_id: int
+    record: dict[str, Any]
+    day: rules.QuotaDay | None = None
+    scheduled: bool = False
+    row: dict[str, Any] = field(default_factory=dict)  # the ``sends`` row
+    rendered: Rendered | None = None
+    sent_html: str = ""  # the recipient's (tracked) HTML; the filed copy keeps ``rendered``
+    links: list[str] = field(default_factory=list)
+    unsubscribe: tuple[str, str] = ("", "")  # (mailto, https)
+    raw: bytes = b""
+    to_name: str = ""
+
+    @property
+    def send_id(self) -> int:
+        return self.row["id"]
+
+
+@dataclass
+class Submission:
+    """The typed context every step reads and extends."""
+
+    request: SendRequest
+    signer: Signer
+    now: datetime
+    records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    suppressed: Mapping[str, str] = field(default_factory=dict)  # email_norm → reason
+    outgoing: list[Outgoing] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
+
+
+Step = Callable[[Connection, Submission], Flow]
+
+
+# -- check recipients ----------------------------------------------------------------
+
+
+def look_up_recipients(conn: Connection, sub: Submission) -> Flow:
+    """Load the named records (with a contact's account) and which addresses are suppressed."""
+    org_id, to = sub.request.org["id"], sub.request.to
+    for module in RECIPIENT_MODULES:
+        ids = [rid for m, rid in to if m == module]
+        if ids:
+            for rid, row in crm.records_by_ids(conn, module, org_id, ids).items():
+                sub.records[(module, rid)] = row
+    account_ids = {
+        r["account_id"] for (m, _), r in sub.records.items() if m == "contacts" and r["account_id"]
+    }
+    if account_ids:
+        accounts = crm.records_by_ids(conn, "accounts", org_id, account_ids)
+        for (m, _), r in sub.records.items():
+            if m == "contacts" and r["account_id"]:
+                r["account"] = accounts.get(r["account_id"])
+    emails = [r["email_norm"] for r in sub.records.values() if r.get("email_norm")]
+    sub.suppressed = suppressed_among(conn, org_id, emails)
+    return Flow.CONTINUE
+
+
+def deliverable(email: str) -> bool:
+    """An address an ASCII-only relay session can carry (no SMTPUTF8 local part)."""
+    local, at, domain = email.rpartition("@")
+    if not at or not local or not local.isascii():
+        return False
+    try:
+        domain.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def skip_reason(
+    module: str,
+    record: Mapping[str, Any] | None,
+    *,
+    suppressed: Mapping[str, str],
+    content_module: str | None,
+    seen: set[str],
+) -> SkipReason | None:
+    """Why this recipient gets no mail, or None; the first reason that applies wins."""
+    if module not in RECIPIENT_MODULES:
+        return SkipReason.UNSUPPORTED_MODULE
+    if record is None:
+        return SkipReason.NOT_FOUND
+    if not record.get("email_norm"):
+        return SkipReason.NO_EMAIL
+    if record["email_norm"] in suppressed:
+        return SkipReason.SUPPRESSED
+    if content_module and content_module != module:
+        return SkipReason.MODULE_MISMATCH
+    if not deliverable(record["email"]):
+        return SkipReason.ADDRESS_NOT_DELIVERABLE
+    if record["email_norm"] in seen:
+        return SkipReason.DUPLICATE
+    return None
+
+
+def check_recipients(conn: Connection | None, sub: Submission) -> Flow:
+    """Keep each deliverable, unsuppressed recipient once, in the order given; skip the rest."""
+    seen: set[str] = set()
+    for module, rid in sub.request.to:
+        record = sub.records.get((module, rid))
+        reason = skip_reason(
+            module,
+            record,
+            suppressed=sub.suppressed,
+            content_module=sub.request.content.module,
+            seen=seen,
+        )
+        if reason is None:
+            seen.add(record["email_norm"])
+            sub.outgoing.append(Outgoing(module, rid, record))
+            continue
+        detail = sub.suppressed[record["email_norm"]] if reason is SkipReason.SUPPRESSED else None
+        email = (record or {}).get("email")
+        sub.skipped.append(Skipped(module, rid, reason, detail=detail, email=email))
+    return Flow.CONTINUE if sub.outgoing else Flow.DONE
+
+
+# -- reserve quota -------------------------------------------------------------------
+
+
+def reserve_quota(conn: Connection, sub: Submission) -> Flow:
+    """Book every message on today's counter, or spill over day by day when allowed.
+
+    Refuses the whole request (:class:`QuotaExceeded`) when it does not fit;
+    emits ``quota.warning`` once a day at 80 % and ``quota.exhausted`` at 100 %.
+    """
+    req = sub.request
+    tz = ZoneInfo(req.org["timezone"])
+    org_id, kind = req.org["id"], req.kind
+    users = org_store.active_users(conn, org_id)
+    limit = daily_limit(kind, req.org["plan"], users, req.org["mass_addon"])
+    today = rules.quota_day(sub.now, tz)
+    day = today
+    schedule: list[rules.QuotaDay] = []
+    remaining = len(sub.outgoing)
+    for _ in range(MAX_DEFER_DAYS if req.defer_excess else 1):
+        got = quota_store.reserve(
+            conn, org_id, kind, day.day, remaining, limit, partial=req.defer_excess
+        )
+        if got.granted:
+            schedule += [day] * got.granted
+            remaining -= got.granted
+            sub.events += _quota_events(conn, req, day, got, limit)
+        if remaining == 0:
+            break
+        if not schedule and not req.defer_excess:
+            break
+        day = day.next(tz)
+    if remaining:
+        used = quota_store.used(conn, org_id, kind, today.day)
+        raise QuotaExceeded(kind, used, limit, len(sub.outgoing), today.resets_at)
+    for out, booked in zip(sub.outgoing, schedule, strict=True):
+        out.day, out.scheduled = booked, booked.day != today.day
+    return Flow.CONTINUE
+
+
+def _quota_events(
+    conn: Connection,
+    req: SendRequest,
+    day: rules.QuotaDay,
+    got: quota_store.Reservation,
+    limit: int,
+) -> list[NewEvent]:
+    fields = {"kind": req.kind, "day": day.day, "used": got.after, "limit": limit}
+    org_id = req.org["id"]
+    out = []
+    if got.after >= rules.warning_threshold(limit) and quota_store.claim_warning(
+        conn, org_id, req.kind, day.day
+    ):
+        out.append(quota_event(EventType.QUOTA_WARNING, org_id, resets_at=day.resets_at, **fields))
+    if rules.crossings(got.before, got.after, limit).exhausted:
+        out.append(
+            quota_event(EventType.QUOTA_EXHAUSTED, org_id, resets_at=day.resets_at, **fields)
+        )
+    return out
+
+
+# -- create sends --------------------------------------------------------------------
+
+
+def create_sends(conn: Connection, sub: Submission) -> Flow:
+    """Insert one queued ``sends`` row per message; a later day's start is its due time."""
+    req, now = sub.request, sub.now
+    for out in sub.outgoing:
+        out.row = {
+            "org_id": req.org["id"],
+            "user_id": req.user["id"],
+            "kind": req.kind,
+            "module": out.module,
+            "record_id": out.record_id,
+            "to_email": out.record["email"],
+            "from_email": req.from_email,
+            "subject": "",
+            "template_id": req.content.template_id,
+            "template_version": req.content.template_version,
+            "campaign_id": req.campaign_id,
+            "message_id": make_message_id(sub.signer.mail_domain)[1:-1],
+            "verp_token": new_verp_token(),
+            "links": [],
+            "state": "queued",
+            "attempts": 0,
+            "status": "queued",
+            "next_attempt_at": out.day.starts_at if out.scheduled else now,
+            "created_at": now,
+        }
+    ids = send_store.insert_sends(conn, [out.row for out in sub.outgoing])
+    for out, sid in zip(sub.outgoing, ids, strict=True):
+        out.row["id"] = sid
+    return Flow.CONTINUE
+
+
+# -- render, track links, compose and sign (pure) ------------------------------------
+
+
+def unsubscribe_targets(signer: Signer, send_id: int, verp_token: str) -> tuple[str, str]:
+    """(mailto, https) for ``List-Unsubscribe``: the VERP address and the signed ``/u`` page."""
+    https = unsubscribe_link(signer.public_url, signer.tracker, send_id)
+    mailto = f"mailto:{verp_address(verp_token, signer.mail_domain)}?subject={quote('unsubscribe')}"
+    return mailto, https
+
+
+def render(conn: Connection | None, sub: Submission) -> Flow:
+    """Merge each recipient's fields into the content (the unsubscribe link is per send)."""
+    req, c = sub.request, sub.request.content
+    compiled: dict[str, Any] = {}
+    for out in sub.outgoing:
+        if out.module not in compiled:
+            compiled[out.module] = compile_template(
+                c.subject, c.html, c.text, c.header, c.footer, out.module
+            )
+        out.unsubscribe = unsubscribe_targets(sub.signer, out.send_id, out.row["verp_token"])
+        context = build_context(
+            out.module,
+            out.record,
+            {"account": out.record.get("account")},
+            req.user,
+            req.org,
+            unsubscribe_url=out.unsubscribe[1],
+        )
+        out.rendered = compiled[out.module].render(context)
+        out.sent_html = out.rendered.html
+        out.row["subject"] = out.rendered.subject
+        out.to_name = full_name(
+            out.record.get("first_name"), out.record.get("last_name"), req.org["locale"]
+        )
+    return Flow.CONTINUE
+
+
+def track_links(conn: Connection | None, sub: Submission) -> Flow:
+    """Rewrite the recipient's HTML for open and click tracking; the filed copy stays clean."""
+    skip = frozenset(sub.request.org.get("tracking_skip_domains") or ())
+    for out in sub.outgoing:
+        if not out.rendered.html:
+            continue
+        out.sent_html, out.links, _ = prepare_html(
+            out.rendered.html,
+            send_id=out.send_id,
+            signer=sub.signer.tracker,
+            public_url=sub.signer.public_url,
+            skip_domains=skip,
+        )
+        out.row["links"] = out.links
+    return Flow.CONTINUE
+
+
+def compose_and_sign(conn: Connection | None, sub: Submission) -> Flow:
+    """Build each message's bytes (one-click unsubscribe for mass mail) and DKIM-sign them.
+
+    A header the composer refuses raises ``ValueError`` (the API answers 422).
+    """
+    req, signer = sub.request, sub.signer
+    for out in sub.outgoing:
+        mailto, https = out.unsubscribe
+        raw = compose(
+            from_addr=req.from_email,
+            from_name=req.from_name or None,
+            to_addr=out.record["email"],
+            to_name=out.to_name or None,
+            subject=out.rendered.subject,
+            html=out.sent_html,
+            text=out.rendered.text,
+            message_id=out.row["message_id"],
+            headers={"X-Mailgate-Send": str(out.send_id)},
+            list_unsubscribe=(mailto, https),
+            one_click=req.kind == "mass" and https.startswith("https://"),
+            date=sub.now,
+        )
+        if signer.dkim_key and signer.dkim_domain and signer.dkim_selector:
+            raw = dkim_sign(
+                raw,
+                selector=signer.dkim_selector,
+                domain=signer.dkim_domain,
+                private_key_pem=signer.dkim_key,
+            )
+        out.raw = raw
+    return Flow.CONTINUE
+
+
+# -- file copies, emit ---------------------------------------------------------------
+
+
+def filed_copy(sub: Submission, out: Outgoing) -> dict[str, Any]:
+    """The ``messages`` row of the copy filed on the record (untracked HTML)."""
+    req = sub.request
+    return {
+        "org_id": req.org["id"],
+        "user_id": req.user["id"],
+        "message_id": out.row["message_id"],
+        "content_hash": content_hash(out.raw),
+        "subject": out.rendered.subject,
+        "from_addr": req.from_email.lower(),
+        "from_name": req.from_name,
+        "to_addrs": [{"name": out.to_name, "email": out.record["email_norm"]}],
+        "cc_addrs": [],
+        "date": sub.now,
+        "direction": "outgoing",
+        "source": req.source,
+        "in_reply_to": None,
+        "references": [],
+        "text_body": out.rendered.text,
+        "html_body": out.rendered.html,
+        "defects": [],
+        "size": len(out.raw),
+        "send_id": out.send_id,
+        "raw": out.raw,
+    }
+
+
+def file_copies(conn: Connection, sub: Submission) -> Flow:
+    """Store the composed bytes on the sends, and file a copy of each on its record."""
+    req = sub.request
+    org_id = req.org["id"]
+    send_store.set_composed(
+        conn, [(out.send_id, out.row["subject"], out.raw, out.links) for out in sub.outgoing]
+    )
+    pks = filing.insert_messages(conn, [filed_copy(sub, out) for out in sub.outgoing])
+    filing.insert_links(
+        conn,
+        [
+            {"org_id": org_id, "message_id": pk, "module": out.module, "record_id": out.record_id}
+            for pk, out in zip(pks, sub.outgoing, strict=True)
+        ],
+    )
+    sub.events += [
+        email_filed(
+            org_id,
+            message_pk=pk,
+            header_message_id=out.row["message_id"],
+            user_id=req.user["id"],
+            direction="outgoing",
+            source=req.source,
+            subject=out.row["subject"],
+            records=[(out.module, out.record_id)],
+            send_id=out.send_id,
+            at=sub.now,
+        )
+        for pk, out in zip(pks, sub.outgoing, strict=True)
+    ]
+    return Flow.CONTINUE
+
+
+def emit(conn: Connection, sub: Submission) -> Flow:
+    """Append the request's events (quota, filed copies) last, just before commit."""
+    append_sync(conn, sub.events)
+    return Flow.DONE
+
+
+#: The order a send request is accepted in; ``enqueue`` runs them until one says DONE.
+STEPS: tuple[Step, ...] = (
+    look_up_recipients,
+    check_recipients,
+    reserve_quota,
+    create_sends,
+    render,
+    track_links,
+    compose_and_sign,
+    file_copies,
+    emit,
+)
