@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from storage import tracking_store
@@ -32,7 +33,7 @@ from tracking.unsubscribe_page import (
     render_invalid_page,
 )
 
-__all__ = ["Tracking", "open_pixel", "click", "unsubscribe_page", "unsubscribe_post"]
+__all__ = ["Tracking", "routes"]
 
 _NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 _MAX_UNSUBSCRIBE_BODY = 4096
@@ -48,10 +49,6 @@ class Tracking:
         self.signer = signer
         self.recorder = recorder
         self.public_url = public_url.rstrip("/")
-
-
-def _tracking(request: Request) -> Tracking:
-    return request.app.state.services.tracking
 
 
 def _client(request: Request) -> tuple[str, str]:
@@ -72,8 +69,11 @@ class _OpenPixel:
     _NOT_FOUND = Response(PIXEL_GIF, status_code=404, headers=PIXEL_HEADERS)
     _BODY = {"type": "http.response.body", "body": PIXEL_GIF}
 
+    def __init__(self, tracking: Tracking) -> None:
+        self.tracking = tracking
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tracking: Tracking = scope["app"].state.services.tracking
+        tracking = self.tracking
         parsed = tracking.signer.verify(scope["path_params"]["token"], TokenKind.OPEN)
         if parsed is None:
             # Still the GIF (a broken-image icon helps nobody), but 404 and nothing recorded.
@@ -99,7 +99,28 @@ class _OpenPixel:
         await send(self._BODY)
 
 
-open_pixel = _OpenPixel()
+def routes(tracking: Tracking) -> list[Route]:
+    """The public tracking routes, bound to ``tracking`` (no application state is read).
+
+    They go first in the app's route table: the pixel is the hottest path and
+    routes are matched in order.
+    """
+
+    async def click_route(request: Request) -> Response:
+        return await click(tracking, request)
+
+    async def unsubscribe_get(request: Request) -> Response:
+        return await unsubscribe_page(tracking, request)
+
+    async def unsubscribe_form(request: Request) -> Response:
+        return await unsubscribe_post(tracking, request)
+
+    return [
+        Route("/t/o/{token}", _OpenPixel(tracking), methods=["GET"]),
+        Route("/t/c/{token}", click_route, methods=["GET"]),
+        Route("/u/{token}", unsubscribe_get, methods=["GET"]),
+        Route("/u/{token}", unsubscribe_form, methods=["POST"]),
+    ]
 
 
 def _not_found(request: Request) -> Response:
@@ -107,8 +128,7 @@ def _not_found(request: Request) -> Response:
     return HTMLResponse(render_invalid_page(lang), status_code=404, headers=PAGE_HEADERS)
 
 
-async def click(request: Request) -> Response:
-    tracking = _tracking(request)
+async def click(tracking: Tracking, request: Request) -> Response:
     parsed = tracking.signer.verify(request.path_params["token"], TokenKind.CLICK)
     if parsed is None:
         return _not_found(request)
@@ -123,18 +143,16 @@ async def click(request: Request) -> Response:
     return RedirectResponse(links[index], status_code=302, headers=_NO_STORE)
 
 
-async def _unsubscribe_send(request: Request) -> tuple[Tracking, dict[str, Any] | None]:
-    tracking = _tracking(request)
+async def _unsubscribe_send(tracking: Tracking, request: Request) -> dict[str, Any] | None:
     parsed = tracking.signer.verify(request.path_params["token"], TokenKind.UNSUBSCRIBE)
     if parsed is None:
-        return tracking, None
-    send = await tracking.db.run_read(tracking_store.send_for_unsubscribe, parsed.send_id)
-    return tracking, send
+        return None
+    return await tracking.db.run_read(tracking_store.send_for_unsubscribe, parsed.send_id)
 
 
-async def unsubscribe_page(request: Request) -> Response:
+async def unsubscribe_page(tracking: Tracking, request: Request) -> Response:
     """The confirmation page; a GET never unsubscribes (scanners follow GETs)."""
-    _, send = await _unsubscribe_send(request)
+    send = await _unsubscribe_send(tracking, request)
     if send is None:
         return _not_found(request)
     lang = pick_lang(request.headers.get("accept-language"))
@@ -142,12 +160,12 @@ async def unsubscribe_page(request: Request) -> Response:
     return HTMLResponse(body, headers=PAGE_HEADERS)
 
 
-async def unsubscribe_post(request: Request) -> Response:
+async def unsubscribe_post(tracking: Tracking, request: Request) -> Response:
     """RFC 8058 one-click (``List-Unsubscribe=One-Click``) and the page's form.
 
     Idempotent: a second POST answers the same page and changes nothing.
     """
-    tracking, send = await _unsubscribe_send(request)
+    send = await _unsubscribe_send(tracking, request)
     if send is None:
         return _not_found(request)
     body = b""

@@ -57,16 +57,6 @@ class Operations:
         return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def tracking_routes() -> list[Route]:
-    """First in the table: the pixel is the hottest path and routes are matched in order."""
-    return [
-        Route("/t/o/{token}", tracking.open_pixel, methods=["GET"]),
-        Route("/t/c/{token}", tracking.click, methods=["GET"]),
-        Route("/u/{token}", tracking.unsubscribe_page, methods=["GET"]),
-        Route("/u/{token}", tracking.unsubscribe_post, methods=["POST"]),
-    ]
-
-
 def relay_wake(services: Services) -> Callable[[], None]:
     """Wake the relay after a send is queued, when this process runs one.
 
@@ -97,13 +87,15 @@ def create_app(services: Services) -> Starlette:
         RecordsApi(db),
     )
     app = Starlette(
-        routes=[*tracking_routes(), *(r for res in resources for r in res.routes())],
+        # Tracking first: the pixel is the hottest path and routes are matched in order.
+        routes=[
+            *tracking.routes(services.tracking),
+            *(r for res in resources for r in res.routes()),
+        ],
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
             Exception: on_unexpected,
         },
     )
-    # The tracking endpoints (tracking/, not ours) still read their handler from here.
-    app.state.services = services
     return app
