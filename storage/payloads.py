@@ -125,14 +125,20 @@ def send_fields(send: Mapping[str, Any]) -> dict[str, Any]:
         "record_id": send.get("record_id"),
         "user_id": send.get("user_id"),
         "template_id": send.get("template_id"),
+        "template_version": send.get("template_version"),
         "message_id": send.get("message_id"),
     }
 
 
 def send_event(
-    type: EventType, send: Mapping[str, Any], *, at: datetime | None = None, **extra: Any
+    type: EventType, send: Mapping[str, Any], /, *, at: datetime | None = None, **extra: Any
 ) -> NewEvent:
     """What became of one send: the common send fields plus the type's own (``extra``).
+
+    ``type`` and ``send`` are positional-only so that ``extra`` may carry a
+    field named ``type`` (``email.bounced``: ``hard`` or ``soft``).  A bounce
+    reported for an address the send was not addressed to is not that send's:
+    pass ``{"id": None, "org_id": …, "to": address}`` then.
 
     Type-specific fields (see ``docs/events.md``): ``reply`` (sent, deferred,
     failed), ``attempts`` and ``next_attempt_at`` (deferred), ``code`` (failed),
