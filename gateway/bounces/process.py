@@ -19,8 +19,8 @@ from sqlalchemy import Connection
 from gateway.bounces import BounceKind, BounceReport, classify, verp_token
 from gateway.ingest.parse import parse
 from storage import bounce_store, events, tracking_store
-from storage.events import EventType, NewEvent
-from storage.payloads import send_event
+from storage.events import NewEvent
+from storage.payloads import bounce_event
 from tracking.unsubscribe import apply_unsubscribe
 
 RECIPIENT_LOOKBACK = timedelta(days=30)
@@ -113,30 +113,28 @@ def apply_bounce(
         matched_by=matched_by,
         at=now,
     )
-    fields: dict[str, Any] = {
-        "email": email,
-        "status": status,
-        "reply_code": reply_code,
-        "reason": reason,
-        "diagnostic": diagnostic,
-        "matched_by": matched_by,
-    }
-    # An address the report names that is not the send's own gets no send fields.
-    subject = send or {"id": None, "org_id": org_id, "to": email}
-    if kind == "complaint":
-        if send_id:
+    if send_id:
+        if kind == "complaint":
             bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
-        fields["feedback_type"] = feedback_type
-        event_type = EventType.EMAIL_COMPLAINED
-    else:
-        if send_id:
+        else:
             bounce_store.mark_send(
                 conn, send_id, status="bounced", bounce_type=kind, bounced_at=now
             )
-        fields["type"] = kind
-        event_type = EventType.EMAIL_BOUNCED
-    fields.update(event_extra or {})
-    return [send_event(event_type, subject, at=now, **fields)]
+    event = bounce_event(
+        org_id,
+        send=send,
+        email=email,
+        kind=kind,
+        at=now,
+        status=status,
+        reply_code=reply_code,
+        reason=reason,
+        diagnostic=diagnostic,
+        feedback_type=feedback_type,
+        matched_by=matched_by,
+        extra=event_extra,
+    )
+    return [event]
 
 
 def _targets(report: BounceReport, send: dict[str, Any], matched_by: str):
