@@ -5,6 +5,11 @@ N could miss an event with a smaller id committed after it.  SQLite has one
 writer, so that holds by construction.  On PostgreSQL a transaction-scoped
 advisory lock serialises the (short) tail of the transactions that append
 events: take it as the last step before commit, via :func:`append`.
+
+Readers: the API pages through one org's log with :func:`read_after`;
+consumers (``sync/``) read every org's with :func:`read_after_sync` up to a
+:func:`last_id`, from an offset kept by :mod:`storage.consumers`.  Each type's
+data fields are documented in ``docs/events.md``.
 """
 
 from __future__ import annotations

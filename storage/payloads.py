@@ -175,9 +175,10 @@ def bounce_event(
     ``status`` is the RFC 3463 code (``5.1.1``), ``reply_code`` the SMTP one
     (``550``), ``reason`` our classification of it, ``matched_by`` how the
     bounce was tied to its send (``verp``, ``header``, ``message_id``,
-    ``recipient``, ``smtp``).  An address the report names that is not the send's own gets no send fields
-    (``send_id`` null, ``to`` the address).  ``extra`` adds the caller's own
-    fields (a refusal at SMTP time: ``stage`` and ``reply``).
+    ``recipient``, ``smtp``).  An address the report names that is not the
+    send's own gets no send fields (``send_id`` null, ``to`` the address).
+    ``extra`` adds the caller's own fields (a refusal at SMTP time: ``stage``
+    and ``reply``).
     """
     subject = send or {"id": None, "org_id": org_id, "to": email}
     fields: dict[str, Any] = {
