@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -148,3 +149,28 @@ async def test_hard_bounces_and_complaints_suppress_and_the_first_reason_stays(d
         "gone@example.jp": "hard_bounce",
         "angry@example.jp": "complaint",
     }
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_upgraded_database_does_not_act_on_bounces_already_acted_on(backend, tmp_path):
+    """Before the consumer, bounce processing suppressed by itself: upgrading must not replay
+    those bounces (it would re-suppress addresses lifted since)."""
+    from tests.support.databases import fresh_database
+
+    async def go(url: str) -> None:
+        db = Database(url)
+        try:
+            await upgrade(db, "0007_org_tracking_domains")
+            org = await new_org(db)
+            await record_bounces(db, org, "lifted@example.jp", [("hard", T0)])
+            await upgrade(db)
+            await SuppressionConsumer(db, SystemClock()).drain()
+            assert await suppressed(db, org) == {}
+            await record_bounces(db, org, "new@example.jp", [("hard", T0)])
+            await SuppressionConsumer(db, SystemClock()).drain()
+            assert await suppressed(db, org) == {"new@example.jp": "hard_bounce"}
+        finally:
+            await db.dispose()
+
+    with fresh_database(backend, tmp_path) as url:
+        asyncio.run(go(url))
