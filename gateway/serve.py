@@ -37,6 +37,7 @@ class Running:
     http_port: int | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     mailboxes: Any = None  # the imap role's MailboxSupervisor
+    consumers: tuple[Any, ...] = ()  # the sync role's event consumers (sync.build_consumers)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -133,10 +134,14 @@ async def run(
         if "worker" in roles:
             services.relay_worker = start_relay_worker(services)
             await services.relay_worker.start()
+        if "sync" in roles:
+            running.consumers = await start_consumers(services)
         if started is not None and not started.done():
             started.set_result(running)
         await running.stopped.wait()
     finally:
+        for consumer in running.consumers:
+            await consumer.stop()
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -157,6 +162,17 @@ class _FollowClock:
 
     def now(self):
         return self.services.clock.now()
+
+
+async def start_consumers(services: Services) -> tuple[Any, ...]:
+    """The ``sync`` role: every event consumer, started (see :func:`sync.build_consumers`)."""
+    from gateway.clock import FollowClock
+    from sync import build_consumers
+
+    consumers = build_consumers(services.db, services.settings, FollowClock(services))
+    for consumer in consumers:
+        await consumer.start()
+    return consumers
 
 
 def start_relay_worker(services: Services):

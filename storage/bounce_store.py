@@ -12,7 +12,20 @@ from storage.schema_bounces import bounces
 from storage.schema_sending import sends
 from storage.types import utcnow
 
-SEND_COLUMNS = (sends.c.id, sends.c.org_id, sends.c.to_email, sends.c.status, sends.c.user_id)
+#: What bounce processing needs of a send, and what its events carry (``payloads.send_fields``).
+SEND_COLUMNS = (
+    sends.c.id,
+    sends.c.org_id,
+    sends.c.to_email,
+    sends.c.status,
+    sends.c.kind,
+    sends.c.module,
+    sends.c.record_id,
+    sends.c.user_id,
+    sends.c.template_id,
+    sends.c.template_version,
+    sends.c.message_id,
+)
 
 
 def claim_pending(conn: Connection, limit: int) -> list[dict[str, Any]]:
@@ -71,11 +84,14 @@ def record(conn: Connection, **values: Any) -> int:
     return conn.execute(insert(bounces).values(**values).returning(bounces.c.id)).scalar_one()
 
 
-def soft_count_since(conn: Connection, org_id: int, email_norm: str, since: datetime) -> int:
-    """Soft bounces for the address since ``since``, after its last sign of delivery.
+def soft_count_between(
+    conn: Connection, org_id: int, email_norm: str, since: datetime, until: datetime
+) -> int:
+    """Soft bounces for the address in (``since``, ``until``], after its last sign of delivery.
 
     A later open, click or reply on any send to the address proves mail gets
-    through, so it resets the count.
+    through, so it resets the count.  ``until`` is the bounce being judged: a
+    consumer running late counts what had happened by then, not what came after.
     """
     maxima = conn.execute(
         select(
@@ -92,6 +108,7 @@ def soft_count_since(conn: Connection, org_id: int, email_norm: str, since: date
             bounces.c.email_norm == email_norm,
             bounces.c.kind == "soft",
             bounces.c.at > start,
+            bounces.c.at <= until,
         )
     )
     return conn.execute(q).scalar_one()

@@ -5,17 +5,22 @@ N could miss an event with a smaller id committed after it.  SQLite has one
 writer, so that holds by construction.  On PostgreSQL a transaction-scoped
 advisory lock serialises the (short) tail of the transactions that append
 events: take it as the last step before commit, via :func:`append`.
+
+Readers: the API pages through one org's log with :func:`read_after`;
+consumers (``sync/``) read every org's with :func:`read_after_sync` up to a
+:func:`last_id`, from an offset kept by :mod:`storage.consumers`.  Each type's
+data fields are documented in ``docs/events.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text
+from sqlalchemy import Connection, Select, bindparam, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.lean import db_json, db_time, driver_sql
@@ -105,6 +110,72 @@ async def append(conn: AsyncConnection, new: Sequence[NewEvent]) -> None:
         await conn.run_sync(append_sync, new)
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as read back from the log (consumers get these; the API their envelope)."""
+
+    id: int
+    type: str
+    at: datetime
+    org_id: int
+    data: dict[str, Any]
+
+    def envelope(self) -> dict[str, Any]:
+        """The event as ``GET /api/v1/events`` and webhook bodies show it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "at": self.at.isoformat(),
+            "org_id": self.org_id,
+            "data": self.data,
+        }
+
+
+def _after(
+    after: int,
+    limit: int,
+    *,
+    org_id: int | None = None,
+    types: Iterable[str] | None = None,
+    upto: int | None = None,
+) -> Select:
+    q = select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
+    if upto is not None:
+        q = q.where(events.c.id <= upto)
+    if org_id is not None:
+        q = q.where(events.c.org_id == org_id)
+    if types is not None:
+        q = q.where(events.c.type.in_(sorted(str(t) for t in types)))
+    return q
+
+
+def _event(row: Any) -> Event:
+    return Event(row["id"], row["type"], row["at"], row["org_id"], row["data"])
+
+
+def last_id(conn: Connection) -> int:
+    """The newest event's id (0 for an empty log): every smaller id is already visible."""
+    return conn.execute(select(func.max(events.c.id))).scalar() or 0
+
+
+def read_after_sync(
+    conn: Connection,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    types: Iterable[str] | None = None,
+) -> list[Event]:
+    """Events with ``after`` < id <= ``upto`` in id order, of ``types`` only (consumers).
+
+    ``upto`` is a :func:`last_id` read beforehand: since ids are visible in
+    commit order, nothing at or below it can still appear, so a consumer that
+    found fewer than ``limit`` events of its types may move its offset to it.
+    """
+    q = _after(after, limit, types=types, upto=upto)
+    return [_event(r) for r in conn.execute(q).mappings()]
+
+
 async def read_after(
     conn: AsyncConnection,
     *,
@@ -113,20 +184,6 @@ async def read_after(
     org_id: int | None = None,
     types: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Events with id > ``after`` in id order; ``org_id`` None reads every org (consumers)."""
-    q = select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
-    if org_id is not None:
-        q = q.where(events.c.org_id == org_id)
-    if types:
-        q = q.where(events.c.type.in_(list(types)))
-    rows = (await conn.execute(q)).mappings().all()
-    return [
-        {
-            "id": r["id"],
-            "type": r["type"],
-            "at": r["at"].isoformat(),
-            "org_id": r["org_id"],
-            "data": r["data"],
-        }
-        for r in rows
-    ]
+    """Envelopes of events with id > ``after`` in id order; ``org_id`` None reads every org."""
+    q = _after(after, limit, org_id=org_id, types=types or None)
+    return [_event(r).envelope() for r in (await conn.execute(q)).mappings()]

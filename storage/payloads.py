@@ -10,9 +10,10 @@ Subjects:
 
 - **filed mail** (:func:`email_filed`, :func:`email_received`,
   :func:`email_replied`): a message we stored, by its ``messages`` id;
-- **a send** (:func:`send_event`): one outbound message to one recipient and
-  what became of it (sent, deferred, failed, opened, clicked, bounced,
-  complained, unsubscribed), by its ``sends`` id;
+- **a send** (:func:`send_event`, and :func:`bounce_event` for a recorded
+  bounce or complaint): one outbound message to one recipient and what became
+  of it (sent, deferred, failed, opened, clicked, bounced, complained,
+  unsubscribed), by its ``sends`` id;
 - **a record** (:func:`record_event`, :func:`record_converted`): a lead,
   contact, account or deal, by module and id, with the fields that changed;
 - **quota** (:func:`quota_event`), **suppression** (:func:`suppression_lifted`).
@@ -125,20 +126,24 @@ def send_fields(send: Mapping[str, Any]) -> dict[str, Any]:
         "record_id": send.get("record_id"),
         "user_id": send.get("user_id"),
         "template_id": send.get("template_id"),
+        "template_version": send.get("template_version"),
         "message_id": send.get("message_id"),
     }
 
 
 def send_event(
-    type: EventType, send: Mapping[str, Any], *, at: datetime | None = None, **extra: Any
+    type: EventType, send: Mapping[str, Any], /, *, at: datetime | None = None, **extra: Any
 ) -> NewEvent:
     """What became of one send: the common send fields plus the type's own (``extra``).
+
+    ``type`` and ``send`` are positional-only so that ``extra`` may carry a
+    field named ``type`` (``email.bounced``: ``hard`` or ``soft``).
 
     Type-specific fields (see ``docs/events.md``): ``reply`` (sent, deferred,
     failed), ``attempts`` and ``next_attempt_at`` (deferred), ``code`` (failed),
     ``verdict``/``reason``/``link_index``/``url`` (opened, clicked),
-    ``type``/``email``/``status``/``reason``/``diagnostic`` (bounced),
-    ``feedback_type`` (complained), ``method`` (unsubscribed).
+    ``method`` (unsubscribed); bounces and complaints are built by
+    :func:`bounce_event`.
     """
     if type not in SEND_TYPES:
         raise ValueError(f"{type} is not a send event")
@@ -148,6 +153,50 @@ def send_event(
             extra[key] = extra[key][:REPLY_LIMIT]
     data.update(extra)
     return NewEvent(send["org_id"], type, data, at=at)
+
+
+def bounce_event(
+    org_id: int,
+    *,
+    send: Mapping[str, Any] | None,
+    email: str,
+    kind: str,
+    at: datetime | None = None,
+    status: str = "",
+    reply_code: str = "",
+    reason: str = "",
+    diagnostic: str = "",
+    feedback_type: str = "",
+    matched_by: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> NewEvent:
+    """A recorded bounce: ``email.bounced`` (``kind`` hard or soft) or ``email.complained``.
+
+    ``status`` is the RFC 3463 code (``5.1.1``), ``reply_code`` the SMTP one
+    (``550``), ``reason`` our classification of it, ``matched_by`` how the
+    bounce was tied to its send (``verp``, ``header``, ``message_id``,
+    ``recipient``, ``smtp``).  An address the report names that is not the
+    send's own gets no send fields (``send_id`` null, ``to`` the address).
+    ``extra`` adds the caller's own fields (a refusal at SMTP time: ``stage``
+    and ``reply``).
+    """
+    subject = send or {"id": None, "org_id": org_id, "to": email}
+    fields: dict[str, Any] = {
+        "email": email,
+        "status": status,
+        "reply_code": reply_code,
+        "reason": reason,
+        "diagnostic": diagnostic,
+        "matched_by": matched_by,
+    }
+    if kind == "complaint":
+        event_type = EventType.EMAIL_COMPLAINED
+        fields["feedback_type"] = feedback_type
+    else:
+        event_type = EventType.EMAIL_BOUNCED
+        fields["type"] = kind
+    fields.update(extra or {})
+    return send_event(event_type, subject, at=at, **fields)
 
 
 # -- records -------------------------------------------------------------------------

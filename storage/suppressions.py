@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, Insert, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.schema_sending import suppressions
@@ -22,7 +23,7 @@ def suppress(
     *,
     detail: str = "",
     send_id: int | None = None,
-    insert_ignore=None,
+    at: datetime | None = None,
 ) -> bool:
     """Add the address unless it is already suppressed; True when newly added."""
     if reason not in REASONS:
@@ -34,22 +35,21 @@ def suppress(
     ).first()
     if exists:
         return False
-    stmt = insert_ignore(suppressions) if insert_ignore else _insert_ignore(conn, suppressions)
     res = conn.execute(
-        stmt.values(
+        insert_ignore_for(conn, suppressions).values(
             org_id=org_id,
             email_norm=email_norm,
             reason=reason,
             detail=detail[:2000],
             send_id=send_id,
-            created_at=utcnow(),
+            created_at=at or utcnow(),
         )
     )
     return bool(res.rowcount)
 
 
-def _insert_ignore(conn: Connection, table):
-    """``INSERT … ON CONFLICT DO NOTHING``: a concurrent suppression of the same address wins."""
+def insert_ignore_for(conn: Connection, table: Table) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` on ``conn``'s engine: a concurrent insert wins."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

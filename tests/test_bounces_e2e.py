@@ -2,7 +2,8 @@
 
 Each of the 629 corpus messages is sent over SMTP to the VERP address of a
 send we create for the recipient the independent reference (sisimai) found.
-The bounce worker then classifies, attributes and acts.  We measure, end to
+The bounce worker then classifies, attributes and records; the suppression
+consumer suppresses.  We measure, end to
 end: recipients recognised as bounced, hard/soft agreement, complaints.
 """
 
@@ -37,13 +38,15 @@ def _deliver(mailgate, raw: bytes, rcpt: str) -> tuple[int, bytes]:
 
 
 def settle(mailgate) -> None:
-    """Drain the bounce queue and wait until the background worker has committed too."""
+    """Drain the bounce queue, wait until the background worker has committed too, then
+    let the suppression consumer apply the events recorded."""
     from tests.support.server import wait_until
 
     mailgate.call(mailgate.running.services.bounces.drain())
     wait_until(
         lambda: not _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending"))
     )
+    mailgate.drain_consumers()
 
 
 def _rows(mailgate, query):

@@ -253,6 +253,7 @@ def test_permanent_refusal_fails_bounces_and_suppresses_the_address(
         relay.stop()
     assert failed["status"] == "bounced" and failed["bounce_type"] == "hard"
     assert failed["last_reply"].startswith("5")
+    server.drain_consumers()  # the suppression consumer acts on the recorded bounce
     sup = api.get("/api/v1/suppressions").json()["items"]
     assert {"email": "gone@client.example.jp", "reason": "hard_bounce"}.items() <= next(
         s for s in sup if s["email"] == "gone@client.example.jp"

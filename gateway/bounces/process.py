@@ -1,10 +1,11 @@
-"""From a recognised report to actions: tie it to a send, record it, suppress, emit events.
+"""From a recognised report to a record: tie it to a send, record it, emit its event.
 
 The order of attribution follows Mailman: the VERP token of the address the
 bounce came to; else our ``X-Mailgate-Send`` header or the Message-ID found in
 the returned original; else the latest send to the bounced address.  What
 cannot be recognised or attributed is kept (``inbound.state = 'held'``) for an
-operator, never deleted.
+operator, never deleted.  Suppressing the address is not done here: the
+suppression consumer (:mod:`sync.suppression`) decides it from the event.
 """
 
 from __future__ import annotations
@@ -17,20 +18,19 @@ from sqlalchemy import Connection
 
 from gateway.bounces import BounceKind, BounceReport, classify, verp_token
 from gateway.ingest.parse import parse
-from storage import bounce_store, events, suppressions, tracking_store
+from storage import bounce_store, events, tracking_store
 from storage.events import NewEvent
+from storage.payloads import bounce_event
 from tracking.unsubscribe import apply_unsubscribe
 
-SOFT_LIMIT = 3
-SOFT_WINDOW = timedelta(days=7)
 RECIPIENT_LOOKBACK = timedelta(days=30)
 
 
 @dataclass
 class Policy:
+    """How bounce mail is read: the domain of our VERP return paths."""
+
     mail_domain: str
-    soft_limit: int = SOFT_LIMIT
-    soft_window: timedelta = SOFT_WINDOW
 
 
 @dataclass
@@ -74,7 +74,7 @@ def apply_bounce(
     send: dict[str, Any] | None,
     email: str,
     kind: str,
-    policy: Policy,
+    policy: Policy | None = None,
     status: str = "",
     reply_code: str = "",
     reason: str = "",
@@ -82,11 +82,19 @@ def apply_bounce(
     feedback_type: str = "",
     matched_by: str = "",
     inbound_id: int | None = None,
-    insert_ignore=None,
     reported_email: str = "",
     event_extra: dict[str, Any] | None = None,
 ) -> list[NewEvent]:
-    """Record one hard/soft bounce or complaint and act on it; returns the events to emit."""
+    """Record one hard/soft bounce or complaint; returns the event to emit (the caller appends).
+
+    Recording is all it does: the ``bounces`` row, the send's status, and an
+    ``email.bounced`` / ``email.complained`` event.  Whether the address is
+    suppressed is decided by the suppression consumer (:mod:`sync.suppression`)
+    reading that event, as Mailman's BounceRunner records and a separate
+    processor disables.  ``policy`` is no longer read here; it stays accepted
+    for callers written before the split.
+    """
+    del policy
     now = bounce_store.now()
     send_id = send["id"] if send else None
     bounce_store.record(
@@ -105,57 +113,28 @@ def apply_bounce(
         matched_by=matched_by,
         at=now,
     )
-    data = {
-        "send_id": send_id,
-        "email": email,
-        "status": status,
-        "reply_code": reply_code,
-        "reason": reason,
-        "diagnostic": diagnostic[:500],
-        **(event_extra or {}),
-    }
-    out: list[NewEvent] = []
-    if kind == "complaint":
-        if send_id:
-            bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
-        suppressions.suppress(
-            conn,
-            org_id,
-            email,
-            "complaint",
-            detail=feedback_type,
-            send_id=send_id,
-            insert_ignore=insert_ignore,
-        )
-        out.append(NewEvent(org_id, "email.complained", {**data, "feedback_type": feedback_type}))
-        return out
     if send_id:
-        bounce_store.mark_send(conn, send_id, status="bounced", bounce_type=kind, bounced_at=now)
-    out.append(NewEvent(org_id, "email.bounced", {**data, "type": kind}))
-    if kind == "hard":
-        suppressions.suppress(
-            conn,
-            org_id,
-            email,
-            "hard_bounce",
-            detail=f"{status} {diagnostic}"[:500],
-            send_id=send_id,
-            insert_ignore=insert_ignore,
-        )
-    elif (
-        bounce_store.soft_count_since(conn, org_id, email, now - policy.soft_window)
-        >= policy.soft_limit
-    ):
-        suppressions.suppress(
-            conn,
-            org_id,
-            email,
-            "soft_bounce",
-            detail=f"{policy.soft_limit} soft bounces within {policy.soft_window.days} days",
-            send_id=send_id,
-            insert_ignore=insert_ignore,
-        )
-    return out
+        if kind == "complaint":
+            bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
+        else:
+            bounce_store.mark_send(
+                conn, send_id, status="bounced", bounce_type=kind, bounced_at=now
+            )
+    event = bounce_event(
+        org_id,
+        send=send,
+        email=email,
+        kind=kind,
+        at=now,
+        status=status,
+        reply_code=reply_code,
+        reason=reason,
+        diagnostic=diagnostic,
+        feedback_type=feedback_type,
+        matched_by=matched_by,
+        extra=event_extra,
+    )
+    return [event]
 
 
 def _targets(report: BounceReport, send: dict[str, Any], matched_by: str):
@@ -189,9 +168,7 @@ def _mailto_unsubscribe(conn: Connection, row: dict[str, Any], policy: Policy) -
     return None
 
 
-def process_one(
-    conn: Connection, row: dict[str, Any], policy: Policy, insert_ignore=None
-) -> Outcome:
+def process_one(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcome:
     report = classify(row["raw"])
     if report.kind in (BounceKind.UNRECOGNISED, BounceKind.AUTOREPLY):
         done = _mailto_unsubscribe(conn, row, policy)
@@ -229,7 +206,6 @@ def process_one(
             matched_by=matched_by,
             inbound_id=row["id"],
             reported_email=r.email if r else "",
-            insert_ignore=insert_ignore,
         )
         outcome.recorded.append({"email": email, "kind": kind})
     events.append_sync(conn, new_events)
@@ -237,11 +213,16 @@ def process_one(
 
 
 def process_batch(conn: Connection, policy: Policy, limit: int = 100, insert_ignore=None) -> int:
-    """Claim up to ``limit`` kept bounce messages and process them; returns how many."""
+    """Claim up to ``limit`` kept bounce messages and process them; returns how many.
+
+    ``insert_ignore`` is no longer used (recording inserts nothing that can
+    race); it stays accepted for the bounce worker's call.
+    """
+    del insert_ignore
     rows = bounce_store.claim_pending(conn, limit)
     for row in rows:
         try:
-            outcome = process_one(conn, row, policy, insert_ignore)
+            outcome = process_one(conn, row, policy)
         except Exception as exc:  # noqa: BLE001 - keep it for a human rather than loop on it
             outcome = Outcome("held", f"error: {type(exc).__name__}: {exc}"[:500])
         bounce_store.finish(

@@ -52,7 +52,7 @@ class MailgateServer:
             await db.dispose()
             started = asyncio.get_running_loop().create_future()
             self._task = asyncio.ensure_future(
-                run(self.settings, roles or {"smtp", "http", "worker"}, started=started)
+                run(self.settings, roles or {"smtp", "http", "worker", "sync"}, started=started)
             )
             done, _ = await asyncio.wait({started, self._task}, return_when=asyncio.FIRST_COMPLETED)
             if not started.done():
@@ -76,6 +76,16 @@ class MailgateServer:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.running.http_port}"
+
+    def drain_consumers(self) -> int:
+        """Let the event consumers catch up with the log (e.g. suppressions after a bounce).
+
+        Deterministic, no sleeping: it returns once every event committed before
+        the call has been applied, including a round the running loop had begun.
+        """
+        from sync import drain_all
+
+        return self.call(drain_all(self.running.consumers))
 
     def stop(self) -> None:
         if self.running is not None:
