@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Protocol, runtime_checkable
 
 log = logging.getLogger("mailgate.runner")
@@ -73,6 +74,7 @@ class LoopRunner:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._stop_by: float | None = None
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -86,11 +88,30 @@ class LoopRunner:
     async def close(self) -> None:
         """Close connections this runner opened; called once on stop, after hand_back."""
 
+    def idle_wait(self) -> float:
+        """Seconds to sleep after a round that handled nothing (unless woken first).
+
+        ``poll_interval`` by default; a runner that knows when its next item
+        falls due (the hit recorder: when the oldest hit has settled) says so.
+        """
+        return self.poll_interval
+
     # -- the contract -----------------------------------------------------------
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: a round should take no new item from its batch."""
+        return self._stopping
+
+    def time_left(self) -> float:
+        """Seconds left of the stop deadline (for :meth:`hand_back` and :meth:`close`)."""
+        if self._stop_by is None:
+            return 0.0
+        return max(0.0, self._stop_by - time.monotonic())
 
     @property
     def healthy(self) -> bool:
@@ -117,6 +138,7 @@ class LoopRunner:
 
     async def stop(self, deadline: float = 10.0) -> None:
         self._stopping = True
+        self._stop_by = time.monotonic() + deadline
         self._wake.set()
         task, self._task = self._task, None
         if task is not None:
@@ -156,7 +178,7 @@ class LoopRunner:
                 self._failures = 0
             if handled:
                 continue
-            await self._idle(self.poll_interval)
+            await self._idle(self.idle_wait())
 
     async def _idle(self, seconds: float) -> None:
         if self._stopping:

@@ -40,7 +40,7 @@ def settle(mailgate) -> None:
     """Drain the bounce queue and wait until the background worker has committed too."""
     from tests.support.server import wait_until
 
-    mailgate.call(mailgate.running.services.bounces.drain())
+    mailgate.call(mailgate.running.services.runner("bounces").drain())
     wait_until(
         lambda: not _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending"))
     )
