@@ -65,6 +65,8 @@ class LoopRunner:
 
     name = "runner"
     poll_interval: float = 1.0
+    #: The first wait after a failed round; it doubles per failure up to ``max_backoff``.
+    backoff: float = 0.5
     max_backoff: float = 30.0
 
     def __init__(self, *, poll_interval: float | None = None) -> None:
@@ -151,10 +153,13 @@ class LoopRunner:
                     await task
             except Exception as exc:  # noqa: BLE001 - the loop ended by an error
                 log.error("%s: ended with %s: %s", self.name, type(exc).__name__, exc)
-        with contextlib.suppress(Exception):
-            await self.hand_back()
-        with contextlib.suppress(Exception):
-            await self.close()
+        for step in (self.hand_back, self.close):
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001 - stopping goes on; the lease covers the rest
+                log.error(
+                    "%s: %s failed: %s: %s", self.name, step.__name__, type(exc).__name__, exc
+                )
 
     # -- the loop ---------------------------------------------------------------
 
@@ -171,7 +176,7 @@ class LoopRunner:
                 if self._failures == 1:
                     log.error("%s: round failed: %s: %s", self.name, type(exc).__name__, exc)
                     log.debug("%s: failure detail", self.name, exc_info=True)
-                await self._idle(min(self.max_backoff, 0.5 * 2 ** (self._failures - 1)))
+                await self._idle(min(self.max_backoff, self.backoff * 2 ** (self._failures - 1)))
                 continue
             if self._failures:
                 log.warning("%s: recovered after %d failed rounds", self.name, self._failures)
