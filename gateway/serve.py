@@ -198,9 +198,7 @@ async def run(
         await running.stopped.wait()
     finally:
         deadline = settings.stop_deadline
-        for stop_listening in listening:
-            with contextlib.suppress(Exception):
-                await stop_listening(deadline)
+        await asyncio.gather(*(stop(deadline) for stop in listening), return_exceptions=True)
         await services.stop(deadline)
 
 

@@ -14,7 +14,7 @@ Every runner is given :attr:`Services.follow_clock`, which reads
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,8 +29,6 @@ from storage.db import Database
 from tracking.endpoints import Tracking
 from tracking.recorder import HitRecorder
 from tracking.tokens import TokenSigner, keys_from_secrets
-
-log = logging.getLogger("mailgate.services")
 
 RunnerFactory = Callable[["Services"], LoopRunner]
 
@@ -122,17 +120,15 @@ class Services:
             self._started.append(runner)
 
     async def stop(self, deadline: float | None = None) -> None:
-        """Stop the runners (each may finish its round within ``deadline``), then the rest.
+        """Stop the runners together (each may finish its round within ``deadline``), then the rest.
 
-        Runners stop in reverse start order, so one that feeds another (ingest
-        waking bounces) stops first; the tracking recorder commits every hit it
-        still holds as it stops.
+        Together, so a shutdown takes at most one deadline however many runners
+        there are; the tracking recorder commits every hit it still holds.
         """
         if deadline is None:
             deadline = self.settings.stop_deadline
         started, self._started = self._started, []
-        for runner in reversed(started):
-            await runner.stop(deadline)
+        await asyncio.gather(*(runner.stop(deadline) for runner in started))
         await self.intake.stop()
         await self.db.dispose()
 

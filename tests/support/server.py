@@ -29,6 +29,8 @@ MAIL_DOMAIN = "mailgate.test"
 class MailgateServer:
     def __init__(self, database_url: str, data_dir: Path, **overrides: Any) -> None:
         overrides.setdefault("max_message_size", 2 * 1024 * 1024)
+        # Open event streams would otherwise hold a test's shutdown for the full 10 s.
+        overrides.setdefault("stop_deadline", 2.0)
         self.settings = Settings(
             database_url=database_url,
             data_dir=data_dir,
