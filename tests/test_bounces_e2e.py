@@ -40,7 +40,7 @@ def settle(mailgate) -> None:
     """Drain the bounce queue and wait until the background worker has committed too."""
     from tests.support.server import wait_until
 
-    mailgate.call(mailgate.running.services.runner("bounces").drain())
+    mailgate.drain("bounces")
     wait_until(
         lambda: not _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending"))
     )

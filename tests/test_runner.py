@@ -185,3 +185,19 @@ async def test_idle_wait_decides_how_long_an_idle_runner_sleeps():
     await runner.start()
     await until(lambda: len(runner.rounds) >= 3, timeout=1.0)
     await runner.stop(1.0)
+
+
+def test_every_runner_a_role_names_is_one_services_can_build():
+    from gateway.serve import ROLE_TABLE
+    from gateway.services import RUNNERS
+
+    named = {name for role in ROLE_TABLE.values() for name in role.runners}
+    assert named <= RUNNERS.keys()
+
+
+def test_roles_start_each_runner_once_in_table_order():
+    from gateway.serve import parse_roles, runners_for
+
+    assert runners_for(parse_roles("imap,worker")) == ["relay", "bounces", "mailboxes"]
+    assert runners_for(parse_roles("smtp,http")) == ["tracking"]
+    assert set(runners_for(parse_roles(None))) == {"tracking", "relay", "bounces", "mailboxes"}

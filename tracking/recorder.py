@@ -1,7 +1,8 @@
 """The batched writer of tracking hits: the endpoints never wait for the database.
 
 An endpoint calls :meth:`HitRecorder.record` (a list append, no I/O) and
-answers at once.  A writer task commits what has accumulated in one
+answers at once.  The recorder is the ``tracking`` runner
+(:mod:`gateway.runner`): each round commits what has settled in one
 transaction via ``Database.run_write``: SQLite has one writer, and a commit
 per hit would halve throughput and put hundreds of milliseconds on p99.
 

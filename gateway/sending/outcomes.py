@@ -14,7 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -22,7 +23,13 @@ from storage import sends as send_store
 from storage.events import EventType, NewEvent, append_sync
 from storage.payloads import REPLY_LIMIT, send_event, send_fields
 
-Verdict = Literal["sent", "deferred", "failed"]
+
+class Verdict(StrEnum):
+    """What one attempt came to: accepted, to be retried, or given up on."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +119,11 @@ def apply(
     new: list[NewEvent] = []
     for d in deliveries:
         send = d.send
-        if d.verdict == "sent":
+        if d.verdict is Verdict.SENT:
             sent.append((send["id"], d.reply))
             new.append(send_event(EventType.EMAIL_SENT, send, at=now, reply=d.reply))
             continue
-        if d.verdict == "deferred":
+        if d.verdict is Verdict.DEFERRED:
             when = policy.next_attempt(send["attempts"], send["created_at"], now)
             if when is not None:
                 deferred.append((send["id"], d.reply, when))
@@ -132,7 +139,7 @@ def apply(
                 )
                 continue
             d.reply = f"gave up after {send['attempts']} attempts; last reply: {d.reply}"
-            d.verdict = "failed"
+            d.verdict = Verdict.FAILED
             d.code = None  # a deadline is not a permanent refusal: no suppression
         failed.append((send["id"], d.reply))
         new.append(send_event(EventType.EMAIL_FAILED, send, at=now, reply=d.reply, code=d.code))

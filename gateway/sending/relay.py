@@ -33,7 +33,7 @@ from gateway.bounces.verp import verp_address
 from gateway.clock import Clock, SystemClock
 from gateway.runner import LoopRunner
 from gateway.sending import outcomes
-from gateway.sending.outcomes import Delivery, RetryPolicy
+from gateway.sending.outcomes import Delivery, RetryPolicy, Verdict
 from storage import sends as send_store
 from storage.db import Database
 
@@ -91,13 +91,13 @@ class RelayConfig:
         )
 
 
-def verdict_for(code: int | None) -> outcomes.Verdict:
+def verdict_for(code: int | None) -> Verdict:
     """2xx sent, 5xx failed, anything else (4xx, no reply at all) retried."""
     if code is not None and 200 <= code < 300:
-        return "sent"
+        return Verdict.SENT
     if code is not None and 500 <= code < 600:
-        return "failed"
-    return "deferred"
+        return Verdict.FAILED
+    return Verdict.DEFERRED
 
 
 class _Connection:
@@ -136,7 +136,7 @@ class _Connection:
                 message = await _transaction(smtp, sender, to, send["raw"])
             else:  # quoting, SMTPUTF8 …: aiosmtplib's own checks and errors
                 _errors, message = await smtp.sendmail(sender, [to], send["raw"])
-            return Delivery(send, "sent", f"250 {message}".strip(), 250)
+            return Delivery(send, Verdict.SENT, f"250 {message}".strip(), 250)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
             return Delivery(
@@ -149,7 +149,7 @@ class _Connection:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             reason = str(exc) or type(exc).__name__
-            return Delivery(send, "deferred", f"relay unreachable: {reason}", None)
+            return Delivery(send, Verdict.DEFERRED, f"relay unreachable: {reason}", None)
 
 
 #: An addr-spec that goes on the MAIL/RCPT line as it is: no quoting, comments,
@@ -237,11 +237,6 @@ class RelayWorker(LoopRunner):
         self._held: dict[int, tuple[dict[str, Any], datetime]] = {}
         self._recording_failed = False
 
-    @property
-    def held(self) -> int:
-        """Sends claimed by this worker and not yet tried."""
-        return len(self._held)
-
     async def run_once(self) -> int:
         """Deliver every send that is due now; how many were tried.
 
@@ -319,7 +314,7 @@ class RelayWorker(LoopRunner):
                     break
                 sender = verp_address(send["verp_token"], self.mail_domain)
                 if send["raw"] is None:  # cannot happen for an enqueued send; never crash on it
-                    delivery = Delivery(send, "failed", "no composed message stored", None)
+                    delivery = Delivery(send, Verdict.FAILED, "no composed message stored", None)
                 else:
                     delivery = await conn.deliver(send, sender)
                 await results.put(delivery)

@@ -67,6 +67,10 @@ class MailgateServer:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def drain(self, runner: str) -> int:
+        """Run the named runner's rounds until one handles nothing (``relay``, ``bounces`` …)."""
+        return self.call(self.running.services.runner(runner).drain())
+
     @property
     def db(self) -> Database:
         return self.running.services.db
