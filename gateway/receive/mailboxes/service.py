@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from gateway.clock import Clock, SystemClock
@@ -157,7 +157,7 @@ class MailboxService:
                 state="ok",
                 error_kind=None,
                 error_message=None,
-                last_ok_at=datetime.now(UTC),
+                last_ok_at=self.clock.now(),
             )
 
     # -- filing ----------------------------------------------------------------
