@@ -112,7 +112,6 @@ async def ours(url: str, port: int, messages: list[tuple[str, bytes]], connectio
         if n == 0:
             raise RuntimeError("queue drained early: some sends were not delivered")
         done += n
-    await worker.flush()
     rate = len(rows) / (time.perf_counter() - t0)
     await worker.stop()
     await db.dispose()

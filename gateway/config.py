@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     relay_give_up_after: float = Field(default=3 * 86400.0, gt=0)
     #: How often an idle worker looks for due sends (it is also woken by the API).
     relay_poll_interval: float = Field(default=1.0, gt=0)
+    #: Seconds a claimed send stays the relay worker's: after a crash, others wait this long.
+    #: A clean stop hands claims back at once; keep it above the slowest delivery.
+    relay_lease: float = Field(default=60.0, gt=0)
+    #: On SIGTERM/SIGINT: seconds each runner may take to finish its round before it is cut.
+    stop_deadline: float = Field(default=10.0, ge=0)
     #: Optional DKIM signing of outbound mail (all three must be set).
     dkim_selector: str = ""
     dkim_domain: str = ""

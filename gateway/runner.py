@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Protocol, runtime_checkable
 
 log = logging.getLogger("mailgate.runner")
@@ -64,6 +65,8 @@ class LoopRunner:
 
     name = "runner"
     poll_interval: float = 1.0
+    #: The first wait after a failed round; it doubles per failure up to ``max_backoff``.
+    backoff: float = 0.5
     max_backoff: float = 30.0
 
     def __init__(self, *, poll_interval: float | None = None) -> None:
@@ -73,6 +76,7 @@ class LoopRunner:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._stop_by: float | None = None
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -86,11 +90,30 @@ class LoopRunner:
     async def close(self) -> None:
         """Close connections this runner opened; called once on stop, after hand_back."""
 
+    def idle_wait(self) -> float:
+        """Seconds to sleep after a round that handled nothing (unless woken first).
+
+        ``poll_interval`` by default; a runner that knows when its next item
+        falls due (the hit recorder: when the oldest hit has settled) says so.
+        """
+        return self.poll_interval
+
     # -- the contract -----------------------------------------------------------
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: a round should take no new item from its batch."""
+        return self._stopping
+
+    def time_left(self) -> float:
+        """Seconds left of the stop deadline (for :meth:`hand_back` and :meth:`close`)."""
+        if self._stop_by is None:
+            return 0.0
+        return max(0.0, self._stop_by - time.monotonic())
 
     @property
     def healthy(self) -> bool:
@@ -117,6 +140,7 @@ class LoopRunner:
 
     async def stop(self, deadline: float = 10.0) -> None:
         self._stopping = True
+        self._stop_by = time.monotonic() + deadline
         self._wake.set()
         task, self._task = self._task, None
         if task is not None:
@@ -129,10 +153,13 @@ class LoopRunner:
                     await task
             except Exception as exc:  # noqa: BLE001 - the loop ended by an error
                 log.error("%s: ended with %s: %s", self.name, type(exc).__name__, exc)
-        with contextlib.suppress(Exception):
-            await self.hand_back()
-        with contextlib.suppress(Exception):
-            await self.close()
+        for step in (self.hand_back, self.close):
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001 - stopping goes on; the lease covers the rest
+                log.error(
+                    "%s: %s failed: %s: %s", self.name, step.__name__, type(exc).__name__, exc
+                )
 
     # -- the loop ---------------------------------------------------------------
 
@@ -149,14 +176,14 @@ class LoopRunner:
                 if self._failures == 1:
                     log.error("%s: round failed: %s: %s", self.name, type(exc).__name__, exc)
                     log.debug("%s: failure detail", self.name, exc_info=True)
-                await self._idle(min(self.max_backoff, 0.5 * 2 ** (self._failures - 1)))
+                await self._idle(min(self.max_backoff, self.backoff * 2 ** (self._failures - 1)))
                 continue
             if self._failures:
                 log.warning("%s: recovered after %d failed rounds", self.name, self._failures)
                 self._failures = 0
             if handled:
                 continue
-            await self._idle(self.poll_interval)
+            await self._idle(self.idle_wait())
 
     async def _idle(self, seconds: float) -> None:
         if self._stopping:

@@ -1,7 +1,11 @@
-"""Running the roles: SMTP receiver, HTTP server (and, as they land, workers and pollers).
+"""Running the roles, built from one table (:data:`ROLE_TABLE`).
 
-Every role runs in one event loop by default; ``--only`` picks a subset so
-roles can be split across processes and machines sharing one PostgreSQL.
+A role is a listener (the SMTP receiver, the HTTP server) and/or runners
+(:mod:`gateway.runner`) named in the table and built by
+:mod:`gateway.services`.  Every role runs in one event loop by default;
+``--only`` picks a subset so roles can be split across processes and machines
+sharing one PostgreSQL.  SIGTERM/SIGINT stop accepting first, then stop every
+runner within ``MAILGATE_STOP_DEADLINE``.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import uvicorn
 
+import sync
 from gateway.config import Settings
 from gateway.http.app import create_app
 from gateway.receive.smtp import DropboxHandler, start_smtp
@@ -27,17 +31,100 @@ from gateway.services import Services
 
 log = logging.getLogger("mailgate.serve")
 
-ROLES = ("smtp", "http", "worker", "imap", "sync")
+#: What stops a listener accepting (and waits, up to the deadline, for what it took on).
+StopListening = Callable[[float], Awaitable[None]]
 
 
 @dataclass
 class Running:
     services: Services
+    roles: frozenset[str] = frozenset()
     smtp_port: int | None = None
     http_port: int | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    mailboxes: Any = None  # the imap role's MailboxSupervisor
-    consumers: tuple[Any, ...] = ()  # the sync role's event consumers (sync.build_consumers)
+
+
+async def listen_smtp(services: Services, running: Running) -> StopListening:
+    """The dropbox and bounce receiver on ``MAILGATE_SMTP_LISTEN``."""
+    settings = services.settings
+    host, port = settings.smtp_host_port
+    handler = DropboxHandler(services.db, services.intake, mail_domain=settings.mail_domain)
+    server = await start_smtp(
+        handler, host, port, hostname=settings.smtp_hostname, max_size=settings.max_message_size
+    )
+    running.smtp_port = server.sockets[0].getsockname()[1]
+
+    async def stop(deadline: float) -> None:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), deadline)
+
+    return stop
+
+
+async def listen_http(services: Services, running: Running) -> StopListening:
+    """The API and the tracking endpoints on ``MAILGATE_HTTP_LISTEN``."""
+    settings = services.settings
+    sock = _bind(*settings.http_host_port)
+    running.http_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(services),
+        log_level="warning",
+        access_log=settings.http_access_log,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=settings.stop_deadline,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+
+    async def stop(deadline: float) -> None:
+        server.should_exit = True  # stop accepting; requests in progress finish
+        try:
+            await asyncio.wait_for(asyncio.shield(task), deadline)
+        except TimeoutError:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    return stop
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What one role of ``serve --only`` starts: a listener (or none) and runners by name."""
+
+    listener: Callable[[Services, Running], Awaitable[StopListening]] | None = None
+    runners: tuple[str, ...] = ()
+
+
+#: The ingest runner, which files what the receivers stored, runs wherever mail
+#: is received (``smtp``, ``imap``: they wake it in-process as they store) and
+#: on ``worker`` nodes (to help or catch up; leases keep them from filing twice).
+#: It joins as ``("ingest",)`` with the IngestRunner; until then the Intake
+#: writer files synchronously and runs in every process (:meth:`Services.start`).
+INGEST: tuple[str, ...] = ()
+
+#: The roles: what each starts.  A runner named by several roles runs once.
+ROLE_TABLE: dict[str, Role] = {
+    "smtp": Role(listener=listen_smtp, runners=INGEST),
+    "http": Role(listener=listen_http, runners=("tracking",)),
+    "worker": Role(runners=(*INGEST, "relay", "bounces")),
+    "imap": Role(runners=(*INGEST, "mailboxes")),
+    "sync": Role(runners=tuple(consumer.name for consumer in sync.CONSUMERS)),
+}
+ROLES = tuple(ROLE_TABLE)
+
+
+def runners_for(roles: Iterable[str]) -> list[str]:
+    """The runners the roles need, each once, in table order."""
+    wanted = set(roles)
+    names: list[str] = []
+    for role, spec in ROLE_TABLE.items():
+        if role in wanted:
+            names.extend(n for n in spec.runners if n not in names)
+    return names
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -83,115 +170,36 @@ def _bind(host: str, port: int) -> socket.socket:
 async def run(
     settings: Settings, roles: set[str], *, started: asyncio.Future | None = None
 ) -> None:
-    """Serve until cancelled or signalled; ``started`` receives the :class:`Running` handle."""
+    """Serve until cancelled or ``Running.stopped`` is set; ``started`` receives the handle.
+
+    Shutting down: the listeners stop accepting (requests and sessions in
+    progress finish), then every runner is stopped — each may finish its round
+    within ``MAILGATE_STOP_DEADLINE`` seconds and hands back what it holds —
+    then the database is closed.
+    """
     # aiosqlite runs SQLite in a thread; with the default 5 ms GIL switch interval every
     # query waited behind the busy event loop (measured: 3 trivial queries took 12-19 ms).
     sys.setswitchinterval(0.0005)
     services = Services.build(settings)
-    await services.start()
-    # What is alive at start-up (modules, metadata, the app) lives as long as the process.
-    # Freezing it spares the cyclic collector re-scanning it on every full collection, which
-    # the batch writers trigger often: each scan held the GIL ~100 ms and was the tracking
-    # pixel's p99 (107-163 ms -> ~30 ms under wrk).
-    gc.freeze()
-    running = Running(services)
-    tasks: list[asyncio.Task] = []
-    smtp_server = None
+    running = Running(services, frozenset(roles))
+    listening: list[StopListening] = []
     try:
-        if "smtp" in roles:
-            host, port = settings.smtp_host_port
-            handler = DropboxHandler(services.db, services.intake, mail_domain=settings.mail_domain)
-            smtp_server = await start_smtp(
-                handler,
-                host,
-                port,
-                hostname=settings.smtp_hostname,
-                max_size=settings.max_message_size,
-            )
-            running.smtp_port = smtp_server.sockets[0].getsockname()[1]
-        if "imap" in roles:
-            from gateway.receive.mailboxes import MailboxService, MailboxSupervisor
-
-            supervisor = MailboxSupervisor(MailboxService(services.db, services.intake, settings))
-            running.mailboxes = supervisor
-            tasks.append(asyncio.create_task(supervisor.run(running.stopped), name="imap"))
-        if "worker" in roles:
-            tasks.append(asyncio.create_task(services.bounces.run(running.stopped), name="bounces"))
-        if "http" in roles:
-            host, port = settings.http_host_port
-            sock = _bind(host, port)
-            running.http_port = sock.getsockname()[1]
-            config = uvicorn.Config(
-                create_app(services),
-                log_level="warning",
-                access_log=settings.http_access_log,
-                lifespan="off",
-                server_header=False,
-            )
-            server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-            tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="http"))
-        if "worker" in roles:
-            services.relay_worker = start_relay_worker(services)
-            await services.relay_worker.start()
-        if "sync" in roles:
-            running.consumers = await start_consumers(services)
+        await services.start(runners_for(roles))
+        for role, spec in ROLE_TABLE.items():
+            if role in roles and spec.listener is not None:
+                listening.append(await spec.listener(services, running))
+        # What is alive at start-up (modules, metadata, the app) lives as long as the process.
+        # Freezing it spares the cyclic collector re-scanning it on every full collection, which
+        # the batch writers trigger often: each scan held the GIL ~100 ms and was the tracking
+        # pixel's p99 (107-163 ms -> ~30 ms under wrk).
+        gc.freeze()
         if started is not None and not started.done():
             started.set_result(running)
         await running.stopped.wait()
     finally:
-        for consumer in running.consumers:
-            await consumer.stop()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        if smtp_server is not None:
-            smtp_server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(smtp_server.wait_closed(), 2)
-        await services.stop()
-
-
-class _FollowClock:
-    """The services' clock as it is now (tests swap ``services.clock`` while running)."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-
-    def now(self):
-        return self.services.clock.now()
-
-
-async def start_consumers(services: Services) -> tuple[Any, ...]:
-    """The ``sync`` role: every event consumer, started (see :func:`sync.build_consumers`)."""
-    from gateway.clock import FollowClock
-    from sync import build_consumers
-
-    consumers = build_consumers(services.db, services.settings, FollowClock(services))
-    for consumer in consumers:
-        await consumer.start()
-    return consumers
-
-
-def start_relay_worker(services: Services):
-    """The outbound relay worker, configured from the settings (MAILGATE_RELAY_URL …)."""
-    from gateway.sending.outcomes import RetryPolicy
-    from gateway.sending.relay import RelayConfig, RelayWorker
-
-    s = services.settings
-    return RelayWorker(
-        services.db,
-        RelayConfig.parse(s.relay_url),
-        mail_domain=s.mail_domain,
-        pool_size=s.relay_pool_size,
-        timeout=s.relay_timeout,
-        policy=RetryPolicy(s.relay_retry_base, s.relay_retry_cap, s.relay_give_up_after),
-        clock=_FollowClock(services),
-        poll_interval=s.relay_poll_interval,
-        local_hostname=s.smtp_hostname,
-    )
+        deadline = settings.stop_deadline
+        await asyncio.gather(*(stop(deadline) for stop in listening), return_exceptions=True)
+        await services.stop(deadline)
 
 
 async def run_until_signal(settings: Settings, roles: set[str], on_start) -> None:

@@ -1,42 +1,72 @@
-"""What the roles share in one process: settings, the database and the intake writer."""
+"""The composition root: what the roles of one process share, built once from the settings.
+
+Settings, the database, the clock, the signers, and the runners by name.  A
+runner is built the first time it is asked for (:meth:`Services.runner`), from
+the factory registered under its name in :data:`RUNNERS`; ``serve`` starts
+the ones its roles list (:mod:`gateway.serve`), tests drive any of them
+directly (``services.runner("relay").drain()``), and the API wakes them
+(:meth:`Services.wake`).  Business logic lives in the role packages, not here.
+
+Every runner is given :attr:`Services.follow_clock`, which reads
+:attr:`Services.clock` at each call: a test that swaps in a
+:class:`~gateway.clock.FixedClock` moves every runner with it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 
-from gateway.bounces.process import Policy
-from gateway.bounces.worker import BounceWorker
+import sync
+from gateway.clock import Clock, FollowClock, SystemClock
 from gateway.config import Settings
 from gateway.ingest.runner import Intake
-from gateway.sending.quota import Clock, SystemClock
+from gateway.runner import LoopRunner
 from storage.db import Database
 from tracking.endpoints import Tracking
 from tracking.recorder import HitRecorder
 from tracking.tokens import TokenSigner, keys_from_secrets
+
+RunnerFactory = Callable[["Services"], LoopRunner]
 
 
 @dataclass
 class Services:
     settings: Settings
     db: Database
-    intake: Intake
-    bounces: BounceWorker
-    tracking: Tracking
-    #: "Now" for quota days and send scheduling; tests replace it with a FixedClock.
+    #: "Now" for quota days, send scheduling, leases and verdicts; tests swap in a FixedClock.
     clock: Clock = field(default_factory=SystemClock)
-    #: The relay worker when this process runs the ``worker`` role (the API wakes it).
-    relay_worker: object | None = None
+    _runners: dict[str, LoopRunner] = field(default_factory=dict, repr=False)
+    _started: list[LoopRunner] = field(default_factory=list, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        db = Database(settings.database_url)
-        bounces = BounceWorker(db, Policy(mail_domain=settings.mail_domain))
-        intake = Intake(db, mail_domain=settings.mail_domain, on_kept=bounces.wakeup.set)
-        signer = TokenSigner(keys_from_secrets(settings.resolved_secret_keys()))
-        recorder = HitRecorder(db, public_url=settings.public_url)
-        tracking = Tracking(db, signer, recorder, settings.public_url)
-        return cls(settings=settings, db=db, intake=intake, bounces=bounces, tracking=tracking)
+        return cls(settings=settings, db=Database(settings.database_url))
+
+    # -- shared pieces ----------------------------------------------------------
+
+    @cached_property
+    def follow_clock(self) -> Clock:
+        """:attr:`clock` as it is at each call (what runners are given)."""
+        return FollowClock(self)
+
+    @cached_property
+    def intake(self) -> Intake:
+        """The inbound writer (until the ingest runner replaces it); wakes the bounce runner."""
+        return Intake(
+            self.db, mail_domain=self.settings.mail_domain, on_kept=lambda: self.wake("bounces")
+        )
+
+    @cached_property
+    def tracking(self) -> Tracking:
+        """What the tracking endpoints share: the link signer and the hit recorder."""
+        signer = TokenSigner(keys_from_secrets(self.settings.resolved_secret_keys()))
+        recorder = self.runner("tracking")
+        assert isinstance(recorder, HitRecorder)
+        return Tracking(self.db, signer, recorder, self.settings.public_url)
 
     @cached_property
     def signer(self):
@@ -54,13 +84,108 @@ class Services:
             tracker=self.tracking.signer,
         )
 
-    async def start(self) -> None:
-        await self.intake.start()
-        await self.tracking.recorder.start()
+    # -- runners ----------------------------------------------------------------
 
-    async def stop(self) -> None:
-        if self.relay_worker is not None:
-            await self.relay_worker.stop()
+    def runner(self, name: str) -> LoopRunner:
+        """The runner called ``name`` (built on first use); KeyError for an unknown name."""
+        found = self._runners.get(name)
+        if found is None:
+            found = self._runners[name] = RUNNERS[name](self)
+        return found
+
+    def running(self, name: str) -> LoopRunner | None:
+        """The runner called ``name`` if this process runs it, else None."""
+        found = self._runners.get(name)
+        return found if found is not None and found.running else None
+
+    def wake(self, name: str) -> None:
+        """Tell the runner there is new work; nothing when this process does not run it."""
+        found = self.running(name)
+        if found is not None:
+            found.wake()
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def start(self, runners: Iterable[str] = ()) -> None:
+        """Start the inbound writer and the runners named, in order."""
+        await self.intake.start()
+        for name in runners:
+            runner = self.runner(name)
+            await runner.start()
+            self._started.append(runner)
+
+    async def stop(self, deadline: float | None = None) -> None:
+        """Stop the runners together (each may finish its round within ``deadline``), then the rest.
+
+        Together, so a shutdown takes at most one deadline however many runners
+        there are; the tracking recorder commits every hit it still holds.
+        """
+        if deadline is None:
+            deadline = self.settings.stop_deadline
+        started, self._started = self._started, []
+        await asyncio.gather(*(runner.stop(deadline) for runner in started))
         await self.intake.stop()
-        await self.tracking.recorder.stop()  # commits the hits still pending
         await self.db.dispose()
+
+
+def _relay(services: Services) -> LoopRunner:
+    from gateway.sending.outcomes import RetryPolicy
+    from gateway.sending.relay import RelayConfig, RelayWorker
+
+    s = services.settings
+    return RelayWorker(
+        services.db,
+        RelayConfig.parse(s.relay_url),
+        mail_domain=s.mail_domain,
+        pool_size=s.relay_pool_size,
+        timeout=s.relay_timeout,
+        policy=RetryPolicy(s.relay_retry_base, s.relay_retry_cap, s.relay_give_up_after),
+        clock=services.follow_clock,
+        poll_interval=s.relay_poll_interval,
+        lease=timedelta(seconds=s.relay_lease),
+        local_hostname=s.smtp_hostname,
+    )
+
+
+def _bounces(services: Services) -> LoopRunner:
+    from gateway.bounces.process import Policy
+    from gateway.bounces.worker import BounceWorker
+
+    return BounceWorker(services.db, Policy(mail_domain=services.settings.mail_domain))
+
+
+def _tracking(services: Services) -> LoopRunner:
+    return HitRecorder(
+        services.db, public_url=services.settings.public_url, clock=services.follow_clock
+    )
+
+
+def _consumer(cls: type[LoopRunner]) -> RunnerFactory:
+    """How a sync consumer is built: ``cls(db, clock=…)``."""
+
+    def build(services: Services) -> LoopRunner:
+        return cls(services.db, clock=services.follow_clock)  # type: ignore[call-arg]
+
+    return build
+
+
+def _mailboxes(services: Services) -> LoopRunner:
+    from gateway.receive.mailboxes import MailboxService, MailboxSupervisor
+
+    service = MailboxService(
+        services.db, services.intake, services.settings, clock=services.follow_clock
+    )
+    return MailboxSupervisor(service)
+
+
+#: Every runner a process can run, by name: the workers, then one per event-log
+#: consumer in ``sync.CONSUMERS`` (under the consumer's own ``name``).  The
+#: ingest runner joins as ``"ingest"`` (``IngestRunner(db, mail_domain=…,
+#: clock=services.follow_clock)``) when it replaces the Intake writer.
+RUNNERS: dict[str, RunnerFactory] = {
+    "relay": _relay,
+    "bounces": _bounces,
+    "tracking": _tracking,
+    "mailboxes": _mailboxes,
+    **{consumer.name: _consumer(consumer) for consumer in sync.CONSUMERS},
+}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, case, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.schema_sending import sends
@@ -31,6 +31,7 @@ CLAIM_COLUMNS = (
     sends.c.to_email,
     sends.c.from_email,
     sends.c.message_id,
+    sends.c.template_id,
     sends.c.verp_token,
     sends.c.raw,
     sends.c.attempts,
@@ -93,6 +94,32 @@ def claim_due(
     rows = [dict(r) for r in conn.execute(stmt).mappings()]
     rows.sort(key=lambda r: r["id"])
     return rows
+
+
+def release_claims(conn: Connection, ids: Sequence[int], claimed_until: datetime) -> int:
+    """Hand back claimed sends that were never tried: due again at once, the attempt uncounted.
+
+    Only a claim this worker still holds changes (``claimed_until`` no later
+    than its own lease): a send whose lease ran out and was claimed elsewhere
+    keeps that claim.  Returns how many were released.
+    """
+    if not ids:
+        return 0
+    attempts = sends.c.attempts - 1
+    stmt = (
+        update(sends)
+        .where(
+            sends.c.id.in_(list(ids)),
+            sends.c.state == "sending",
+            sends.c.claimed_until <= claimed_until,
+        )
+        .values(
+            state=case((attempts > 0, "deferred"), else_="queued"),
+            attempts=attempts,
+            claimed_until=None,
+        )
+    )
+    return conn.execute(stmt).rowcount
 
 
 # One statement for a whole batch of successes: the ids and replies travel as

@@ -42,7 +42,7 @@ def settle(mailgate) -> None:
     let the suppression consumer apply the events recorded."""
     from tests.support.server import wait_until
 
-    mailgate.call(mailgate.running.services.bounces.drain())
+    mailgate.drain("bounces")
     wait_until(
         lambda: not _rows(mailgate, select(inbound.c.id).where(inbound.c.state == "pending"))
     )

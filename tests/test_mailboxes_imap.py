@@ -352,5 +352,28 @@ def test_mailboxes_are_listed_and_removed_and_never_show_the_password(gate, dove
     assert other.api.get(f"/api/v1/mailboxes/{created['id']}").status_code == 404
 
 
+def test_stopping_the_imap_role_stops_every_poller_within_the_deadline_and_it_resumes(
+    gate, dovecot
+):
+    acct = Account(gate, dovecot)
+    dovecot.seed(acct.login, "INBOX", acct.incoming(2))
+    acct.connect_mailbox()
+    acct.until_caught_up(2)
+    supervisor = gate.running.services.runner("mailboxes")
+    pollers = [task for _, task, _ in supervisor.tasks.values()]
+    assert pollers
+    started = time.monotonic()
+    gate.call(supervisor.stop(deadline=3.0))
+    assert time.monotonic() - started < 4.0
+    assert not supervisor.running and supervisor.tasks == {}
+    assert all(task.done() for task in pollers)
+
+    dovecot.append(acct.login, "INBOX", mail(50, acct.lead_email, acct.address))
+    time.sleep(0.5)
+    assert acct.filed() == 2  # nobody polls while the role is stopped
+    gate.call(supervisor.start())
+    acct.until_caught_up(3)
+
+
 async def _noop() -> None:  # keeps asyncio imported for the gate.call helpers' type hints
     await asyncio.sleep(0)

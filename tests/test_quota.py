@@ -18,9 +18,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
+from gateway.clock import FixedClock, SystemClock
 from gateway.org.plans import daily_limit
 from gateway.sending import quota as rules
-from gateway.sending.quota import FixedClock, quota_day
+from gateway.sending.quota import quota_day
 from storage.schema_sending import quota_usage, sends
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -93,7 +94,7 @@ def clock(mailgate):
     fixed = FixedClock(datetime(2026, 11, 23, 12, 0, tzinfo=TOKYO))
     mailgate.running.services.clock = fixed
     yield fixed
-    mailgate.running.services.clock = rules.SystemClock()
+    mailgate.running.services.clock = SystemClock()
 
 
 def seed_usage(server, org_id: int, kind: str, day: str, used: int) -> None:

@@ -73,7 +73,7 @@ def test_a_claim_left_by_a_dead_worker_expires_and_the_send_goes_out(database_ur
         org = srv.org("durable-claims", plan="standard")
         user = srv.user(org, "me@example.org", name="Me")
         api = srv.api(user)
-        worker = srv.running.services.relay_worker
+        worker = srv.running.services.running("relay")
         srv.call(worker.stop())
         lead = new_lead(api, "later@example.net")
         sid = api.post(

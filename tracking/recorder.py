@@ -1,7 +1,8 @@
 """The batched writer of tracking hits: the endpoints never wait for the database.
 
 An endpoint calls :meth:`HitRecorder.record` (a list append, no I/O) and
-answers at once.  A writer task commits what has accumulated in one
+answers at once.  The recorder is the ``tracking`` runner
+(:mod:`gateway.runner`): each round commits what has settled in one
 transaction via ``Database.run_write``: SQLite has one writer, and a commit
 per hit would halve throughput and put hundreds of milliseconds on p99.
 
@@ -19,7 +20,6 @@ click implies an open (with its own ``email.opened`` event, reason
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -28,9 +28,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from gateway.clock import Clock, SystemClock
+from gateway.runner import LoopRunner
 from storage import tracking_store
 from storage.db import Database
-from storage.types import utcnow
+from storage.events import EventType, NewEvent
+from storage.payloads import send_event
 from tracking.prepare import is_honeypot
 from tracking.verdicts import DEFAULT_RULES, Hit, Verdict, VerdictRules, verdict
 
@@ -134,18 +137,23 @@ def write_hits(
                 judged.reason[:24],
             )
         )
-        data = _event_data(send, pending, judged)
-        event_type = "email.opened" if pending.kind == "open" else "email.clicked"
-        new_events.append((send["org_id"], event_type, at, tracking_store.db_json(data)))
+        event = _hit_event(send, pending, judged)
+        new_events.append((event.org_id, str(event.type), at, tracking_store.db_json(event.data)))
         if not judged.is_human:
             continue
         if send["opened_at"] is None:
             send["opened_at"] = pending.at
             if pending.kind == "click":
-                implied = dict(data, link_index=None, reason="implied_by_click")
-                implied.pop("url", None)
+                implied = send_event(
+                    EventType.EMAIL_OPENED,
+                    send,
+                    template_version=send["template_version"],
+                    verdict=judged.kind,
+                    reason="implied_by_click",
+                    link_index=None,
+                )
                 new_events.append(
-                    (send["org_id"], "email.opened", at, tracking_store.db_json(implied))
+                    (send["org_id"], str(implied.type), at, tracking_store.db_json(implied.data))
                 )
         if pending.kind == "click" and send["clicked_at"] is None:
             send["clicked_at"] = pending.at
@@ -165,28 +173,35 @@ def write_hits(
     return len(rows)
 
 
-def _event_data(send: dict[str, Any], hit: PendingHit, judged: Verdict) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "send_id": send["id"],
-        "to": send["to_email"],
-        "module": send["module"],
-        "record_id": send["record_id"],
-        "user_id": send["user_id"],
-        "template_id": send["template_id"],
+def _hit_event(send: dict[str, Any], hit: PendingHit, judged: Verdict) -> NewEvent:
+    """``email.opened``/``email.clicked`` with the verdict; ip and user agent stay in
+    ``tracking_hits`` (events are read by every consumer)."""
+    extra: dict[str, Any] = {
         "template_version": send["template_version"],
         "verdict": judged.kind,
         "reason": judged.reason,
-    }  # ip and user agent stay in tracking_hits: events are read by every consumer
-    if hit.kind == "click":
-        links = send["links"] or []
-        data["link_index"] = hit.link_index
-        if hit.link_index is not None and hit.link_index < len(links):
-            data["url"] = links[hit.link_index]
-    return data
+    }
+    if hit.kind != "click":
+        return send_event(EventType.EMAIL_OPENED, send, **extra)
+    links = send["links"] or []
+    extra["link_index"] = hit.link_index
+    if hit.link_index is not None and hit.link_index < len(links):
+        extra["url"] = links[hit.link_index]
+    return send_event(EventType.EMAIL_CLICKED, send, **extra)
 
 
-class HitRecorder:
-    """Collects hits from the endpoints; one writer task commits them in batches."""
+class HitRecorder(LoopRunner):
+    """The ``tracking`` runner: collects hits from the endpoints, commits settled ones in batches.
+
+    A round writes the hits whose burst window has passed; when none has, the
+    loop sleeps until the oldest one settles (:meth:`idle_wait`) or a first
+    hit wakes it.  A batch whose write fails goes back to the front of the
+    queue for the loop's back-off and is dropped (and counted) after
+    ``attempts`` failures, so a poisoned batch cannot hold up the rest.  On
+    stop every pending hit is committed, settled or not (:meth:`hand_back`).
+    """
+
+    name = "tracking"
 
     def __init__(
         self,
@@ -194,22 +209,26 @@ class HitRecorder:
         *,
         public_url: str,
         rules: VerdictRules = DEFAULT_RULES,
+        clock: Clock | None = None,
         settle: float | None = None,
         max_batch: int = 2000,
         max_pending: int = 500_000,
+        attempts: int = 3,
     ) -> None:
+        super().__init__()
         self.db = db
         self.public_url = public_url
         self.rules = rules
+        self.clock = clock or SystemClock()
         self.settle = rules.burst_window.total_seconds() if settle is None else settle
         self.max_batch = max_batch
         self.max_pending = max_pending
+        self.attempts = attempts
         self.recorded = 0
         self.dropped = 0
         self._pending: list[PendingHit] = []
-        self._wake = asyncio.Event()
+        self._failed_writes = 0
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
 
     def record(
         self, kind: str, send_id: int, link_index: int | None, ip: str, user_agent: str
@@ -219,67 +238,63 @@ class HitRecorder:
             self.dropped += 1  # the writer is far behind (database down): shed, don't grow
             return
         self._pending.append(
-            PendingHit(kind, send_id, link_index, utcnow(), ip, user_agent, time.monotonic())
+            PendingHit(
+                kind, send_id, link_index, self.clock.now(), ip, user_agent, time.monotonic()
+            )
         )
         if len(self._pending) == 1:
-            self._wake.set()
+            self.wake()
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tracking-recorder")
+    async def run_once(self) -> int:
+        """Judge and commit the hits that have settled (at most ``max_batch``)."""
+        cutoff = time.monotonic() - self.settle
+        async with self._lock:
+            n = 0
+            while n < len(self._pending) and n < self.max_batch:
+                if self._pending[n].mono > cutoff:
+                    break
+                n += 1
+            await self._write(n)
+        return n
 
-    async def stop(self) -> None:
-        """Stop the writer and commit everything still pending."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        with contextlib.suppress(Exception):
-            await self.flush()
+    def idle_wait(self) -> float:
+        """Until the oldest pending hit settles; the poll interval when nothing is pending."""
+        if not self._pending:
+            return self.poll_interval
+        return max(0.0, self._pending[0].mono + self.settle - time.monotonic())
+
+    async def hand_back(self) -> None:
+        """Commit every hit still pending: a stop loses none it can write."""
+        await self.flush()
 
     async def flush(self) -> int:
         """Judge and commit every pending hit now (shutdown, tests); returns hits stored."""
         stored = 0
         async with self._lock:
             while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: len(batch)]
-                stored += await self._write(batch)
+                stored += await self._write(min(len(self._pending), self.max_batch))
         return stored
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                wait = self._pending[0].mono + self.settle - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                async with self._lock:
-                    cutoff = time.monotonic() - self.settle
-                    n = 0
-                    while n < len(self._pending) and n < self.max_batch:
-                        if self._pending[n].mono > cutoff:
-                            break
-                        n += 1
-                    if not n:
-                        continue
-                    batch = self._pending[:n]
-                    del self._pending[:n]
-                    await self._write(batch)
+    async def _write(self, n: int) -> int:
+        """Write the first ``n`` pending hits; how many were stored (hits of deleted sends are not).
 
-    async def _write(self, batch: list[PendingHit], attempts: int = 3) -> int:
-        for attempt in range(attempts):
-            try:
-                stored = await self.db.run_write(write_hits, batch, self.public_url, self.rules)
-            except Exception:  # noqa: BLE001 - retried, then counted as dropped
-                log.warning("writing %d tracking hits failed (attempt %d)", len(batch), attempt + 1)
-                if attempt == attempts - 1:
-                    log.exception("dropping %d tracking hits", len(batch))
-                    self.dropped += len(batch)
-                    return 0
-                await asyncio.sleep(0.5 * (attempt + 1))
+        On failure they go back to the front of the queue, or are dropped at last.
+        """
+        if not n:
+            return 0
+        batch = self._pending[:n]
+        del self._pending[:n]
+        try:
+            stored = await self.db.run_write(write_hits, batch, self.public_url, self.rules)
+        except Exception:
+            self._failed_writes += 1
+            if self._failed_writes >= self.attempts:
+                log.exception("dropping %d tracking hits", len(batch))
+                self.dropped += len(batch)
+                self._failed_writes = 0
             else:
-                self.recorded += stored
-                return stored
-        return 0
+                self._pending[:0] = batch
+            raise
+        self._failed_writes = 0
+        self.recorded += stored
+        return stored

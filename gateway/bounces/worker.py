@@ -1,42 +1,28 @@
-"""The bounce worker: drains bounce mail the SMTP receiver (or IMAP) kept, batch by batch."""
+"""The bounce runner: classifies bounce mail the SMTP receiver (or IMAP) kept, batch by batch."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from gateway.bounces.process import Policy, process_batch
+from gateway.runner import LoopRunner
 from storage.db import Database
 
-log = logging.getLogger("mailgate.bounces")
 
+class BounceWorker(LoopRunner):
+    """The ``bounces`` runner; the receiver wakes it when it kept bounce mail."""
 
-class BounceWorker:
-    def __init__(self, db: Database, policy: Policy, *, batch: int = 100) -> None:
+    name = "bounces"
+    poll_interval = 2.0
+
+    def __init__(
+        self, db: Database, policy: Policy, *, batch: int = 100, poll_interval: float | None = None
+    ) -> None:
+        super().__init__(poll_interval=poll_interval)
         self.db = db
         self.policy = policy
         self.batch = batch
-        self.wakeup = asyncio.Event()
 
     async def run_once(self) -> int:
+        """Classify and apply one batch of kept bounce mail in one transaction."""
         return await self.db.run_write(
             process_batch, self.policy, self.batch, self.db.insert_ignore
         )
-
-    async def drain(self) -> int:
-        """Process until nothing is pending (tests, and after a wake-up)."""
-        total = 0
-        while n := await self.run_once():
-            total += n
-        return total
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.drain()
-            except Exception:  # noqa: BLE001 - storage hiccup: try again shortly
-                log.exception("bounce processing failed; retrying")
-            self.wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), timeout=2.0)

@@ -6,7 +6,7 @@ it builds each resource with what it needs and mounts its routes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.clock import Clock, FollowClock
+from gateway.clock import Clock
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.http.events import EventsApi
 from gateway.http.mailboxes import MailboxesApi
@@ -57,30 +57,19 @@ class Operations:
         return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def relay_wake(services: Services) -> Callable[[], None]:
-    """Wake the relay after a send is queued, when this process runs one.
-
-    Looked up at call time: ``serve`` starts the relay after the app is built.
-    """
-
-    def wake() -> None:
-        if services.relay_worker is not None:
-            services.relay_worker.wake()
-
-    return wake
-
-
 def create_app(services: Services) -> Starlette:
     db = services.db
     # Tests swap the services' clock while the server runs; follow it.
-    clock = FollowClock(services)
-    mailboxes = MailboxService(db, services.intake, services.settings)
+    clock = services.follow_clock
+    mailboxes = MailboxService(db, services.intake, services.settings, clock=clock)
     resources = (
         Operations(db, clock),
         EventsApi(db),
         # Before the generic ``/{module}`` routes of records.
         TemplatesApi(db),
-        SendingApi(db, clock=clock, signer=services.signer, wake_relay=relay_wake(services)),
+        SendingApi(
+            db, clock=clock, signer=services.signer, wake_relay=partial(services.wake, "relay")
+        ),
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
         ReportsApi(db),

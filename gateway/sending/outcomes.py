@@ -1,6 +1,6 @@
 """What the relay said about a send, written down: state, status, suppressions, events.
 
-Synchronous functions over one ``Connection`` so a batch of outcomes commits
+Synchronous functions over one ``Connection`` so a group of outcomes commits
 in one transaction (``Database.run_write``).  A permanent refusal at SMTP
 time (5xx) is a hard bounce that never produces a DSN, so it suppresses the
 address exactly as an asynchronous hard bounce does —
@@ -14,14 +14,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Connection
 
 from storage import sends as send_store
-from storage.events import NewEvent, append_sync
+from storage.events import EventType, NewEvent, append_sync
+from storage.payloads import REPLY_LIMIT, send_event, send_fields
 
-Verdict = Literal["sent", "deferred", "failed"]
+
+class Verdict(StrEnum):
+    """What one attempt came to: accepted, to be retried, or given up on."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +57,6 @@ class Delivery:
     verdict: Verdict
     reply: str
     code: int | None = None
-
-
-def _event_data(send: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "send_id": send["id"],
-        "to": send["to_email"],
-        "kind": send["kind"],
-        "module": send["module"],
-        "record_id": send["record_id"],
-        "user_id": send["user_id"],
-        "message_id": send["message_id"],
-        **extra,
-    }
 
 
 def record_hard_bounce_at_smtp(
@@ -94,7 +89,8 @@ def record_hard_bounce_at_smtp(
         diagnostic=reply,
         matched_by="smtp",
         reported_email=send_row["to_email"].lower(),
-        event_extra=_event_data(send_row, type="hard", reply=reply[:500], stage="smtp"),
+        event_extra=send_fields(send_row)
+        | {"type": "hard", "reply": reply[:REPLY_LIMIT], "stage": "smtp"},
     )
     if pending_events is None:
         append_sync(conn, new)
@@ -108,11 +104,13 @@ _ENHANCED = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 def apply(
     conn: Connection, deliveries: Sequence[Delivery], now: datetime, policy: RetryPolicy
 ) -> None:
-    """Write a batch of delivery results (one transaction for the whole batch).
+    """Write a group of delivery results in the caller's transaction.
 
-    One executemany UPDATE per outcome kind, then every event in one insert:
-    a relay outage turns a whole batch into deferrals, and that must cost no
-    more than a batch of successes.
+    The relay commits its outcomes in small groups as they come in, so what the
+    relay accepted is on record soon after, not once a whole claimed batch is
+    through.  One UPDATE per outcome kind, then every event in one insert: a
+    relay outage turns a group into deferrals, and that must cost no more than
+    a group of successes.
     """
     sent: list[tuple[int, str]] = []
     deferred: list[tuple[int, str, datetime]] = []
@@ -121,32 +119,30 @@ def apply(
     new: list[NewEvent] = []
     for d in deliveries:
         send = d.send
-        if d.verdict == "sent":
+        if d.verdict is Verdict.SENT:
             sent.append((send["id"], d.reply))
-            new.append(
-                NewEvent(
-                    send["org_id"], "email.sent", _event_data(send, reply=d.reply[:500]), at=now
-                )
-            )
+            new.append(send_event(EventType.EMAIL_SENT, send, at=now, reply=d.reply))
             continue
-        if d.verdict == "deferred":
+        if d.verdict is Verdict.DEFERRED:
             when = policy.next_attempt(send["attempts"], send["created_at"], now)
             if when is not None:
                 deferred.append((send["id"], d.reply, when))
-                data = _event_data(
-                    send,
-                    reply=d.reply[:500],
-                    attempts=send["attempts"],
-                    next_attempt_at=when.isoformat(),
+                new.append(
+                    send_event(
+                        EventType.EMAIL_DEFERRED,
+                        send,
+                        at=now,
+                        reply=d.reply,
+                        attempts=send["attempts"],
+                        next_attempt_at=when.isoformat(),
+                    )
                 )
-                new.append(NewEvent(send["org_id"], "email.deferred", data, at=now))
                 continue
             d.reply = f"gave up after {send['attempts']} attempts; last reply: {d.reply}"
-            d.verdict = "failed"
+            d.verdict = Verdict.FAILED
             d.code = None  # a deadline is not a permanent refusal: no suppression
         failed.append((send["id"], d.reply))
-        data = _event_data(send, reply=d.reply[:500], code=d.code)
-        new.append(NewEvent(send["org_id"], "email.failed", data, at=now))
+        new.append(send_event(EventType.EMAIL_FAILED, send, at=now, reply=d.reply, code=d.code))
         if d.code is not None and 500 <= d.code < 600:
             bounced.append(d)
     send_store.mark_sent(conn, sent, now)

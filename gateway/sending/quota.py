@@ -5,37 +5,16 @@ The limits themselves come from the plan catalogue, :mod:`gateway.org.plans`.
 The day is the org's calendar day (00:00–23:59 in its IANA time zone), so the
 counters are keyed by the local date and the reset is the next local
 midnight — computed with :mod:`zoneinfo`, which gets the 23- and 25-hour DST
-days right.  The clock is a parameter everywhere so tests can stand at
-23:59:59 and at 00:00:00 without waiting.
+days right.  "Now" is a parameter everywhere (callers ask the injected
+:class:`gateway.clock.Clock`) so tests can stand at 23:59:59 and at 00:00:00
+without waiting.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Protocol
 from zoneinfo import ZoneInfo
-
-
-class Clock(Protocol):
-    """Where "now" comes from: the system clock, or a fixed one in tests."""
-
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-@dataclass
-class FixedClock:
-    """A clock tests set by hand (``clock.at = …``)."""
-
-    at: datetime
-
-    def now(self) -> datetime:
-        return self.at
 
 
 @dataclass(frozen=True, slots=True)

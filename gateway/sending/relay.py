@@ -1,12 +1,13 @@
-"""The relay worker: claims due sends from the database and hands them to the smarthost.
+"""The relay runner: claims due sends from the database and hands them to the smarthost.
 
 Everything the worker knows is in the ``sends`` table, so a restart loses
-nothing: a claim is a lease, and sends whose lease ran out (the process died
-mid-delivery) are claimed again.  Delivery runs over a small pool of SMTP
+nothing: a claim is a lease (``MAILGATE_RELAY_LEASE``), sends whose lease ran
+out (the process died mid-delivery) are claimed again, and a clean stop hands
+back what it claimed but never tried.  Delivery runs over a small pool of SMTP
 connections that stay open between messages (aiosmtplib resets the envelope
 after a refusal); a connection that breaks or gets ``421`` is dropped and
-reopened for the next message.  Each round is one claim transaction, the
-deliveries, and one transaction recording all outcomes with their events.
+reopened for the next message.  Outcomes are committed with their events in
+small groups while the batch is still going out.
 
 Replies decide: 2xx sent; 4xx, ``421``, refused connections and timeouts are
 retried with exponential backoff until a deadline; 5xx fails the send and
@@ -20,7 +21,7 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -29,9 +30,10 @@ from aiosmtplib.protocol import normalize_message_line_endings
 from aiosmtplib.typing import SMTPStatus
 
 from gateway.bounces.verp import verp_address
+from gateway.clock import Clock, SystemClock
+from gateway.runner import LoopRunner
 from gateway.sending import outcomes
-from gateway.sending.outcomes import Delivery, RetryPolicy
-from gateway.sending.quota import Clock, SystemClock
+from gateway.sending.outcomes import Delivery, RetryPolicy, Verdict
 from storage import sends as send_store
 from storage.db import Database
 
@@ -89,13 +91,13 @@ class RelayConfig:
         )
 
 
-def verdict_for(code: int | None) -> outcomes.Verdict:
+def verdict_for(code: int | None) -> Verdict:
     """2xx sent, 5xx failed, anything else (4xx, no reply at all) retried."""
     if code is not None and 200 <= code < 300:
-        return "sent"
+        return Verdict.SENT
     if code is not None and 500 <= code < 600:
-        return "failed"
-    return "deferred"
+        return Verdict.FAILED
+    return Verdict.DEFERRED
 
 
 class _Connection:
@@ -134,7 +136,7 @@ class _Connection:
                 message = await _transaction(smtp, sender, to, send["raw"])
             else:  # quoting, SMTPUTF8 …: aiosmtplib's own checks and errors
                 _errors, message = await smtp.sendmail(sender, [to], send["raw"])
-            return Delivery(send, "sent", f"250 {message}".strip(), 250)
+            return Delivery(send, Verdict.SENT, f"250 {message}".strip(), 250)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
             return Delivery(
@@ -147,7 +149,7 @@ class _Connection:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             reason = str(exc) or type(exc).__name__
-            return Delivery(send, "deferred", f"relay unreachable: {reason}", None)
+            return Delivery(send, Verdict.DEFERRED, f"relay unreachable: {reason}", None)
 
 
 #: An addr-spec that goes on the MAIL/RCPT line as it is: no quoting, comments,
@@ -190,8 +192,22 @@ async def _transaction(smtp: aiosmtplib.SMTP, sender: str, to: str, raw: bytes) 
         raise
 
 
-class RelayWorker:
-    """Delivers due sends until stopped; :meth:`wake` after enqueueing skips the poll wait."""
+class RelayWorker(LoopRunner):
+    """The ``relay`` runner: delivers due sends; :meth:`wake` after enqueueing skips the poll wait.
+
+    A round claims a batch under a lease and delivers it over the pool while
+    the next batch is claimed.  Outcomes go to the database in small groups as
+    they come in (:meth:`_record`), so a crash loses at most the group being
+    written and the messages on the wire, never the record of a whole batch
+    the relay already accepted.  On a clean stop no new message is started,
+    the outcomes are committed and what was claimed but never tried is handed
+    back (:meth:`hand_back`), so the next process sends it at once instead of
+    waiting out the lease.  A message that was on the wire when a stop ran
+    past its deadline keeps its lease: it may have been accepted, and it goes
+    out again only once the lease has run out (at least once, never lost).
+    """
+
+    name = "relay"
 
     def __init__(
         self,
@@ -204,105 +220,141 @@ class RelayWorker:
         policy: RetryPolicy | None = None,
         clock: Clock | None = None,
         poll_interval: float = 1.0,
-        lease: timedelta = timedelta(minutes=5),
-        batch_per_connection: int = 50,
+        lease: timedelta = timedelta(seconds=60),
+        batch_per_connection: int = 25,
+        group: int = 50,
+        linger: float = 0.05,
         local_hostname: str | None = None,
     ) -> None:
+        super().__init__(poll_interval=poll_interval)
         self.db, self.relay, self.mail_domain = db, relay, mail_domain
         self.policy = policy or RetryPolicy()
         self.clock = clock or SystemClock()
-        self.poll_interval, self.lease = poll_interval, lease
+        self.lease = lease
         self.batch = pool_size * batch_per_connection
+        self.group, self.linger = group, linger
         self.pool = [_Connection(relay, timeout, local_hostname) for _ in range(pool_size)]
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._writing: asyncio.Task[None] | None = None
+        #: Claimed and not yet tried, oldest first, with the end of each one's lease.
+        self._held: dict[int, tuple[dict[str, Any], datetime]] = {}
+        self._recording_failed = False
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="relay-worker")
+    async def run_once(self) -> int:
+        """Deliver every send that is due now; how many were tried.
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        with contextlib.suppress(Exception):
-            await self.flush()
+        Stops taking new sends once :meth:`stop` is called or outcomes can no
+        longer be written (the database went away): what is still held is then
+        handed back, and a recording failure is raised for the loop's back-off.
+        """
+        self._recording_failed = False
+        results: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=2 * self.group)
+        recording = asyncio.create_task(self._record(results), name="relay-outcomes")
+        tried = 0
+        try:
+            more = await self._claim()
+            while self._held and not self.stopping and not self._recording_failed:
+                # The next batch is claimed while this one goes out.
+                claiming = asyncio.ensure_future(self._claim()) if more else None
+                try:
+                    tried += await self._deliver(results)
+                finally:
+                    if claiming is not None:
+                        more = await claiming  # known, so a stop hands it back
+        finally:
+            await results.put(None)
+            try:
+                await recording  # raises what stopped the recording
+            finally:
+                if self._held and not self.stopping:  # a stop hands back by itself
+                    with contextlib.suppress(Exception):  # the database may be what failed
+                        await self.hand_back()
+        return tried
+
+    async def hand_back(self) -> None:
+        """Release the claims not yet tried: due again at once, their attempt uncounted."""
+        held, self._held = self._held, {}
+        if held:
+            until = max(lease_end for _, lease_end in held.values())
+            released = await self.db.run_write(send_store.release_claims, list(held), until)
+            log.info("relay: handed back %d of %d claimed sends", released, len(held))
+
+    async def close(self) -> None:
         for conn in self.pool:
             await conn.close()
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                handled = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the database may be away; try again later
-                log.exception("relay round failed")
-                handled = 0
-            if handled:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-
-    async def flush(self) -> None:
-        """Wait until the outcomes of the last batch are committed."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
-
-    async def _claim(self) -> list[dict[str, Any]]:
+    async def _claim(self) -> bool:
+        """Claim a batch into :attr:`_held`; True when it was full (more may be due)."""
         now = self.clock.now()
-        return await self.db.run_write(send_store.claim_due, now, self.batch, self.lease)
+        rows = await self.db.run_write(send_store.claim_due, now, self.batch, self.lease)
+        lease_end = now + self.lease
+        for row in rows:
+            self._held[row["id"]] = (row, lease_end)
+        return len(rows) == self.batch
 
-    async def _deliver(self, claimed: list[dict[str, Any]]) -> list[Delivery]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for send in claimed:
-            queue.put_nowait(send)
-        results: list[Delivery] = []
+    def _next(self) -> dict[str, Any] | None:
+        """The oldest held send whose lease still has time left; None when none is left.
 
-        async def drain(conn: _Connection) -> None:
-            while not queue.empty():
-                send = queue.get_nowait()
+        One whose lease has run out is dropped, not tried: another worker may
+        have claimed it since.
+        """
+        now = self.clock.now()
+        while self._held:
+            send, lease_end = self._held.pop(next(iter(self._held)))
+            if lease_end > now:
+                return send
+            log.warning("relay: lease of send %s ran out before it was tried", send["id"])
+        return None
+
+    async def _deliver(self, results: asyncio.Queue[Delivery | None]) -> int:
+        """Drain :attr:`_held` over the pool; every result goes to the recorder."""
+
+        async def work(conn: _Connection) -> int:
+            tried = 0
+            while not self.stopping and not self._recording_failed:
+                send = self._next()
+                if send is None:
+                    break
                 sender = verp_address(send["verp_token"], self.mail_domain)
                 if send["raw"] is None:  # cannot happen for an enqueued send; never crash on it
-                    results.append(Delivery(send, "failed", "no composed message stored", None))
-                    continue
-                results.append(await conn.deliver(send, sender))
+                    delivery = Delivery(send, Verdict.FAILED, "no composed message stored", None)
+                else:
+                    delivery = await conn.deliver(send, sender)
+                await results.put(delivery)
+                tried += 1
+            return tried
 
-        await asyncio.gather(*(drain(c) for c in self.pool[: len(claimed)]))
-        return results
+        counts = await asyncio.gather(*(work(c) for c in self.pool[: len(self._held)]))
+        return sum(counts)
 
-    async def run_once(self) -> int:
-        """Deliver every send that is due now; how many were handled.
+    async def _record(self, results: asyncio.Queue[Delivery | None]) -> None:
+        """Commit outcomes as they arrive, in groups of up to ``group`` or ``linger`` seconds.
 
-        A pipeline: the next batch is claimed while this one is delivered, and
-        each batch's outcomes are committed in the background while the next
-        is delivered, so the relay connections rarely wait for the database.
-        Should an outcome commit fail, those sends stay claimed until their
-        lease runs out and go out again — at least once, never lost.
+        A group closes when it is full or ``linger`` after its first outcome, so
+        what the relay accepted is on record within a fraction of a second, and
+        a fast relay costs one commit per few dozen messages rather than one per
+        message.  The queue holds at most two groups: the connections wait for
+        the database rather than run far ahead of what is on record.  After a
+        failed commit the rest is taken off the queue unwritten (those sends
+        keep their lease and go out again once it has run out) and the error is
+        raised.
         """
-        total = 0
-        next_claim = asyncio.ensure_future(self._claim())
-        try:
-            while True:
-                claimed = await next_claim
-                if not claimed:
-                    break
-                next_claim = asyncio.ensure_future(self._claim())
-                results = await self._deliver(claimed)
-                await self.flush()
-                self._writing = asyncio.ensure_future(
-                    self.db.run_write(outcomes.apply, results, self.clock.now(), self.policy)
-                )
-                total += len(claimed)
-        finally:
-            # A batch claimed but not delivered (stopping) waits for its lease to run out.
-            next_claim.cancel()
-            await self.flush()
-        return total
+        loop = asyncio.get_running_loop()
+        error: Exception | None = None
+        while True:
+            group = [await results.get()]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(loop.time() + self.linger):
+                    while len(group) < self.group and group[-1] is not None:
+                        group.append(await results.get())
+            done = group[-1] is None  # the end marker comes after every result
+            deliveries = [d for d in group if d is not None]
+            if deliveries and error is None:
+                try:
+                    now = self.clock.now()
+                    await self.db.run_write(outcomes.apply, deliveries, now, self.policy)
+                except Exception as exc:  # noqa: BLE001 - raised below, after the queue is empty
+                    error = exc
+                    self._recording_failed = True
+            if done:
+                break
+        if error is not None:
+            raise error

@@ -29,6 +29,8 @@ MAIL_DOMAIN = "mailgate.test"
 class MailgateServer:
     def __init__(self, database_url: str, data_dir: Path, **overrides: Any) -> None:
         overrides.setdefault("max_message_size", 2 * 1024 * 1024)
+        # Open event streams would otherwise hold a test's shutdown for the full 10 s.
+        overrides.setdefault("stop_deadline", 2.0)
         self.settings = Settings(
             database_url=database_url,
             data_dir=data_dir,
@@ -65,6 +67,10 @@ class MailgateServer:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def drain(self, runner: str) -> int:
+        """Run the named runner's rounds until one handles nothing (``relay``, ``bounces`` …)."""
+        return self.call(self.running.services.runner(runner).drain())
+
     @property
     def db(self) -> Database:
         return self.running.services.db
@@ -83,9 +89,10 @@ class MailgateServer:
         Deterministic, no sleeping: it returns once every event committed before
         the call has been applied, including a round the running loop had begun.
         """
-        from sync import drain_all
+        from sync import CONSUMERS, drain_all
 
-        return self.call(drain_all(self.running.consumers))
+        services = self.running.services
+        return self.call(drain_all([services.runner(c.name) for c in CONSUMERS]))
 
     def stop(self) -> None:
         if self.running is not None:

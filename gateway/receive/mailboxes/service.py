@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
+from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.ingest.pipeline import Delivery, Outcome
 from gateway.ingest.runner import Intake
@@ -32,6 +33,7 @@ from gateway.receive.imap import (
 )
 from gateway.receive.mailboxes.crypto import PasswordBox, PasswordUnreadable
 from gateway.receive.mailboxes.validate import config_from
+from gateway.runner import LoopRunner
 from storage import mailboxes as store
 from storage.db import Database
 
@@ -87,9 +89,13 @@ def error_words(exc: MailboxError) -> str:
 
 
 class MailboxService:
-    def __init__(self, db: Database, intake: Intake, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, intake: Intake, settings: Settings, *, clock: Clock | None = None
+    ) -> None:
         self.db = db
         self.intake = intake
+        #: "Now" for the backfill window (which days a poller files).
+        self.clock = clock or SystemClock()
         self.passwords = PasswordBox(settings.resolved_secret_keys())
         self.connect_timeout = 30.0
         self.idle_timeout = 120.0
@@ -151,7 +157,7 @@ class MailboxService:
                 state="ok",
                 error_kind=None,
                 error_message=None,
-                last_ok_at=datetime.now(UTC),
+                last_ok_at=self.clock.now(),
             )
 
     # -- filing ----------------------------------------------------------------
@@ -347,7 +353,7 @@ class MailboxService:
         """Keep one mailbox filed until ``stop``: catch up, IDLE, reconnect with backoff."""
         mid = row["id"]
         backoff = Backoff(1.0, 300.0)
-        since = date.today() - timedelta(days=row["backfill_days"])
+        since = self.clock.now().date() - timedelta(days=row["backfill_days"])
         while not stop.is_set():
             try:
                 config = self.config(row)
@@ -391,7 +397,7 @@ class MailboxService:
             config = self.config(row)
         except PasswordUnreadable as exc:
             raise MailboxError("protocol", str(exc)) from exc
-        since = date.today() - timedelta(days=days) if days else date.min
+        since = self.clock.now().date() - timedelta(days=days) if days else date.min
         try:
             async with await connect(config, self.connect_timeout) as session:
                 folders = await discover_folders(session, row["sent_folder"])
@@ -410,32 +416,28 @@ class MailboxService:
         return count
 
 
-class MailboxSupervisor:
-    """The ``imap`` role: one poller task per mailbox, following adds, edits and removals."""
+class MailboxSupervisor(LoopRunner):
+    """The ``imap`` role's runner: one poller task per mailbox, following adds, edits, removals.
+
+    A round compares the stored mailboxes with the running pollers, stops
+    those whose mailbox was removed or edited (or whose task died) and starts
+    the missing ones.  Stopping the supervisor tells every poller to stop at
+    once, waits for them until the deadline, and cancels the rest: a poller cut
+    mid-batch loses nothing, since its checkpoint commits with the filing.
+    """
+
+    name = "mailboxes"
 
     def __init__(self, service: MailboxService, refresh: float = 1.0) -> None:
+        super().__init__(poll_interval=refresh)
         self.service = service
-        self.refresh = refresh
         self.tasks: dict[int, tuple[int, asyncio.Task[None], asyncio.Event]] = {}
 
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(Exception):
-                    await self._reconcile()
-                await _sleep_or_stop(self.refresh, stop)
-        finally:
-            for _, task, ev in self.tasks.values():
-                ev.set()
-                task.cancel()
-            for _, task, _ in self.tasks.values():
-                with contextlib.suppress(BaseException):
-                    await task
-            self.tasks.clear()
-
-    async def _reconcile(self) -> None:
+    async def run_once(self) -> int:
+        """Start and stop pollers to match the stored mailboxes; how many changed."""
         async with self.service.db.connect() as conn:
             rows = {r["id"]: r for r in await store.list_mailboxes(conn)}
+        changed = 0
         for mid in list(self.tasks):
             version, task, ev = self.tasks[mid]
             row = rows.get(mid)
@@ -449,11 +451,39 @@ class MailboxSupervisor:
                 with contextlib.suppress(BaseException):
                     await task
                 del self.tasks[mid]
+                changed += 1
+        if self.stopping:
+            return changed
         for mid, row in rows.items():
             if mid not in self.tasks:
                 ev = asyncio.Event()
                 task = asyncio.create_task(self.service.run(row, ev), name=f"imap-{mid}")
                 self.tasks[mid] = (row["version"], task, ev)
+                changed += 1
+        return changed
+
+    async def stop(self, deadline: float = 10.0) -> None:
+        """Tell every poller to stop now, so they wind down while the round finishes."""
+        for _, _, ev in self.tasks.values():
+            ev.set()
+        await super().stop(deadline)
+
+    async def close(self) -> None:
+        """Wait for the pollers until the stop deadline; cancel those still busy."""
+        pollers = [task for _, task, _ in self.tasks.values()]
+        for _, _, ev in self.tasks.values():
+            ev.set()
+        self.tasks.clear()
+        if not pollers:
+            return
+        _, busy = await asyncio.wait(pollers, timeout=self.time_left())
+        if busy:
+            log.warning("mailboxes: %d pollers still busy at the deadline; cancelling", len(busy))
+        for task in busy:
+            task.cancel()
+        for task in pollers:
+            with contextlib.suppress(BaseException):
+                await task
 
 
 async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:

@@ -1,0 +1,175 @@
+"""The relay worker stopped or killed mid-batch, as an operator would: a signal to the process.
+
+``mailgate serve --only worker`` runs as a real subprocess against a slow
+smtp-sink (one second before each DATA reply), so a stop or a kill lands
+while a claimed batch is still going out.  A SIGTERM must leave no send
+claimed without its outcome, and the next process must send the rest at
+once, not after the lease.  A SIGKILL must not lose the outcome of mail the
+relay already accepted: outcomes are committed as they come, not once per
+batch.  An HTTP-only mailgate in the test process queues the mail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from storage.schema_sending import sends
+from tests.support import smtp_sink
+from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
+from tests.test_cli import LAUNCH, ROOT
+from tests.test_sending_relay import new_lead
+
+pytestmark = pytest.mark.skipif(
+    not smtp_sink.available(), reason="Postfix smtp-sink not installed (apt-get install postfix)"
+)
+
+_SEND_HEADER = re.compile(rb"^X-Mailgate-Send: (\d+)", re.M)
+
+
+class Worker:
+    """``mailgate serve --only worker`` in its own process."""
+
+    def __init__(self, database_url: str, data_dir: Path, relay_port: int, **settings: str):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "MAILGATE_DATABASE_URL": database_url,
+            "MAILGATE_DATA_DIR": str(data_dir),
+            "MAILGATE_MAIL_DOMAIN": MAIL_DOMAIN,
+            "MAILGATE_SECRET_KEY": "test-secret-key",
+            "MAILGATE_RELAY_URL": f"smtp://127.0.0.1:{relay_port}",
+            "MAILGATE_RELAY_POLL_INTERVAL": "0.1",
+            "MAILGATE_RELAY_TIMEOUT": "10",
+        }
+        env.update({f"MAILGATE_{k.upper()}": v for k, v in settings.items()})
+        self.proc = subprocess.Popen(
+            [*LAUNCH, "serve", "--only", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def signal(self, sig: int) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, stderr = self.proc.communicate(timeout=30)
+        return self.proc.returncode, stderr
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+
+
+@pytest.fixture
+def gate(database_url, tmp_path):
+    """HTTP only: queues sends, delivers none."""
+    srv = MailgateServer(database_url, tmp_path / "data").start(roles={"http"})
+    yield srv
+    srv.stop()
+
+
+def queue_sends(gate: MailgateServer, name: str, count: int) -> list[int]:
+    org = gate.org(name, plan="standard")
+    api = gate.api(gate.user(org, "rep@example.org", name="Rep"))
+    leads = [new_lead(api, f"customer{i}@client.example.jp") for i in range(count)]
+    r = api.post(
+        "/api/v1/emails",
+        json={"to": [{"module": "leads", "id": i} for i in leads], "subject": "件名", "text": "x"},
+    )
+    assert r.status_code == 202, r.text
+    ids = [s["id"] for s in r.json()["sends"]]
+    assert len(ids) == count
+    return ids
+
+
+def queue_rows(gate: MailgateServer, ids: list[int]) -> dict[int, dict]:
+    def read(conn) -> dict[int, dict]:
+        q = select(sends.c.id, sends.c.state, sends.c.attempts).where(sends.c.id.in_(ids))
+        return {r.id: {"state": r.state, "attempts": r.attempts} for r in conn.execute(q)}
+
+    return gate.call(gate.db.run_read(read))
+
+
+def in_state(gate: MailgateServer, ids: list[int], state: str) -> set[int]:
+    return {i for i, row in queue_rows(gate, ids).items() if row["state"] == state}
+
+
+def accepted(relay: smtp_sink.SmtpSink) -> list[int]:
+    """Send ids as the relay accepted them, one entry per copy."""
+    return [int(m.group(1)) for raw in relay.messages() if (m := _SEND_HEADER.search(raw))]
+
+
+def test_sigterm_mid_batch_records_every_outcome_and_the_next_process_sends_the_rest_at_once(
+    gate, database_url, tmp_path
+):
+    ids = queue_sends(gate, "handover-term", 12)
+    port = smtp_sink.free_port()
+    relay = smtp_sink.SmtpSink(port, flags=("-w", "1")).start()
+    # A lease far longer than the test: a send left claimed would not go out again in time.
+    settings = {"relay_pool_size": "2", "relay_lease": "600", "stop_deadline": "5"}
+    first = Worker(database_url, tmp_path / "data", port, **settings)
+    second = None
+    try:
+        wait_until(lambda: len(accepted(relay)) >= 2, timeout=30)
+        code, stderr = first.signal(signal.SIGTERM)
+        assert code == 0, stderr
+
+        rows = queue_rows(gate, ids)
+        sent = {i for i, row in rows.items() if row["state"] == "sent"}
+        assert not [i for i, row in rows.items() if row["state"] == "sending"]
+        assert sent == set(accepted(relay))  # the round in progress finished and was recorded
+        assert 2 <= len(sent) < len(ids)
+        for i in set(ids) - sent:  # handed back untried: due now, no attempt counted
+            assert rows[i] == {"state": "queued", "attempts": 0}
+
+        second = Worker(database_url, tmp_path / "data", port, **settings)
+        wait_until(lambda: in_state(gate, ids, "sent") == set(ids), timeout=60)
+        assert sorted(accepted(relay)) == sorted(ids)  # each exactly once
+    finally:
+        first.terminate()
+        if second is not None:
+            second.terminate()
+        relay.stop()
+
+
+def test_outcomes_of_mail_the_relay_accepted_survive_a_kill_mid_batch(gate, database_url, tmp_path):
+    ids = queue_sends(gate, "handover-kill", 24)
+    port = smtp_sink.free_port()
+    relay = smtp_sink.SmtpSink(port, flags=("-w", "1")).start()
+    settings = {"relay_pool_size": "4", "relay_lease": "3"}
+    first = Worker(database_url, tmp_path / "data", port, **settings)
+    second = None
+    try:
+        # All 24 are claimed in one batch and take ~6 s to go out.
+        wait_until(lambda: len(accepted(relay)) >= 8, timeout=30)
+        early = set(accepted(relay))
+        wait_until(lambda: early <= in_state(gate, ids, "sent"), timeout=2.5)
+        assert len(accepted(relay)) < len(ids), "the batch was meant to be still going out"
+
+        code, _ = first.signal(signal.SIGKILL)
+        assert code == -signal.SIGKILL
+        recorded = in_state(gate, ids, "sent")
+        at_kill = set(accepted(relay))
+        assert early <= recorded <= at_kill
+        assert len(at_kill - recorded) <= 4  # at most the messages on the wire at the kill
+
+        # The next process takes over once the dead worker's short lease ran out.
+        second = Worker(database_url, tmp_path / "data", port, **settings)
+        wait_until(lambda: in_state(gate, ids, "sent") == set(ids), timeout=60)
+        copies = accepted(relay)
+        assert set(copies) == set(ids)
+        assert all(copies.count(i) == 1 for i in recorded)  # recorded: never sent again
+        assert all(copies.count(i) <= 2 for i in ids)
+    finally:
+        first.terminate()
+        if second is not None:
+            second.terminate()
+        relay.stop()
