@@ -200,4 +200,10 @@ def test_roles_start_each_runner_once_in_table_order():
 
     assert runners_for(parse_roles("imap,worker")) == ["relay", "bounces", "mailboxes"]
     assert runners_for(parse_roles("smtp,http")) == ["tracking"]
-    assert set(runners_for(parse_roles(None))) == {"tracking", "relay", "bounces", "mailboxes"}
+    assert set(runners_for(parse_roles(None))) == {
+        "tracking",
+        "relay",
+        "bounces",
+        "mailboxes",
+        "suppression",
+    }
