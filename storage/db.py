@@ -72,10 +72,6 @@ class Database:
         self._reader: Engine | None = None
         self._writer_lock = threading.Lock()
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.dialect == "postgresql"
-
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A transaction; connection failures become :class:`StorageUnavailable`."""

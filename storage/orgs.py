@@ -80,12 +80,6 @@ async def count_active_users(conn: AsyncConnection, org_id: int) -> int:
     return await conn.run_sync(active_users, org_id)
 
 
-async def user_by_dropbox(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
-    q = select(users).where(users.c.dropbox_token == token, users.c.active)
-    row = (await conn.execute(q)).mappings().first()
-    return dict(row) if row else None
-
-
 def dropbox_owner(conn: Connection, token: str) -> tuple[dict[str, Any], set[str]] | None:
     """The active user behind a dropbox token and every address allowed to write to it."""
     q = (

@@ -209,11 +209,6 @@ def mark_failed(conn: Connection, items: Sequence[tuple[int, str]]) -> None:
     conn.execute(stmt, [{"sid": sid, "reply": reply[:2000]} for sid, reply in items])
 
 
-def get_sync(conn: Connection, send_id: int) -> dict[str, Any] | None:
-    row = conn.execute(select(sends).where(sends.c.id == send_id)).mappings().first()
-    return dict(row) if row else None
-
-
 def by_verp_token(conn: Connection, token: str) -> dict[str, Any] | None:
     """The send a bounce's VERP address names (the lead's bounce processing)."""
     row = conn.execute(select(sends).where(sends.c.verp_token == token)).mappings().first()
@@ -224,14 +219,3 @@ async def get(conn: AsyncConnection, org_id: int, send_id: int) -> dict[str, Any
     q = select(sends).where(sends.c.org_id == org_id, sends.c.id == send_id)
     row = (await conn.execute(q)).mappings().first()
     return dict(row) if row else None
-
-
-def pending_count(conn: Connection) -> int:
-    from sqlalchemy import func
-
-    q = (
-        select(func.count())
-        .select_from(sends)
-        .where(sends.c.state.in_(("queued", "deferred", "sending")))
-    )
-    return conn.execute(q).scalar_one()

@@ -148,12 +148,3 @@ def text(part: Message) -> str:
     except Exception:
         charset = None
     return decode_bytes(data[:MAX_TEXT], charset)
-
-
-def headers_text(msg: Message) -> str:
-    """A message's header block as text, for field scanners."""
-    try:
-        items = msg.items()
-    except Exception:
-        return ""
-    return "\n".join(f"{k}: {decode_header_value(v)}" for k, v in items)

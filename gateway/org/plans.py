@@ -37,8 +37,6 @@ PLAN_NAMES = tuple(PLANS)
 MASS_CAP = 2250
 #: Shared From addresses (``support@`` …) per license: one license is one active user.
 SHARED_ADDRESSES_PER_LICENSE = 10
-#: The free plan's user cap, named because the CLI's refusal quotes it.
-FREE_PLAN_MAX_USERS = PLANS["free"].max_users or 0
 #: Quota kinds, in the order reports list them.
 QUOTA_KINDS = ("individual", "mass")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from gateway.receive.imap.checkpoint import (
     Checkpoint,
@@ -280,9 +280,3 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def imap_date(day: date) -> str:
     """IMAP SEARCH date (``1-Nov-2026``), independent of the process locale."""
     return f"{day.day}-{_MONTHS[day.month - 1]}-{day.year}"
-
-
-def default_since(now: datetime | None = None) -> date:
-    """The first-connection backfill window: 30 days back."""
-    now = now or datetime.now(UTC)
-    return (now - timedelta(days=DEFAULT_BACKFILL_DAYS)).date()
