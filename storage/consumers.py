@@ -22,8 +22,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
+from storage.inserts import insert_ignore
 from storage.schema import consumer_offsets
-from storage.suppressions import insert_ignore_for
 
 
 class OffsetMoved(RuntimeError):
@@ -48,7 +48,7 @@ def hold(conn: Connection, consumer: str, now: datetime) -> int:
     if found is not None:
         return found
     conn.execute(
-        insert_ignore_for(conn, consumer_offsets).values(
+        insert_ignore(consumer_offsets, conn.dialect.name).values(
             consumer=consumer, position=0, updated_at=now
         )
     )

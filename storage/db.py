@@ -17,9 +17,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql import Insert
-
-from storage.inserts import insert_ignore
 
 T = TypeVar("T")
 
@@ -141,10 +138,6 @@ class Database:
     def _read_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
         with self._sync_engines()[1].connect() as conn:
             return fn(conn, *args)
-
-    def insert_ignore(self, table) -> Insert:
-        """:func:`storage.inserts.insert_ignore` for this engine."""
-        return insert_ignore(table, self.dialect)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

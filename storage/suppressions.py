@@ -6,9 +6,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.inserts import insert_ignore
 from storage.schema_sending import suppressions
 from storage.types import utcnow
 
@@ -36,7 +37,7 @@ def suppress(
     if exists:
         return False
     res = conn.execute(
-        insert_ignore_for(conn, suppressions).values(
+        insert_ignore(suppressions, conn.dialect.name).values(
             org_id=org_id,
             email_norm=email_norm,
             reason=reason,
@@ -46,15 +47,6 @@ def suppress(
         )
     )
     return bool(res.rowcount)
-
-
-def insert_ignore_for(conn: Connection, table: Table) -> Insert:
-    """``INSERT … ON CONFLICT DO NOTHING`` on ``conn``'s engine: a concurrent insert wins."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
 
 
 def suppressed_among(conn: Connection, org_id: int, emails: Iterable[str]) -> dict[str, str]:

@@ -212,17 +212,17 @@ def process_one(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcom
     return outcome
 
 
-def process_batch(conn: Connection, policy: Policy, limit: int = 100, insert_ignore=None) -> int:
+def process_batch(conn: Connection, policy: Policy, limit: int = 100) -> int:
     """Claim up to ``limit`` kept bounce messages and process them; returns how many.
 
-    ``insert_ignore`` is no longer used (recording inserts nothing that can
-    race); it stays accepted for the bounce worker's call.
+    Each message runs in its own savepoint: one that breaks is rolled back alone
+    and kept as ``held`` for a human, and its neighbours in the batch still commit.
     """
-    del insert_ignore
     rows = bounce_store.claim_pending(conn, limit)
     for row in rows:
         try:
-            outcome = process_one(conn, row, policy)
+            with conn.begin_nested():
+                outcome = process_one(conn, row, policy)
         except Exception as exc:  # noqa: BLE001 - keep it for a human rather than loop on it
             outcome = Outcome("held", f"error: {type(exc).__name__}: {exc}"[:500])
         bounce_store.finish(

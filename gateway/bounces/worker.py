@@ -23,6 +23,4 @@ class BounceWorker(LoopRunner):
 
     async def run_once(self) -> int:
         """Classify and apply one batch of kept bounce mail in one transaction."""
-        return await self.db.run_write(
-            process_batch, self.policy, self.batch, self.db.insert_ignore
-        )
+        return await self.db.run_write(process_batch, self.policy, self.batch)
