@@ -1,4 +1,4 @@
-"""Finding and normalising email addresses in bounce text."""
+"""Finding email addresses in bounce text (comparison form: :mod:`gateway.addresses`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ _SYSTEM_LOCALPARTS = frozenset(
 )
 
 
-def normalise(value: str) -> str:
+def extract_address(value: str) -> str:
     """``rfc822; <Foo@Example.COM>`` → ``foo@example.com``; ``""`` if no address."""
     if not value:
         return ""

@@ -38,7 +38,7 @@ def _arf(mail: Mail) -> BounceReport | None:
     emails: list[str] = []
     for name in ("original-rcpt-to", "removal-recipient"):
         for value in fields.get(name, []):
-            email = addresses.normalise(value)
+            email = addresses.extract_address(value)
             if email and email not in emails:
                 emails.append(email)
     if not emails and mail.original is not None:
@@ -57,7 +57,7 @@ def _hotmail_jmrp(mail: Mail) -> BounceReport | None:
     value = mime.header(original, "X-HmXmrOriginalRecipient")
     if not value:
         return None
-    return _complaint([addresses.normalise(value)], "abuse", "hotmail-jmrp")
+    return _complaint([addresses.extract_address(value)], "abuse", "hotmail-jmrp")
 
 
 def _apple_unsubscribe(mail: Mail) -> BounceReport | None:

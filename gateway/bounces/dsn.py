@@ -63,11 +63,11 @@ def recipients(text: str, context: str = "") -> list[BouncedRecipient]:
     """
     found: dict[str, BouncedRecipient] = {}
     for block in parse_fields(text):
-        email = addresses.normalise(block.get("final-recipient", "")) or addresses.normalise(
-            block.get("original-recipient", "")
-        )
+        email = addresses.extract_address(
+            block.get("final-recipient", "")
+        ) or addresses.extract_address(block.get("original-recipient", ""))
         if not email:
-            email = addresses.normalise(block.get("x-actual-recipient", ""))
+            email = addresses.extract_address(block.get("x-actual-recipient", ""))
         if not email:
             continue
         action = block.get("action", "").split()[0].lower() if block.get("action") else ""

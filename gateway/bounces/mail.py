@@ -60,7 +60,7 @@ class Mail:
 
     @cached_property
     def sender(self) -> str:
-        return addresses.normalise(mime.header(self.msg, "From"))
+        return addresses.extract_address(mime.header(self.msg, "From"))
 
     @cached_property
     def own_addresses(self) -> set[str]:

@@ -78,7 +78,7 @@ def _from_flufl(mail: Mail, head: str) -> tuple[list[BouncedRecipient], str] | N
     found: dict[str, BouncedRecipient] = {}
     for raw, is_permanent in [(a, True) for a in permanent] + [(a, False) for a in temporary]:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        email = addresses.normalise(text)
+        email = addresses.extract_address(text)
         if not email or email in found or addresses.is_system(email):
             continue
         found[email] = _recipient(email, head, temporary=not is_permanent)

@@ -52,7 +52,7 @@ def _report(doc: dict) -> BounceReport | None:
         for item in bounce.get("bouncedRecipients") or []:
             if not isinstance(item, dict):
                 continue
-            email = addresses.normalise(str(item.get("emailAddress", "")))
+            email = addresses.extract_address(str(item.get("emailAddress", "")))
             if not email:
                 continue
             diagnostic = str(item.get("diagnosticCode", ""))
@@ -79,7 +79,7 @@ def _report(doc: dict) -> BounceReport | None:
         complaint = doc.get("complaint") or {}
         feedback = str(complaint.get("complaintFeedbackType") or "abuse").lower()
         emails = [
-            addresses.normalise(str(item.get("emailAddress", "")))
+            addresses.extract_address(str(item.get("emailAddress", "")))
             for item in complaint.get("complainedRecipients") or []
             if isinstance(item, dict)
         ]
