@@ -99,7 +99,13 @@ async def run(
     try:
         if "smtp" in roles:
             host, port = settings.smtp_host_port
-            handler = DropboxHandler(services.db, services.intake, mail_domain=settings.mail_domain)
+            handler = DropboxHandler(
+                services.db,
+                services.spool,
+                mail_domain=settings.mail_domain,
+                ingest=services.ingest,
+                bounces=services.bounces.wakeup.set,
+            )
             smtp_server = await start_smtp(
                 handler,
                 host,
@@ -111,10 +117,12 @@ async def run(
         if "imap" in roles:
             from gateway.receive.mailboxes import MailboxService, MailboxSupervisor
 
-            supervisor = MailboxSupervisor(MailboxService(services.db, services.intake, settings))
+            service = MailboxService(services.db, services.spool, settings, ingest=services.ingest)
+            supervisor = MailboxSupervisor(service)
             running.mailboxes = supervisor
             tasks.append(asyncio.create_task(supervisor.run(running.stopped), name="imap"))
         if "worker" in roles:
+            await services.ingest.start()
             tasks.append(asyncio.create_task(services.bounces.run(running.stopped), name="bounces"))
         if "http" in roles:
             host, port = settings.http_host_port

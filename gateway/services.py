@@ -1,4 +1,4 @@
-"""What the roles share in one process: settings, the database and the intake writer."""
+"""What the roles share in one process: settings, the database, the spool and the runners."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from functools import cached_property
 from gateway.bounces.process import Policy
 from gateway.bounces.worker import BounceWorker
 from gateway.config import Settings
-from gateway.ingest.runner import Intake
+from gateway.ingest.runner import IngestRunner
+from gateway.ingest.spool import Spool
 from gateway.sending.quota import Clock, SystemClock
 from storage.db import Database
 from tracking.endpoints import Tracking
@@ -20,7 +21,8 @@ from tracking.tokens import TokenSigner, keys_from_secrets
 class Services:
     settings: Settings
     db: Database
-    intake: Intake
+    spool: Spool  # receivers store accepted mail here (smtp, imap)
+    ingest: IngestRunner  # files it (the worker role runs it)
     bounces: BounceWorker
     tracking: Tracking
     #: "Now" for quota days and send scheduling; tests replace it with a FixedClock.
@@ -32,11 +34,19 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.database_url)
         bounces = BounceWorker(db, Policy(mail_domain=settings.mail_domain))
-        intake = Intake(db, mail_domain=settings.mail_domain, on_kept=bounces.wakeup.set)
+        spool = Spool(db)
+        ingest = IngestRunner(db, mail_domain=settings.mail_domain)
         signer = TokenSigner(keys_from_secrets(settings.resolved_secret_keys()))
         recorder = HitRecorder(db, public_url=settings.public_url)
         tracking = Tracking(db, signer, recorder, settings.public_url)
-        return cls(settings=settings, db=db, intake=intake, bounces=bounces, tracking=tracking)
+        return cls(
+            settings=settings,
+            db=db,
+            spool=spool,
+            ingest=ingest,
+            bounces=bounces,
+            tracking=tracking,
+        )
 
     @cached_property
     def signer(self):
@@ -55,12 +65,13 @@ class Services:
         )
 
     async def start(self) -> None:
-        await self.intake.start()
+        await self.spool.start()
         await self.tracking.recorder.start()
 
     async def stop(self) -> None:
         if self.relay_worker is not None:
             await self.relay_worker.stop()
-        await self.intake.stop()
+        await self.ingest.stop()
+        await self.spool.stop()
         await self.tracking.recorder.stop()  # commits the hits still pending
         await self.db.dispose()

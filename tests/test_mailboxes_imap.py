@@ -144,7 +144,7 @@ def test_5000_message_mailbox_backfills_completely_and_next_poll_makes_no_fetch(
     assert len(page["items"]) == 500 and page["next"]
 
     # The same path the poller runs, over a fresh session: nothing new → no FETCH.
-    service = MailboxService(gate.db, gate.running.services.intake, gate.settings)
+    service = MailboxService(gate.db, gate.running.services.spool, gate.settings)
 
     async def poll_again():
         async with gate.db.connect() as conn:

@@ -77,6 +77,16 @@ class MailgateServer:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.running.http_port}"
 
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until every stored message has been filed (SMTP answers before filing)."""
+        from storage import inbound_store
+
+        wait_until(
+            lambda: self.call(self.db.run_read(inbound_store.count_pending)) == 0,
+            timeout=timeout,
+            interval=0.02,
+        )
+
     def stop(self) -> None:
         if self.running is not None:
             self.loop.call_soon_threadsafe(self.running.stopped.set)
