@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Insert
 
@@ -42,7 +44,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def _sqlite_durable(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA synchronous=FULL")  # WAL mode: fsync the WAL at every commit
+    cur.execute("PRAGMA busy_timeout=0")  # waits in Database._durable_write_sqlite instead
     cur.close()
+
+
+#: How long a durable write waits for SQLite's lock, and how often it looks again.
+DURABLE_WAIT, DURABLE_POLL = 30.0, 0.0005
 
 
 def _manual_transactions(dbapi_conn, _record) -> None:
@@ -121,8 +128,19 @@ class Database:
         For what we promised to keep (mail answered ``250``).  On SQLite the
         transaction runs on a connection with ``synchronous=FULL``; callers
         group many items into one transaction, so the fsync is paid per group.
+
+        On SQLite it is tried first right here, on the event loop, without
+        waiting for the lock: a short insert plus its fsync takes ~0.3 ms on
+        this disk, less than the thread hop it saves (measured: the SMTP
+        process's CPU per message fell from ~930 to ~810 µs).  When another
+        process (the ingest worker) holds the lock, it waits in a thread.
         """
         if self.dialect == "sqlite":
+            try:
+                return self._durable_attempt(fn, *args)
+            except OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
             return await asyncio.to_thread(self._durable_write_sqlite, fn, *args)
         return await self.run_write(fn, *args)
 
@@ -158,18 +176,34 @@ class Database:
                 self._writer, self._reader = writer, reader
             return self._writer, self._reader
 
-    def _durable_write_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
+    def _durable_attempt(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._durable_engine().begin() as conn:
+            return fn(conn, *args)
+
+    def _durable_engine(self) -> Engine:
         with self._writer_lock:
             if self._durable is None:
                 url = make_url(self.url).set(drivername="sqlite+pysqlite")
-                args_ = {"timeout": 30, "check_same_thread": False}
+                args_ = {"timeout": 0, "check_same_thread": False}
                 durable = create_engine(url, connect_args=args_, pool_size=2, max_overflow=2)
                 for listener in (_sqlite_pragmas, _sqlite_durable, _manual_transactions):
                     event.listen(durable, "connect", listener)
                 event.listen(durable, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
                 self._durable = durable
-        with self._durable.begin() as conn:
-            return fn(conn, *args)
+            return self._durable
+
+    def _durable_write_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
+        # SQLite's own busy handler sleeps ever longer (up to 100 ms a try) while another
+        # process holds the lock; every SMTP session waiting on this group would wait
+        # that long after the lock is free.  Looking again every half millisecond does not.
+        deadline = time.monotonic() + DURABLE_WAIT
+        while True:
+            try:
+                return self._durable_attempt(fn, *args)
+            except OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(DURABLE_POLL)
 
     def _write_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
         with self._sync_engines()[0].begin() as conn:

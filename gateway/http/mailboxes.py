@@ -25,7 +25,9 @@ def service(request: Request) -> MailboxService:
     state = request.app.state
     if getattr(state, "mailbox_service", None) is None:
         services = state.services
-        state.mailbox_service = MailboxService(services.db, services.intake, services.settings)
+        state.mailbox_service = MailboxService(
+            services.db, services.spool, services.settings, ingest=services.ingest
+        )
     return state.mailbox_service
 
 
