@@ -33,7 +33,7 @@ from sqlalchemy import Connection
 
 from gateway.clock import Clock, SystemClock
 from gateway.ingest.context import Batch, Delivery, Outcome
-from gateway.ingest.pipeline import IN_TRANSACTION, StepFailed, prepare, run_steps
+from gateway.ingest.pipeline import IN_TRANSACTION, Step, StepFailed, prepare, run_steps
 from gateway.metrics import FILED
 from gateway.runner import LoopRunner
 from storage import inbound_store
@@ -63,6 +63,7 @@ class IngestRunner(LoopRunner):
         max_attempts: int = 5,
         retry_after: timedelta = timedelta(seconds=30),
         poll_interval: float | None = None,
+        steps: tuple[Step, ...] = IN_TRANSACTION,
     ) -> None:
         super().__init__(poll_interval=poll_interval)
         self.db = db
@@ -72,6 +73,7 @@ class IngestRunner(LoopRunner):
         self.lease = lease
         self.max_attempts = max_attempts
         self.retry_after = retry_after
+        self.steps = steps  # the pipeline's in-transaction part (tests add a failing step)
         self._claimed: set[int] = set()
 
     # -- the round ------------------------------------------------------------------
@@ -101,7 +103,7 @@ class IngestRunner(LoopRunner):
         return len(rows)
 
     def _file(self, conn: Connection, batch: Batch, attempts: dict[int, int]) -> None:
-        file_isolated(conn, batch)
+        file_isolated(conn, batch, self.steps)
         done, kept = [], []
         for d in batch.items:
             if d.outcome in FINISHED:
@@ -163,7 +165,7 @@ class IngestRunner(LoopRunner):
         return {"id": inbound_id, "result": d.outcome.value, "message_id": d.message_pk}
 
     def _replay(self, conn: Connection, batch: Batch) -> None:
-        file_isolated(conn, batch)
+        file_isolated(conn, batch, self.steps)
         d = batch.items[0]
         if d.outcome in FINISHED:
             inbound_store.set_state(conn, d.inbound_id, "done", f"replayed: {d.outcome.value}")
@@ -188,7 +190,7 @@ def delivery_of(row: dict[str, Any]) -> Delivery:
     )
 
 
-def file_isolated(conn: Connection, batch: Batch) -> None:
+def file_isolated(conn: Connection, batch: Batch, steps: tuple[Step, ...] = IN_TRANSACTION) -> None:
     """Run the in-transaction steps over the batch; one message at a time if one breaks."""
     undecided = batch.live()
     if not undecided:
@@ -196,7 +198,7 @@ def file_isolated(conn: Connection, batch: Batch) -> None:
     whole = Batch(undecided, batch.mail_domain, batch.now)
     try:
         with conn.begin_nested():
-            run_steps(conn, whole, IN_TRANSACTION)
+            run_steps(conn, whole, steps)
         return
     except StepFailed as exc:
         log.warning("a batch of %d broke at %s; filing one by one", len(undecided), exc.step)
@@ -205,7 +207,7 @@ def file_isolated(conn: Connection, batch: Batch) -> None:
     for d in undecided:
         try:
             with conn.begin_nested():
-                run_steps(conn, Batch([d], batch.mail_domain, batch.now), IN_TRANSACTION)
+                run_steps(conn, Batch([d], batch.mail_domain, batch.now), steps)
         except StepFailed as exc:
             d.reset()
             d.decide(Outcome.FAILED, exc.step, exc.reason)
