@@ -51,6 +51,8 @@ class ReplayError(Exception):
 
 class IngestRunner(LoopRunner):
     name = "ingest"
+    #: A receiver in another process cannot wake this one: idle, it looks every 0.25 s.
+    poll_interval = 0.25
 
     def __init__(
         self,
@@ -58,7 +60,7 @@ class IngestRunner(LoopRunner):
         *,
         mail_domain: str,
         clock: Clock | None = None,
-        batch_size: int = 50,
+        batch_size: int = 200,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
         retry_after: timedelta = timedelta(seconds=30),
