@@ -25,6 +25,7 @@ runner is parked after ``max_attempts`` too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -99,6 +100,12 @@ class IngestRunner(LoopRunner):
                     )
             await asyncio.to_thread(prepare, batch)
             await self.db.run_write(self._file, batch, attempts)
+        except Exception:
+            # Storage went away mid-round: give the claims back if it is already back,
+            # so the mail is not held for a whole lease; the loop backs off and retries.
+            with contextlib.suppress(Exception):
+                await self.db.run_write(inbound_store.release, sorted(ids))
+            raise
         finally:
             self._claimed -= ids
         count_outcomes(batch.items)
