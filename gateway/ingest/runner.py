@@ -61,7 +61,7 @@ class IngestRunner(LoopRunner):
         *,
         mail_domain: str,
         clock: Clock | None = None,
-        batch_size: int = 200,
+        batch_size: int = 100,
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
         retry_after: timedelta = timedelta(seconds=30),

@@ -48,6 +48,8 @@ AfterStore = Callable[[Connection], None]
 
 #: Rows per group commit (a group of 5 KB messages stays a few MB).
 MAX_GROUP = 500
+#: A group smaller than this waits this long for more (one fsync for more messages).
+LINGER_BELOW, LINGER = 8, 0.001
 
 
 @dataclass(slots=True)
@@ -82,6 +84,8 @@ class Spool(LoopRunner):
         await job.done
 
     async def run_once(self) -> int:
+        if 0 < len(self._queue) < LINGER_BELOW:
+            await asyncio.sleep(LINGER)  # let a few more sessions join this fsync
         jobs, count = [], 0
         while self._queue and (not jobs or count + len(self._queue[0].rows) <= MAX_GROUP):
             job = self._queue.popleft()
