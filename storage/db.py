@@ -91,6 +91,9 @@ class Database:
         self._reader: Engine | None = None
         self._durable: Engine | None = None
         self._writer_lock = threading.Lock()
+        #: One SQLite write transaction at a time in this process: writers queue here rather
+        #: than in SQLite's busy handler, whose sleeps grow to 100 ms while the lock is taken.
+        self._write_turn = threading.Lock()
 
     @property
     def is_postgres(self) -> bool:
@@ -204,7 +207,8 @@ class Database:
         poll = DURABLE_POLL
         while True:
             try:
-                return self._durable_attempt(fn, *args)
+                with self._write_turn:
+                    return self._durable_attempt(fn, *args)
             except OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
@@ -212,7 +216,8 @@ class Database:
             poll = min(poll * 2, DURABLE_POLL_MAX)
 
     def _write_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._sync_engines()[0].begin() as conn:
+        engine = self._sync_engines()[0]
+        with self._write_turn, engine.begin() as conn:
             return fn(conn, *args)
 
     def _read_sqlite(self, fn: Callable[..., T], *args: Any) -> T:

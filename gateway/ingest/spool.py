@@ -56,6 +56,7 @@ LINGER_BELOW, LINGER = 8, 0.001
 class _Job:
     rows: list[dict[str, Any]]
     after: AfterStore | None
+    durable: bool
     done: asyncio.Future[None]
 
 
@@ -70,15 +71,21 @@ class Spool(LoopRunner):
         self.db = db
         self._queue: deque[_Job] = deque()
 
-    async def store(self, rows: list[dict[str, Any]], *, after: AfterStore | None = None) -> None:
+    async def store(
+        self, rows: list[dict[str, Any]], *, after: AfterStore | None = None, durable: bool = True
+    ) -> None:
         """Return once ``rows`` (and ``after``'s writes) are committed and fsync'd.
 
-        Raises :class:`StorageUnavailable` when they cannot be (the caller
-        answers ``451``, or leaves its checkpoint where it was).
+        ``durable=False`` skips the fsync for a caller that loses nothing when
+        a power cut takes the commit back: the IMAP poller, whose checkpoint
+        commits with its rows (both go, and the mail is fetched again from the
+        server, which still has it).  Raises :class:`StorageUnavailable` when
+        the rows cannot be stored (the caller answers ``451``, or leaves its
+        checkpoint where it was).
         """
         if not self.running:
             raise StorageUnavailable("the spool writer is not running")
-        job = _Job(rows, after, asyncio.get_running_loop().create_future())
+        job = _Job(rows, after, durable, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self.wake()
         await job.done
@@ -97,8 +104,9 @@ class Spool(LoopRunner):
         return max(count, 1)
 
     async def _commit(self, jobs: list[_Job]) -> None:
+        write = self.db.run_durable_write if any(j.durable for j in jobs) else self.db.run_write
         try:
-            await self.db.run_durable_write(_write, jobs)
+            await write(_write, jobs)
         except Exception as exc:  # noqa: BLE001 - decided per job below
             if len(jobs) > 1:
                 # One job's ``after`` may be what broke: the others must not pay for it.

@@ -200,7 +200,9 @@ class MailboxService:
             store.store_checkpoint(conn, mid, batch.folder, cp.uidvalidity, cp.last_uid)
             store.store_progress(conn, mid, snapshot, state)
 
-        await self.spool.store(rows, after=after)
+        # Not fsync'd: a power cut takes the checkpoint back with the rows, and the
+        # server still has the mail (see Spool.store).
+        await self.spool.store(rows, after=after, durable=False)
         if rows and not row["bounce"] and self.ingest is not None:
             self.ingest.wake()
 
