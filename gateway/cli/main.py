@@ -31,7 +31,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(user_app, name="user")
 inbound_app = typer.Typer(
-    no_args_is_help=True, help="Mail kept for an operator: held bounces, shunted filings."
+    no_args_is_help=True,
+    help="Mail kept for an operator: held bounces, failed or refused filings.",
 )
 app.add_typer(inbound_app, name="inbound")
 

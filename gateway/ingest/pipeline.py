@@ -59,7 +59,8 @@ PIPELINE: tuple[Step, ...] = (
 
 PREPARE = tuple(s for s in PIPELINE if not s.in_transaction)
 IN_TRANSACTION = tuple(s for s in PIPELINE if s.in_transaction)
-assert PIPELINE == PREPARE + IN_TRANSACTION, "pure steps come first"
+if PIPELINE != PREPARE + IN_TRANSACTION:  # a declaration error, caught at import
+    raise RuntimeError("the pure steps must come first in PIPELINE")
 
 
 class StepFailed(Exception):
