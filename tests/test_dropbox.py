@@ -11,6 +11,7 @@ from email.header import Header
 from email.mime.text import MIMEText
 from email.utils import formataddr
 
+import httpx
 import pytest
 
 from tests.support.server import wait_until
@@ -411,3 +412,11 @@ def test_swaks_delivers_to_the_dropbox(mailgate, org):
     assert "250 2.0.0" in out.stdout
     mailgate.settle()
     assert [e["subject"] for e in emails(org["api"], "leads", target["id"])] == ["スワックスで送信"]
+
+
+def test_replies_and_filing_outcomes_are_counted_in_metrics(mailgate, org):
+    target = lead(org["api"], last_name="計測", email=f"m-{uuid.uuid4().hex[:6]}@client.example")
+    assert send(mailgate, message(to=[target["email"]]), org["dropbox"]) == {}
+    text = httpx.get(f"{mailgate.http_url}/metrics", timeout=30).text
+    assert 'mailgate_smtp_messages_total{reply="250"}' in text
+    assert 'mailgate_filed_messages_total{outcome="filed"}' in text
