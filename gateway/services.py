@@ -23,7 +23,8 @@ from functools import cached_property
 import sync
 from gateway.clock import Clock, FollowClock, SystemClock
 from gateway.config import Settings
-from gateway.ingest.runner import Intake
+from gateway.ingest.runner import IngestRunner
+from gateway.ingest.spool import Spool
 from gateway.runner import LoopRunner
 from storage.db import Database
 from tracking.endpoints import Tracking
@@ -53,12 +54,12 @@ class Services:
         """:attr:`clock` as it is at each call (what runners are given)."""
         return FollowClock(self)
 
-    @cached_property
-    def intake(self) -> Intake:
-        """The inbound writer (until the ingest runner replaces it); wakes the bounce runner."""
-        return Intake(
-            self.db, mail_domain=self.settings.mail_domain, on_kept=lambda: self.wake("bounces")
-        )
+    @property
+    def spool(self) -> Spool:
+        """Where receivers (SMTP, IMAP) store accepted mail before they answer."""
+        spool = self.runner("spool")
+        assert isinstance(spool, Spool)
+        return spool
 
     @cached_property
     def tracking(self) -> Tracking:
@@ -107,8 +108,7 @@ class Services:
     # -- life cycle -------------------------------------------------------------
 
     async def start(self, runners: Iterable[str] = ()) -> None:
-        """Start the inbound writer and the runners named, in order."""
-        await self.intake.start()
+        """Start the runners named, in order."""
         for name in runners:
             runner = self.runner(name)
             await runner.start()
@@ -124,8 +124,17 @@ class Services:
             deadline = self.settings.stop_deadline
         started, self._started = self._started, []
         await asyncio.gather(*(runner.stop(deadline) for runner in started))
-        await self.intake.stop()
         await self.db.dispose()
+
+
+def _spool(services: Services) -> LoopRunner:
+    return Spool(services.db)
+
+
+def _ingest(services: Services) -> LoopRunner:
+    return IngestRunner(
+        services.db, mail_domain=services.settings.mail_domain, clock=services.follow_clock
+    )
 
 
 def _relay(services: Services) -> LoopRunner:
@@ -173,16 +182,20 @@ def _mailboxes(services: Services) -> LoopRunner:
     from gateway.receive.mailboxes import MailboxService, MailboxSupervisor
 
     service = MailboxService(
-        services.db, services.intake, services.settings, clock=services.follow_clock
+        services.db,
+        services.spool,
+        services.settings,
+        ingest=services.runner("ingest"),
+        clock=services.follow_clock,
     )
     return MailboxSupervisor(service)
 
 
 #: Every runner a process can run, by name: the workers, then one per event-log
-#: consumer in ``sync.CONSUMERS`` (under the consumer's own ``name``).  The
-#: ingest runner joins as ``"ingest"`` (``IngestRunner(db, mail_domain=…,
-#: clock=services.follow_clock)``) when it replaces the Intake writer.
+#: consumer in ``sync.CONSUMERS`` (under the consumer's own ``name``).
 RUNNERS: dict[str, RunnerFactory] = {
+    "spool": _spool,
+    "ingest": _ingest,
     "relay": _relay,
     "bounces": _bounces,
     "tracking": _tracking,

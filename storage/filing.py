@@ -1,6 +1,6 @@
-"""SQL of filing: context, dedupe look-ups, record matching, bulk inserts, the shunt.
+"""SQL of filing: context, dedupe look-ups, record matching, bulk inserts.
 
-These are synchronous functions over a plain ``Connection``: the intake writer
+These are synchronous functions over a plain ``Connection``: the ingest runner
 runs a whole batch of them in one transaction through ``Database.run_write``.
 Reading a record's mail (the API) is async.
 """
@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.schema import (
     contacts,
-    inbound,
     leads,
     message_links,
     messages,
@@ -169,11 +168,6 @@ def insert_messages(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[in
 def insert_links(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         conn.execute(insert(message_links), list(rows))
-
-
-def shunt(conn: Connection, row: dict[str, Any]) -> int:
-    """Keep mail we could not file (or that waits for another stage) for an operator."""
-    return conn.execute(insert(inbound).values(**row).returning(inbound.c.id)).scalar_one()
 
 
 LIST_COLUMNS = (

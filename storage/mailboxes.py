@@ -1,8 +1,9 @@
 """SQL of the IMAP integration: mailboxes, checkpoints, UID locations, sharing.
 
-Functions over a plain ``Connection`` run inside the intake's filing
-transaction (a batch and its checkpoint commit together); the async ones
-serve the API, the CLI and the poller's status reports.
+Functions over a plain ``Connection`` run inside the spool's transaction (a
+fetched batch and its checkpoint commit together) or the ingest runner's
+(UID locations, seen flags); the async ones serve the API, the CLI and the
+poller's status reports.
 """
 
 from __future__ import annotations

@@ -218,13 +218,17 @@ inbound = Table(
     Column("channel", String(10), nullable=False),  # dropbox | bounce | imap
     Column("mail_from", String(998), nullable=False, default=""),
     Column("rcpt_to", JSONType, nullable=False, default=list),
-    Column("state", String(10), nullable=False, default="pending"),  # pending|failed|done
+    # pending (spooled, not yet handled) | failed (a step kept breaking) | refused (the
+    # authoritative dropbox check said no after the 250) | held (bounce mail) | done
+    Column("state", String(10), nullable=False, default="pending"),
     Column("attempts", Integer, nullable=False, default=0),
     Column("failed_stage", String(30)),
     Column("last_error", Text),
     Column("raw", Blob, nullable=False),
     Column("received_at", UTCDateTime(), nullable=False, default=utcnow),
     Column("claimed_until", UTCDateTime()),
+    # IMAP mail: where it lives (mailbox_id, folder, kind, uidvalidity, uid, seen)
+    Column("origin", JSONType),
     Index("ix_inbound_state", "state", "id"),
 )
 

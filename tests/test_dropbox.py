@@ -11,6 +11,7 @@ from email.header import Header
 from email.mime.text import MIMEText
 from email.utils import formataddr
 
+import httpx
 import pytest
 
 from tests.support.server import wait_until
@@ -46,8 +47,11 @@ def message(
 
 
 def send(mailgate, raw: bytes, rcpt: str, mail_from: str = "taro@acme.co.jp") -> dict:
+    """Deliver over SMTP and wait until it is filed (the 250 comes before filing)."""
     with smtplib.SMTP("127.0.0.1", mailgate.smtp_port, timeout=30) as s:
-        return s.sendmail(mail_from, [rcpt], raw)
+        refused = s.sendmail(mail_from, [rcpt], raw)
+    mailgate.settle()
+    return refused
 
 
 def emails(api, module: str, rid: int) -> list[dict]:
@@ -209,8 +213,11 @@ def test_regenerated_dropbox_address_stops_working_at_once(mailgate, org):
 
 
 def test_regenerated_address_is_refused_even_right_after_it_was_used(mailgate, org):
-    """The RCPT answer may come from a few seconds' cache; the filing re-checks the token."""
+    """RCPT may be answered from a few seconds' cache, so the 250 may still come; the
+    ingest runner re-checks the token, files nothing, and parks the mail as refused
+    with the reason, for an operator to see (``mailgate inbound list --state refused``)."""
     from gateway.org import admin
+    from storage import inbound_store
 
     user = mailgate.user(org["org"], f"hot-{uuid.uuid4().hex[:6]}@acme.co.jp", "Hot")
     api = mailgate.api(user)
@@ -227,14 +234,23 @@ def test_regenerated_address_is_refused_even_right_after_it_was_used(mailgate, o
     mailgate.call(
         admin.dropbox(mailgate.db, str(user["id"]), regenerate=True, mail_domain="mailgate.test")
     )
-    with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)) as exc:
+    try:
         send(
             mailgate,
-            message(frm=user["email"], to=[target["email"]]),
+            message(frm=user["email"], to=[target["email"]], subject="after regenerating"),
             user["dropbox_address"],
             mail_from=user["email"],
         )
-    assert b"5.1.1" in str(exc.value).encode()
+    except (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused) as exc:
+        assert b"5.1.1" in str(exc).encode()  # the cache had expired: refused at once
+    else:
+        refused = mailgate.call(mailgate.db.run_read(inbound_store.list_state, "refused", 100))
+        mine = [r for r in refused if r["user_id"] == user["id"]]
+        assert len(mine) == 1
+        assert (mine[0]["failed_stage"], mine[0]["last_error"]) == (
+            "authorise",
+            "the dropbox address was regenerated",
+        )
     assert len(emails(api, "leads", target["id"])) == 1
 
 
@@ -309,6 +325,7 @@ def test_hostile_input_is_filed_or_refused_never_crashes(mailgate, org, name):
         )
         code, _ = s.getreply()
     assert code == 250
+    mailgate.settle()
     assert len(emails(api, "leads", target["id"])) == 1
     # the receiver still answers normally afterwards
     assert send(mailgate, message(to=["after@client.example"]), org["dropbox"]) == {}
@@ -347,6 +364,7 @@ def test_twenty_parallel_sessions_lose_nothing_and_file_nothing_twice(mailgate, 
     for t in threads:
         t.join()
     assert errors == []
+    mailgate.settle()
     subjects = [
         e["subject"]
         for e in api.get(f"/api/v1/leads/{target['id']}/emails", params={"limit": 500}).json()[
@@ -392,4 +410,13 @@ def test_swaks_delivers_to_the_dropbox(mailgate, org):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "250 2.0.0" in out.stdout
+    mailgate.settle()
     assert [e["subject"] for e in emails(org["api"], "leads", target["id"])] == ["スワックスで送信"]
+
+
+def test_replies_and_filing_outcomes_are_counted_in_metrics(mailgate, org):
+    target = lead(org["api"], last_name="計測", email=f"m-{uuid.uuid4().hex[:6]}@client.example")
+    assert send(mailgate, message(to=[target["email"]]), org["dropbox"]) == {}
+    text = httpx.get(f"{mailgate.http_url}/metrics", timeout=30).text
+    assert 'mailgate_smtp_messages_total{reply="250"}' in text
+    assert 'mailgate_filed_messages_total{outcome="filed"}' in text

@@ -144,7 +144,7 @@ def test_5000_message_mailbox_backfills_completely_and_next_poll_makes_no_fetch(
     assert len(page["items"]) == 500 and page["next"]
 
     # The same path the poller runs, over a fresh session: nothing new → no FETCH.
-    service = MailboxService(gate.db, gate.running.services.intake, gate.settings)
+    service = MailboxService(gate.db, gate.running.services.spool, gate.settings)
 
     async def poll_again():
         async with gate.db.connect() as conn:
@@ -206,6 +206,7 @@ def test_japanese_and_malformed_corpora_are_polled_without_crashing(gate, doveco
         return s["state"] == "ok" and s["folders"].get("INBOX", {}).get("last_uid") == len(raws)
 
     wait_until(caught_up, timeout=60)
+    gate.settle()  # the checkpoint moves when mail is stored; filing follows
     assert acct.filed() >= 1  # the lead's message; unknown senders are ignored, not stored
     assert acct.status()["error"] is None
 

@@ -160,7 +160,7 @@ def test_an_upgraded_database_does_not_act_on_bounces_already_acted_on(backend, 
     async def go(url: str) -> None:
         db = Database(url)
         try:
-            await upgrade(db, "0007_org_tracking_domains")
+            await upgrade(db, "0008_ingest_spool")
             org = await new_org(db)
             await record_bounces(db, org, "lifted@example.jp", [("hard", T0)])
             await upgrade(db)

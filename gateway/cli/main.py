@@ -32,7 +32,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(user_app, name="user")
 inbound_app = typer.Typer(
-    no_args_is_help=True, help="Mail kept for an operator: held bounces, shunted filings."
+    no_args_is_help=True,
+    help="Mail kept for an operator: held bounces, failed or refused filings.",
 )
 app.add_typer(inbound_app, name="inbound")
 
@@ -343,7 +344,8 @@ def inbound_list(
     state: Annotated[
         str,
         typer.Option(
-            help="held (unrecognised/unattributed bounces), failed (filing broke), pending"
+            help="held (unrecognised/unattributed bounces), failed (filing broke), "
+            "refused (dropbox checks said no after the 250), pending (not yet filed), done"
         ),
     ] = "held",
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
@@ -351,8 +353,8 @@ def inbound_list(
     """List kept messages, oldest first, with why they were kept."""
     from storage import inbound_store
 
-    if state not in ("held", "failed", "pending", "done"):
-        fail("state must be held, failed, pending or done")
+    if state not in ("held", "failed", "refused", "pending", "done"):
+        fail("state must be held, failed, refused, pending or done")
     out(
         run_db(
             lambda db, s: db.run_read(inbound_store.list_state, state, max(1, min(limit, 10_000)))
@@ -365,11 +367,11 @@ def inbound_replay(
     inbound_id: Annotated[int, typer.Argument(help="Id from `inbound list`.")],
 ) -> None:
     """Process a kept message again (after a fix, or once its send exists)."""
-    from gateway.ingest.replay import ReplayError, replay
+    from gateway.ingest.runner import IngestRunner, ReplayError
 
     async def go(db: Database, s: Settings):
         try:
-            return await db.run_write(replay, inbound_id, s.mail_domain)
+            return await IngestRunner(db, mail_domain=s.mail_domain).replay(inbound_id)
         except ReplayError as exc:
             raise admin.AdminError(str(exc)) from exc
 
@@ -490,7 +492,8 @@ def imap_backfill(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from gateway.ingest.runner import Intake
+    from gateway.ingest.runner import IngestRunner
+    from gateway.ingest.spool import Spool
     from gateway.receive.imap import MailboxError
     from gateway.receive.mailboxes import MailboxService
     from gateway.receive.mailboxes.service import error_words
@@ -500,9 +503,10 @@ def imap_backfill(
 
     async def backfill(db: Database, s: Settings) -> dict[str, Any]:
         rows = await _user_mailboxes(db, user)
-        intake = Intake(db, mail_domain=s.mail_domain)
-        await intake.start()
-        service = MailboxService(db, intake, s)
+        spool, ingest = Spool(db), IngestRunner(db, mail_domain=s.mail_domain)
+        await spool.start()
+        await ingest.start()
+        service = MailboxService(db, spool, s, ingest=ingest)
         result: dict[str, Any] = {}
         try:
             with Progress(
@@ -526,8 +530,10 @@ def imap_backfill(
                     except MailboxError as exc:
                         raise admin.AdminError(f"mailbox {row['id']}: {error_words(exc)}") from exc
                     result[str(row["id"])] = {"fetched": count}
+            await ingest.drain()  # what was fetched is filed when the command returns
         finally:
-            await intake.stop()
+            await ingest.stop()
+            await spool.stop()
         return result
 
     out(run_db(backfill))

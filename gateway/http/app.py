@@ -61,7 +61,9 @@ def create_app(services: Services) -> Starlette:
     db = services.db
     # Tests swap the services' clock while the server runs; follow it.
     clock = services.follow_clock
-    mailboxes = MailboxService(db, services.intake, services.settings, clock=clock)
+    mailboxes = MailboxService(
+        db, services.spool, services.settings, ingest=services.runner("ingest"), clock=clock
+    )
     resources = (
         Operations(db, clock),
         EventsApi(db),

@@ -208,6 +208,16 @@ def message_of(raw: bytes) -> Message:
     return msg
 
 
+def from_addresses(raw: bytes) -> list[str]:
+    """The normalised From addresses, reading the header block only (the SMTP DATA check)."""
+    split = _split_head(raw)
+    try:
+        msg = message_from_bytes(split[0] if split else raw, policy=email_policy.compat32)
+    except Exception:  # noqa: BLE001 - the stdlib parser is not total
+        return []
+    return [a.email for a in _addresses(_headers(msg), "From")]
+
+
 def parse(raw: bytes) -> ParsedMail:
     defects: list[str] = []
     try:

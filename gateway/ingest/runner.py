@@ -1,180 +1,229 @@
-"""The single writer that makes arriving mail durable, in batches.
+"""The ingest runner: files the mail the spool stored, batch by batch, after the ``250``.
 
-SMTP sessions (and the IMAP poller) hand their deliveries here and wait; a
-writer task takes whatever has queued up, runs the filing pipeline over all
-of it in one transaction and commits once, then wakes every waiter.  Under
-load batches grow by themselves, so commits stay few; a waiter is only told
-"stored" after its commit.  A step that breaks on one message never loses
-it: the batch is retried message by message and what still fails is kept in
-the ``inbound`` shunt with the stage that failed.
+Each round claims a batch of ``pending`` rows from ``inbound`` under a lease,
+parses them in a worker thread, and runs the pipeline
+(:data:`gateway.ingest.pipeline.PIPELINE`) over the batch in one transaction:
+
+- the batch runs in a savepoint with bulk statements; if a step raises, that
+  savepoint is rolled back and every message runs again alone in its own
+  savepoint, so one bad message never takes its neighbours with it;
+- filed mail (and duplicates, and polled mail that is not ours) leaves the
+  spool in the same transaction: the ``messages`` table is the record now;
+- refused mail (the authoritative dropbox check said no after the ``250``) is
+  parked as ``refused`` with the reason; the sender got ``250`` and the mail
+  must not vanish silently, so an operator sees it in ``mailgate inbound list
+  --state refused`` and can replay it once the sender is allowed;
+- a message whose step raised is retried later (``retry_after``, doubling) and
+  parked as ``failed`` with the step's name after ``max_attempts`` tries.
+
+Leases make this safe with several runners (several nodes on PostgreSQL): a
+dead runner's claims expire and another takes them; the ``dedupe`` step makes
+filing twice impossible.  ``attempts`` counts claims, so mail that kills its
+runner is parked after ``max_attempts`` too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import Connection
 
-from gateway.ingest.pipeline import Delivery, Outcome, file_batch, parse_all
-from storage import filing
-from storage.db import Database, StorageUnavailable
+from gateway.clock import Clock, SystemClock
+from gateway.ingest.context import Batch, Delivery, Outcome
+from gateway.ingest.pipeline import IN_TRANSACTION, Step, StepFailed, prepare, run_steps
+from gateway.metrics import FILED
+from gateway.runner import LoopRunner
+from storage import inbound_store
+from storage.db import Database
 
-log = logging.getLogger("mailgate.intake")
+log = logging.getLogger("mailgate.ingest")
 
-MAX_BATCH = 200
-
-#: ``after(conn, deliveries)``: synchronous SQL committed together with the filing.
-AfterFiling = Callable[[Any, list[Delivery]], None]
-
-
-@dataclass(slots=True)
-class Job:
-    deliveries: list[Delivery]
-    keep: list[dict[str, Any]] = field(default_factory=list)  # raw rows for the inbound queue
-    done: asyncio.Future[None] | None = None
-    #: Runs in the same transaction after filing (the IMAP poller stores its checkpoint).
-    after: AfterFiling | None = None
+#: Outcomes after which the spool row is deleted.
+FINISHED = (Outcome.FILED, Outcome.DUPLICATE, Outcome.IGNORED)
 
 
-class Intake:
+class ReplayError(Exception):
+    """A replay that cannot run, or failed again: one line for the operator."""
+
+
+class IngestRunner(LoopRunner):
+    name = "ingest"
+    #: A receiver in another process cannot wake this one: idle, it looks every 0.25 s.
+    poll_interval = 0.25
+
     def __init__(
-        self, db: Database, *, mail_domain: str, on_kept: Callable[[], None] | None = None
-    ) -> None:
-        self.db = db
-        self.on_kept = on_kept  # wakes the bounce worker when bounce mail was kept
-        self.mail_domain = mail_domain
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="intake-writer")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def submit(
         self,
-        deliveries: list[Delivery],
-        keep: list[dict[str, Any]] | None = None,
+        db: Database,
         *,
-        after: AfterFiling | None = None,
+        mail_domain: str,
+        clock: Clock | None = None,
+        batch_size: int = 100,
+        lease: timedelta = timedelta(minutes=5),
+        max_attempts: int = 5,
+        retry_after: timedelta = timedelta(seconds=30),
+        poll_interval: float | None = None,
+        steps: tuple[Step, ...] = IN_TRANSACTION,
     ) -> None:
-        """Return once everything given is committed; StorageUnavailable if it cannot be.
+        super().__init__(poll_interval=poll_interval)
+        self.db = db
+        self.mail_domain = mail_domain.lower()
+        self.clock = clock or SystemClock()
+        self.batch_size = batch_size
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.retry_after = retry_after
+        self.steps = steps  # the pipeline's in-transaction part (tests add a failing step)
+        self._claimed: set[int] = set()
 
-        ``after(conn, deliveries)`` runs in the same transaction once the
-        deliveries have their outcomes, so what it writes (a poller's
-        checkpoint) is committed if and only if the mail is.
+    # -- the round ------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        now = self.clock.now()
+        rows = await self.db.run_write(inbound_store.claim, self.batch_size, now, now + self.lease)
+        if not rows:
+            return 0
+        ids = {r["id"] for r in rows}
+        self._claimed |= ids
+        try:
+            batch = Batch([delivery_of(r) for r in rows], self.mail_domain, now)
+            attempts = {r["id"]: r["attempts"] for r in rows}
+            for d, r in zip(batch.items, rows, strict=True):
+                if r["attempts"] > self.max_attempts:
+                    d.decide(
+                        Outcome.FAILED,
+                        r["failed_stage"] or "unknown",
+                        f"gave up after {self.max_attempts} attempts",
+                    )
+            await asyncio.to_thread(prepare, batch)
+            await self.db.run_write(self._file, batch, attempts)
+        except Exception:
+            # Storage went away mid-round: give the claims back if it is already back,
+            # so the mail is not held for a whole lease; the loop backs off and retries.
+            with contextlib.suppress(Exception):
+                await self.db.run_write(inbound_store.release, sorted(ids))
+            raise
+        finally:
+            self._claimed -= ids
+        count_outcomes(batch.items)
+        return len(rows)
+
+    def _file(self, conn: Connection, batch: Batch, attempts: dict[int, int]) -> None:
+        file_isolated(conn, batch, self.steps)
+        done, kept = [], []
+        for d in batch.items:
+            if d.outcome in FINISHED:
+                done.append(d.inbound_id)
+            else:
+                kept.append(self._kept_row(d, attempts[d.inbound_id], batch.now))
+        inbound_store.forget(conn, done)
+        inbound_store.keep(conn, kept)
+
+    def _kept_row(self, d: Delivery, attempts: int, now: datetime) -> dict[str, Any]:
+        row = {"id": d.inbound_id, "failed_stage": d.stage, "last_error": d.reason}
+        if d.outcome is not None and d.outcome.refused:
+            log.info("refused mail %s after the 250: %s", d.inbound_id, d.reason)
+            return {**row, "state": "refused", "claimed_until": None}
+        if attempts >= self.max_attempts:
+            log.warning("parking mail %s: %s at %s", d.inbound_id, d.reason, d.stage)
+            return {**row, "state": "failed", "claimed_until": None}
+        retry = now + self.retry_after * 2 ** (attempts - 1)
+        return {**row, "state": "pending", "claimed_until": retry}
+
+    async def hand_back(self) -> None:
+        """Stopping mid-round: release the claims so another runner need not wait out the lease."""
+        ids, self._claimed = sorted(self._claimed), set()
+        if ids:
+            await self.db.run_write(inbound_store.release, ids)
+
+    # -- replay ---------------------------------------------------------------------
+
+    async def replay(self, inbound_id: int) -> dict[str, Any]:
+        """File one parked message again, through the same pipeline, now.
+
+        Bounce mail goes back to the bounce queue.  Mail that failed after its
+        authorisation passed is not re-authorised; refused mail is (replay it
+        once the sender is allowed).  Failing again raises :class:`ReplayError`.
         """
-        job = Job(deliveries, keep or [], asyncio.get_running_loop().create_future(), after)
-        if self._task is None or self._task.done():
-            raise StorageUnavailable("intake writer is not running")
-        await self._queue.put(job)
-        await job.done
+        row = await self.db.run_read(inbound_store.get, inbound_id)
+        if row is None:
+            raise ReplayError(f"no kept message {inbound_id}")
+        if row["state"] not in ("held", "failed", "refused"):
+            raise ReplayError(f"message {inbound_id} is {row['state']}, not held or failed")
+        if row["channel"] == "bounce":
+            await self.db.run_write(inbound_store.set_state, inbound_id, "pending")
+            return {"id": inbound_id, "result": "queued for bounce processing"}
+        if row["org_id"] is None or row["user_id"] is None:
+            raise ReplayError(f"message {inbound_id} has no owner to file it for")
+        d = delivery_of(row)
+        d.accepted_earlier = row["state"] == "failed" and row["failed_stage"] not in (
+            None,
+            "parse",
+            "authorise",
+        )
+        batch = Batch([d], self.mail_domain, self.clock.now())
+        await asyncio.to_thread(prepare, batch)
+        await self.db.run_write(self._replay, batch)
+        count_outcomes(batch.items)
+        if d.outcome not in FINISHED:
+            again = "refused" if d.outcome and d.outcome.refused else "failed"
+            raise ReplayError(f"message {inbound_id} {again} again at {d.stage}: {d.reason}")
+        return {"id": inbound_id, "result": d.outcome.value, "message_id": d.message_pk}
 
-    async def _run(self) -> None:
-        while True:
-            jobs = [await self._queue.get()]
-            count = len(jobs[0].deliveries)
-            while not self._queue.empty() and count < MAX_BATCH:
-                job = self._queue.get_nowait()
-                jobs.append(job)
-                count += len(job.deliveries)
-            await self._commit(jobs)
+    def _replay(self, conn: Connection, batch: Batch) -> None:
+        file_isolated(conn, batch, self.steps)
+        d = batch.items[0]
+        if d.outcome in FINISHED:
+            inbound_store.set_state(conn, d.inbound_id, "done", f"replayed: {d.outcome.value}")
+            return
+        state = "refused" if d.outcome and d.outcome.refused else "failed"
+        inbound_store.keep(
+            conn,
+            [{"id": d.inbound_id, "state": state, "failed_stage": d.stage, "last_error": d.reason}],
+        )
 
-    async def _commit(self, jobs: list[Job]) -> None:
+
+def delivery_of(row: dict[str, Any]) -> Delivery:
+    return Delivery(
+        raw=row["raw"],
+        channel=row["channel"],
+        org_id=row["org_id"],
+        user_id=row["user_id"],
+        mail_from=row["mail_from"] or "",
+        rcpt_to=list(row["rcpt_to"] or []),
+        inbound_id=row["id"],
+        origin=row.get("origin"),
+    )
+
+
+def file_isolated(conn: Connection, batch: Batch, steps: tuple[Step, ...] = IN_TRANSACTION) -> None:
+    """Run the in-transaction steps over the batch; one message at a time if one breaks."""
+    undecided = batch.live()
+    if not undecided:
+        return
+    whole = Batch(undecided, batch.mail_domain, batch.now)
+    try:
+        with conn.begin_nested():
+            run_steps(conn, whole, steps)
+        return
+    except StepFailed as exc:
+        log.warning("a batch of %d broke at %s; filing one by one", len(undecided), exc.step)
+    for d in undecided:
+        d.reset()
+    for d in undecided:
         try:
-            await self._write(jobs)
-        except Exception as exc:  # noqa: BLE001 - decided per job below
-            if len(jobs) > 1:
-                for job in jobs:
-                    await self._commit([job])
-                return
-            await self._rescue(jobs[0], exc)
-            return
-        if self.on_kept and any(job.keep for job in jobs):
-            self.on_kept()
-        for job in jobs:
-            if job.done and not job.done.done():
-                job.done.set_result(None)
+            with conn.begin_nested():
+                run_steps(conn, Batch([d], batch.mail_domain, batch.now), steps)
+        except StepFailed as exc:
+            d.reset()
+            d.decide(Outcome.FAILED, exc.step, exc.reason)
+            log.warning("mail %s failed at %s: %s", d.inbound_id, exc.step, exc.reason)
 
-    async def _write(self, jobs: list[Job], attempts: int = 3) -> None:
-        items = [d for job in jobs for d in job.deliveries]
-        keep = [row for job in jobs for row in job.keep]
-        afters = [(job.after, job.deliveries) for job in jobs if job.after is not None]
-        if items and not self.db.runs_in_thread:
-            await asyncio.to_thread(parse_all, items)  # CPU work off the event loop
-        for attempt in range(attempts):
-            for d in items:
-                d.outcome, d.records, d.message_pk = None, [], None
-            try:
-                await self.db.run_write(self._transaction, items, keep, afters)
-                return
-            except IntegrityError:
-                # Another process filed the same message meanwhile: dedupe will see it now.
-                if attempt == attempts - 1:
-                    raise
 
-    def _transaction(
-        self,
-        conn,
-        items: list[Delivery],
-        keep: list[dict[str, Any]],
-        afters: list[tuple[AfterFiling, list[Delivery]]] = (),  # type: ignore[assignment]
-    ) -> None:
-        if items:
-            file_batch(conn, items, self.mail_domain)
-        for row in keep:
-            filing.shunt(conn, row)
-        for after, deliveries in afters:
-            after(conn, deliveries)
-
-    async def _rescue(self, job: Job, exc: Exception) -> None:
-        """A single job failed: storage is down (451), or a step broke (shunt and accept)."""
-        if isinstance(
-            exc, (OperationalError, DBAPIError, OSError, StorageUnavailable)
-        ) and not isinstance(exc, IntegrityError):
-            log.warning("storage unavailable: %s", type(exc).__name__)
-            if job.done and not job.done.done():
-                job.done.set_exception(StorageUnavailable(type(exc).__name__))
-            return
-        log.exception("filing failed; keeping the message in the shunt")
-
-        def keep_all(conn) -> None:
-            for d in job.deliveries:
-                filing.shunt(
-                    conn,
-                    {
-                        "org_id": d.org_id,
-                        "user_id": d.user_id,
-                        "channel": d.channel,
-                        "mail_from": d.mail_from[:998],
-                        "rcpt_to": d.rcpt_to,
-                        "state": "failed",
-                        "failed_stage": d.stage,
-                        "last_error": f"{type(exc).__name__}: {exc}"[:2000],
-                        "raw": d.raw,
-                    },
-                )
-                d.outcome = Outcome.SHUNTED
-            for row in job.keep:
-                filing.shunt(conn, row)
-            if job.after is not None:
-                job.after(conn, job.deliveries)
-
-        try:
-            await self.db.run_write(keep_all)
-        except Exception as again:  # noqa: BLE001
-            if job.done and not job.done.done():
-                job.done.set_exception(StorageUnavailable(type(again).__name__))
-            return
-        if job.done and not job.done.done():
-            job.done.set_result(None)
+def count_outcomes(items: list[Delivery]) -> None:
+    for d in items:
+        if d.outcome is not None:
+            FILED.labels(d.outcome.value).inc()

@@ -1,15 +1,20 @@
 """The SMTP front end: dropbox and bounce receiver.
 
-It routes each recipient, checks who may write to a dropbox, hands the
-message to the intake writer and answers ``250`` only once that is
-committed.  Nothing slow happens here: no CRM look-ups beyond the dropbox
-owner, no classification.
+It routes each recipient, checks who may write to a dropbox, stores the raw
+message and its envelope durably in the spool (fsync'd, see
+:mod:`gateway.ingest.spool`) and answers ``250``; the ingest runner files the
+mail afterwards.  A ``250`` is a promise that the bytes are on disk; when they
+cannot be stored the answer is ``451 4.3.0`` and the client tries again.
+Nothing slow happens here: no CRM look-ups, no classification.
 
 Who may file into a dropbox: the envelope sender (checked at RCPT) AND the
 ``From`` header (checked at DATA) must both be the user's own address or one
-of their allowed senders.  A forged envelope alone cannot file mail, and a
-client whose envelope differs from its From (some relays rewrite it) needs
-that address added as an allowed sender.
+of their allowed senders.  Both checks here are answered from a few seconds'
+cache of the dropbox owner, so they are cheap; the ingest runner makes them
+again, authoritatively, and parks what it then refuses as ``refused`` (see
+``mailgate inbound list --state refused``) rather than dropping it.  A forged
+envelope alone cannot file mail, and a client whose envelope differs from its
+From (some relays rewrite it) needs that address added as an allowed sender.
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import normalise
-from gateway.ingest.pipeline import Delivery, Outcome
-from gateway.ingest.runner import Intake
+from gateway.ingest.parse import from_addresses
+from gateway.ingest.spool import Spool
+from gateway.metrics import SMTP_REPLIES
+from gateway.runner import Runner
 from storage import orgs as org_store
-from storage.db import Database, StorageUnavailable
+from storage.db import Database
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -79,9 +87,19 @@ class _SMTP(SMTP):
 
 
 class DropboxHandler:
-    def __init__(self, db: Database, intake: Intake, *, mail_domain: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        *,
+        mail_domain: str,
+        ingest: Runner | None = None,
+        bounces: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
-        self.intake = intake
+        self.spool = spool
+        self.ingest = ingest  # woken after storing (None when filing runs in another process)
+        self.wake_bounces = bounces
         self.mail_domain = mail_domain.lower()
         self._owners: dict[str, tuple[float, tuple[dict, set[str]] | None]] = {}
 
@@ -95,7 +113,7 @@ class DropboxHandler:
     ) -> str:
         found = route_for(address, self.mail_domain)
         if found is None:
-            return S550_UNKNOWN
+            return answer(S550_UNKNOWN)
         kind, token = found
         if kind == "dropbox":
             sender = normalise(envelope.mail_from or "")
@@ -106,12 +124,12 @@ class DropboxHandler:
                     owner = await self._owner(token, fresh=True)
             except Exception:  # noqa: BLE001 - any storage failure is a temporary refusal
                 log.warning("storage unavailable at RCPT")
-                return S451_STORAGE
+                return answer(S451_STORAGE)
             if owner is None:
-                return S550_UNKNOWN
+                return answer(S550_UNKNOWN)
             user, allowed = owner
             if sender not in allowed:
-                return S550_SENDER
+                return answer(S550_SENDER)
             routes = _routes(envelope)
             routes.append(Route("dropbox", address, {**user, "allowed": allowed}))
         else:
@@ -123,8 +141,8 @@ class DropboxHandler:
         """RCPT answers from a few seconds' cache (the look-up cost as much as filing).
 
         Only acceptances come from the cache (a refusal is re-read first), and the
-        filing transaction re-checks token and senders authoritatively, so a
-        regenerated address is still refused at once, at DATA at the latest.
+        ingest runner re-checks token and senders authoritatively, so mail to a
+        regenerated address is never filed (it is parked as refused).
         """
         now = time.monotonic()
         hit = self._owners.get(token)
@@ -139,48 +157,48 @@ class DropboxHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
         routes = _routes(envelope)
-        deliveries: list[Delivery] = []
-        keep: list[dict] = []
-        for r in routes:
-            if r.kind == "dropbox":
-                deliveries.append(
-                    Delivery(
-                        raw=raw,
-                        channel="dropbox",
-                        org_id=r.user["org_id"],
-                        user_id=r.user["id"],
-                        mail_from=envelope.mail_from or "",
-                        rcpt_to=[r.address],
-                        dropbox_token=r.user["dropbox_token"],
-                    )
-                )
-            else:
-                keep.append(
-                    {
-                        "channel": "bounce",
-                        "mail_from": (envelope.mail_from or "")[:998],
-                        "rcpt_to": [r.address],
-                        "state": "pending",
-                        "raw": raw,
-                    }
-                )
-        if not deliveries and not keep:
-            return S550_UNKNOWN
+        dropboxes = [r for r in routes if r.kind == "dropbox"]
+        bounces = [r for r in routes if r.kind == "bounce"]
+        if dropboxes and not bounces:
+            # Refused now when no dropbox of the transaction allows the From; otherwise
+            # everything is stored and the runner parks what it refuses (never dropped).
+            froms = set(from_addresses(raw))
+            if not froms or not any(froms <= r.user["allowed"] for r in dropboxes):
+                return answer(S550_SENDER)
+        mail_from = (envelope.mail_from or "")[:998]
+        rows = [
+            {
+                "channel": "dropbox",
+                "org_id": r.user["org_id"],
+                "user_id": r.user["id"],
+                "mail_from": mail_from,
+                "rcpt_to": [r.address],
+                "raw": raw,
+            }
+            for r in dropboxes
+        ]
+        rows.extend(
+            {"channel": "bounce", "mail_from": mail_from, "rcpt_to": [r.address], "raw": raw}
+            for r in bounces
+        )
+        if not rows:
+            return answer(S550_UNKNOWN)
         try:
-            await self.intake.submit(deliveries, keep)
-        except StorageUnavailable:
-            return S451_STORAGE
-        return reply_for(deliveries, kept=bool(keep))
+            await self.spool.store(rows)
+        except Exception as exc:  # noqa: BLE001 - not stored, whatever the reason: try later
+            log.warning("storing mail failed: %s", type(exc).__name__)
+            return answer(S451_STORAGE)
+        if dropboxes and self.ingest is not None:
+            self.ingest.wake()
+        if bounces and self.wake_bounces is not None:
+            self.wake_bounces()
+        return answer(S250_OK)
 
 
-def reply_for(deliveries: list[Delivery], *, kept: bool) -> str:
-    """One reply for the whole transaction: 250 if anything was stored, else why not."""
-    outcomes = {d.outcome for d in deliveries}
-    if kept or outcomes - {Outcome.SENDER_REFUSED, Outcome.UNKNOWN_DROPBOX}:
-        return S250_OK
-    if Outcome.SENDER_REFUSED in outcomes:
-        return S550_SENDER
-    return S550_UNKNOWN
+def answer(reply: str) -> str:
+    """Count the reply by its class (``250``, ``451``, ``550``) and return it."""
+    SMTP_REPLIES.labels(reply[:3]).inc()
+    return reply
 
 
 def _routes(envelope: Envelope) -> list[Route]:

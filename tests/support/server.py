@@ -94,6 +94,16 @@ class MailgateServer:
         services = self.running.services
         return self.call(drain_all([services.runner(c.name) for c in CONSUMERS]))
 
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until every stored message has been filed (SMTP answers before filing)."""
+        from storage import inbound_store
+
+        wait_until(
+            lambda: self.call(self.db.run_read(inbound_store.count_pending)) == 0,
+            timeout=timeout,
+            interval=0.02,
+        )
+
     def stop(self) -> None:
         if self.running is not None:
             self.loop.call_soon_threadsafe(self.running.stopped.set)

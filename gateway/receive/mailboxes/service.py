@@ -1,9 +1,10 @@
 """Connected mailboxes: add, poll forever, backfill, report status, and push \\Seen.
 
-Every polled message goes through the one ingest path (``Intake.submit``);
-the folder checkpoint, the message's UID location and the mailbox's progress
-are written by the ``after`` hook *in the same transaction* as the filing,
-so a crash or a kick re-fetches at most one batch and never files twice.
+Every polled message goes through the one ingest path: each fetched batch is
+stored in the durable spool (:class:`~gateway.ingest.spool.Spool`) *in the same
+transaction* as the folder checkpoint and the mailbox's progress, and the
+ingest runner files it afterwards (recording each message's UID location).  A
+crash or a kick re-fetches at most one batch, and filing never files twice.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
-from gateway.ingest.pipeline import Delivery, Outcome
-from gateway.ingest.runner import Intake
+from gateway.ingest.spool import Spool
 from gateway.receive.imap import (
     Backoff,
     Checkpoint,
@@ -33,7 +33,7 @@ from gateway.receive.imap import (
 )
 from gateway.receive.mailboxes.crypto import PasswordBox, PasswordUnreadable
 from gateway.receive.mailboxes.validate import config_from
-from gateway.runner import LoopRunner
+from gateway.runner import LoopRunner, Runner
 from storage import mailboxes as store
 from storage.db import Database
 
@@ -90,10 +90,17 @@ def error_words(exc: MailboxError) -> str:
 
 class MailboxService:
     def __init__(
-        self, db: Database, intake: Intake, settings: Settings, *, clock: Clock | None = None
+        self,
+        db: Database,
+        spool: Spool,
+        settings: Settings,
+        *,
+        ingest: Runner | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.db = db
-        self.intake = intake
+        self.spool = spool
+        self.ingest = ingest  # woken after each stored batch (None: it runs elsewhere)
         #: "Now" for the backfill window (which days a poller files).
         self.clock = clock or SystemClock()
         self.passwords = PasswordBox(settings.resolved_secret_keys())
@@ -172,66 +179,41 @@ class MailboxService:
     async def file_batch(
         self, row: dict[str, Any], batch: FetchBatch, kind: str, progress: dict[str, list[int]]
     ) -> None:
-        """File one fetched batch and store its checkpoint in one transaction."""
-        mid, org_id = row["id"], row["org_id"]
-        if row["bounce"]:
-            deliveries: list[Delivery] = []
-            keep = [
-                {
-                    "channel": "bounce",
-                    "state": "pending",
-                    "mail_from": "",
-                    "rcpt_to": [],
-                    "raw": m.raw,
-                }
-                for m in batch.messages
-            ]
+        """Store one fetched batch for filing, with its checkpoint, in one durable transaction."""
+        mid = row["id"]
+        if row["bounce"]:  # the bounce worker finds the org from the send
+            rows = [{"channel": "bounce", "raw": m.raw} for m in batch.messages]
         else:
-            keep = []
-            deliveries = [
-                Delivery(
-                    raw=m.raw, channel="imap", org_id=org_id, user_id=row["user_id"], folder=kind
-                )
+            rows = [
+                {
+                    "org_id": row["org_id"],
+                    "user_id": row["user_id"],
+                    "channel": "imap",
+                    "raw": m.raw,
+                    "origin": {
+                        "mailbox_id": mid,
+                        "folder": batch.folder,
+                        "kind": kind,
+                        "uidvalidity": batch.checkpoint.uidvalidity,
+                        "uid": m.uid,
+                        "seen": m.seen,
+                    },
+                }
                 for m in batch.messages
             ]
         state = "backfilling" if any(d < t for d, t in progress.values()) else "ok"
         snapshot = {k: list(v) for k, v in progress.items()}
-        messages = batch.messages
+        cp = batch.checkpoint
 
-        def after(conn, ds: list[Delivery]) -> None:
-            if ds:
-                dupes = [
-                    (d.parsed.message_id, d.parsed.content_hash)
-                    for d in ds
-                    if d.outcome is Outcome.DUPLICATE and d.parsed is not None
-                ]
-                earlier = store.message_pks(conn, org_id, dupes)
-                locations, seen = [], []
-                for m, d in zip(messages, ds, strict=True):
-                    pk = d.message_pk if d.outcome is Outcome.FILED else None
-                    if d.outcome is Outcome.DUPLICATE and d.parsed is not None:
-                        pk = earlier.get((d.parsed.message_id, d.parsed.content_hash))
-                    if pk is None:
-                        continue
-                    locations.append(
-                        {
-                            "mailbox_id": mid,
-                            "message_pk": pk,
-                            "folder": batch.folder,
-                            "uidvalidity": batch.checkpoint.uidvalidity,
-                            "uid": m.uid,
-                            "seen_pending": False,
-                        }
-                    )
-                    if m.seen and d.outcome is Outcome.FILED:
-                        seen.append(pk)
-                store.store_locations(conn, locations)
-                store.set_seen_sync(conn, seen)
-            cp = batch.checkpoint
+        def after(conn) -> None:
             store.store_checkpoint(conn, mid, batch.folder, cp.uidvalidity, cp.last_uid)
             store.store_progress(conn, mid, snapshot, state)
 
-        await self.intake.submit(deliveries, keep, after=after)
+        # Not fsync'd: a power cut takes the checkpoint back with the rows, and the
+        # server still has the mail (see Spool.store).
+        await self.spool.store(rows, after=after, durable=False)
+        if rows and not row["bounce"] and self.ingest is not None:
+            self.ingest.wake()
 
     async def poll(
         self,

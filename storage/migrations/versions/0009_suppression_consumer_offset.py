@@ -6,15 +6,15 @@ does it from the events.  Its offset starts at the log's current end, so it
 does not apply old bounces a second time (which would re-suppress addresses
 someone has lifted since).  On a new database that end is 0.
 
-Revision ID: 0008_suppression_consumer_offset
-Revises: 0007_org_tracking_domains
+Revision ID: 0009_suppression_consumer_offset
+Revises: 0008_ingest_spool
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_suppression_consumer_offset"
-down_revision = "0007_org_tracking_domains"
+revision = "0009_suppression_consumer_offset"
+down_revision = "0008_ingest_spool"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,101 @@
+"""Step ``create``: dropbox mail to someone not yet in the CRM creates a lead (or contact).
+
+What the user chose decides (``dropbox_setting``: lead, contact, or none).
+Colleagues, role mailboxes (info@, noreply@ …) and our own addresses never
+become records.  A record created for one message is linked to every later
+message of the batch that involves the same address.  Each creation is a
+``record.created`` event carrying the record's id and the fields it was created
+with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from gateway.addresses import in_domains, is_role_address
+from gateway.ingest.context import Batch, Flow
+from storage import filing
+from storage.events import EventType
+from storage.payloads import record_event
+
+NAME = "create"
+
+
+def creatable(address: str, *, own: set[str], org_domains: list[str], mail_domain: str) -> bool:
+    return not (
+        address in own
+        or in_domains(address, org_domains)
+        or in_domains(address, [mail_domain])
+        or is_role_address(address)
+    )
+
+
+def new_record(address: str, display: str, owner: int) -> dict[str, Any]:
+    """Split a display name into 姓/名 (or last/first); the local part when there is none."""
+    last, first = split_name(display) if display else (address.split("@")[0], "")
+    return {
+        "email": address,
+        "email_norm": address,
+        "last_name": last[:100],
+        "first_name": first[:100],
+        "owner_id": owner,
+        "source": "dropbox",
+    }
+
+
+def split_name(display: str) -> tuple[str, str]:
+    """(last, first).  Japanese names are written 姓 名; Western ones First Last or Last, First."""
+    display = display.strip().strip('"')
+    if "," in display:
+        last, first = (s.strip() for s in display.split(",", 1))
+        return last, first
+    parts = display.split()
+    if len(parts) < 2:
+        return display, ""
+    if any(ord(ch) > 0x2E7F for ch in display):  # CJK: family name first
+        return parts[0], " ".join(parts[1:])
+    return parts[-1], " ".join(parts[:-1])
+
+
+def run(conn: Connection, batch: Batch) -> Flow:
+    for d in batch.live():
+        if d.channel != "dropbox":
+            continue
+        setting = batch.users[d.user_id]["dropbox_setting"]
+        if setting == "none":
+            continue
+        module = "contacts" if setting == "contact" else "leads"
+        own = batch.own_addresses.get(d.user_id, set())
+        org = batch.orgs[d.org_id]
+        known = batch.known.setdefault(d.org_id, {})
+        for address in d.counterparts:
+            if address in own:
+                continue
+            if address in known:
+                d.records.extend(known[address])  # created for an earlier message of the batch
+                continue
+            if not creatable(
+                address, own=own, org_domains=org["domains"], mail_domain=batch.mail_domain
+            ):
+                continue
+            name = next((a.name for a in (*d.parsed.to, *d.parsed.cc) if a.email == address), "")
+            values = new_record(address, name, d.user_id)
+            rid = filing.create_record(conn, module, d.org_id, values)
+            known[address] = [(module, rid)]
+            d.records.append((module, rid))
+            batch.new_events.append(
+                record_event(
+                    EventType.RECORD_CREATED,
+                    d.org_id,
+                    module=module,
+                    record_id=rid,
+                    source=d.channel,
+                    changed=values,
+                    user_id=d.user_id,
+                    at=batch.now,
+                )
+            )
+        d.records = list(dict.fromkeys(d.records))
+    return batch.flow()
