@@ -198,9 +198,17 @@ def test_every_runner_a_role_names_is_one_services_can_build():
 def test_roles_start_each_runner_once_in_table_order():
     from gateway.serve import parse_roles, runners_for
 
-    assert runners_for(parse_roles("imap,worker")) == ["relay", "bounces", "mailboxes"]
-    assert runners_for(parse_roles("smtp,http")) == ["tracking"]
+    assert runners_for(parse_roles("imap,worker")) == [
+        "ingest",
+        "relay",
+        "bounces",
+        "spool",
+        "mailboxes",
+    ]
+    assert runners_for(parse_roles("smtp,http")) == ["spool", "tracking"]
     assert set(runners_for(parse_roles(None))) == {
+        "spool",
+        "ingest",
         "tracking",
         "relay",
         "bounces",
