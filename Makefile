@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 export MAILGATE_DATA_DIR ?= ./var
+# Tests talk to real servers on random loopback ports, so they run in parallel safely.
+PYTEST_ARGS ?= -n auto
 
 .PHONY: run test lint bench clean
 
