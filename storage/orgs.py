@@ -179,8 +179,9 @@ async def revoke_api_tokens(
 
 
 async def user_by_api_token(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
+    """The active user a token belongs to, with ``token_id`` (which of their tokens it is)."""
     q = (
-        select(users)
+        select(users, api_tokens.c.id.label("token_id"))
         .join(api_tokens, api_tokens.c.user_id == users.c.id)
         .where(api_tokens.c.token_hash == token_hash(token), users.c.active)
     )

@@ -24,6 +24,7 @@ from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
 from gateway.http.templates import TemplatesApi
+from gateway.http.tokens import TokensApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
@@ -67,6 +68,7 @@ def create_app(services: Services) -> Starlette:
     resources = (
         Operations(db, clock),
         EventsApi(db),
+        TokensApi(db),
         # Before the generic ``/{module}`` routes of records.
         TemplatesApi(db),
         SendingApi(
