@@ -63,6 +63,7 @@ async def ours(
         data_dir=workdir,
         secret_key="bench",
         mail_domain="mailgate.bench",
+        allow_private_targets=True,  # the benchmark's Dovecot listens on loopback
     )
     db = Database(settings.database_url)
     await upgrade(db)

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key_file: Path | None = None
+    #: Mailbox hosts on loopback, private or link-local addresses (tests, single-host
+    #: set-ups with a local IMAP server); off, so a user cannot probe the server's network.
+    allow_private_targets: bool = False
+    #: Bearer token Prometheus sends to scrape ``/metrics`` (its series name every org).
+    #: Empty: only clients on loopback may read ``/metrics``.
+    metrics_token: str = ""
 
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:

@@ -287,6 +287,31 @@ async def custom_sharers(
     return set((await conn.execute(q)).scalars())
 
 
+async def shares_by_user(
+    conn: AsyncConnection, user_ids: Iterable[int]
+) -> dict[int, set[tuple[str, int]]]:
+    """The records each of ``user_ids`` chose to share (custom mode), for reading many mails."""
+    user_ids = sorted(set(user_ids))
+    if not user_ids:
+        return {}
+    q = select(
+        sharing_records.c.user_id, sharing_records.c.module, sharing_records.c.record_id
+    ).where(sharing_records.c.user_id.in_(user_ids))
+    out: dict[int, set[tuple[str, int]]] = {uid: set() for uid in user_ids}
+    for uid, module, rid in (await conn.execute(q)).all():
+        out[uid].add((module, rid))
+    return out
+
+
+async def sharing_rules(
+    conn: AsyncConnection, org_id: int
+) -> tuple[dict[int, dict[str, Any]], dict[int, set[tuple[str, int]]]]:
+    """The org's sharing modes and its custom sharers' records: all a read path needs."""
+    modes = await sharing_modes(conn, org_id)
+    custom = [uid for uid, row in modes.items() if row["mode"] == "custom"]
+    return modes, await shares_by_user(conn, custom)
+
+
 async def set_sharing(
     conn: AsyncConnection,
     org_id: int,

@@ -99,13 +99,89 @@ async def set_dropbox_token(conn: AsyncConnection, user_id: int, token: str) -> 
     await conn.execute(update(users).where(users.c.id == user_id).values(dropbox_token=token))
 
 
-async def add_api_token(conn: AsyncConnection, user_id: int, token: str) -> None:
-    await conn.execute(insert(api_tokens).values(user_id=user_id, token_hash=token_hash(token)))
+#: Characters of a token kept in clear to tell tokens apart: "mg_" and four of its 43.
+TOKEN_HINT_LENGTH = 7
+
+
+async def add_api_token(conn: AsyncConnection, user_id: int, token: str, label: str = "") -> int:
+    """Store a new token (its hash and a short hint only); its id, for listing and revoking."""
+    res = await conn.execute(
+        insert(api_tokens)
+        .values(
+            user_id=user_id,
+            token_hash=token_hash(token),
+            hint=token[:TOKEN_HINT_LENGTH],
+            label=label[:100],
+        )
+        .returning(api_tokens.c.id)
+    )
+    return res.scalar_one()
+
+
+async def list_api_tokens(
+    conn: AsyncConnection, *, org_id: int, user_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The org's tokens (or one user's), oldest first; never the token or its hash."""
+    q = (
+        select(
+            api_tokens.c.id,
+            api_tokens.c.user_id,
+            users.c.email.label("user_email"),
+            api_tokens.c.hint,
+            api_tokens.c.label,
+            api_tokens.c.created_at,
+        )
+        .join(users, users.c.id == api_tokens.c.user_id)
+        .where(users.c.org_id == org_id)
+        .order_by(api_tokens.c.id)
+    )
+    if user_id is not None:
+        q = q.where(api_tokens.c.user_id == user_id)
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def get_api_token(conn: AsyncConnection, token_id: int) -> dict[str, Any] | None:
+    """One token's listing row with its user's org (who may revoke it), or None."""
+    q = (
+        select(
+            api_tokens.c.id,
+            api_tokens.c.user_id,
+            users.c.org_id,
+            users.c.email.label("user_email"),
+            api_tokens.c.hint,
+            api_tokens.c.label,
+            api_tokens.c.created_at,
+        )
+        .join(users, users.c.id == api_tokens.c.user_id)
+        .where(api_tokens.c.id == token_id)
+    )
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def revoke_api_tokens(
+    conn: AsyncConnection,
+    user_id: int,
+    *,
+    token_id: int | None = None,
+    label: str | None = None,
+    keep: int | None = None,
+) -> int:
+    """Delete a user's tokens (one by id, those with ``label``, all but ``keep``); how many."""
+    q = delete(api_tokens).where(api_tokens.c.user_id == user_id)
+    if token_id is not None:
+        q = q.where(api_tokens.c.id == token_id)
+    if label is not None:
+        q = q.where(api_tokens.c.label == label)
+    if keep is not None:
+        q = q.where(api_tokens.c.id != keep)
+    return (await conn.execute(q)).rowcount or 0
 
 
 async def user_by_api_token(conn: AsyncConnection, token: str) -> dict[str, Any] | None:
+    """The active user a token belongs to, with ``token_id`` (which of their tokens it is)."""
     q = (
-        select(users)
+        select(users, api_tokens.c.id.label("token_id"))
         .join(api_tokens, api_tokens.c.user_id == users.c.id)
         .where(api_tokens.c.token_hash == token_hash(token), users.c.active)
     )

@@ -82,7 +82,12 @@ api_tokens = Table(
     Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     # Only a SHA-256 of the token is kept: a database leak does not leak API access.
     Column("token_hash", String(64), nullable=False, unique=True),
+    # The token's first characters, to tell tokens apart in a listing (migration 0010).
+    Column("hint", String(16), nullable=False, server_default=""),
+    # Where it came from: "user create", "demo", "api" …
+    Column("label", String(100), nullable=False, server_default=""),
     _created(),
+    Index("ix_api_tokens_user_id", "user_id"),
 )
 
 user_senders = Table(

@@ -166,3 +166,74 @@ async def _email_of(mg, user_id: int) -> str:
 
     async with mg.db.connect() as conn:
         return (await orgs.get_user(conn, user_id))["email"]
+
+
+# -- every read path: the event log and single sends -------------------------------------
+
+
+def event_log(api) -> list[dict]:
+    """The whole log as this caller may read it, paged by ``next`` the way a script does."""
+    items, after = [], 0
+    while True:
+        r = api.get("/api/v1/events", params={"after": after, "limit": 7})
+        assert r.status_code == 200, r.text
+        page = r.json()
+        items += page["items"]
+        if page["next"] is None:
+            return items
+        after = page["next"]
+
+
+def filed_subjects(api) -> set[str]:
+    return {e["data"]["subject"] for e in event_log(api) if e["type"] == "email.filed"}
+
+
+def test_the_event_log_hides_a_private_colleagues_mail(team):
+    mg, people, api = team["mailgate"], team["people"], team["api"]
+    r = api.put(f"/api/v1/users/{people['private']['id']}/sharing", json={"mode": "private"})
+    assert r.status_code == 200, r.text
+    boss = filed_subjects(api)
+    assert not {s for s in boss if s.startswith("private->")}
+    # Custom sharing holds in the log as on the record: lead one only.
+    assert {"custom->one", "public->one", "public->two"} <= boss
+    assert "custom->two" not in boss
+    own = filed_subjects(mg.api(people["private"]))
+    assert {"private->one", "private->two"} <= own
+
+
+def test_a_private_colleagues_send_is_not_found_nor_in_the_log(team):
+    mg, people, api = team["mailgate"], team["people"], team["api"]
+    r = api.put(f"/api/v1/users/{people['private']['id']}/sharing", json={"mode": "private"})
+    assert r.status_code == 200, r.text
+    rep = mg.api(people["private"])
+    lead = team["leads"][0]
+    r = rep.post(
+        "/api/v1/emails",
+        json={"to": [{"module": "leads", "id": lead["id"]}], "subject": "内密の提案", "text": "x"},
+    )
+    assert r.status_code == 202, r.text
+    sid = r.json()["sends"][0]["id"]
+    assert rep.get(f"/api/v1/sends/{sid}").json()["subject"] == "内密の提案"
+    for colleague in (api, mg.api(people["public"])):
+        r = colleague.get(f"/api/v1/sends/{sid}")
+        assert r.status_code == 404, r.text
+        assert "内密" not in r.text
+        assert all("内密" not in str(e["data"]) for e in event_log(colleague))
+        assert all(e["data"].get("send_id") != sid for e in event_log(colleague))
+    assert any(e["data"].get("send_id") == sid for e in event_log(rep))
+    # Made public again, the same send is readable by all.
+    r = api.put(f"/api/v1/users/{people['private']['id']}/sharing", json={"mode": "public"})
+    assert api.get(f"/api/v1/sends/{sid}").status_code == 200
+    api.put(f"/api/v1/users/{people['private']['id']}/sharing", json={"mode": "private"})
+
+
+def test_event_visibility_rules_are_pure():
+    modes = {1: {"mode": "private"}, 2: {"mode": "custom"}}
+    shares = {2: {("leads", 5)}}
+    filed = {"user_id": 2, "records": [{"module": "leads", "id": 5}], "subject": "s"}
+    assert sharing.sees_event(9, "email.filed", filed, modes, shares)
+    assert not sharing.sees_event(9, "email.filed", {**filed, "records": []}, modes, shares)
+    assert not sharing.sees_event(9, "email.sent", {"user_id": 1, "module": "leads"}, modes, {})
+    assert sharing.sees_event(1, "email.sent", {"user_id": 1}, modes, {})
+    assert sharing.sees_event(9, "record.created", {"user_id": 1}, modes, {})
+    assert sharing.sees_event(9, "email.sent", {"user_id": None}, modes, {})

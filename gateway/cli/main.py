@@ -38,6 +38,11 @@ inbound_app = typer.Typer(
 app.add_typer(inbound_app, name="inbound")
 
 
+token_app = typer.Typer(
+    no_args_is_help=True, help="API tokens: create, list (never shown again) and revoke."
+)
+app.add_typer(token_app, name="token")
+
 imap_app = typer.Typer(no_args_is_help=True, help="Connected IMAP mailboxes.")
 app.add_typer(imap_app, name="imap")
 
@@ -553,10 +558,59 @@ def imap_status(user: Annotated[str, typer.Argument(help="User id or email.")]) 
 
 @app.command()
 def demo() -> None:
-    """Create (once) a demo organization and user; print a fresh API token and the dropbox."""
+    """Create (once) a demo organization and user; print a fresh API token and the dropbox.
+
+    Every run revokes the demo user's older tokens: only the one printed last works.
+    """
     from gateway.records.csv_import import ensure_demo
 
-    out(run_db(lambda db, s: ensure_demo(db, s), migrate=True))
+    async def go(db: Database, s: Settings) -> dict[str, Any]:
+        info = await ensure_demo(db, s)
+        await admin.replace_tokens(db, info["user_id"], info["api_token"])
+        return info
+
+    out(run_db(go, migrate=True))
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    label: Annotated[str, typer.Option(help="What the token is for (shown in listings).")] = "",
+) -> None:
+    """Issue a new API token for a user; it is printed once and never again."""
+
+    async def go(db: Database, s: Settings) -> dict[str, Any]:
+        async with db.connect() as conn:
+            found = await admin.find_user(conn, user)
+        if found is None:
+            raise admin.AdminError(f"no user {user!r}")
+        token = await admin.issue_api_token(db, found["id"], label=label or "cli")
+        return {"user_id": found["id"], "api_token": token}
+
+    out(run_db(go))
+
+
+@token_app.command("list")
+def token_list(
+    user: Annotated[str | None, typer.Option(help="One user's tokens (id or email).")] = None,
+    org: Annotated[str | None, typer.Option(help="Every token of an org (id or name).")] = None,
+) -> None:
+    """List API tokens: id, user, hint (first characters), label, created_at."""
+    out(run_db(lambda db, s: admin.list_tokens(db, org_ref=org, user_ref=user)))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[
+        int | None, typer.Argument(help="The token's id (from `token list`).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="With --all: every token of this user.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Revoke all of --user's tokens.")] = False,
+) -> None:
+    """Revoke a token (or --user USER --all); requests with it get 401 at once."""
+    if (token_id is None) == (user is None) or (user is not None and not all_):
+        fail("give a token id, or --user USER --all")
+    out(run_db(lambda db, s: admin.revoke_tokens(db, token_id=token_id, user_ref=user)))
 
 
 def main() -> None:

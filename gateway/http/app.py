@@ -6,6 +6,8 @@ it builds each resource with what it needs and mounts its routes.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from functools import partial
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,6 +26,7 @@ from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
 from gateway.http.templates import TemplatesApi
+from gateway.http.tokens import TokensApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
@@ -32,11 +35,31 @@ from storage.db import Database
 from tracking import endpoints as tracking
 
 
+def may_scrape(client_host: str | None, authorization: str, token: str) -> bool:
+    """Whether a request may read ``/metrics``, whose series name every org.
+
+    ``/metrics`` shares the listener with the public tracking links, so it is
+    not public: with ``MAILGATE_METRICS_TOKEN`` set it wants that bearer token
+    (from anywhere); without, only a client on loopback (a local Prometheus or
+    agent; behind a same-host proxy, the client uvicorn sees is the one the
+    proxy names in ``X-Forwarded-For``).
+    """
+    if token:
+        scheme, _, given = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        )
+    try:
+        return client_host is not None and ipaddress.ip_address(client_host).is_loopback
+    except ValueError:
+        return False
+
+
 class Operations:
     """``/healthz`` and ``/metrics``: what a load balancer and Prometheus ask."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db, self.clock = db, clock
+    def __init__(self, db: Database, clock: Clock, metrics_token: str = "") -> None:
+        self.db, self.clock, self.metrics_token = db, clock, metrics_token
 
     def routes(self) -> list[Route]:
         return [Route("/healthz", self.healthz), Route("/metrics", self.metrics)]
@@ -50,6 +73,13 @@ class Operations:
         return JSON({"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
+        client = request.client.host if request.client else None
+        if not may_scrape(client, request.headers.get("authorization", ""), self.metrics_token):
+            if self.metrics_token:
+                raise ApiError(401, "unauthorized", "send Authorization: Bearer <metrics token>")
+            raise ApiError(
+                403, "forbidden", "/metrics answers loopback only; set MAILGATE_METRICS_TOKEN"
+            )
         try:
             await sending_metrics.refresh(self.db, self.clock.now())
         except Exception:  # noqa: BLE001, S110 - /metrics still answers with the other series
@@ -65,8 +95,9 @@ def create_app(services: Services) -> Starlette:
         db, services.spool, services.settings, ingest=services.runner("ingest"), clock=clock
     )
     resources = (
-        Operations(db, clock),
+        Operations(db, clock, services.settings.metrics_token),
         EventsApi(db),
+        TokensApi(db),
         # Before the generic ``/{module}`` routes of records.
         TemplatesApi(db),
         SendingApi(

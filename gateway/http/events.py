@@ -1,4 +1,9 @@
-"""``GET /api/v1/events``: the org's event log, read from an offset (``after``)."""
+"""``GET /api/v1/events``: the org's event log, read from an offset (``after``).
+
+Mail events follow the sharing rules: a colleague's private mail is left out
+of the page (:func:`gateway.receive.mailboxes.sharing.sees_event`).  ``next``
+is the last id *read*, so a page thinned by sharing still moves the reader on.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from starlette.routing import Route
 from gateway.http.auth import int_param
 from gateway.http.errors import JSON
 from gateway.http.resource import Resource
+from gateway.receive.mailboxes import sharing
 from storage import events
+from storage import mailboxes as mailbox_store
 
 
 class EventsApi(Resource):
@@ -21,5 +28,9 @@ class EventsApi(Resource):
         after = int_param(request, "after", 0)
         limit = int_param(request, "limit", 100, lo=1, hi=1000)
         async with self.db.connect() as conn:
-            items = await events.read_after(conn, after=after, limit=limit, org_id=user["org_id"])
-        return JSON({"items": items, "next": str(items[-1]["id"]) if len(items) == limit else None})
+            read = await events.read_after(conn, after=after, limit=limit, org_id=user["org_id"])
+            modes, shares = await mailbox_store.sharing_rules(conn, user["org_id"])
+        items = [
+            e for e in read if sharing.sees_event(user["id"], e["type"], e["data"], modes, shares)
+        ]
+        return JSON({"items": items, "next": str(read[-1]["id"]) if len(read) == limit else None})

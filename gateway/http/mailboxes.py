@@ -18,6 +18,7 @@ from gateway.http.auth import path_id, read_json
 from gateway.http.errors import JSON, ApiError
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values, sharing
+from gateway.receive.mailboxes.validate import resolve_target
 from storage import crm
 from storage import mailboxes as store
 from storage import orgs as org_store
@@ -60,6 +61,12 @@ class MailboxesApi(Resource):
         body = await read_json(request)
         try:
             values = mailbox_values(body, extra={"user_id"})
+            # Refused before anything connects, so the answer says nothing about ports.
+            await resolve_target(
+                values["host"],
+                values["port"],
+                allow_private=self.mailboxes.allow_private_targets,
+            )
         except InvalidMailbox as exc:
             raise ApiError(422, exc.code, str(exc)) from exc
         owner = user["id"]

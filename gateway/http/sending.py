@@ -21,10 +21,12 @@ from gateway.http.auth import int_param, path_id, read_json
 from gateway.http.errors import JSON, ApiError
 from gateway.http.resource import Resource
 from gateway.http.templates import MAX_PART, template_problem
+from gateway.receive.mailboxes import sharing
 from gateway.sending.steps import Content, QuotaExceeded, SendRequest, Signer
 from gateway.sending.submit import enqueue
 from gateway.sending.usage import org_quota
 from storage import events, templates_store
+from storage import mailboxes as mailbox_store
 from storage import org_addresses as org_address_store
 from storage import orgs as org_store
 from storage import sends as send_store
@@ -197,7 +199,11 @@ class SendingApi(Resource):
         user = await self.user(request)
         async with self.db.connect() as conn:
             row = await send_store.get(conn, user["org_id"], path_id(request))
-        if row is None:
+            modes, shares = await mailbox_store.sharing_rules(conn, user["org_id"])
+        # A colleague's private send is as absent as one that does not exist.
+        if row is None or not sharing.sees_mail(
+            user["id"], row["user_id"], {(row["module"], row["record_id"])}, modes, shares
+        ):
             raise ApiError(404, "not_found", "no such send")
         keys = (
             "id", "kind", "module", "record_id", "to_email", "from_email", "subject", "template_id",

@@ -127,7 +127,7 @@ async def create_user(
                 dropbox_token=dropbox,
                 dropbox_setting=dropbox_setting,
             )
-            await store.add_api_token(conn, user_id, token)
+            await store.add_api_token(conn, user_id, token, label="user create")
     except IntegrityError as exc:
         raise AdminError(f"a user {email!r} already exists in that organization") from exc
     return {
@@ -141,11 +141,66 @@ async def create_user(
     }
 
 
-async def issue_api_token(db: Database, user_id: int) -> str:
+async def issue_api_token(db: Database, user_id: int, label: str = "") -> str:
+    """A new token for the user; shown once, only its hash and hint are kept."""
     token = new_api_token()
     async with db.begin() as conn:
-        await store.add_api_token(conn, user_id, token)
+        await store.add_api_token(conn, user_id, token, label=label)
     return token
+
+
+def token_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A token as listings show it: which one it is, never what it is."""
+    return {
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "user_email": row["user_email"],
+        "hint": f"{row['hint']}…" if row["hint"] else None,
+        "label": row["label"] or None,
+        "created_at": row["created_at"],
+    }
+
+
+async def list_tokens(db: Database, *, org_ref: str | None, user_ref: str | None) -> list:
+    """Tokens of one user, or of every user of an org (the CLI names one or the other)."""
+    async with db.connect() as conn:
+        if user_ref is not None:
+            user = await _user(conn, user_ref)
+            rows = await store.list_api_tokens(conn, org_id=user["org_id"], user_id=user["id"])
+        elif org_ref is not None:
+            org = await store.find_org(conn, org_ref)
+            if org is None:
+                raise AdminError(f"no organization {org_ref!r}")
+            rows = await store.list_api_tokens(conn, org_id=org["id"])
+        else:
+            raise AdminError("name --user USER or --org ORG")
+    return [token_view(r) for r in rows]
+
+
+async def revoke_tokens(
+    db: Database, *, token_id: int | None = None, user_ref: str | None = None
+) -> dict[str, Any]:
+    """Revoke one token by id, or every token of a user; it stops working at once."""
+    async with db.begin() as conn:
+        if token_id is not None:
+            row = await store.get_api_token(conn, token_id)
+            if row is None:
+                raise AdminError(f"no API token {token_id}")
+            revoked = await store.revoke_api_tokens(conn, row["user_id"], token_id=token_id)
+            return {"revoked": revoked, "user_id": row["user_id"]}
+        if user_ref is None:
+            raise AdminError("name a token id, or --user USER --all")
+        user = await _user(conn, user_ref)
+        return {"revoked": await store.revoke_api_tokens(conn, user["id"]), "user_id": user["id"]}
+
+
+async def replace_tokens(db: Database, user_id: int, token: str) -> int:
+    """Revoke every token of the user but ``token`` (``mailgate demo``: one valid token)."""
+    async with db.begin() as conn:
+        current = await store.user_by_api_token(conn, token)
+        if current is None or current["id"] != user_id:
+            raise AdminError("the new token does not belong to that user")
+        return await store.revoke_api_tokens(conn, user_id, keep=current["token_id"])
 
 
 async def find_user(conn, ref: str) -> dict[str, Any] | None:

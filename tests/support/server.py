@@ -31,6 +31,8 @@ class MailgateServer:
         overrides.setdefault("max_message_size", 2 * 1024 * 1024)
         # Open event streams would otherwise hold a test's shutdown for the full 10 s.
         overrides.setdefault("stop_deadline", 2.0)
+        # The test Dovecot listens on loopback; tests of the refusal pass False.
+        overrides.setdefault("allow_private_targets", True)
         self.settings = Settings(
             database_url=database_url,
             data_dir=data_dir,

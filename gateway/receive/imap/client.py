@@ -24,7 +24,7 @@ import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aioimaplib import aioimaplib as imap
 
@@ -35,7 +35,13 @@ log = logging.getLogger(__name__)
 
 Security = Literal["tls", "starttls", "none"]
 ErrorKind = Literal[
-    "bad_login", "tls_failure", "unreachable", "protocol", "timeout", "disconnected"
+    "bad_login",
+    "tls_failure",
+    "unreachable",
+    "protocol",
+    "timeout",
+    "disconnected",
+    "private_host",
 ]
 
 #: Generous for a slow server, finite so a dead socket cannot hang a poller.
@@ -55,6 +61,9 @@ class MailboxConfig:
     security: Security = "tls"
     #: The account's Sent folder when the server does not flag one \\Sent.
     sent_folder_override: str | None = None
+    #: The IP address to connect to, checked beforehand (``host`` still names the server
+    #: for TLS); None connects to whatever ``host`` resolves to at connect time.
+    address: str | None = None
 
     def __post_init__(self) -> None:
         if self.security not in ("tls", "starttls", "none"):
@@ -65,9 +74,11 @@ class MailboxError(Exception):
     """A mailbox problem, in words a CRM user can act on.
 
     ``kind`` is one of: ``bad_login`` (fix the credentials; retrying will not
-    help), ``tls_failure``, ``unreachable``, ``protocol`` (the server said
-    something we cannot work with), ``timeout`` and ``disconnected``
-    (reconnect and carry on from the checkpoint).
+    help), ``private_host`` (the host is not a public address and the operator
+    does not allow private targets; no connection was tried), ``tls_failure``,
+    ``unreachable``, ``protocol`` (the server said something we cannot work
+    with), ``timeout`` and ``disconnected`` (reconnect and carry on from the
+    checkpoint).
     """
 
     def __init__(self, kind: ErrorKind, message: str) -> None:
@@ -138,6 +149,11 @@ class _Protocol(imap.IMAP4ClientProtocol):
 
 
 class _Client(imap.IMAP4):
+    def __init__(self, *args: Any, server_hostname: str | None = None, **kwargs: Any) -> None:
+        # Set before IMAP4.__init__, which calls create_client.
+        self._server_hostname = server_hostname
+        super().__init__(*args, **kwargs)
+
     def create_client(
         self,
         host: str,
@@ -149,7 +165,13 @@ class _Client(imap.IMAP4):
         local_loop = loop if loop is not None else asyncio.get_running_loop()
         self.protocol = _Protocol(local_loop, conn_lost_cb)
         self._client_task = local_loop.create_task(
-            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+            local_loop.create_connection(
+                lambda: self.protocol,
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=self._server_hostname if ssl_context else None,
+            )
         )
 
 
@@ -167,8 +189,9 @@ class ImapSession:
         self.selected: str | None = None
         self.selected_readonly = True
         self._client = _Client(
-            config.host,
+            config.address or config.host,
             config.port,
+            server_hostname=config.host,
             timeout=timeout,
             conn_lost_cb=self._on_connection_lost,
             ssl_context=self._ssl_context if config.security == "tls" else None,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.receive.imap import (
     Backoff,
     Checkpoint,
     FetchBatch,
+    ImapSession,
     MailboxConfig,
     MailboxError,
     MailboxSource,
@@ -32,7 +34,12 @@ from gateway.receive.imap import (
     wait_for_new,
 )
 from gateway.receive.mailboxes.crypto import PasswordBox, PasswordUnreadable
-from gateway.receive.mailboxes.validate import config_from
+from gateway.receive.mailboxes.validate import (
+    PrivateTarget,
+    UnresolvableHost,
+    config_from,
+    resolve_target,
+)
 from gateway.runner import LoopRunner, Runner
 from storage import mailboxes as store
 from storage.db import Database
@@ -50,6 +57,7 @@ ADVICE = {
     "disconnected": "the mail server closed the connection",
     "protocol": "the mail server answered something unexpected",
     "password": "the stored password can no longer be read",
+    "private_host": "the mail server's address is not a public one, which is not allowed here",
 }
 
 
@@ -104,6 +112,8 @@ class MailboxService:
         #: "Now" for the backfill window (which days a poller files).
         self.clock = clock or SystemClock()
         self.passwords = PasswordBox(settings.resolved_secret_keys())
+        #: MAILGATE_ALLOW_PRIVATE_TARGETS: mailbox hosts on loopback/private addresses.
+        self.allow_private_targets = settings.allow_private_targets
         self.connect_timeout = 30.0
         self.idle_timeout = 120.0
 
@@ -140,10 +150,27 @@ class MailboxService:
         out["messages"] = filed
         return out
 
+    async def open_session(self, config: MailboxConfig, timeout: float) -> ImapSession:
+        """Connect and log in, to the address the host was just checked to have.
+
+        Every connection goes through here: the host is resolved and each of
+        its addresses checked (``validate.resolve_target``) right before, and
+        the connection is made to the checked address, not to the name again.
+        """
+        try:
+            address = await resolve_target(
+                config.host, config.port, allow_private=self.allow_private_targets
+            )
+        except PrivateTarget as exc:
+            raise MailboxError("private_host", str(exc)) from exc
+        except UnresolvableHost as exc:
+            raise MailboxError("unreachable", str(exc)) from exc
+        return await connect(replace(config, address=address), timeout)
+
     async def check(self, config: MailboxConfig, timeout: float = 10.0) -> MailboxError | None:
         """Log in once and out again: None when the account works."""
         try:
-            session = await connect(config, timeout)
+            session = await self.open_session(config, timeout)
         except MailboxError as exc:
             return exc
         await session.logout()
@@ -319,7 +346,7 @@ class MailboxService:
             async with self.db.connect() as conn:
                 row = await store.get_mailbox(conn, loc["mailbox_id"])
             try:
-                async with await connect(self.config(row), 10.0) as session:
+                async with await self.open_session(self.config(row), 10.0) as session:
                     await MailboxSource(session).set_seen(loc["folder"], loc["uid"], seen)
             except (MailboxError, PasswordUnreadable) as exc:
                 log.info("mailbox %s: \\Seen left for the poller: %s", row["id"], exc)
@@ -344,7 +371,7 @@ class MailboxService:
                 await _sleep_or_stop(300, stop)
                 continue
             try:
-                session = await connect(config, self.connect_timeout)
+                session = await self.open_session(config, self.connect_timeout)
                 try:
                     folders = await discover_folders(session, row["sent_folder"])
                     source = MailboxSource(session)
@@ -381,7 +408,7 @@ class MailboxService:
             raise MailboxError("protocol", str(exc)) from exc
         since = self.clock.now().date() - timedelta(days=days) if days else date.min
         try:
-            async with await connect(config, self.connect_timeout) as session:
+            async with await self.open_session(config, self.connect_timeout) as session:
                 folders = await discover_folders(session, row["sent_folder"])
                 count = await self.poll(
                     row,

@@ -12,6 +12,12 @@ without a user) is visible to all.  Admins follow the same rules: privacy
 is the point of "private".  The mode is set by an org admin; a user may
 change their own only when the admin delegated it.  Mail with the org's
 excluded domains is never filed, so it is never shared either.
+
+The rules hold on every read path that shows mail: a record's emails, one
+send (``/api/v1/sends/{id}``) and the event log (``email.*`` events carry the
+owner's ``user_id`` and the subject, recipient or sender).  An event names its
+records itself; one that names none (``email.received``) counts as shared on
+no record, so a custom sharer's colleagues see it through ``email.filed``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+MAIL_EVENT_PREFIX = "email."
 MODES = ("private", "custom", "public")
 DEFAULT_MODE = "public"
 
@@ -58,3 +65,45 @@ def hidden_owners(
 def may_change(actor: Mapping[str, Any], target_id: int, delegated: bool) -> bool:
     """Admins set anyone's sharing in their org; a user their own, when delegated."""
     return bool(actor["is_admin"]) or (actor["id"] == target_id and delegated)
+
+
+def event_records(data: Mapping[str, Any]) -> set[tuple[str, int]]:
+    """The (module, id) records an event's data names: ``records`` or ``module``/``record_id``."""
+    found = {
+        (r["module"], r["id"])
+        for r in data.get("records") or ()
+        if isinstance(r, Mapping) and r.get("module") and r.get("id") is not None
+    }
+    if data.get("module") and data.get("record_id") is not None:
+        found.add((data["module"], data["record_id"]))
+    return found
+
+
+def sees_mail(
+    viewer_id: int,
+    owner_id: int | None,
+    records: set[tuple[str, int]],
+    settings: Mapping[int, Mapping[str, Any]],
+    shares: Mapping[int, set[tuple[str, int]]],
+) -> bool:
+    """May the viewer see one piece of mail of ``owner_id`` that concerns ``records``?"""
+    if owner_id is None:
+        return True
+    mode = mode_of(settings, owner_id)
+    return can_see(viewer_id, owner_id, mode, bool(records & shares.get(owner_id, set())))
+
+
+def sees_event(
+    viewer_id: int,
+    event_type: str,
+    data: Mapping[str, Any],
+    settings: Mapping[int, Mapping[str, Any]],
+    shares: Mapping[int, set[tuple[str, int]]],
+) -> bool:
+    """Events about mail follow their owner's sharing; every other event is the org's."""
+    if not event_type.startswith(MAIL_EVENT_PREFIX):
+        return True
+    owner = data.get("user_id")
+    return sees_mail(
+        viewer_id, owner if isinstance(owner, int) else None, event_records(data), settings, shares
+    )

@@ -1,8 +1,22 @@
-"""What a connected mailbox may look like: one check for the API and the CLI."""
+"""What a connected mailbox may look like: one check for the API and the CLI.
+
+A mailbox host is a place the server will connect to on a user's word, so
+it must not become a probe of the server's own network: every address the
+host name resolves to must be public (:func:`resolve_target`), unless the
+operator allows private targets (``MAILGATE_ALLOW_PRIVATE_TARGETS``: tests,
+single-host set-ups with a local Dovecot).  The check runs when a mailbox is
+connected and again before *every* connection, which then goes to the very
+address that was checked, so a name re-pointed after the check (DNS
+rebinding) gains nothing.  The refusal is the same whatever the port, and it
+comes before any connection, so it says nothing about which ports are open.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import re
+import socket
 from typing import Any
 
 from gateway.receive.imap import MailboxConfig
@@ -19,6 +33,57 @@ class InvalidMailbox(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class PrivateTarget(InvalidMailbox):
+    """The host is (or resolves to) a loopback, private or otherwise non-public address."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "private_host",
+            "host must be a public mail server: loopback, private and link-local addresses "
+            "are not allowed here",
+        )
+
+
+class UnresolvableHost(InvalidMailbox):
+    """The host name does not resolve (now): nothing to check, nothing to connect to."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__("unresolvable_host", f"the host name {host!r} does not resolve")
+
+
+def is_public(address: str) -> bool:
+    """A globally routable unicast address (an IPv4-mapped IPv6 one judged as IPv4)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def resolve_target(host: str, port: int, *, allow_private: bool) -> str:
+    """The one address to connect to for ``host``, after checking *every* address it has.
+
+    Raises :class:`PrivateTarget` when any of them is not public (a name with one
+    public and one private address is refused: which one a connection would take
+    is not ours to choose), :class:`UnresolvableHost` when it has none.
+    """
+    literal = host.removeprefix("[").removesuffix("]")
+    try:
+        addresses = [str(ipaddress.ip_address(literal))]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except (socket.gaierror, UnicodeError) as exc:
+            raise UnresolvableHost(host) from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise UnresolvableHost(host)
+    if not allow_private and not all(is_public(a) for a in addresses):
+        raise PrivateTarget
+    return addresses[0]
 
 
 def mailbox_values(body: dict[str, Any], extra: set[str] = frozenset()) -> dict[str, Any]:
