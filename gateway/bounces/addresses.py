@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.addresses import normalise
+
 ADDRESS_RE = re.compile(
     r"(?<![\w.+=/-])([\w.!#$%&'*+/=?^`{|}~-]+@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
     r"[a-z0-9][a-z0-9-]*[a-z0-9])(?![\w-])",
@@ -30,6 +32,12 @@ _SYSTEM_LOCALPARTS = frozenset(
         "bounces",
     }
 )
+
+
+def comparable(address: str) -> str:
+    """The one comparison form (:func:`gateway.addresses.normalise`), as suppressions and
+    the send API look addresses up: ``Taro@Client.Example`` → ``taro@client.example``."""
+    return normalise(address) or address.strip().lower()
 
 
 def extract_address(value: str) -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.addresses import normalise
 from gateway.bounces import BouncedRecipient, BounceKind, BounceReport, classify, verp_token
+from gateway.bounces.addresses import comparable
 from gateway.ingest.parse import parse
 from storage import bounce_store, events, tracking_store
 from storage.events import NewEvent
@@ -71,11 +71,6 @@ def untrusted_hints(report: BounceReport) -> str:
     if named:
         hints.append("names " + ", ".join(named))
     return "; ".join(hints) or "nothing"
-
-
-def comparable(address: str) -> str:
-    """The one comparison form of an address (:func:`gateway.addresses.normalise`)."""
-    return normalise(address) or address.strip().lower()
 
 
 def _clean(text: str) -> str:

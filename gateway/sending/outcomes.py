@@ -27,8 +27,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.addresses import normalise
 from gateway.bounces import reasons
+from gateway.bounces.addresses import comparable
 from storage import sends as send_store
 from storage import suppressions
 from storage.events import EventType, NewEvent, append_sync
@@ -97,10 +97,6 @@ class Delivery:
     def refused_us(self) -> bool:
         """A permanent refusal of our session, sender or message: not the recipient's fault."""
         return self.permanent and not self.about_recipient
-
-
-def comparable(address: str) -> str:
-    return normalise(address) or address.strip().lower()
 
 
 def claim(
