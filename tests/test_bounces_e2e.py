@@ -360,3 +360,31 @@ def test_list_unsubscribe_mailto_unsubscribes_the_recipient(mailgate):
     assert [e["type"] for e in mailgate.call(_events(mailgate, org["id"]))] == [
         "email.unsubscribed"
     ]
+
+
+def test_each_mta_family_bounce_is_recorded_through_verp_and_hard_ones_suppressed(mailgate):
+    """Our constructed examples of each MTA family's format, over the real receiver."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data" / "bounces"
+    expected = json.loads((folder / "expected.json").read_text("utf-8"))
+    org = mailgate.org(f"Families {uuid.uuid4().hex[:6]}")
+    sent = {}
+    for name, want in sorted(expected.items()):
+        send = mailgate.call(make_send(mailgate.db, org_id=org["id"], to_email=want["recipient"]))
+        sent[name] = send
+        rcpt = verp_address(send["verp_token"], "mailgate.test")
+        assert _deliver(mailgate, (folder / name).read_bytes(), rcpt)[0] == 250
+    settle(mailgate)
+    recorded = {
+        r["send_id"]: (r["kind"], r["reason"])
+        for r in _rows(mailgate, select(bounces).where(bounces.c.org_id == org["id"]))
+    }
+    assert {n: recorded.get(s["id"]) for n, s in sent.items()} == {
+        n: (w["severity"], w["reason"]) for n, w in expected.items()
+    }
+    supp = {
+        r["email_norm"]
+        for r in _rows(mailgate, select(suppressions).where(suppressions.c.org_id == org["id"]))
+    }
+    assert supp == {w["recipient"] for w in expected.values() if w["severity"] == "hard"}

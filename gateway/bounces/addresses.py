@@ -64,7 +64,10 @@ def find_all(text: str) -> list[str]:
 
 def is_system(address: str) -> bool:
     local = address.split("@", 1)[0].lower()
-    return local in _SYSTEM_LOCALPARTS or local.startswith(("mailer-daemon", "postmaster"))
+    # ``bounces+…`` is a VERP return path: ours, or another sender's, never a recipient.
+    return local in _SYSTEM_LOCALPARTS or local.startswith(
+        ("mailer-daemon", "postmaster", "bounces+")
+    )
 
 
 def lines_about(text: str, email: str) -> str:
