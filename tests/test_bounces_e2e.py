@@ -388,3 +388,35 @@ def test_each_mta_family_bounce_is_recorded_through_verp_and_hard_ones_suppresse
         for r in _rows(mailgate, select(suppressions).where(suppressions.c.org_id == org["id"]))
     }
     assert supp == {w["recipient"] for w in expected.values() if w["severity"] == "hard"}
+
+
+def test_a_report_from_a_bounce_mailbox_is_attributed_by_its_own_delivery_header(mailgate):
+    """Mail fetched over IMAP has no SMTP envelope of ours: the VERP address its mail system
+    delivered it to (``Delivered-To``) counts; the returned original's headers never do."""
+    org = mailgate.org(f"Mailbox {uuid.uuid4().hex[:6]}")
+    delivered = mailgate.call(make_send(mailgate.db, org_id=org["id"], to_email="a@client.example"))
+    inside = mailgate.call(make_send(mailgate.db, org_id=org["id"], to_email="b@client.example"))
+    by_header = (
+        b"Delivered-To: "
+        + verp_address(delivered["verp_token"], "mailgate.test").encode()
+        + b"\r\n"
+        + _dsn("a@client.example", "5.1.1", "550 5.1.1 User unknown")
+    )
+    only_inside = _dsn("b@client.example", "5.1.1", "550 5.1.1 User unknown").replace(
+        b"Subject: hi\r\n",
+        b"Subject: hi\r\nReturn-Path: <"
+        + verp_address(inside["verp_token"], "mailgate.test").encode()
+        + b">\r\n",
+    )
+
+    async def keep():
+        async with mailgate.db.begin() as conn:
+            for raw in (by_header, only_inside):
+                await conn.execute(insert(inbound).values(channel="bounce", rcpt_to=[], raw=raw))
+
+    mailgate.call(keep())
+    settle(mailgate)
+    recorded = _rows(mailgate, select(bounces.c.send_id).where(bounces.c.org_id == org["id"]))
+    assert recorded == [{"send_id": delivered["id"]}]
+    (held,) = _rows(mailgate, select(inbound).where(inbound.c.raw == only_inside))
+    assert held["state"] == "held"

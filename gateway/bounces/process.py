@@ -20,8 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.bounces import BouncedRecipient, BounceKind, BounceReport, classify, verp_token
-from gateway.bounces.addresses import comparable
+from gateway.bounces import BouncedRecipient, BounceKind, BounceReport, classify, mime, verp_token
+from gateway.bounces.addresses import ADDRESS_RE, comparable
 from gateway.ingest.parse import parse
 from storage import bounce_store, events, tracking_store
 from storage.events import NewEvent
@@ -57,6 +57,29 @@ def find_send(conn: Connection, rcpt_to: list[str], mail_domain: str) -> dict[st
             if send:
                 return send
     return None
+
+
+#: Where a report fetched from a bounce mailbox (no SMTP envelope of ours) says which
+#: address it was delivered to: the report's own headers, never the returned original's.
+DELIVERY_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To")
+
+
+def return_paths(row: dict[str, Any]) -> list[str]:
+    """The addresses a kept report was delivered to: its SMTP envelope, or, for mail fetched
+    from a bounce mailbox, its own delivery headers.
+
+    Either way only a valid VERP token in one of them attributes it, and whoever can
+    write these can as well send to that VERP address over SMTP: the token is the secret.
+    """
+    if row["rcpt_to"]:
+        return list(row["rcpt_to"])
+    msg = mime.parse(bytes(row["raw"]))
+    found: list[str] = []
+    for name in DELIVERY_HEADERS:
+        for value in msg.get_all(name) or []:
+            text = mime.decode_header_value(value)
+            found += [m.group(1) for m in ADDRESS_RE.finditer(text)]  # tokens keep their case
+    return found
 
 
 def untrusted_hints(report: BounceReport) -> str:
@@ -184,7 +207,7 @@ def process_one(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcom
         return Outcome("held", f"unrecognised: {report.reason}"[:500])
     if report.kind == BounceKind.AUTOREPLY:
         return Outcome("done", "auto-reply (not a bounce)")
-    send = find_send(conn, row["rcpt_to"] or [], policy.mail_domain)
+    send = find_send(conn, return_paths(row), policy.mail_domain)
     if send is None:
         note = f"{report.kind.value} without a valid VERP token; untrusted hints: "
         return Outcome("held", _clean(note + untrusted_hints(report))[:500])
