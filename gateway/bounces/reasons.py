@@ -131,7 +131,8 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"(could|couldn't|was|has) not been delivered.{0,30}(days|hours)|"
             r"delivery time ?out|too long in (the )?queue|"
             r"(undeliverable|undelivered).{0,20}for .{0,10}(days|hours)|"
-            r"giving up(?! on [\d\[])|(?<!i've )given up|timeout exceeded|maximum time|in the queue too long|"
+            r"giving up(?! on [\d\[])|(?<!i've )given up|timeout exceeded|maximum time|"
+            r"in the queue too long|"
             r"failed \d+ attempts|aborted after .{0,10}hour|failing for a long time",
         ),
         (
