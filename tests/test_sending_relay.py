@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 from gateway.bounces.verp import verp_token
+from gateway.sending.outcomes import Delivery, Stage, Verdict
 from storage import sends as send_store
 from storage.schema_sending import sends
 from tests.support import smtp_sink
@@ -444,3 +445,20 @@ def test_a_send_whose_address_was_suppressed_after_it_was_queued_is_not_delivere
     assert "suppressed (hard_bounce)" in stopped["last_reply"]
     failed = [e for e in events_of(api, "email.failed") if e["data"]["send_id"] == second]
     assert failed and "suppressed" in failed[0]["data"]["reply"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "reply", "about_recipient", "refused_us"),
+    [
+        (Stage.RECIPIENT, 550, "550 5.1.1 user unknown", True, False),
+        (Stage.DATA, 550, "550 5.1.1 <Gone@Client.example.jp>: unknown", True, False),
+        (Stage.DATA, 554, "554 5.6.0 content rejected", False, True),
+        (Stage.SENDER, 553, "553 5.7.1 sender not owned", False, True),
+        (Stage.SESSION, 530, "530 5.7.0 Authentication required", False, True),
+        (Stage.SESSION, 421, "421 4.3.2 shutting down", False, False),
+    ],
+)
+def test_which_refusals_are_about_the_recipient(stage, code, reply, about_recipient, refused_us):
+    send = {"to_email": "gone@client.example.jp"}
+    d = Delivery(send, Verdict.FAILED if code >= 500 else Verdict.DEFERRED, reply, code, stage)
+    assert (d.about_recipient, d.refused_us) == (about_recipient, refused_us)

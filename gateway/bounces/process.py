@@ -105,7 +105,7 @@ def apply_bounce(
     conn: Connection,
     *,
     org_id: int,
-    send: dict[str, Any] | None,
+    send: dict[str, Any],
     email: str,
     kind: str,
     status: str = "",
@@ -118,7 +118,8 @@ def apply_bounce(
     reported_email: str = "",
     event_extra: dict[str, Any] | None = None,
 ) -> list[NewEvent]:
-    """Record one hard/soft bounce or complaint; returns the event to emit (the caller appends).
+    """Record one hard/soft bounce or complaint of ``send``, for ``email`` (its address in
+    the comparison form); returns the event to emit (the caller appends).
 
     Recording is all it does: the ``bounces`` row, the send's status, and an
     ``email.bounced`` / ``email.complained`` event.  Whether the address is
@@ -127,7 +128,7 @@ def apply_bounce(
     processor disables.
     """
     now = bounce_store.now()
-    send_id = send["id"] if send else None
+    send_id = send["id"]
     bounce_store.record(
         conn,
         org_id=org_id,
@@ -144,13 +145,10 @@ def apply_bounce(
         matched_by=matched_by,
         at=now,
     )
-    if send_id:
-        if kind == "complaint":
-            bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
-        else:
-            bounce_store.mark_send(
-                conn, send_id, status="bounced", bounce_type=kind, bounced_at=now
-            )
+    if kind == "complaint":
+        bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
+    else:
+        bounce_store.mark_send(conn, send_id, status="bounced", bounce_type=kind, bounced_at=now)
     event = bounce_event(
         org_id,
         send=send,
