@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 
 from storage.schema import inbound
 from storage.schema_bounces import bounces
@@ -28,56 +28,61 @@ SEND_COLUMNS = (
 )
 
 
-def claim_pending(conn: Connection, limit: int) -> list[dict[str, Any]]:
-    """Pending bounce mail, locked for this transaction (other workers skip it)."""
-    q = (
-        select(inbound)
-        .where(inbound.c.channel == "bounce", inbound.c.state == "pending")
-        .order_by(inbound.c.id)
-        .limit(limit)
+def _claimable(now: datetime):
+    return (
+        (inbound.c.channel == "bounce")
+        & (inbound.c.state == "pending")
+        & or_(inbound.c.claimed_until.is_(None), inbound.c.claimed_until < now)
     )
+
+
+def claim_pending(
+    conn: Connection, limit: int, now: datetime, until: datetime
+) -> list[dict[str, Any]]:
+    """Lease up to ``limit`` pending bounce mail rows until ``until``, counting the attempt.
+
+    The claim commits on its own, before any report is processed: a report that
+    breaks its whole processing transaction (or kills its worker) has still
+    used up an attempt, so it is held after a bounded number instead of being
+    claimed for ever.  On PostgreSQL other workers skip the rows being claimed.
+    """
+    pick = select(inbound.c.id).where(_claimable(now)).order_by(inbound.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
+        pick = pick.with_for_update(skip_locked=True)
+    ids = list(conn.execute(pick).scalars())
+    if not ids:
+        return []
+    conn.execute(
+        update(inbound)
+        .where(inbound.c.id.in_(ids))
+        .values(claimed_until=until, attempts=inbound.c.attempts + 1)
+    )
+    q = select(inbound).where(inbound.c.id.in_(ids)).order_by(inbound.c.id)
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def release(conn: Connection, ids: list[int]) -> None:
+    """Give claims back unprocessed (the worker stops or its transaction failed)."""
+    if ids:
+        conn.execute(
+            update(inbound)
+            .where(inbound.c.id.in_(ids), inbound.c.state == "pending")
+            .values(claimed_until=None)
+        )
+
+
 def finish(conn: Connection, inbound_id: int, *, state: str, org_id: int | None, note: str) -> None:
+    """Done or held: the attempts start again from nothing if an operator replays it."""
     conn.execute(
         update(inbound)
         .where(inbound.c.id == inbound_id)
-        .values(state=state, org_id=org_id, last_error=note[:2000], attempts=inbound.c.attempts + 1)
+        .values(state=state, org_id=org_id, last_error=note[:2000], claimed_until=None, attempts=0)
     )
 
 
 def send_by_verp(conn: Connection, token: str) -> dict[str, Any] | None:
     row = conn.execute(select(*SEND_COLUMNS).where(sends.c.verp_token == token)).mappings().first()
     return dict(row) if row else None
-
-
-def send_by_id(conn: Connection, send_id: int) -> dict[str, Any] | None:
-    row = conn.execute(select(*SEND_COLUMNS).where(sends.c.id == send_id)).mappings().first()
-    return dict(row) if row else None
-
-
-def send_by_message_id(conn: Connection, message_id: str) -> dict[str, Any] | None:
-    q = select(*SEND_COLUMNS).where(sends.c.message_id == message_id).order_by(sends.c.id.desc())
-    row = conn.execute(q.limit(1)).mappings().first()
-    return dict(row) if row else None
-
-
-def recent_send_to(conn: Connection, email_norm: str, since: datetime) -> dict[str, Any] | None:
-    """The latest send to this address across orgs (last resort when nothing else matched)."""
-    q = (
-        select(*SEND_COLUMNS)
-        .where(sends.c.to_email == email_norm, sends.c.created_at >= since)
-        .order_by(sends.c.id.desc())
-        .limit(2)
-    )
-    rows = conn.execute(q).mappings().all()
-    # Two orgs mailed the same address recently: attributing it would be a guess.
-    if len(rows) == 2 and rows[0]["org_id"] != rows[1]["org_id"]:
-        return None
-    return dict(rows[0]) if rows else None
 
 
 def record(conn: Connection, **values: Any) -> int:
@@ -96,7 +101,7 @@ def soft_count_between(
     maxima = conn.execute(
         select(
             func.max(sends.c.opened_at), func.max(sends.c.clicked_at), func.max(sends.c.replied_at)
-        ).where(sends.c.org_id == org_id, sends.c.to_email == email_norm)
+        ).where(sends.c.org_id == org_id, func.lower(sends.c.to_email) == email_norm)
     ).one()
     last_ok = max((t for t in maxima if t is not None), default=None)
     start = max(since, last_ok) if last_ok else since

@@ -53,6 +53,7 @@ class EventType(StrEnum):
     RECORD_DELETED = "record.deleted"
     RECORD_CONVERTED = "record.converted"
     SUPPRESSION_LIFTED = "suppression.lifted"
+    RELAY_REFUSED = "relay.refused"
     QUOTA_WARNING = "quota.warning"
     QUOTA_EXHAUSTED = "quota.exhausted"
     CAMPAIGN_SENT = "campaign.sent"

@@ -24,7 +24,7 @@ a :class:`~storage.events.NewEvent`; nothing here touches the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -288,6 +288,36 @@ def suppression_lifted(
     """Someone removed an address from the org's suppression list."""
     data = {"email": email, "reason": reason, "user_id": user_id}
     return NewEvent(org_id, EventType.SUPPRESSION_LIFTED, data, at=at)
+
+
+# -- the relay ------------------------------------------------------------------------
+
+
+def relay_refused(
+    org_id: int,
+    *,
+    stage: str,
+    code: int | None,
+    reply: str,
+    send_ids: Sequence[int],
+    action: str,
+    at: datetime | None = None,
+) -> NewEvent:
+    """The relay refused *us* (our session, sender or message), not a recipient: an alert.
+
+    ``stage`` is where (``session``: greeting, EHLO, AUTH; ``sender``: MAIL
+    FROM; ``data``: after the message, without naming the recipient);
+    ``action`` what became of the sends (``deferred`` or ``failed``).  Nobody
+    is suppressed for it.
+    """
+    data = {
+        "stage": stage,
+        "code": code,
+        "reply": reply[:REPLY_LIMIT],
+        "send_ids": list(send_ids),
+        "action": action,
+    }
+    return NewEvent(org_id, EventType.RELAY_REFUSED, data, at=at)
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -209,6 +209,20 @@ def mark_failed(conn: Connection, items: Sequence[tuple[int, str]]) -> None:
     conn.execute(stmt, [{"sid": sid, "reply": reply[:2000]} for sid, reply in items])
 
 
+def mark_suppressed(conn: Connection, items: Sequence[tuple[int, str]]) -> None:
+    """(send id, reason) → not sent: its address was suppressed after it was queued."""
+    if not items:
+        return
+    stmt = (
+        update(sends)
+        .where(sends.c.id == bindparam("sid"), sends.c.state == "sending")
+        .values(
+            state="failed", status="suppressed", last_reply=bindparam("reply"), claimed_until=None
+        )
+    )
+    conn.execute(stmt, [{"sid": sid, "reply": reply[:2000]} for sid, reply in items])
+
+
 def by_verp_token(conn: Connection, token: str) -> dict[str, Any] | None:
     """The send a bounce's VERP address names (the lead's bounce processing)."""
     row = conn.execute(select(sends).where(sends.c.verp_token == token)).mappings().first()

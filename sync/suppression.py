@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from gateway.addresses import normalise
 from gateway.bounces import BounceKind
 from gateway.clock import Clock
 from storage import bounce_store, suppressions
@@ -43,7 +44,12 @@ class SoftBounceRule:
 
 @dataclass(frozen=True, slots=True)
 class Bounce:
-    """What the decision needs from one ``email.bounced`` / ``email.complained`` event."""
+    """What the decision needs from one ``email.bounced`` / ``email.complained`` event.
+
+    ``email`` is in the one comparison form (:func:`gateway.addresses.normalise`),
+    the form the send API looks suppressions up by: an event written for
+    ``Taro@Client.Example`` suppresses ``taro@client.example``.
+    """
 
     org_id: int
     email: str
@@ -63,7 +69,7 @@ class Bounce:
             kind = BounceKind(data["type"])
         return cls(
             org_id=event.org_id,
-            email=data["email"],
+            email=normalise(data["email"]) or data["email"].lower(),
             kind=kind,
             at=event.at,
             send_id=data.get("send_id"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bounces import BounceKind, BounceReport, classify
+from gateway.bounces import BounceKind, BounceReport, classify, reasons
 
 DISAGREEMENTS = json.loads(
     (Path(__file__).parent / "data" / "bounce_disagreements.json").read_text("utf-8")
@@ -244,3 +244,71 @@ def test_empty_input_says_why_it_is_unrecognised():
     report = classify(b"")
     assert report.kind is BounceKind.UNRECOGNISED
     assert report.reason
+
+
+# -- constructed examples of each MTA family's documented format ------------------------
+
+FAMILIES = Path(__file__).parent / "data" / "bounces"
+FAMILY_EXPECTED = json.loads((FAMILIES / "expected.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_EXPECTED))
+def test_each_mta_family_is_attributed_and_classified(name):
+    """sendmail, qmail, Exim, Postfix, MDaemon, Yahoo, AOL, Lotus, Exchange: the failed
+    recipient, hard or soft, and why -- never ``soft/undefined`` by default."""
+    want = FAMILY_EXPECTED[name]
+    report = classify((FAMILIES / name).read_bytes())
+    assert report.is_bounce, report
+    found = {r.email: (r.severity, r.reason) for r in report.recipients}
+    assert found == {want["recipient"]: (want["severity"], want["reason"])}
+
+
+def test_the_families_cover_the_mtas_the_issue_names():
+    families = {name.split("-", 1)[0] for name in FAMILY_EXPECTED}
+    assert {"sendmail", "qmail", "exim", "postfix", "mdaemon", "yahoo", "aol", "lotus"} <= families
+
+
+@pytest.mark.parametrize(
+    ("status", "reply", "text", "permanent", "want"),
+    [
+        # A permanent failure nothing explains is hard, whether a code or the words say so.
+        ("", "550", "Requested action not taken", False, ("undefined", "hard")),
+        ("", "", "Requested action not taken", True, ("undefined", "hard")),
+        ("", "", "Requested action not taken", False, ("undefined", "soft")),
+        # ... unless its reason is transient by nature.
+        ("", "", "mailbox full", True, ("mailbox_full", "soft")),
+        ("", "", "user is over quota", True, ("mailbox_full", "soft")),
+        ("", "", "account has been suspended", True, ("suspended", "soft")),
+        ("", "", "message expired in the queue", True, ("expired", "soft")),
+        ("5.7.1", "554", "rejected for policy reasons", True, ("policy", "soft")),
+        # The reply the remote server gave decides over an odd Status.
+        ("4.0.0", "550", "5.1.1 user unknown", False, ("user_unknown", "hard")),
+        ("5.1.1", "450", "user unknown, try later", False, ("user_unknown", "soft")),
+        # A refusal of our MAIL FROM is about us, not the recipient.
+        (
+            "",
+            "550",
+            "after MAIL FROM:<x@ours.example>: 550 no such user",
+            True,
+            ("rejected", "soft"),
+        ),
+    ],
+)
+def test_severity_rules(status, reply, text, permanent, want):
+    assert reasons.decide(status, reply, text, permanent=permanent) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "permanent"),
+    [
+        ("----- The following addresses had permanent fatal errors -----", True),
+        ("This is a permanent error; I've given up.", True),
+        ("The attached message had PERMANENT fatal delivery errors!", True),
+        ("Delivery to the following recipient failed permanently:", True),
+        ("Your message could not be delivered.\n<<< 550 5.1.1 unknown", True),
+        ("Your message could not be delivered.\n<<< 451 try later", False),
+        ("THIS IS A WARNING MESSAGE ONLY", False),
+    ],
+)
+def test_what_says_a_failure_is_permanent(text, permanent):
+    assert reasons.says_permanent(text) is permanent

@@ -122,6 +122,16 @@ def samples() -> dict[str, list[NewEvent]]:
         "suppression_lifted": [
             payloads.suppression_lifted(7, email="a@b.jp", reason="manual", user_id=3)
         ],
+        "relay_refused": [
+            payloads.relay_refused(
+                7,
+                stage="session",
+                code=530,
+                reply="530 5.7.0 auth",
+                send_ids=[41],
+                action="deferred",
+            )
+        ],
     }
 
 

@@ -3,9 +3,11 @@
 What arrives at the relay is checked where it matters: the VERP envelope
 sender, the Japanese subject as UTF-8 encoded words, an unfolded
 List-Unsubscribe with one-click, our send header, and a DKIM signature that
-dkimpy verifies.  Relay refusals: 4xx is retried and delivered, 5xx fails and
-suppresses the address, a relay that is down gets the mail once it is up —
-also across a restart of mailgate.
+dkimpy verifies.  Relay refusals: 4xx is retried and delivered; a 5xx about
+the recipient fails the send as a bounce, hard (suppressed) or soft by the
+bounce policy; a 5xx about us (greeting, AUTH, MAIL FROM) suppresses nobody,
+raises ``relay.refused`` and waits for the operator; a relay that is down gets
+the mail once it is up — also across a restart of mailgate.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import base64
 import email
 import email.policy
 import re
+import smtplib
+import uuid
 from email.header import decode_header, make_header
 from pathlib import Path
 
@@ -21,10 +25,14 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
 
 from gateway.bounces.verp import verp_token
+from gateway.sending.outcomes import Delivery, Stage, Verdict
 from storage import sends as send_store
+from storage.schema_sending import sends
 from tests.support import smtp_sink
+from tests.support.scripted_relay import RefusingGreeting, Script, ScriptedRelay
 from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -241,16 +249,14 @@ def test_permanent_refusal_fails_bounces_and_suppresses_the_address(
 ):
     _, _, api = people
     lead = new_lead(api, "gone@client.example.jp")
-    relay = sink(relay_port, "-f", "RCPT")
-    try:
+    unknown = "550 5.1.1 <gone@client.example.jp>: Recipient address rejected: User unknown"
+    with ScriptedRelay(relay_port, Script(rcpt={"gone@client.example.jp": unknown})):
         r = api.post(
             "/api/v1/emails",
             json={"to": [{"module": "leads", "id": lead}], "subject": "hello", "text": "x"},
         )
         sid = r.json()["sends"][0]["id"]
         failed = wait_state(api, sid, "failed")
-    finally:
-        relay.stop()
     assert failed["status"] == "bounced" and failed["bounce_type"] == "hard"
     assert failed["last_reply"].startswith("5")
     server.drain_consumers()  # the suppression consumer acts on the recorded bounce
@@ -295,3 +301,164 @@ def test_relay_url_forms_parse():
     for bad in ("http://relay", "smtp://", "smtps://h?starttls=1", "smtp://h:99999"):
         with pytest.raises(ValueError):
             RelayConfig.parse(bad)
+
+
+def _send_to(api, *emails: str) -> list[int]:
+    leads = [new_lead(api, e) for e in emails]
+    r = api.post(
+        "/api/v1/emails",
+        json={"to": [{"module": "leads", "id": i} for i in leads], "subject": "件名", "text": "x"},
+    )
+    assert r.status_code == 202, r.text
+    return [s["id"] for s in r.json()["sends"]]
+
+
+def _verp_token(server, send_id: int) -> str:
+    async def go() -> str:
+        async with server.db.connect() as conn:
+            q = select(sends.c.verp_token).where(sends.c.id == send_id)
+            return (await conn.execute(q)).scalar_one()
+
+    return server.call(go())
+
+
+def _suppressed(api) -> dict[str, str]:
+    return {s["email"]: s["reason"] for s in api.get("/api/v1/suppressions").json()["items"]}
+
+
+def test_full_mailbox_and_policy_refusals_at_rcpt_are_soft_bounces(server, people, relay_port):
+    _, _, api = people
+    script = Script(
+        rcpt={
+            "full@client.example.jp": "552 5.2.2 <full@client.example.jp>: Mailbox full",
+            "policy@client.example.jp": "554 5.7.1 <policy@client.example.jp>: Relay access "
+            "denied by policy",
+        }
+    )
+    with ScriptedRelay(relay_port, script):
+        ids = _send_to(api, "full@client.example.jp", "policy@client.example.jp")
+        done = [wait_state(api, sid, "failed") for sid in ids]
+    assert [(d["status"], d["bounce_type"]) for d in done] == [("bounced", "soft")] * 2
+    server.drain_consumers()
+    assert not {"full@client.example.jp", "policy@client.example.jp"} & set(_suppressed(api))
+    bounced = {e["data"]["send_id"]: e["data"] for e in events_of(api, "email.bounced")}
+    assert [bounced[sid]["type"] for sid in ids] == ["soft", "soft"]
+    assert bounced[ids[0]]["reason"] == "mailbox_full"
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        pytest.param(Script(mail="530 5.7.0 Authentication required"), id="530-auth-required"),
+        pytest.param(Script(mail="553 5.7.1 Sender address rejected: not owned"), id="553-mail"),
+        pytest.param(None, id="554-greeting"),
+    ],
+)
+def test_a_relay_refusing_us_suppresses_nobody_raises_an_alert_and_the_mail_waits(
+    server, people, relay_port, refusal
+):
+    """A relay with wrong credentials must not wipe the list: no bounce, no suppression."""
+    _, _, api = people
+    tag = uuid.uuid4().hex[:6]
+    emails = [f"a-{tag}@client.example.jp", f"b-{tag}@client.example.jp"]
+    relay = RefusingGreeting(relay_port) if refusal is None else ScriptedRelay(relay_port, refusal)
+    with relay:
+        ids = _send_to(api, *emails)
+        alerts = wait_until(
+            lambda: [
+                e for e in events_of(api, "relay.refused") if set(ids) & set(e["data"]["send_ids"])
+            ]
+        )
+        states = [send_state(api, sid) for sid in ids]
+    assert alerts[0]["data"]["stage"] == ("session" if refusal is None else "sender")
+    assert alerts[0]["data"]["code"] == int(alerts[0]["data"]["reply"][:3]) >= 500
+    assert alerts[0]["data"]["action"] == "deferred"
+    assert all(s["state"] in ("deferred", "sending", "queued") for s in states), states
+    assert all(s["status"] != "bounced" for s in states)
+    server.drain_consumers()
+    assert not set(emails) & set(_suppressed(api))
+    assert not [e for e in events_of(api, "email.bounced") if e["data"]["send_id"] in ids]
+    # The operator fixes the relay: the mail that waited goes out.
+    relay = sink(relay_port)
+    try:
+        assert all(wait_state(api, sid, "sent")["status"] == "sent" for sid in ids)
+    finally:
+        relay.stop()
+
+
+def test_a_refusal_after_data_is_a_bounce_only_when_it_names_the_recipient(
+    server, people, relay_port
+):
+    _, _, api = people
+    with ScriptedRelay(relay_port, Script(data="550 5.1.1 <{rcpt}>: mailbox unavailable")):
+        (named,) = _send_to(api, "named@client.example.jp")
+        assert wait_state(api, named, "failed")["bounce_type"] == "hard"
+    with ScriptedRelay(relay_port, Script(data="554 5.6.0 Message content rejected")):
+        (content,) = _send_to(api, "content@client.example.jp")
+        failed = wait_state(api, content, "failed")
+    assert failed["status"] == "failed" and failed["bounce_type"] is None
+    server.drain_consumers()
+    suppressed = _suppressed(api)
+    assert suppressed.get("named@client.example.jp") == "hard_bounce"
+    assert "content@client.example.jp" not in suppressed
+    (alert,) = [e for e in events_of(api, "relay.refused") if content in e["data"]["send_ids"]]
+    assert (alert["data"]["stage"], alert["data"]["action"]) == ("data", "failed")
+
+
+def test_a_send_whose_address_was_suppressed_after_it_was_queued_is_not_delivered(
+    server, people, relay_port
+):
+    """Deferred while the relay was down; meanwhile a bounce for ``Taro@…`` (stored with
+    upper case) suppressed the address; once the relay is back the send must not go out."""
+    _, _, api = people
+    address = f"Taro{uuid.uuid4().hex[:6]}@Client.Example"
+    relay = sink(relay_port)
+    try:
+        (first,) = _send_to(api, address)
+        wait_state(api, first, "sent")
+    finally:
+        relay.stop()
+    (second,) = _send_to(api, address)  # the relay is down: it waits
+    wait_until(lambda: send_state(api, second)["state"] == "deferred")
+    token = _verp_token(server, first)
+    dsn = (
+        "From: MAILER-DAEMON@mx.client.example\r\nSubject: Undelivered Mail\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;"
+        " boundary=B\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.client.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {address}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n--B--\r\n"
+    ).encode()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port) as s:
+        s.sendmail("", [f"bounces+{token}@{MAIL_DOMAIN}"], dsn)
+    server.drain("bounces")
+    wait_until(lambda: send_state(api, first)["status"] == "bounced")
+    server.drain_consumers()
+    assert _suppressed(api).get(address.lower()) == "hard_bounce"
+    relay = sink(relay_port)
+    try:
+        stopped = wait_state(api, second, "failed")
+        assert all(f"X-Mailgate-Send: {second}".encode() not in m for m in relay.messages())
+    finally:
+        relay.stop()
+    assert stopped["status"] == "suppressed"
+    assert "suppressed (hard_bounce)" in stopped["last_reply"]
+    failed = [e for e in events_of(api, "email.failed") if e["data"]["send_id"] == second]
+    assert failed and "suppressed" in failed[0]["data"]["reply"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "reply", "about_recipient", "refused_us"),
+    [
+        (Stage.RECIPIENT, 550, "550 5.1.1 user unknown", True, False),
+        (Stage.DATA, 550, "550 5.1.1 <Gone@Client.example.jp>: unknown", True, False),
+        (Stage.DATA, 554, "554 5.6.0 content rejected", False, True),
+        (Stage.SENDER, 553, "553 5.7.1 sender not owned", False, True),
+        (Stage.SESSION, 530, "530 5.7.0 Authentication required", False, True),
+        (Stage.SESSION, 421, "421 4.3.2 shutting down", False, False),
+    ],
+)
+def test_which_refusals_are_about_the_recipient(stage, code, reply, about_recipient, refused_us):
+    send = {"to_email": "gone@client.example.jp"}
+    d = Delivery(send, Verdict.FAILED if code >= 500 else Verdict.DEFERRED, reply, code, stage)
+    assert (d.about_recipient, d.refused_us) == (about_recipient, refused_us)

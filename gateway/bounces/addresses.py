@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.addresses import normalise
+
 ADDRESS_RE = re.compile(
     r"(?<![\w.+=/-])([\w.!#$%&'*+/=?^`{|}~-]+@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
     r"[a-z0-9][a-z0-9-]*[a-z0-9])(?![\w-])",
@@ -32,6 +34,12 @@ _SYSTEM_LOCALPARTS = frozenset(
 )
 
 
+def comparable(address: str) -> str:
+    """The one comparison form (:func:`gateway.addresses.normalise`), as suppressions and
+    the send API look addresses up: ``Taro@Client.Example`` → ``taro@client.example``."""
+    return normalise(address) or address.strip().lower()
+
+
 def extract_address(value: str) -> str:
     """``rfc822; <Foo@Example.COM>`` → ``foo@example.com``; ``""`` if no address."""
     if not value:
@@ -56,7 +64,10 @@ def find_all(text: str) -> list[str]:
 
 def is_system(address: str) -> bool:
     local = address.split("@", 1)[0].lower()
-    return local in _SYSTEM_LOCALPARTS or local.startswith(("mailer-daemon", "postmaster"))
+    # ``bounces+…`` is a VERP return path: ours, or another sender's, never a recipient.
+    return local in _SYSTEM_LOCALPARTS or local.startswith(
+        ("mailer-daemon", "postmaster", "bounces+")
+    )
 
 
 def lines_about(text: str, email: str) -> str:

@@ -1,29 +1,36 @@
 """From a recognised report to a record: tie it to a send, record it, emit its event.
 
-The order of attribution follows Mailman: the VERP token of the address the
-bounce came to; else our ``X-Mailgate-Send`` header or the Message-ID found in
-the returned original; else the latest send to the bounced address.  What
-cannot be recognised or attributed is kept (``inbound.state = 'held'``) for an
-operator, never deleted.  Suppressing the address is not done here: the
-suppression consumer (:mod:`sync.suppression`) decides it from the event.
+Only the VERP token of the address the report came to attributes it to a send:
+the token is the random ``sends.verp_token`` in that send's return path, which
+nobody but the relays on the way and the recipient ever saw.  Anything the
+report says inside -- the addresses it names, our ``X-Mailgate-Send`` header or
+the Message-ID of the returned original -- anyone who can reach our SMTP port
+can write, so it is never grounds to suppress: a report only ever acts on the
+address its send went to, and a report without a valid token is kept
+(``inbound.state = 'held'``) with those hints for a human.  Mail that cannot be
+recognised is kept the same way, never deleted.  Suppressing the address is not
+done here: the suppression consumer (:mod:`sync.suppression`) decides it from
+the event.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.bounces import BounceKind, BounceReport, classify, verp_token
+from gateway.bounces import BouncedRecipient, BounceKind, BounceReport, classify, mime, verp_token
+from gateway.bounces.addresses import ADDRESS_RE, comparable
 from gateway.ingest.parse import parse
 from storage import bounce_store, events, tracking_store
 from storage.events import NewEvent
 from storage.payloads import bounce_event
 from tracking.unsubscribe import apply_unsubscribe
 
-RECIPIENT_LOOKBACK = timedelta(days=30)
+#: Times one kept report is tried before it is held for a human (a report that
+#: breaks its whole transaction, not just its savepoint, must not loop forever).
+MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -41,40 +48,66 @@ class Outcome:
     recorded: list[dict[str, Any]] = field(default_factory=list)
 
 
-def find_send(
-    conn: Connection, report: BounceReport, rcpt_to: list[str], mail_domain: str
-) -> tuple[dict[str, Any] | None, str]:
+def find_send(conn: Connection, rcpt_to: list[str], mail_domain: str) -> dict[str, Any] | None:
+    """The send whose VERP return path the report came to; None without a valid token."""
     for address in rcpt_to:
         token = verp_token(address, mail_domain)
         if token:
             send = bounce_store.send_by_verp(conn, token)
             if send:
-                return send, "verp"
+                return send
+    return None
+
+
+#: Where a report fetched from a bounce mailbox (no SMTP envelope of ours) says which
+#: address it was delivered to: the report's own headers, never the returned original's.
+DELIVERY_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To")
+
+
+def return_paths(row: dict[str, Any]) -> list[str]:
+    """The addresses a kept report was delivered to: its SMTP envelope, or, for mail fetched
+    from a bounce mailbox, its own delivery headers.
+
+    Either way only a valid VERP token in one of them attributes it, and whoever can
+    write these can as well send to that VERP address over SMTP: the token is the secret.
+    """
+    if row["rcpt_to"]:
+        return list(row["rcpt_to"])
+    msg = mime.parse(bytes(row["raw"]))
+    found: list[str] = []
+    for name in DELIVERY_HEADERS:
+        for value in msg.get_all(name) or []:
+            text = mime.decode_header_value(value)
+            found += [m.group(1) for m in ADDRESS_RE.finditer(text)]  # tokens keep their case
+    return found
+
+
+def untrusted_hints(report: BounceReport) -> str:
+    """What the report claims about whom it concerns, for the human who reads held mail."""
+    hints = []
     header = (report.original_headers.get("X-Mailgate-Send") or "").strip()
-    if header.isdigit():
-        send = bounce_store.send_by_id(conn, int(header))
-        if send:
-            return send, "header"
+    if header:
+        hints.append(f"X-Mailgate-Send {header[:40]}")
     if report.original_message_id:
-        send = bounce_store.send_by_message_id(conn, report.original_message_id.strip("<>"))
-        if send:
-            return send, "message_id"
-    since = bounce_store.now() - RECIPIENT_LOOKBACK
-    for r in report.recipients:
-        send = bounce_store.recent_send_to(conn, r.email, since)
-        if send:
-            return send, "recipient"
-    return None, ""
+        hints.append(f"Message-ID {report.original_message_id[:200]}")
+    named = [r.email for r in report.recipients[:5]]
+    if named:
+        hints.append("names " + ", ".join(named))
+    return "; ".join(hints) or "nothing"
+
+
+def _clean(text: str) -> str:
+    """Text as every database stores it: PostgreSQL refuses NUL in text and JSON."""
+    return text.replace("\x00", "")
 
 
 def apply_bounce(
     conn: Connection,
     *,
     org_id: int,
-    send: dict[str, Any] | None,
+    send: dict[str, Any],
     email: str,
     kind: str,
-    policy: Policy | None = None,
     status: str = "",
     reply_code: str = "",
     reason: str = "",
@@ -85,18 +118,17 @@ def apply_bounce(
     reported_email: str = "",
     event_extra: dict[str, Any] | None = None,
 ) -> list[NewEvent]:
-    """Record one hard/soft bounce or complaint; returns the event to emit (the caller appends).
+    """Record one hard/soft bounce or complaint of ``send``, for ``email`` (its address in
+    the comparison form); returns the event to emit (the caller appends).
 
     Recording is all it does: the ``bounces`` row, the send's status, and an
     ``email.bounced`` / ``email.complained`` event.  Whether the address is
     suppressed is decided by the suppression consumer (:mod:`sync.suppression`)
     reading that event, as Mailman's BounceRunner records and a separate
-    processor disables.  ``policy`` is no longer read here; it stays accepted
-    for callers written before the split.
+    processor disables.
     """
-    del policy
     now = bounce_store.now()
-    send_id = send["id"] if send else None
+    send_id = send["id"]
     bounce_store.record(
         conn,
         org_id=org_id,
@@ -113,13 +145,10 @@ def apply_bounce(
         matched_by=matched_by,
         at=now,
     )
-    if send_id:
-        if kind == "complaint":
-            bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
-        else:
-            bounce_store.mark_send(
-                conn, send_id, status="bounced", bounce_type=kind, bounced_at=now
-            )
+    if kind == "complaint":
+        bounce_store.mark_send(conn, send_id, status="complained", complained_at=now)
+    else:
+        bounce_store.mark_send(conn, send_id, status="bounced", bounce_type=kind, bounced_at=now)
     event = bounce_event(
         org_id,
         send=send,
@@ -137,20 +166,18 @@ def apply_bounce(
     return [event]
 
 
-def _targets(report: BounceReport, send: dict[str, Any], matched_by: str):
-    """(address, report entry) pairs to act on.
+def target(report: BounceReport, send: dict[str, Any]) -> tuple[str, BouncedRecipient | None]:
+    """The one address a report acts on -- its send's -- and what the report says about it.
 
     A VERP address names exactly one send, so exactly its recipient, whatever
-    the report lists (a redacted complaint lists nobody).  Otherwise every
-    recipient the report names, each checked against the send it matched.
+    the report lists: its entry for that address, else its only or first entry
+    (a forwarded mailbox reports under another name; a redacted complaint
+    names nobody).
     """
-    by_email = {r.email: r for r in report.recipients}
-    if matched_by == "verp" or not report.recipients:
-        entry = by_email.get(send["to_email"]) or (
-            report.recipients[0] if report.recipients else None
-        )
-        return [(send["to_email"], entry)]
-    return list(by_email.items())
+    email = comparable(send["to_email"])
+    by_email = {comparable(r.email): r for r in report.recipients}
+    entry = by_email.get(email) or (report.recipients[0] if report.recipients else None)
+    return email, entry
 
 
 def _mailto_unsubscribe(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcome | None:
@@ -178,54 +205,55 @@ def process_one(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcom
         return Outcome("held", f"unrecognised: {report.reason}"[:500])
     if report.kind == BounceKind.AUTOREPLY:
         return Outcome("done", "auto-reply (not a bounce)")
-    send, matched_by = find_send(conn, report, row["rcpt_to"] or [], policy.mail_domain)
+    send = find_send(conn, return_paths(row), policy.mail_domain)
     if send is None:
-        return Outcome("held", f"{report.kind.value}: no send found for it")
-    org_id = send["org_id"]
-    new_events: list[NewEvent] = []
-    outcome = Outcome("done", f"{report.kind.value} via {matched_by}", org_id=org_id)
-    for email, r in _targets(report, send, matched_by):
-        if report.kind == BounceKind.COMPLAINT:
-            kind = "complaint"
-        elif r is not None and r.severity in ("hard", "soft"):
-            kind = r.severity
-        else:
-            kind = "hard" if report.kind == BounceKind.HARD else "soft"
-        new_events += apply_bounce(
-            conn,
-            org_id=org_id,
-            send=send if email == send["to_email"] else None,
-            email=email,
-            kind=kind,
-            policy=policy,
-            status=r.status if r else "",
-            reply_code=r.reply_code if r else "",
-            reason=r.reason if r else "",
-            diagnostic=r.diagnostic if r else "",
-            feedback_type=report.feedback_type,
-            matched_by=matched_by,
-            inbound_id=row["id"],
-            reported_email=r.email if r else "",
-        )
-        outcome.recorded.append({"email": email, "kind": kind})
+        note = f"{report.kind.value} without a valid VERP token; untrusted hints: "
+        return Outcome("held", _clean(note + untrusted_hints(report))[:500])
+    email, r = target(report, send)
+    if report.kind == BounceKind.COMPLAINT:
+        kind = "complaint"
+    elif r is not None and r.severity in ("hard", "soft"):
+        kind = r.severity
+    else:
+        kind = "hard" if report.kind == BounceKind.HARD else "soft"
+    new_events = apply_bounce(
+        conn,
+        org_id=send["org_id"],
+        send=send,
+        email=email,
+        kind=kind,
+        status=_clean(r.status) if r else "",
+        reply_code=_clean(r.reply_code) if r else "",
+        reason=r.reason if r else "",
+        diagnostic=_clean(r.diagnostic) if r else "",
+        feedback_type=_clean(report.feedback_type),
+        matched_by="verp",
+        inbound_id=row["id"],
+        reported_email=_clean(r.email) if r else "",
+    )
     events.append_sync(conn, new_events)
+    outcome = Outcome("done", f"{report.kind.value} via verp", org_id=send["org_id"])
+    outcome.recorded.append({"email": email, "kind": kind})
     return outcome
 
 
-def process_batch(conn: Connection, policy: Policy, limit: int = 100) -> int:
-    """Claim up to ``limit`` kept bounce messages and process them; returns how many.
+def process_rows(conn: Connection, rows: list[dict[str, Any]], policy: Policy) -> None:
+    """Process claimed reports, each in its own savepoint, and write down what became of each.
 
-    Each message runs in its own savepoint: one that breaks is rolled back alone
-    and kept as ``held`` for a human, and its neighbours in the batch still commit.
+    One that breaks is rolled back alone and kept as ``held`` for a human; its
+    neighbours still commit.  One claimed more than :data:`MAX_ATTEMPTS` times
+    (it broke the whole transaction before, or killed its worker) is held
+    without being tried again.
     """
-    rows = bounce_store.claim_pending(conn, limit)
     for row in rows:
-        try:
-            with conn.begin_nested():
-                outcome = process_one(conn, row, policy)
-        except Exception as exc:  # noqa: BLE001 - keep it for a human rather than loop on it
-            outcome = Outcome("held", f"error: {type(exc).__name__}: {exc}"[:500])
+        if row["attempts"] > MAX_ATTEMPTS:
+            outcome = Outcome("held", f"gave up after {MAX_ATTEMPTS} attempts: {row['last_error']}")
+        else:
+            try:
+                with conn.begin_nested():
+                    outcome = process_one(conn, row, policy)
+            except Exception as exc:  # noqa: BLE001 - keep it for a human rather than loop on it
+                outcome = Outcome("held", f"error: {type(exc).__name__}: {exc}")
         bounce_store.finish(
-            conn, row["id"], state=outcome.state, org_id=outcome.org_id, note=outcome.note
+            conn, row["id"], state=outcome.state, org_id=outcome.org_id, note=_clean(outcome.note)
         )
-    return len(rows)

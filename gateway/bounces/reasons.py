@@ -35,7 +35,8 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"over ?quota|quota (exceeded|exceeds|full)|exceed\w* (the )?(storage|quota)|"
             r"storage (allocation|quota)|out of storage|insufficient (system )?storage|"
             r"user.{0,20}(has exhausted|is over|has reached).{0,30}(quota|storage|limit)|"
-            r"mailbox size limit|mail ?box (has )?exceeded|disk quota|"
+            r"mailbox size limit|mail ?box (has )?exceeded|mailbox exceeds|disk quota|"
+            r"mail ?folder is full|"
             r"full mailbox|inbox is full|not enough (disk )?space|"
             r"メールボックスが一杯|容量(が|を)?(超|オーバー|不足|一杯)",
         ),
@@ -43,13 +44,13 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             "message_too_big",
             r"message (size )?(is )?too (big|large)|message.{0,20}exceeds.{0,30}(size|limit)|"
             r"size (limit )?exceeded|exceeds (the )?(maximum|fixed) .{0,20}size|"
-            r"message length exceeds|mail size (limit|too)",
+            r"message length exceeds|mail size (limit|too)|line limit exceeded|line too long",
         ),
         (
             "suspended",
             r"(account|mailbox|address|user).{0,60}(is |has been )?"
             r"(disabled|suspended|deactivated|inactive|expired|locked|frozen)\b|"
-            r"(disabled|suspended|inactive|deactivated) (account|mailbox|user)|"
+            r"(disabled|suspended|inactive|deactivated) (recipient |account|mailbox|user)|"
             r"not (an )?active|mailbox unavailable.{0,20}(inactive|disabled)|"
             r"利用(停止|を停止)",
         ),
@@ -57,7 +58,9 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
         (
             "sender_rejected",
             r"sender (address )?(rejected|refused|denied|blocked)|"
-            r"domain of sender address .{0,80} does not exist",
+            r"domain of sender address .{0,80} does not exist|unroutable sender|"
+            r"from: domain is invalid|provide a valid from|"
+            r"not have permission to post|not (allowed|authorized) to post",
         ),
         ("filtered", r"due to recipient preferences|domain filter"),
         (
@@ -69,6 +72,7 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"procmail|couldn't create|mailer error|command died|pipe to |"
             r"unknown mailer",
         ),
+        ("blocked", r"bad dns ptr|ptr resource record|invalid ip for sending"),
         (
             "not_accept",
             r"no smtp service|null mx|does not accept (e-?mail|mail)|accepts no mail",
@@ -78,7 +82,11 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"address has (changed|moved)|has moved|no longer (valid|in use|available|used)|"
             r"moved (to|permanently)",
         ),
-        ("network_error", r"host not found, try again|unexpected name server reply|temporary dns"),
+        (
+            "network_error",
+            r"host not found, try again|unexpected name server reply|temporary dns|"
+            r"host not reachable|unable to connect|did not accept our requests to connect",
+        ),
         (
             "host_unknown",
             r"host (or domain name )?(unknown|not found)|unknown host|"
@@ -110,7 +118,8 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"couldn't be found|could not be found|unable to find|"
             r"mailbox (name )?(not|is not) (allowed|found)|"
             r"this (user|recipient) doesn't have|no account|does not have an account|"
-            r"not listed in (domino|public)|user doesn't have a|存在しない|宛先(が)?不明|"
+            r"not listed in (domino|public)|ディレクトリ(の)?リストにありません|"
+            r"user doesn't have a|存在しない|宛先(が)?不明|"
             r"recipient name is not recognized|check if (the )?address is correct|"
             r"recipnotfound|invalid final delivery userid|"
             r"recipient address rejected\.?\s*$|見つかりません|"
@@ -122,7 +131,9 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
             r"(could|couldn't|was|has) not been delivered.{0,30}(days|hours)|"
             r"delivery time ?out|too long in (the )?queue|"
             r"(undeliverable|undelivered).{0,20}for .{0,10}(days|hours)|"
-            r"giving up|given up|timeout exceeded|maximum time",
+            r"giving up(?! on [\d\[])|(?<!i've )given up|timeout exceeded|maximum time|"
+            r"in the queue too long|"
+            r"failed \d+ attempts|aborted after .{0,10}hour|failing for a long time",
         ),
         (
             "spam",
@@ -147,13 +158,21 @@ _PHRASES: list[tuple[str, re.Pattern[str]]] = [
         ),
         (
             "security_error",
-            r"authentication (required|failed)|\bspf\b|\bdkim\b|dmarc|tls (is )?required",
+            r"authentication (required|failed)|unauthenticated|without authentication|"
+            r"\bspf\b|\bdkim\b|dmarc|tls (is )?required",
         ),
-        ("policy", r"policy|not accepted|rejected for policy"),
+        ("policy", r"policy|not accepted|rejected for policy|protocol violation"),
+        (
+            "syntax_error",
+            r"syntax error|command (parameter )?not (implemented|recognized)|"
+            r"unrecognized command|malformed address|bad sequence of commands",
+        ),
+        ("content_error", r"improper use of 8-bit|8-?bit data|header error"),
         ("network_error", r"network|connection (timed out|lost|reset)|no route to host"),
         (
             "system_error",
-            r"system error|internal error|local error|temporar\w+ (local )?(problem|failure)",
+            r"system error|internal error|local error|temporar\w+ (local )?(problem|failure)|"
+            r"transaction failed|service (currently )?unavailable",
         ),
         ("rejected", r"rejected|refused|denied"),
     ]
@@ -209,24 +228,67 @@ def first_reply_code(text: str) -> str:
 
 
 def reason_from_text(text: str) -> str:
+    """The first phrase that names a reason, in the text or in it with its lines joined
+    (MTAs wrap their explanations anywhere: ``Host not found,\n try again``)."""
     if not text:
         return ""
+    joined = " ".join(text.split())
     for reason, pattern in _PHRASES:
-        if pattern.search(text):
+        if pattern.search(text) or pattern.search(joined):
             return reason
     return ""
+
+
+# RFC 3463 subject → reason, for a detail the table does not know (``5.7.6``, ``5.4.14``).
+_SUBJECT_REASONS = {
+    "3": "system_error",
+    "4": "network_error",
+    "5": "syntax_error",
+    "6": "content_error",
+    "7": "security_error",
+}
 
 
 def reason_from_status(status: str) -> str:
     if not status or status.count(".") != 2:
         return ""
     _, subject, detail = status.split(".")
-    return _STATUS_REASONS.get(f"{subject}.{detail}", "")
+    found = _STATUS_REASONS.get(f"{subject}.{detail}", "")
+    if not found and detail != "0":
+        found = _SUBJECT_REASONS.get(subject, "")
+    return found
+
+
+#: A final report that says its failure is permanent, in the words MTAs use
+#: (sendmail's "permanent fatal errors", qmail's and Exim's "This is a permanent
+#: error", Gmail's "failed permanently", Lotus' and others' "PERMANENT").
+_PERMANENT_RE = re.compile(
+    r"permanent(ly)? (fatal )?(error|failure|fail)|fail(ed|ure)? permanently|"
+    r"permanent fatal errors|\bPERMANENT\b|unrecoverable error|"
+    r"will not (be )?(retry|retried|try again)|not going to try again",
+    re.I,
+)
+_UNDELIVERED_RE = re.compile(r"could not be delivered|couldn't be delivered|undeliverable", re.I)
+
+
+def says_permanent(text: str) -> bool:
+    """True when the report says the failure is final and permanent.
+
+    "Could not be delivered" alone is said of temporary failures too; with a
+    5xx reply in the transcript it is permanent.
+    """
+    if not text:
+        return False
+    joined = " ".join(text.split())
+    if _PERMANENT_RE.search(joined):
+        return True
+    return bool(_UNDELIVERED_RE.search(joined) and first_reply_code(text).startswith("5"))
 
 
 _COMMAND_RE = re.compile(
     r"(?:in reply to|after|response to|during|while|error in)\s+(?:the\s+)?"
-    r"(rcpt(?: to)?|mail(?: from)?|end of data|data|connect)|^\s*>>>\s*(rcpt|mail|data)\b|"
+    r"(rcpt(?: to)?|mail(?: from)?|end of data|data|connect|initial connection|greeting)|"
+    r"^\s*>>>\s*(rcpt|mail|data)\b|"
     r"smtp:(rcpt|mail|data)\b|for (text) command|\[(rcpt|"
     r"mail|data)_?(?:to|from)?\]|most progress was (rcpt|mail)|"
     r"does not like (recipient)|(rcpt) to:<[^>]*>\s*\n?\s*<<<|smtp command:?\s*(rcpt|mail|data)\b",
@@ -243,26 +305,38 @@ def smtp_command(text: str) -> str:
     command = ""
     for match in _COMMAND_RE.finditer(text or ""):
         word = next(g for g in match.groups() if g).split()[0].upper()
-        command = {"END": "DATA", "TEXT": "DATA", "RECIPIENT": "RCPT"}.get(word, word)
+        command = {
+            "END": "DATA",
+            "TEXT": "DATA",
+            "RECIPIENT": "RCPT",
+            "INITIAL": "CONNECT",
+            "GREETING": "CONNECT",
+        }.get(word, word)
     return command
 
 
 _GENERIC_REASONS = frozenset({"rejected", "policy", "system_error"})
 
 
-def decide(status: str, reply_code: str, *evidences: str) -> tuple[str, Severity]:
+def decide(
+    status: str, reply_code: str, *evidences: str, permanent: bool = False
+) -> tuple[str, Severity]:
     """Reason slug and severity for one failed recipient.
 
     ``evidences`` go from the most to the least specific text (the
     recipient's own diagnostic, the lines around it, the whole report); the
     first that names a reason decides, so a phrase elsewhere in a long
     report cannot override what was said about this recipient.
+    ``permanent``: the report says the failure is final (its own words,
+    :func:`says_permanent`, or flufl.bounce's verdict for a format it knows).
 
     "User unknown" is believed unless the failure came after ``DATA``: an
     MTA that accepted the recipient at ``RCPT TO`` and then refuses the
     content is filtering, whatever words it uses.  KDDI/au's domain filter
     answers "550 : User unknown" (an empty address) to senders a subscriber
-    blocked; the subscriber exists, so that is a soft ``filtered``.
+    blocked; the subscriber exists, so that is a soft ``filtered``.  A
+    refusal in reply to ``MAIL FROM`` or at connection time is about us, the
+    sender, never about the recipient's address.
     """
     specific = reason_from_status(status)
     if specific == "rejected":
@@ -275,23 +349,49 @@ def decide(status: str, reply_code: str, *evidences: str) -> tuple[str, Severity
     if reason in _GENERIC_REASONS and specific in HARD_REASONS | {"mailbox_full", "suspended"}:
         reason = specific
     everything = "\n".join(evidences)
+    command = smtp_command(everything)
     # An X.1.x code said about this recipient (its diagnostic or its own report
     # line: sendmail prints "550 5.1.1 <addr>... User unknown" for a pipelined RCPT)
     # corroborates the unknown user whatever command the transcript shows last.
     own_lines = "\n".join(evidences[:2])
     corroborated = status.startswith(("5.1.", "4.1.")) or bool(_SENDMAIL_RCPT_RE.search(own_lines))
     if reason == "user_unknown" and not corroborated:
-        if smtp_command(everything) == "DATA" or _CARRIER_FILTER_RE.search(everything):
+        if command == "DATA" or _CARRIER_FILTER_RE.search(everything):
             reason = "filtered"
+    if command in _SESSION_REFUSALS and reason in HARD_REASONS | _GENERIC_REASONS | {""}:
+        reason = _SESSION_REFUSALS[command]
     if not reason:
         reason = specific or "undefined"
-    return reason, severity(reason, status, reply_code)
+    return reason, severity(reason, status, reply_code, permanent=permanent)
 
 
-def severity(reason: str, status: str = "", reply_code: str = "") -> Severity:
-    if reason in HARD_REASONS:
+#: A refusal at these stages is about our session or sender address.
+_SESSION_REFUSALS = {"MAIL": "rejected", "CONNECT": "blocked"}
+
+
+def code_class(status: str, reply_code: str) -> str:
+    """``"5"``, ``"4"`` or ``""``: the SMTP reply the remote server gave decides over a
+    missing or odd ``Status:`` (the reporting MTA's summary of it)."""
+    for code in (reply_code, status):
+        if code[:1] in ("4", "5"):
+            return code[:1]
+    return ""
+
+
+def severity(
+    reason: str, status: str = "", reply_code: str = "", *, permanent: bool = False
+) -> Severity:
+    """Hard only for a bad address, or for a permanent failure nothing explains.
+
+    A reason transient by nature (mailbox full, suspended, expired, blocked …)
+    is soft whatever the code: repeated, it suppresses all the same.  An
+    ``undefined`` failure is hard when a 5xx said so or the report calls it
+    permanent, soft otherwise.
+    """
+    code = code_class(status, reply_code)
+    if reason in HARD_REASONS or reason == "not_accept":
         # A temporary code for an unknown user (greylisting MTAs do this) stays soft.
-        return "soft" if status.startswith("4") or reply_code.startswith("4") else "hard"
-    if reason == "not_accept":
-        return "soft" if status.startswith("4") or reply_code.startswith("4") else "hard"
+        return "soft" if code == "4" else "hard"
+    if reason == "undefined":
+        return "hard" if code == "5" or (permanent and code != "4") else "soft"
     return "soft"

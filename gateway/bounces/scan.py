@@ -71,17 +71,23 @@ def _from_dsn_text(mail: Mail) -> tuple[list[BouncedRecipient], str] | None:
 
 
 def _from_flufl(mail: Mail, head: str) -> tuple[list[BouncedRecipient], str] | None:
+    """flufl.bounce's MTA detectors, with their verdict: what it calls temporary is soft.
+
+    It files every failure it cannot call temporary as permanent, so its
+    "permanent" is no evidence of its own: the report's words decide that.
+    """
     try:
         temporary, permanent = all_failures(mail.msg)
     except Exception:
         return None
     found: dict[str, BouncedRecipient] = {}
+    final = reasons.says_permanent(head)
     for raw, is_permanent in [(a, True) for a in permanent] + [(a, False) for a in temporary]:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         email = addresses.extract_address(text)
         if not email or email in found or addresses.is_system(email):
             continue
-        found[email] = _recipient(email, head, temporary=not is_permanent)
+        found[email] = _recipient(email, head, permanent=final, temporary=not is_permanent)
     return (list(found.values()), "flufl.bounce") if found else None
 
 
@@ -107,14 +113,23 @@ def _from_text(mail: Mail, head: str) -> tuple[list[BouncedRecipient], str] | No
         ][:1]
     if not candidates:
         return None
-    return [_recipient(e, head) for e in candidates[:50]], "scan"
+    permanent = reasons.says_permanent(head)
+    return [_recipient(e, head, permanent=permanent) for e in candidates[:50]], "scan"
 
 
-def _recipient(email: str, head: str, temporary: bool = False) -> BouncedRecipient:
+def _recipient(
+    email: str, head: str, *, permanent: bool, temporary: bool = False
+) -> BouncedRecipient:
+    """One recipient of a non-standard report.
+
+    ``permanent``: the report says so in its own words; ``temporary``:
+    flufl.bounce knows the format and calls it temporary, which makes it soft
+    whatever its reason.
+    """
     near = lines_about(head, email)
     status = reasons.first_status(near) or reasons.first_status(head)
     reply_code = reasons.first_reply_code(near) or reasons.first_reply_code(head)
-    reason, severity = reasons.decide(status, reply_code, near, head)
+    reason, severity = reasons.decide(status, reply_code, near, head, permanent=permanent)
     if temporary:
         severity = "soft"
     diagnostic = " ".join(near.split())[:1000] if near else ""

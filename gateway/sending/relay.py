@@ -10,8 +10,12 @@ reopened for the next message.  Outcomes are committed with their events in
 small groups while the batch is still going out.
 
 Replies decide: 2xx sent; 4xx, ``421``, refused connections and timeouts are
-retried with exponential backoff until a deadline; 5xx fails the send and
-counts as a hard bounce (:func:`gateway.sending.outcomes.record_hard_bounce_at_smtp`).
+retried with exponential backoff until a deadline.  A 5xx is a bounce only when
+it is about the recipient -- the reply to ``RCPT``, or after ``DATA`` naming the
+recipient -- and then hard or soft as the bounce policy says
+(:func:`gateway.sending.outcomes.record_bounce_at_smtp`).  A 5xx about us (the
+greeting, ``AUTH``, ``MAIL FROM``) is the relay refusing us: the send waits and
+an alert is raised, and nobody is suppressed (:mod:`gateway.sending.outcomes`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from gateway.bounces.verp import verp_address
 from gateway.clock import Clock, SystemClock
 from gateway.runner import LoopRunner
 from gateway.sending import outcomes
-from gateway.sending.outcomes import Delivery, RetryPolicy, Verdict
+from gateway.sending.outcomes import Delivery, RetryPolicy, Stage, Verdict
 from storage import sends as send_store
 from storage.db import Database
 
@@ -127,10 +131,16 @@ class _Connection:
         return smtp
 
     async def deliver(self, send: dict[str, Any], sender: str) -> Delivery:
+        """One send over this connection; which stage a refusal came at decides what it means
+        (:class:`~gateway.sending.outcomes.Stage`)."""
         try:
             smtp = self.smtp
             if smtp is None or not smtp.is_connected:
-                smtp = await self._open()
+                try:
+                    smtp = await self._open()
+                except aiosmtplib.SMTPResponseException as exc:  # greeting, EHLO, TLS, AUTH
+                    await self.close()
+                    return _refused(send, exc, Stage.SESSION)
             to = send["to_email"]
             if _PLAIN_ADDRESS.match(sender) and _PLAIN_ADDRESS.match(to):
                 message = await _transaction(smtp, sender, to, send["raw"])
@@ -140,16 +150,32 @@ class _Connection:
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
             return Delivery(
-                send, verdict_for(first.code), f"{first.code} {first.message}", first.code
+                send,
+                verdict_for(first.code),
+                f"{first.code} {first.message}",
+                first.code,
+                Stage.RECIPIENT,
             )
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421 or not (self.smtp and self.smtp.is_connected):
                 await self.close()
-            return Delivery(send, verdict_for(exc.code), f"{exc.code} {exc.message}", exc.code)
+            return _refused(send, exc, _STAGES.get(type(exc), Stage.SESSION))
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             reason = str(exc) or type(exc).__name__
             return Delivery(send, Verdict.DEFERRED, f"relay unreachable: {reason}", None)
+
+
+#: The transaction stage each refusal of aiosmtplib's comes from; anything else
+#: (the greeting, EHLO, STARTTLS, AUTH, a 421 at any time) is about the session.
+_STAGES = {
+    aiosmtplib.SMTPSenderRefused: Stage.SENDER,
+    aiosmtplib.SMTPDataError: Stage.DATA,
+}
+
+
+def _refused(send: dict[str, Any], exc: aiosmtplib.SMTPResponseException, stage: Stage) -> Delivery:
+    return Delivery(send, verdict_for(exc.code), f"{exc.code} {exc.message}", exc.code, stage)
 
 
 #: An addr-spec that goes on the MAIL/RCPT line as it is: no quoting, comments,
@@ -282,13 +308,17 @@ class RelayWorker(LoopRunner):
             await conn.close()
 
     async def _claim(self) -> bool:
-        """Claim a batch into :attr:`_held`; True when it was full (more may be due)."""
+        """Claim a batch into :attr:`_held`; True when it was full (more may be due).
+
+        Sends to addresses suppressed since they were queued are failed by the
+        claim itself (:func:`gateway.sending.outcomes.claim`), never delivered.
+        """
         now = self.clock.now()
-        rows = await self.db.run_write(send_store.claim_due, now, self.batch, self.lease)
+        rows, claimed = await self.db.run_write(outcomes.claim, now, self.batch, self.lease)
         lease_end = now + self.lease
         for row in rows:
             self._held[row["id"]] = (row, lease_end)
-        return len(rows) == self.batch
+        return claimed == self.batch
 
     def _next(self) -> dict[str, Any] | None:
         """The oldest held send whose lease still has time left; None when none is left.
