@@ -106,12 +106,28 @@ def _address_list(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     except Exception:  # noqa: BLE001 - malformed address lists must not stop filing
         return ()
     for display, addr in pairs:
-        norm = normalise(addr)
+        norm = normalise(_address_text(addr))
         if norm is None or norm in seen:
             continue
         seen.add(norm)
         out.append((decode_header_value(display)[:300], norm))
     return tuple(out)
+
+
+def _address_text(addr: str) -> str | None:
+    """The address as text, or None when its bytes are not text at all.
+
+    Raw 8-bit bytes arrive as surrogate escapes: UTF-8 ones (an
+    internationalised address sent without encoding) are decoded; anything
+    else (Big5, Latin-1, stray surrogates) is no address, since no mailbox can
+    be matched on bytes nobody can read, and the database refuses surrogates.
+    """
+    if addr.isascii():
+        return addr
+    try:
+        return addr.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 def _date(value: str | None) -> datetime | None:
