@@ -107,7 +107,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
     only when its reading looks like Japanese (so ``£`` and ``Pádraig`` in
     unlabelled Latin mail, or Big5 with one bad byte, do not turn into
     katakana); else the label with replacement characters (one bad byte
-    costs one character, not the whole text); else a detector's guess.
+    costs a character, not the whole text); else a detector's guess.
     """
     name = normalise_charset(charset)
     if name == "iso-2022-jp" or (name is None and b"\x1b$" in data):
@@ -157,7 +157,7 @@ GUESSES = ("cp1252", "big5", "gb18030", "cp949", "euc_jis_2004", "cp1251", "koi8
 
 
 def guess(data: bytes) -> str:
-    """Unlabelled, not UTF-8, not Japanese: the detector's cleanest reading among :data:`GUESSES`."""
+    """Unlabelled, not UTF-8, not Japanese: the cleanest reading among :data:`GUESSES`."""
     from charset_normalizer import from_bytes  # imported on the rare path only
 
     matches = list(from_bytes(data, cp_isolation=list(GUESSES)))
