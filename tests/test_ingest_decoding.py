@@ -97,3 +97,9 @@ def test_an_address_whose_bytes_are_not_text_is_no_address():
 
 def test_a_lone_surrogate_in_a_header_never_raises():
     assert decode_header_value("a\ud800b") == "a?b"
+
+
+def test_an_address_longer_than_any_mailbox_can_be_is_no_address():
+    raw = b"From: " + b"a" * 400 + b"@example.com\r\nTo: ok@example.com\r\n\r\nx\r\n"
+    mail = parse(raw)
+    assert mail.sender is None and [a.email for a in mail.to] == ["ok@example.com"]

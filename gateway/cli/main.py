@@ -548,7 +548,17 @@ def imap_status(user: Annotated[str, typer.Argument(help="User id or email.")]) 
         service = MailboxService(db, None, s)  # type: ignore[arg-type]
         return [await service.status(r["id"]) for r in await _user_mailboxes(db, user)]
 
-    out(run_db(status))
+    found = run_db(status)
+    out(found)
+    for mailbox in found:  # stdout stays JSON for scripts; the warning is for the person
+        parked = mailbox["parked"]
+        if parked["count"]:
+            typer.echo(
+                f"warning: mailbox {mailbox['id']}: {parked['count']} message(s) not filed "
+                f"({', '.join(sorted({r['stage'] or r['state'] for r in parked['reasons']}))}); "
+                f"{parked['replay']}",
+                err=True,
+            )
 
 
 @app.command()

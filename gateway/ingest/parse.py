@@ -22,6 +22,8 @@ from gateway.ingest.charsets import decode_bytes, decode_header_value
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 MAX_BODY_CHARS = 2_000_000
+#: Longer is no address (RFC 5321: 64 + 1 + 255) and would not fit the columns that keep one.
+MAX_ADDRESS = 320
 
 
 @dataclass(slots=True)
@@ -107,7 +109,7 @@ def _address_list(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         return ()
     for display, addr in pairs:
         norm = normalise(_address_text(addr))
-        if norm is None or norm in seen:
+        if norm is None or len(norm) > MAX_ADDRESS or norm in seen:
             continue
         seen.add(norm)
         out.append((decode_header_value(display)[:300], norm))
