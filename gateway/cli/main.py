@@ -367,13 +367,22 @@ def inbound_replay(
     inbound_id: Annotated[int, typer.Argument(help="Id from `inbound list`.")],
 ) -> None:
     """Process a kept message again (after a fix, or once its send exists)."""
+    from gateway.ingest.pipeline import IN_TRANSACTION, with_record_cap
     from gateway.ingest.runner import IngestRunner, ReplayError
 
     async def go(db: Database, s: Settings):
+        steps = with_record_cap(IN_TRANSACTION, s.max_records_per_message)
         try:
-            return await IngestRunner(db, mail_domain=s.mail_domain).replay(inbound_id)
+            return await IngestRunner(db, mail_domain=s.mail_domain, steps=steps).replay(inbound_id)
         except ReplayError as exc:
             raise admin.AdminError(str(exc)) from exc
+        except (StorageUnavailable, OSError, SQLAlchemyError):
+            raise  # run_db words these
+        except Exception as exc:  # noqa: BLE001 - an operator gets one line, never a traceback
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise admin.AdminError(
+                f"replay of message {inbound_id} broke: {type(exc).__name__}: {first}"
+            ) from exc
 
     out(run_db(go))
 
