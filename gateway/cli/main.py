@@ -501,6 +501,7 @@ def imap_backfill(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from gateway.ingest.pipeline import IN_TRANSACTION, with_record_cap
     from gateway.ingest.runner import IngestRunner
     from gateway.ingest.spool import Spool
     from gateway.receive.imap import MailboxError
@@ -512,7 +513,8 @@ def imap_backfill(
 
     async def backfill(db: Database, s: Settings) -> dict[str, Any]:
         rows = await _user_mailboxes(db, user)
-        spool, ingest = Spool(db), IngestRunner(db, mail_domain=s.mail_domain)
+        steps = with_record_cap(IN_TRANSACTION, s.max_records_per_message)
+        spool, ingest = Spool(db), IngestRunner(db, mail_domain=s.mail_domain, steps=steps)
         await spool.start()
         await ingest.start()
         service = MailboxService(db, spool, s, ingest=ingest)

@@ -6,6 +6,7 @@ become records.  A record created for one message is linked to every later
 message of the batch that involves the same address.  Each creation is a
 ``record.created`` event carrying the record's id and the fields it was created
 with.
+
 A message creates at most as many records as it may be linked to in all
 (``max_records``, shared with ``match``): the addresses past the cap stay on
 the message as plain addresses, and a mass mailing does not create 100,000
