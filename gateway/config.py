@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     #: Seconds a claimed send stays the relay worker's: after a crash, others wait this long.
     #: A clean stop hands claims back at once; keep it above the slowest delivery.
     relay_lease: float = Field(default=60.0, gt=0)
+    #: Leads/contacts one filed message may be linked to or create; past it the addresses
+    #: stay on the message unlinked (a 100,000-address To: must not stall every org).
+    max_records_per_message: int = Field(default=200, ge=1, le=100_000)
     #: On SIGTERM/SIGINT: seconds each runner may take to finish its round before it is cut.
     stop_deadline: float = Field(default=10.0, ge=0)
     #: Optional DKIM signing of outbound mail (all three must be set).

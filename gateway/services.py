@@ -23,6 +23,7 @@ from functools import cached_property
 import sync
 from gateway.clock import Clock, FollowClock, SystemClock
 from gateway.config import Settings
+from gateway.ingest.pipeline import IN_TRANSACTION, with_record_cap
 from gateway.ingest.runner import IngestRunner
 from gateway.ingest.spool import Spool
 from gateway.runner import LoopRunner
@@ -132,8 +133,12 @@ def _spool(services: Services) -> LoopRunner:
 
 
 def _ingest(services: Services) -> LoopRunner:
+    s = services.settings
     return IngestRunner(
-        services.db, mail_domain=services.settings.mail_domain, clock=services.follow_clock
+        services.db,
+        mail_domain=s.mail_domain,
+        clock=services.follow_clock,
+        steps=with_record_cap(IN_TRANSACTION, s.max_records_per_message),
     )
 
 

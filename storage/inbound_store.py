@@ -200,3 +200,37 @@ def set_state(conn: Connection, inbound_id: int, state: str, note: str | None = 
     if note is not None:
         values["last_error"] = note[:2000]
     conn.execute(update(inbound).where(inbound.c.id == inbound_id).values(**values))
+
+
+def kept_for_mailbox(conn: Connection, user_id: int, mailbox_id: int) -> list[dict[str, Any]]:
+    """Polled mail of one mailbox that is not filed: parked, or waiting to be tried again.
+
+    ``failed`` and ``refused`` rows are parked for an operator; a ``pending`` row
+    with a failed stage broke once and is retried later.  Only the few columns a
+    status shows are read (never ``raw``); the mailbox is in the JSON ``origin``,
+    compared here rather than in SQL, which both databases spell differently.
+    """
+    q = (
+        select(
+            inbound.c.id,
+            inbound.c.state,
+            inbound.c.failed_stage,
+            inbound.c.last_error,
+            inbound.c.attempts,
+            inbound.c.origin,
+        )
+        .where(
+            inbound.c.user_id == user_id,
+            inbound.c.channel == "imap",
+            or_(
+                inbound.c.state.in_(("failed", "refused")),
+                (inbound.c.state == "pending") & inbound.c.failed_stage.is_not(None),
+            ),
+        )
+        .order_by(inbound.c.id)
+    )
+    return [
+        {k: v for k, v in r.items() if k != "origin"}
+        for r in conn.execute(q).mappings()
+        if (r["origin"] or {}).get("mailbox_id") == mailbox_id
+    ]

@@ -331,8 +331,21 @@ def test_hostile_input_is_filed_or_refused_never_crashes(mailgate, org, name):
     assert send(mailgate, message(to=["after@client.example"]), org["dropbox"]) == {}
 
 
-def test_overlong_line_is_refused_with_a_clear_reply(mailgate, org):
-    raw = b"From: taro@acme.co.jp\r\nSubject: long\r\n\r\n" + b"x" * 20_000 + b"\r\n"
+def test_a_48_kb_line_is_accepted_and_filed(mailgate, org):
+    """Real MTAs relay such lines (one-line HTML newsletters); refusing them lost mail."""
+    api = org["api"]
+    target = lead(api, last_name="長行", email=f"long-{uuid.uuid4().hex[:6]}@client.example")
+    line = b"<p>" + b"x" * 48_000 + b"</p>"
+    raw = (
+        b"From: taro@acme.co.jp\r\nTo: " + target["email"].encode() + b"\r\nSubject: long line\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n" + line + b"\r\n"
+    )
+    assert send(mailgate, raw, org["dropbox"]) == {}
+    assert [e["subject"] for e in emails(api, "leads", target["id"])] == ["long line"]
+
+
+def test_a_line_over_a_mebibyte_is_refused_with_a_clear_reply(mailgate, org):
+    raw = b"From: taro@acme.co.jp\r\nSubject: long\r\n\r\n" + b"x" * (1024 * 1024 + 10) + b"\r\n"
     with pytest.raises(smtplib.SMTPDataError) as exc:
         send(mailgate, raw, org["dropbox"])
     assert exc.value.smtp_code == 500 and b"too long" in exc.value.smtp_error.lower()

@@ -111,3 +111,44 @@ def test_held_and_failed_mail_can_be_listed_and_replayed(tmp_path):
     missing = cli(tmp_path, "inbound", "replay", "99999")
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
     assert cli(tmp_path, "inbound", "list", "--state", "bogus").returncode != 0
+
+
+def test_replay_of_mail_refused_again_is_one_clear_line_and_it_stays_kept(tmp_path):
+    """A refused dropbox mail replayed while its sender is still not allowed: no traceback."""
+    assert cli(tmp_path, "db", "upgrade").returncode == 0
+    org = json.loads(cli(tmp_path, "org", "create", "Ops2", "--plan", "standard").stdout)
+    user = json.loads(
+        cli(tmp_path, "user", "create", "--org", "Ops2", "rep@ops2.example", "--name", "Rep").stdout
+    )
+    raw = (
+        b"From: stranger@else.example\r\nTo: x@client.example\r\nSubject: kept\r\n"
+        b"Message-ID: <r1@ops2>\r\n\r\nbody\r\n"
+    )
+
+    async def seed(conn):
+        return (
+            await conn.execute(
+                insert(inbound)
+                .values(
+                    org_id=org["id"],
+                    user_id=user["id"],
+                    channel="dropbox",
+                    state="refused",
+                    failed_stage="authorise",
+                    last_error="envelope sender stranger@else.example is not an allowed sender",
+                    mail_from="stranger@else.example",
+                    rcpt_to=[user["dropbox_address"]],
+                    raw=raw,
+                )
+                .returning(inbound.c.id)
+            )
+        ).scalar_one()
+
+    refused_id = db_call(tmp_path, seed)
+    again = cli(tmp_path, "inbound", "replay", str(refused_id))
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode != 0 and "Traceback" not in again.stderr and len(lines) == 1
+    assert lines[0].startswith(f"error: message {refused_id} refused again at authorise")
+    assert "stranger@else.example" in lines[0]
+    listed = json.loads(cli(tmp_path, "inbound", "list", "--state", "refused").stdout)
+    assert [r["id"] for r in listed] == [refused_id]

@@ -372,13 +372,22 @@ def inbound_replay(
     inbound_id: Annotated[int, typer.Argument(help="Id from `inbound list`.")],
 ) -> None:
     """Process a kept message again (after a fix, or once its send exists)."""
+    from gateway.ingest.pipeline import IN_TRANSACTION, with_record_cap
     from gateway.ingest.runner import IngestRunner, ReplayError
 
     async def go(db: Database, s: Settings):
+        steps = with_record_cap(IN_TRANSACTION, s.max_records_per_message)
         try:
-            return await IngestRunner(db, mail_domain=s.mail_domain).replay(inbound_id)
+            return await IngestRunner(db, mail_domain=s.mail_domain, steps=steps).replay(inbound_id)
         except ReplayError as exc:
             raise admin.AdminError(str(exc)) from exc
+        except (StorageUnavailable, OSError, SQLAlchemyError):
+            raise  # run_db words these
+        except Exception as exc:  # noqa: BLE001 - an operator gets one line, never a traceback
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise admin.AdminError(
+                f"replay of message {inbound_id} broke: {type(exc).__name__}: {first}"
+            ) from exc
 
     out(run_db(go))
 
@@ -497,6 +506,7 @@ def imap_backfill(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from gateway.ingest.pipeline import IN_TRANSACTION, with_record_cap
     from gateway.ingest.runner import IngestRunner
     from gateway.ingest.spool import Spool
     from gateway.receive.imap import MailboxError
@@ -508,7 +518,8 @@ def imap_backfill(
 
     async def backfill(db: Database, s: Settings) -> dict[str, Any]:
         rows = await _user_mailboxes(db, user)
-        spool, ingest = Spool(db), IngestRunner(db, mail_domain=s.mail_domain)
+        steps = with_record_cap(IN_TRANSACTION, s.max_records_per_message)
+        spool, ingest = Spool(db), IngestRunner(db, mail_domain=s.mail_domain, steps=steps)
         await spool.start()
         await ingest.start()
         service = MailboxService(db, spool, s, ingest=ingest)
@@ -553,7 +564,17 @@ def imap_status(user: Annotated[str, typer.Argument(help="User id or email.")]) 
         service = MailboxService(db, None, s)  # type: ignore[arg-type]
         return [await service.status(r["id"]) for r in await _user_mailboxes(db, user)]
 
-    out(run_db(status))
+    found = run_db(status)
+    out(found)
+    for mailbox in found:  # stdout stays JSON for scripts; the warning is for the person
+        parked = mailbox["parked"]
+        if parked["count"]:
+            typer.echo(
+                f"warning: mailbox {mailbox['id']}: {parked['count']} message(s) not filed "
+                f"({', '.join(sorted({r['stage'] or r['state'] for r in parked['reasons']}))}); "
+                f"{parked['replay']}",
+                err=True,
+            )
 
 
 @app.command()

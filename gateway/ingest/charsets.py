@@ -101,7 +101,14 @@ def _convert_run(chunk: bytes, mode: bytes) -> bytes:
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
-    """Best-effort text for ``data`` labelled ``charset``; never raises."""
+    """Best-effort text for ``data`` labelled ``charset``; never raises.
+
+    When the label is missing or wrong: UTF-8 if the bytes are UTF-8; cp932
+    only when its reading looks like Japanese (so ``£`` and ``Pádraig`` in
+    unlabelled Latin mail, or Big5 with one bad byte, do not turn into
+    katakana); else the label with replacement characters (one bad byte
+    costs a character, not the whole text); else a detector's guess.
+    """
     name = normalise_charset(charset)
     if name == "iso-2022-jp" or (name is None and b"\x1b$" in data):
         return iso2022jp_to_cp932(data).decode("cp932", "replace")
@@ -110,12 +117,62 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
             return data.decode(name)
         except (UnicodeDecodeError, LookupError):
             pass
-    for guess in ("utf-8", "cp932"):
-        try:
-            return data.decode(guess)
-        except UnicodeDecodeError:
-            continue
-    return data.decode(name or "utf-8", "replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    japanese = _as_japanese(data)
+    if japanese is not None:
+        return japanese
+    if name and name != "utf-8":
+        return data.decode(name, "replace")
+    return guess(data)
+
+
+#: Full-width hiragana and katakana: what Japanese text is never without.
+_KANA = re.compile("[\u3041-\u30ff]")
+#: Half-width katakana: what single 8-bit Latin or Big5 bytes become when read as cp932.
+_HALF_KANA = re.compile("[\uff61-\uff9f]")
+
+
+def _as_japanese(data: bytes) -> str | None:
+    """The cp932 reading of ``data`` when it is plausibly Japanese, else None.
+
+    Real Japanese text has full-width kana (particles, katakana words); text
+    misread as cp932 has stray kanji and half-width katakana instead, since
+    Latin-1 and Big5 bytes fall into cp932's single-byte kana range.
+    """
+    try:
+        text = data.decode("cp932")
+    except UnicodeDecodeError:
+        return None
+    kana = len(_KANA.findall(text))
+    return text if kana and len(_HALF_KANA.findall(text)) <= kana else None
+
+
+#: What unlabelled 8-bit mail is written in, in order of preference when the
+#: detector finds several equally clean readings (cp1252 first: what the web and
+#: mail clients assume for unlabelled Western text).
+GUESSES = ("cp1252", "big5", "gb18030", "cp949", "euc_jis_2004", "cp1251", "koi8_r", "iso8859_2")
+
+
+def guess(data: bytes) -> str:
+    """Unlabelled, not UTF-8, not Japanese: the cleanest reading among :data:`GUESSES`."""
+    from charset_normalizer import from_bytes  # imported on the rare path only
+
+    matches = list(from_bytes(data, cp_isolation=list(GUESSES)))
+    if matches:
+        best = min(m.chaos for m in matches)
+        names = {
+            enc
+            for m in matches
+            if m.chaos == best
+            for enc in (m.encoding, *m.could_be_from_charset)
+        }
+        for enc in GUESSES:
+            if enc in names:
+                return data.decode(enc, "replace")
+    return data.decode("cp1252", "replace")
 
 
 _ENCODED_WORD = re.compile(
@@ -131,7 +188,11 @@ def decode_header_value(value: str | None) -> str:
     """
     if not value:
         return ""
-    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: it becomes "?"
+        raw = value.encode("utf-8", "replace")
+        value = raw.decode("utf-8")
     if b"\x1b$" in raw or any(b > 0x7F for b in raw):
         text = decode_bytes(raw, None)
     else:

@@ -22,6 +22,8 @@ from gateway.ingest.charsets import decode_bytes, decode_header_value
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 MAX_BODY_CHARS = 2_000_000
+#: Longer is no address (RFC 5321: 64 + 1 + 255) and would not fit the columns that keep one.
+MAX_ADDRESS = 320
 
 
 @dataclass(slots=True)
@@ -106,12 +108,28 @@ def _address_list(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     except Exception:  # noqa: BLE001 - malformed address lists must not stop filing
         return ()
     for display, addr in pairs:
-        norm = normalise(addr)
-        if norm is None or norm in seen:
+        norm = normalise(_address_text(addr))
+        if norm is None or len(norm) > MAX_ADDRESS or norm in seen:
             continue
         seen.add(norm)
         out.append((decode_header_value(display)[:300], norm))
     return tuple(out)
+
+
+def _address_text(addr: str) -> str | None:
+    """The address as text, or None when its bytes are not text at all.
+
+    Raw 8-bit bytes arrive as surrogate escapes: UTF-8 ones (an
+    internationalised address sent without encoding) are decoded; anything
+    else (Big5, Latin-1, stray surrogates) is no address, since no mailbox can
+    be matched on bytes nobody can read, and the database refuses surrogates.
+    """
+    if addr.isascii():
+        return addr
+    try:
+        return addr.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 def _date(value: str | None) -> datetime | None:

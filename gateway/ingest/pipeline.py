@@ -18,7 +18,8 @@ When a step raises, :class:`StepFailed` carries its name: that name is what
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -61,6 +62,17 @@ PREPARE = tuple(s for s in PIPELINE if not s.in_transaction)
 IN_TRANSACTION = tuple(s for s in PIPELINE if s.in_transaction)
 if PIPELINE != PREPARE + IN_TRANSACTION:  # a declaration error, caught at import
     raise RuntimeError("the pure steps must come first in PIPELINE")
+
+
+def with_record_cap(steps: tuple[Step, ...], max_records: int) -> tuple[Step, ...]:
+    """``steps`` with ``match`` and ``create`` bound to ``MAILGATE_MAX_RECORDS_PER_MESSAGE``."""
+    capped = {"match": match_records.run, "create": create_records.run}
+    return tuple(
+        replace(s, run=partial(capped[s.name], max_records=max_records))
+        if s.name in capped and s.run is capped[s.name]
+        else s
+        for s in steps
+    )
 
 
 class StepFailed(Exception):

@@ -6,6 +6,11 @@ become records.  A record created for one message is linked to every later
 message of the batch that involves the same address.  Each creation is a
 ``record.created`` event carrying the record's id and the fields it was created
 with.
+
+A message creates at most as many records as it may be linked to in all
+(``max_records``, shared with ``match``): the addresses past the cap stay on
+the message as plain addresses, and a mass mailing does not create 100,000
+leads while every other org's mail waits behind it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from sqlalchemy import Connection
 
 from gateway.addresses import in_domains, is_role_address
 from gateway.ingest.context import Batch, Flow
+from gateway.ingest.steps.match_records import DEFAULT_MAX_RECORDS
 from storage import filing
 from storage.events import EventType
 from storage.payloads import record_event
@@ -59,7 +65,7 @@ def split_name(display: str) -> tuple[str, str]:
     return parts[-1], " ".join(parts[:-1])
 
 
-def run(conn: Connection, batch: Batch) -> Flow:
+def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORDS) -> Flow:
     for d in batch.live():
         if d.channel != "dropbox":
             continue
@@ -70,21 +76,26 @@ def run(conn: Connection, batch: Batch) -> Flow:
         own = batch.own_addresses.get(d.user_id, set())
         org = batch.orgs[d.org_id]
         known = batch.known.setdefault(d.org_id, {})
+        linked = dict.fromkeys(d.records)
+        names: dict[str, str] | None = None
         for address in d.counterparts:
+            if len(linked) >= max_records:
+                break  # the rest stay addresses on the message (see the module's doc)
             if address in own:
                 continue
             if address in known:
-                d.records.extend(known[address])  # created for an earlier message of the batch
+                linked.update(dict.fromkeys(known[address]))  # matched, or created earlier
                 continue
             if not creatable(
                 address, own=own, org_domains=org["domains"], mail_domain=batch.mail_domain
             ):
                 continue
-            name = next((a.name for a in (*d.parsed.to, *d.parsed.cc) if a.email == address), "")
-            values = new_record(address, name, d.user_id)
+            if names is None:  # once per message: a scan per address is quadratic
+                names = {a.email: a.name for a in reversed((*d.parsed.to, *d.parsed.cc))}
+            values = new_record(address, names.get(address, ""), d.user_id)
             rid = filing.create_record(conn, module, d.org_id, values)
             known[address] = [(module, rid)]
-            d.records.append((module, rid))
+            linked[(module, rid)] = None
             batch.new_events.append(
                 record_event(
                     EventType.RECORD_CREATED,
@@ -97,5 +108,5 @@ def run(conn: Connection, batch: Batch) -> Flow:
                     at=batch.now,
                 )
             )
-        d.records = list(dict.fromkeys(d.records))
+        d.records = list(linked)[:max_records]
     return batch.flow()

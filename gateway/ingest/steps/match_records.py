@@ -1,8 +1,12 @@
 """Step ``match``: link each message to the leads and contacts its counterparts already are.
 
-One look-up per org for the whole batch.  Polled (IMAP) mail with no CRM
-counterpart is not ours to keep and is ignored here; dropbox mail goes on to
-``create``.
+One look-up per org for the whole batch, in chunks (a message may name
+100,000 addresses; one ``IN`` list that long is refused by both databases).
+A message is linked to at most ``max_records`` records, the first found in
+header order: past that, its addresses stay on the message unlinked, so one
+mass mailing cannot hold the batch (every org's filing) for minutes.  Polled
+(IMAP) mail with no CRM counterpart is not ours to keep and is ignored here;
+dropbox mail goes on to ``create``.
 """
 
 from __future__ import annotations
@@ -14,19 +18,35 @@ from storage import filing
 
 NAME = "match"
 
+#: Records one message may be linked to or create (``MAILGATE_MAX_RECORDS_PER_MESSAGE``).
+DEFAULT_MAX_RECORDS = 200
+#: Addresses per look-up statement: well under both databases' bound-parameter limits.
+LOOKUP_CHUNK = 1000
 
-def run(conn: Connection, batch: Batch) -> Flow:
+
+def lookup(conn: Connection, org_id: int, emails: set[str]) -> dict[str, list[tuple[str, int]]]:
+    found: dict[str, list[tuple[str, int]]] = {}
+    wanted = sorted(emails)
+    for i in range(0, len(wanted), LOOKUP_CHUNK):
+        found.update(filing.records_by_email(conn, org_id, wanted[i : i + LOOKUP_CHUNK]))
+    return found
+
+
+def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORDS) -> Flow:
     by_org: dict[int, set[str]] = {}
     for d in batch.live():
         by_org.setdefault(d.org_id, set()).update(d.counterparts)
-    batch.known = {o: filing.records_by_email(conn, o, emails) for o, emails in by_org.items()}
+    batch.known = {o: lookup(conn, o, emails) for o, emails in by_org.items()}
     for d in batch.live():
         found = batch.known.get(d.org_id, {})
         own = batch.own_addresses.get(d.user_id, set())
+        records: dict[tuple[str, int], None] = {}
         for address in d.counterparts:
             if address not in own:
-                d.records.extend(found.get(address, ()))
-        d.records = list(dict.fromkeys(d.records))
+                records.update(dict.fromkeys(found.get(address, ())))
+            if len(records) >= max_records:
+                break
+        d.records = list(records)[:max_records]
         if d.channel == "imap" and not d.records:
             d.decide(Outcome.IGNORED, NAME, "no CRM record for its counterparts")
     return batch.flow()

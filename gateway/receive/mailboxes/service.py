@@ -41,6 +41,7 @@ from gateway.receive.mailboxes.validate import (
     resolve_target,
 )
 from gateway.runner import LoopRunner, Runner
+from storage import inbound_store
 from storage import mailboxes as store
 from storage.db import Database
 
@@ -96,6 +97,42 @@ def error_words(exc: MailboxError) -> str:
     return f"{advice} ({detail})"
 
 
+#: What an operator runs to file a parked message again (``mailgate inbound replay``).
+REPLAY_HINT = (
+    "mailgate inbound replay ID files one again once the cause is fixed "
+    "(all parked mail: mailgate inbound list --state failed)"
+)
+
+
+def parked_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many polled messages are not filed, grouped by why, and how to replay them.
+
+    ``parked``: given up on (``failed``) or refused, waiting for an operator;
+    ``retrying``: broke once and will be tried again by itself.  The mailbox
+    state stays about the connection; this is about the mail it brought.
+    """
+    parked = [r for r in rows if r["state"] != "pending"]
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for r in rows:
+        key = (r["state"], r["failed_stage"] or "", r["last_error"] or "")
+        groups.setdefault(key, []).append(r["id"])
+    return {
+        "count": len(parked),
+        "retrying": len(rows) - len(parked),
+        "reasons": [
+            {
+                "state": "retrying" if state == "pending" else state,
+                "stage": stage or None,
+                "error": error,
+                "count": len(ids),
+                "ids": ids[:20],
+            }
+            for (state, stage, error), ids in sorted(groups.items(), key=lambda g: -len(g[1]))
+        ],
+        "replay": REPLAY_HINT if parked else None,
+    }
+
+
 class MailboxService:
     def __init__(
         self,
@@ -148,6 +185,9 @@ class MailboxService:
             for name, f in folders.items()
         }
         out["messages"] = filed
+        out["parked"] = parked_summary(
+            await self.db.run_read(inbound_store.kept_for_mailbox, row["user_id"], mailbox_id)
+        )
         return out
 
     async def open_session(self, config: MailboxConfig, timeout: float) -> ImapSession:
