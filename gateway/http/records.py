@@ -10,8 +10,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.addresses import normalise
-from gateway.http.auth import int_param, path_id, read_json
+from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
+from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
 from gateway.records.changes import changed_fields, created_fields, deleted_fields
@@ -41,15 +42,6 @@ def _module(request: Request) -> str:
     if module not in crm.MODULES:
         raise ApiError(404, "not_found", f"unknown module {module!r}")
     return module
-
-
-def _is_utf8(value: str) -> bool:
-    """JSON may carry lone surrogates (``"\\ud800"``) that no database can store."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -98,8 +90,6 @@ async def _validate(
             value = value.strip()
             if len(value) > MAX_LEN.get(key, 300) or "\x00" in value:
                 raise ApiError(422, "invalid_field", f"{key} is too long or contains NUL")
-            if not _is_utf8(value):
-                raise ApiError(422, "invalid_field", f"{key} contains an unpaired surrogate")
             if key == "email":
                 norm = normalise(value) if value else None
                 if value and norm is None:
