@@ -16,6 +16,7 @@ from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
 from gateway.records.changes import changed_fields, created_fields, deleted_fields
+from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 from storage import crm, events, filing
 from storage import mailboxes as mailbox_store
 from storage.events import EventType
@@ -90,10 +91,15 @@ async def _validate(
             value = value.strip()
             if len(value) > MAX_LEN.get(key, 300) or "\x00" in value:
                 raise ApiError(422, "invalid_field", f"{key} is too long or contains NUL")
+            if key in NAME_FIELDS and name_problem(value):
+                raise ApiError(422, "invalid_field", f"{key} {name_problem(value)}")
             if key == "email":
                 norm = normalise(value) if value else None
-                if value and norm is None:
-                    raise ApiError(422, "invalid_field", f"email {value!r} is not an email address")
+                problem = address_problem(value) if norm else "not an email address"
+                if value and (norm is None or problem):
+                    raise ApiError(
+                        422, "invalid_field", f"email {value!r} is not a valid address: {problem}"
+                    )
                 values["email_norm"] = norm
                 value = value or None
             values[key] = value
