@@ -4,7 +4,7 @@ Every save is validated (merge fields must exist for the template's module),
 compiled once and rendered once against an empty record, so a template that
 saves is a template that renders within the limits
 (:class:`templates.render.RenderLimits`).  Compiling and rendering run in a
-small thread pool of their own, never on the event loop: a costly template
+thread of their own, never on the event loop: a costly template
 stops at its budget there while health checks, tracking and other requests
 go on answering.
 """
@@ -41,8 +41,9 @@ from templates.render import (
 
 TEMPLATE_FIELDS = ("name", "module", "subject", "html", "text", "header", "footer")
 MAX_PART = 512 * 1024
-#: Renders at once: two keep a core for the event loop and the database threads.
-_RENDER_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="template-render")
+#: One render thread: under the GIL a second would not run in parallel, only take
+#: more turns from the event loop.  Renders also yield the GIL every 256 steps.
+_RENDER_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template-render")
 _SAMPLE_UNSUBSCRIBE = "https://example.invalid/u/preview"
 T = TypeVar("T")
 
