@@ -106,7 +106,7 @@ def test_hostile_json_value_is_a_4xx_naming_the_problem(world, method, path, bod
 @pytest.mark.parametrize("kind", ["surrogate", "nul"])
 def test_hostile_key_is_a_4xx(world, kind):
     api, _ = world
-    content = '{"domains": ["ok.example"], ' + HOSTILE[kind] + ': 1}'
+    content = '{"domains": ["ok.example"], ' + HOSTILE[kind] + ": 1}"
     r = api.put("/api/v1/excluded-domains", content=content)
     assert r.status_code == 422, r.text
     assert "key" in r.json()["error"]["message"]

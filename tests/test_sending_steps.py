@@ -93,8 +93,14 @@ def submission(
         ("contacts", lead(1, "a@例え.jp"), {}, None, set(), None),  # IDN domains are fine
         ("leads", lead(1, "a@-b.example"), {}, None, set(), SkipReason.INVALID_ADDRESS),
         ("leads", lead(1, "a..b@x.jp"), {}, None, set(), SkipReason.INVALID_ADDRESS),
-        ("leads", {**lead(1, "a@x.jp"), "last_name": "山田\r\nBcc: x@evil.example"}, {}, None,
-         set(), SkipReason.INVALID_NAME),  # fmt: skip
+        (
+            "leads",
+            lead(1, "a@x.jp", last_name="山田\r\nBcc: x@evil.example"),
+            {},
+            None,
+            set(),
+            SkipReason.INVALID_NAME,
+        ),
     ],
 )
 def test_skip_reason_per_branch(module, record, suppressed, content_module, seen, reason):
