@@ -297,7 +297,8 @@ def _format_size(value: Any, params: tuple[Any, ...], kwargs: Mapping[str, Any])
     widths = [int(n) for m in _FORMAT_WIDTH.finditer(text) for n in m.groups() if n]
     if any(w > _MAX_INT for w in widths):
         raise TemplateLimit(
-            f"a format width over {_MAX_INT} is not allowed", limit="template_max_number"
+            f"a format width over {_MAX_INT} is not allowed (limit template_max_number)",
+            limit="template_max_number",
         )
     return len(text) + _weight(params, 1 << 62) + _weight(kwargs, 1 << 62) + sum(widths)
 
@@ -343,7 +344,8 @@ def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             for param in (*params, *kwargs.values()):
                 if type(param) is int and abs(param) > _MAX_INT:
                     raise TemplateLimit(
-                        f"the number {param} given to {name} is over {_MAX_INT}",
+                        f"the number {param} given to {name} is over {_MAX_INT} "
+                        "(limit template_max_number)",
                         limit="template_max_number",
                     )
         if name == "join" and not isinstance(value, str | list | tuple | Mapping):

@@ -78,7 +78,7 @@ def test_each_costly_template_stops_at_its_limit_quickly(name):
         render(html)
     assert exc.value.limit == limit
     assert exc.value.status == STATUS.get(limit, 422)
-    assert limit in str(exc.value) or "10000" in str(exc.value)
+    assert limit in str(exc.value)
     assert time.monotonic() - started < 1.0
 
 
