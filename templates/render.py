@@ -130,11 +130,14 @@ class _Budget:
 
     __slots__ = ("limits", "steps", "chars", "deadline")
 
-    def __init__(self, limits: RenderLimits) -> None:
+    def __init__(self, limits: RenderLimits, deadline: float | None = None) -> None:
         self.limits = limits
         self.steps = 0
         self.chars = 0
-        self.deadline = time.monotonic() + limits.seconds
+        now = time.monotonic()
+        self.deadline = now + limits.seconds if deadline is None else deadline
+        if now > self.deadline:
+            raise _too_slow(limits)
 
     def charge(self, steps: int, chars: int) -> None:
         self.steps += steps
@@ -150,16 +153,19 @@ class _Budget:
             raise _too_many_chars(limits)
         # The clock is read every 256 steps: cheap, and a step is short.
         if not self.steps & 0xFF and self._tick():
-            raise TemplateLimit(
-                f"the template took longer than {limits.seconds:g} s to render "
-                "(limit template_render_seconds)",
-                limit="template_render_seconds",
-            )
+            raise _too_slow(limits)
 
     def _tick(self) -> bool:
         """Past the deadline?  Also lets other threads (the event loop) have the GIL."""
         time.sleep(0)
         return time.monotonic() > self.deadline
+
+
+def _too_slow(limits: RenderLimits) -> TemplateLimit:
+    return TemplateLimit(
+        f"rendering took longer than {limits.seconds:g} s (limit template_render_seconds)",
+        limit="template_render_seconds",
+    )
 
 
 def _too_many_chars(limits: RenderLimits) -> TemplateLimit:
@@ -596,13 +602,21 @@ class CompiledTemplate:
         self.html_source = html_source
         self.text_source = text_source
 
-    def render(self, context: Mapping[str, Any], limits: RenderLimits | None = None) -> Rendered:
+    def render(
+        self,
+        context: Mapping[str, Any],
+        limits: RenderLimits | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Rendered:
         """Render for one recipient; ``context`` comes from :func:`build_context`.
 
         Raises :class:`TemplateLimit` when the three parts together cost more
-        than ``limits`` (default: the configured ones).
+        than ``limits`` (default: the configured ones).  ``deadline`` (a
+        ``time.monotonic()`` value) replaces the per-render time limit, so
+        many renders can share one, as the messages of one send request do.
         """
-        budget = _Budget(limits or _limits)
+        budget = _Budget(limits or _limits, deadline)
         token = _BUDGET.set(budget)
         try:
             subject = self._subject.render(context)

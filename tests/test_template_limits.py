@@ -199,3 +199,13 @@ def test_a_costly_update_is_refused_and_the_saved_version_stays(author):
     assert r.json()["error"]["limit"] == "template_max_string"
     kept = author.get(f"/api/v1/templates/{tid}").json()
     assert kept["version"] == 1 and kept["html"] == "<p>{{ lead.last_name }}</p>"
+
+
+def test_renders_can_share_one_deadline():
+    """A send request's messages share one time limit, checked before each render too."""
+    compiled = compile_template("s", "<p>{{ lead.last_name }}</p>")
+    context = build_context("leads", {"last_name": "山田"})
+    assert compiled.render(context, deadline=time.monotonic() + 5).html == "<p>山田</p>"
+    with pytest.raises(TemplateLimit) as exc:
+        compiled.render(context, deadline=time.monotonic() - 0.001)
+    assert exc.value.limit == "template_render_seconds"
