@@ -209,3 +209,15 @@ def test_renders_can_share_one_deadline():
     with pytest.raises(TemplateLimit) as exc:
         compiled.render(context, deadline=time.monotonic() - 0.001)
     assert exc.value.limit == "template_render_seconds"
+
+
+def test_a_costly_inline_send_is_refused_naming_the_limit_and_nothing_is_queued(author):
+    lead = author.post("/api/v1/leads", json={"last_name": "x", "email": "x@costly.example"})
+    html, limit = COSTLY["nested_loops"]
+    r = author.post(
+        "/api/v1/emails",
+        json={"to": [{"module": "leads", "id": lead.json()["id"]}], "subject": "s", "html": html},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["limit"] == limit
+    assert author.get(f"/api/v1/leads/{lead.json()['id']}/emails").json()["items"] == []
