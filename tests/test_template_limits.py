@@ -221,3 +221,9 @@ def test_a_costly_inline_send_is_refused_naming_the_limit_and_nothing_is_queued(
     assert r.status_code == 422, r.text
     assert r.json()["error"]["limit"] == limit
     assert author.get(f"/api/v1/leads/{lead.json()['id']}/emails").json()["items"] == []
+
+
+def test_a_template_nested_too_deeply_is_a_422(author):
+    r = create(author, "{{ " + "[" * 3000 + "]" * 3000 + " }}")
+    assert r.status_code == 422, r.text
+    assert "nests too deeply" in r.json()["error"]["message"]

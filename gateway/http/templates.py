@@ -135,6 +135,8 @@ def _check_template(values: dict[str, Any]) -> None:
         ).render(build_context(module, {}, unsubscribe_url=_SAMPLE_UNSUBSCRIBE))
     except TemplateProblem as exc:
         raise template_problem(exc) from None
+    except RecursionError:
+        raise ApiError(422, "invalid_template", "the template nests too deeply") from None
 
 
 def _preview(row: dict[str, Any], context: dict[str, Any]) -> Rendered:
@@ -145,6 +147,8 @@ def _preview(row: dict[str, Any], context: dict[str, Any]) -> Rendered:
         return compiled.render(context)
     except TemplateProblem as exc:
         raise template_problem(exc) from None
+    except RecursionError:
+        raise ApiError(422, "invalid_template", "the template nests too deeply") from None
 
 
 def template_json(row: dict[str, Any]) -> dict[str, Any]:
