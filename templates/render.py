@@ -151,8 +151,8 @@ class _Budget:
             )
         if self.chars > limits.max_chars:
             raise _too_many_chars(limits)
-        # The clock is read every 256 steps: cheap, and a step is short.
-        if not self.steps & 0xFF and self._tick():
+        # The clock is read every 64 steps: cheap, and a step is short.
+        if not self.steps & 0x3F and self._tick():
             raise _too_slow(limits)
 
     def _tick(self) -> bool:

@@ -42,7 +42,7 @@ from templates.render import (
 TEMPLATE_FIELDS = ("name", "module", "subject", "html", "text", "header", "footer")
 MAX_PART = 512 * 1024
 #: One render thread: under the GIL a second would not run in parallel, only take
-#: more turns from the event loop.  Renders also yield the GIL every 256 steps.
+#: more turns from the event loop.  Renders also yield the GIL every 64 steps.
 _RENDER_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template-render")
 _SAMPLE_UNSUBSCRIBE = "https://example.invalid/u/preview"
 T = TypeVar("T")
