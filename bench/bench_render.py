@@ -6,6 +6,9 @@ bytes with List-Unsubscribe.  Baseline, per message: the same HTML template
 rendered by a plain ``jinja2.Environment().from_string(...).render(...)``
 (no sandbox, no escaping, no text part, no MIME).  Same run, same data.
 
+Ours includes the render budget (templates.render.RenderLimits) counted inside
+the sandbox; the last lines time how fast costly templates are refused.
+
     /work/devvenv/bin/python bench/bench_render.py [messages]
 """
 
@@ -20,7 +23,7 @@ import jinja2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.sending.compose import compose, make_message_id  # noqa: E402
-from templates.render import build_context, compile_template  # noqa: E402
+from templates.render import TemplateLimit, build_context, compile_template  # noqa: E402
 
 SUBJECT = "{{ lead.last_name }} 様 ご提案の件について"
 PARAGRAPH = (
@@ -95,6 +98,25 @@ def baseline(leads: list[dict]) -> int:
     return total
 
 
+X300 = "x" * 300
+#: Templates that took seconds and gigabytes before the render budget.
+COSTLY = {
+    "center(1.5e9)": "{{ 'x'|center('1500000000'|int)|length }}",
+    "3 nested loops of 300": f"{{% for a in '{X300}' %}}{{% for b in '{X300}' %}}"
+    f"{{% for c in '{X300}' %}}.{{% endfor %}}{{% endfor %}}{{% endfor %}}",
+    "27 doublings of a ~ a": "{% set a = 'xx' %}" + "{% set a = a ~ a %}" * 27 + "{{ a }}",
+}
+
+
+def refusal_ms(source: str) -> float:
+    start = time.perf_counter()
+    try:
+        compile_template("s", source).render(build_context("leads", {}))
+    except TemplateLimit:
+        return (time.perf_counter() - start) * 1000
+    raise AssertionError(f"not refused: {source[:40]}")
+
+
 def timed(fn, leads) -> tuple[float, int]:
     start = time.perf_counter()
     size = fn(leads)
@@ -115,6 +137,8 @@ def main() -> None:
     print(f"baseline jinja2 render only : {rate_base:10.0f} msgs/s")
     print(f"ours render+text+MIME bytes : {rate_ours:10.0f} msgs/s  (avg {size / n:.0f} B/msg)")
     print(f"ratio ours/baseline         : {rate_ours / rate_base:10.2f}")
+    for name, source in COSTLY.items():
+        print(f"costly template refused     : {refusal_ms(source):10.1f} ms  ({name})")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     #: Bearer token Prometheus sends to scrape ``/metrics`` (its series name every org).
     #: Empty: only clients on loopback may read ``/metrics``.
     metrics_token: str = ""
+    #: Template rendering budget (templates.render.RenderLimits), per message rendered:
+    #: loop iterations plus filter calls and joins; the longest string an expression may
+    #: build; all characters produced; wall-clock seconds.  Over a limit: 422 or 413.
+    template_max_steps: int = Field(default=100_000, ge=100)
+    template_max_string: int = Field(default=100_000, ge=1000)
+    template_max_chars: int = Field(default=4_000_000, ge=10_000)
+    template_render_seconds: float = Field(default=2.0, gt=0)
 
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:

@@ -11,7 +11,13 @@ into web forms, so both sides are hostile input:
   operators that can allocate without bound (``*``, ``**`` …), imports,
   includes, macros and ``{% autoescape %}`` (which would switch off the
   HTML-escaping of merge values);
-* merge values are data: Jinja never re-reads them as template source.
+* merge values are data: Jinja never re-reads them as template source;
+* every render runs against a :class:`RenderLimits` budget counted inside the
+  sandbox (loop iterations, filter calls, the size of every string it builds,
+  the characters it produces, a deadline), so a template that would take
+  gigabytes or minutes stops early with a :class:`TemplateLimit`.  The budget
+  is cooperative: a render thread cannot be killed, so the bound has to come
+  from the sandbox itself, not from a timeout around it.
 
 Everything costly happens once in :func:`compile_template` (cached): hosted-CRM
 syntax translation, header/footer wrapping, CSS inlining on the template
@@ -23,15 +29,20 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import css_inline
-from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, nodes, pass_eval_context
 from jinja2.exceptions import TemplateError
+from jinja2.nodes import EvalContext
+from jinja2.runtime import markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from templates import fields
 from templates.crm_syntax import UnknownLabel, translate
@@ -66,6 +77,322 @@ class Rendered:
     text: str
 
 
+# --------------------------------------------------------------------------- render budget
+
+
+@dataclass(frozen=True, slots=True)
+class RenderLimits:
+    """What one render (subject, HTML and text of one message) may cost.
+
+    The setting names (``MAILGATE_TEMPLATE_…``) are what an error names, so an
+    operator who meets one knows which knob it is.
+    """
+
+    #: Loop iterations, filter calls and string joins, together.
+    max_steps: int = 100_000
+    #: The longest string (or list, counted as its text) any expression may build.
+    max_string: int = 100_000
+    #: Characters produced in all: output, intermediate strings and repeated loop text.
+    max_chars: int = 4_000_000
+    #: Wall-clock seconds, checked as the steps are counted.
+    seconds: float = 2.0
+
+
+class TemplateLimit(TemplateProblem):
+    """A template that would cost more than :class:`RenderLimits` allows.
+
+    ``status`` is the HTTP answer: 413 for sizes, 422 for work; ``limit`` names
+    the setting.
+    """
+
+    def __init__(self, message: str, *, limit: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.limit, self.status = limit, status
+
+
+DEFAULT_LIMITS = RenderLimits()
+_MAX_INT = 10_000  # bounds filter arguments such as center(n) and truncate(n)
+_limits = DEFAULT_LIMITS
+
+
+def configure(limits: RenderLimits) -> None:
+    """Set the process-wide render limits (the server does this from its settings)."""
+    global _limits
+    _limits = limits
+
+
+def current_limits() -> RenderLimits:
+    return _limits
+
+
+class _Budget:
+    """The running count of one render; every guarded operation charges it."""
+
+    __slots__ = ("limits", "steps", "chars", "deadline")
+
+    def __init__(self, limits: RenderLimits, deadline: float | None = None) -> None:
+        self.limits = limits
+        self.steps = 0
+        self.chars = 0
+        now = time.monotonic()
+        self.deadline = now + limits.seconds if deadline is None else deadline
+        if now > self.deadline:
+            raise _too_slow(limits)
+
+    def charge(self, steps: int, chars: int) -> None:
+        self.steps += steps
+        self.chars += chars
+        limits = self.limits
+        if self.steps > limits.max_steps:
+            raise TemplateLimit(
+                f"the template needs more than {limits.max_steps} loop iterations and "
+                "filter calls to render (limit template_max_steps)",
+                limit="template_max_steps",
+            )
+        if self.chars > limits.max_chars:
+            raise _too_many_chars(limits)
+        # The clock is read every 64 steps: cheap, and a step is short.
+        if not self.steps & 0x3F and self._tick():
+            raise _too_slow(limits)
+
+    def _tick(self) -> bool:
+        """Past the deadline?  Also lets other threads (the event loop) have the GIL."""
+        time.sleep(0)
+        return time.monotonic() > self.deadline
+
+
+def _too_slow(limits: RenderLimits) -> TemplateLimit:
+    return TemplateLimit(
+        f"rendering took longer than {limits.seconds:g} s (limit template_render_seconds)",
+        limit="template_render_seconds",
+    )
+
+
+def _too_many_chars(limits: RenderLimits) -> TemplateLimit:
+    return TemplateLimit(
+        f"the template would produce more than {limits.max_chars} characters "
+        "(limit template_max_chars)",
+        limit="template_max_chars",
+        status=413,
+    )
+
+
+def _too_long(limits: RenderLimits) -> TemplateLimit:
+    return TemplateLimit(
+        f"the template builds a value longer than {limits.max_string} characters "
+        "(limit template_max_string)",
+        limit="template_max_string",
+        status=413,
+    )
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("mailgate_render_budget", default=None)
+
+
+def _budget() -> _Budget:
+    """The running render's budget; a render outside :meth:`CompiledTemplate.render`
+    (constant folding while compiling) gets a fresh one."""
+    return _BUDGET.get() or _Budget(_limits)
+
+
+def _weight(value: Any, limit: int) -> int:
+    """About how many characters ``value`` is as text; stops counting past ``limit``.
+
+    Lists may hold the same long string many times over, so their text can be
+    far larger than their memory: what matters is what ``str()``, ``join`` or
+    output would make of them.
+    """
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        items: Iterable[Any] = (x for pair in value.items() for x in pair)
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = value
+    else:
+        return 8
+    total = 2
+    for item in items:
+        total += 2 + _weight(item, limit - total)
+        if total > limit:
+            break
+    return total
+
+
+def _check_size(value: Any, budget: _Budget) -> int:
+    size = _weight(value, budget.limits.max_string)
+    if size > budget.limits.max_string:
+        raise _too_long(budget.limits)
+    return size
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ … }}`` passes here before output: count what it writes."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        limits = budget.limits
+        size = len(value) if isinstance(value, str) else _weight(value, limits.max_string)
+        if size > limits.max_string:
+            raise _too_long(limits)
+        budget.chars += size  # the hot path: no step, so no clock or step check
+        if budget.chars > limits.max_chars:
+            raise _too_many_chars(limits)
+    return value
+
+
+@pass_eval_context
+def _concat(eval_ctx: EvalContext, left: Any, right: Any) -> str:
+    """``a ~ b``, joined pairwise so no join can outgrow the string limit."""
+    budget = _budget()
+    size = _check_size(left, budget) + _check_size(right, budget)
+    if size > budget.limits.max_string:
+        raise _too_long(budget.limits)
+    budget.charge(1, size)
+    return (markup_join if eval_ctx.autoescape else str_join)((left, right))
+
+
+def _loop(iterable: Any, weight: int) -> Iterator[Any]:
+    """A ``{% for %}``'s items, each charged one step plus the text its body repeats."""
+    budget = _budget()
+    for item in iterable:
+        budget.charge(1, weight)
+        yield item
+
+
+def _arg(params: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str, default: Any):
+    if len(params) > i:
+        return params[i]
+    return kwargs.get(name, default)
+
+
+def _indent_size(value: Any, params: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    text = str(value)
+    width = _arg(params, kwargs, 0, "width", 4)
+    per_line = len(width) if isinstance(width, str) else int(width)
+    return len(text) + (text.count("\n") + 1) * per_line
+
+
+def _replace_size(value: Any, params: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    text = str(value)
+    old, new = str(_arg(params, kwargs, 0, "old", "")), str(_arg(params, kwargs, 1, "new", ""))
+    count = _arg(params, kwargs, 2, "count", None)
+    hits = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    return len(text) + hits * len(new)
+
+
+def _wordwrap_size(value: Any, params: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    text = str(value)
+    width = _arg(params, kwargs, 0, "width", 79)
+    wrap = _arg(params, kwargs, 2, "wrapstring", None) or "\n"
+    breaks = len(text) // max(int(width), 1) + text.count(" ") + text.count("\n") + 1
+    return len(text) + breaks * len(str(wrap))
+
+
+def _join_size(value: Any, params: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    separator = str(_arg(params, kwargs, 0, "d", ""))
+    items = value if isinstance(value, str | list | tuple | Mapping) else ()
+    return _weight(items, 1 << 62) + len(items) * len(separator)
+
+
+_FORMAT_WIDTH = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?")
+
+
+def _format_size(value: Any, params: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    text = str(value)
+    widths = [int(n) for m in _FORMAT_WIDTH.finditer(text) for n in m.groups() if n]
+    if any(w > _MAX_INT for w in widths):
+        raise TemplateLimit(
+            f"a format width over {_MAX_INT} is not allowed (limit template_max_number)",
+            limit="template_max_number",
+        )
+    return len(text) + _weight(params, 1 << 62) + _weight(kwargs, 1 << 62) + sum(widths)
+
+
+def _sum_size(value: Any, params: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    start = _arg(params, kwargs, 1, "start", 0)
+    if not isinstance(start, int | float | Decimal):
+        raise TemplateLimit("sum adds numbers only", limit="template_max_steps")
+    return 0
+
+
+#: Filters whose output can be much larger than their input: checked before they run.
+_ESTIMATES: dict[str, Callable[[Any, tuple[Any, ...], Mapping[str, Any]], int]] = {
+    "indent": _indent_size,
+    "replace": _replace_size,
+    "wordwrap": _wordwrap_size,
+    "join": _join_size,
+    "format": _format_size,
+    "sum": _sum_size,
+}
+#: Filters whose numeric arguments are values, not sizes.
+_ANY_NUMBER = frozenset({"default", "d", "int", "float"})
+
+
+def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a built-in filter so it is charged, and refused before it can blow up.
+
+    Numbers passed to a filter are sizes (``center(n)``, ``truncate(n)``,
+    ``batch(n)``) and stay at most 10,000; the input must be within the
+    string limit; the few filters that multiply their input are estimated
+    first; whatever comes out is measured.
+    """
+    pass_arg = getattr(fn, "jinja_pass_arg", None)
+    skip = 0 if pass_arg is None else 1
+    estimate = _ESTIMATES.get(name)
+    check_numbers = name not in _ANY_NUMBER
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        limits = budget.limits
+        value, params = args[skip], args[skip + 1 :]
+        if check_numbers:
+            for param in (*params, *kwargs.values()):
+                if type(param) is int and abs(param) > _MAX_INT:
+                    raise TemplateLimit(
+                        f"the number {param} given to {name} is over {_MAX_INT} "
+                        "(limit template_max_number)",
+                        limit="template_max_number",
+                    )
+        if name == "join" and not isinstance(value, str | list | tuple | Mapping):
+            value = list(_loop(value, 0))
+            args = (*args[:skip], value, *params)
+        _check_size(value, budget)
+        if estimate is not None and estimate(value, params, kwargs) > limits.max_string:
+            raise _too_long(limits)
+        budget.charge(1, 0)
+        result = fn(*args, **kwargs)
+        if isinstance(result, str | list | tuple | dict):
+            budget.charge(0, _check_size(result, budget))
+        return result
+
+    if pass_arg is not None:
+        guarded.jinja_pass_arg = pass_arg  # type: ignore[attr-defined]
+    return guarded
+
+
+class _Bounded(NodeTransformer):
+    """Rewrites a parsed template so loops and joins go through the budget."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        # Each iteration repeats the body's literal text: charge it up front.
+        weight = sum(len(d.data) for n in node.body for d in n.find_all(nodes.TemplateData))
+        node.iter = nodes.Filter(
+            node.iter, "mailgate:loop", [nodes.Const(weight)], [], None, None, lineno=node.lineno
+        )
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        joined = node.nodes[0]
+        for right in node.nodes[1:]:
+            joined = nodes.Filter(
+                joined, "mailgate:concat", [right], [], None, None, lineno=node.lineno
+            )
+        return joined
+
+
 class _MergeEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox, with a fast path for our context's plain dicts.
 
@@ -75,10 +402,26 @@ class _MergeEnvironment(ImmutableSandboxedEnvironment):
     catalogue name is a dict method, so reading the key first is safe.
     """
 
+    #: ``+`` on strings or lists can double a value per use: sized like ``~``.
+    intercepted_binops = frozenset({"+"})
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if isinstance(left, int | float | Decimal) and isinstance(right, int | float | Decimal):
+            return left + right
+        budget = _budget()
+        size = _check_size(left, budget) + _check_size(right, budget)
+        if size > budget.limits.max_string:
+            raise _too_long(budget.limits)
+        budget.charge(1, size)
+        return left + right
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return _Bounded().visit(super()._parse(source, name, filename))
 
 
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
@@ -90,12 +433,17 @@ def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
         undefined=ChainableUndefined,
         keep_trailing_newline=True,
         auto_reload=False,
+        finalize=_finalize,
     )
     env.globals.clear()
     # `safe` would let an author unescape a lead's value in HTML; `attr`
     # would dodge the catalogue check.
     for name in ("safe", "attr"):
         env.filters.pop(name, None)
+    env.filters = {name: _guarded(name, fn) for name, fn in env.filters.items()}
+    # Names a template cannot spell (":"), for the rewritten loops and joins.
+    env.filters["mailgate:loop"] = _loop
+    env.filters["mailgate:concat"] = _concat
     return env
 
 
@@ -120,7 +468,6 @@ _REFUSED: dict[type[nodes.Node], str] = {
     nodes.ScopedEvalContextModifier: "{% autoescape %} is not allowed",
     nodes.EvalContextModifier: "{% autoescape %} is not allowed",
 }
-_MAX_INT = 10_000  # bounds filter arguments such as center(n) and truncate(n)
 
 
 # --------------------------------------------------------------------------- validation
@@ -255,14 +602,35 @@ class CompiledTemplate:
         self.html_source = html_source
         self.text_source = text_source
 
-    def render(self, context: Mapping[str, Any]) -> Rendered:
-        """Render for one recipient; ``context`` comes from :func:`build_context`."""
-        subject = self._subject.render(context)
+    def render(
+        self,
+        context: Mapping[str, Any],
+        limits: RenderLimits | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Rendered:
+        """Render for one recipient; ``context`` comes from :func:`build_context`.
+
+        Raises :class:`TemplateLimit` when the three parts together cost more
+        than ``limits`` (default: the configured ones).  ``deadline`` (a
+        ``time.monotonic()`` value) replaces the per-render time limit, so
+        many renders can share one, as the messages of one send request do.
+        """
+        budget = _Budget(limits or _limits, deadline)
+        token = _BUDGET.set(budget)
+        try:
+            subject = self._subject.render(context)
+            html = self._html.render(context)
+            text = self._text.render(context)
+        finally:
+            _BUDGET.reset(token)
+        if len(subject) + len(html) + len(text) > budget.limits.max_chars:
+            raise _too_many_chars(budget.limits)
         return Rendered(
             # A merge value must not break the Subject header: one line.
             subject=" ".join(subject.split()),
-            html=self._html.render(context),
-            text=_BLANK_RUN.sub("\n\n", self._text.render(context)),
+            html=html,
+            text=_BLANK_RUN.sub("\n\n", text),
         )
 
 

@@ -91,6 +91,16 @@ def submission(
         ("leads", lead(1, "a@x.jp"), {}, None, {"a@x.jp"}, SkipReason.DUPLICATE),
         ("leads", lead(1, "a@x.jp"), {}, "leads", set(), None),
         ("contacts", lead(1, "a@例え.jp"), {}, None, set(), None),  # IDN domains are fine
+        ("leads", lead(1, "a@-b.example"), {}, None, set(), SkipReason.INVALID_ADDRESS),
+        ("leads", lead(1, "a..b@x.jp"), {}, None, set(), SkipReason.INVALID_ADDRESS),
+        (
+            "leads",
+            lead(1, "a@x.jp", last_name="山田\r\nBcc: x@evil.example"),
+            {},
+            None,
+            set(),
+            SkipReason.INVALID_NAME,
+        ),
     ],
 )
 def test_skip_reason_per_branch(module, record, suppressed, content_module, seen, reason):
@@ -146,6 +156,9 @@ def test_skip_reasons_are_the_strings_the_api_has_always_shown():
         "module_mismatch",
         "address_not_deliverable",
         "duplicate",
+        # issue 10: a record mail cannot carry is skipped, not a refusal of the whole send
+        "invalid_address",
+        "invalid_name",
     }
     assert Skipped("leads", 1, SkipReason.SUPPRESSED, detail="bounce").as_json()["reason"] == (
         "suppressed:bounce"

@@ -25,7 +25,7 @@ from gateway.http.org_settings import OrgSettingsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
-from gateway.http.templates import TemplatesApi
+from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
@@ -89,6 +89,7 @@ class Operations:
 
 def create_app(services: Services) -> Starlette:
     db = services.db
+    configure_limits(services.settings)
     # Tests swap the services' clock while the server runs; follow it.
     clock = services.follow_clock
     mailboxes = MailboxService(

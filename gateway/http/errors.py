@@ -8,8 +8,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.http.jsonutil import dumps
-
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
@@ -19,6 +17,9 @@ class ApiError(Exception):
 
 class JSON(JSONResponse):
     def render(self, content: Any) -> bytes:
+        # Imported here: jsonutil raises ApiError, so it imports this module.
+        from gateway.http.jsonutil import dumps
+
         return dumps(content)
 
 

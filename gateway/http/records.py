@@ -10,11 +10,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.addresses import normalise
-from gateway.http.auth import int_param, path_id, read_json
+from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
+from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
 from gateway.records.changes import changed_fields, created_fields, deleted_fields
+from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 from storage import crm, events, filing
 from storage import mailboxes as mailbox_store
 from storage.events import EventType
@@ -41,15 +43,6 @@ def _module(request: Request) -> str:
     if module not in crm.MODULES:
         raise ApiError(404, "not_found", f"unknown module {module!r}")
     return module
-
-
-def _is_utf8(value: str) -> bool:
-    """JSON may carry lone surrogates (``"\\ud800"``) that no database can store."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -98,12 +91,15 @@ async def _validate(
             value = value.strip()
             if len(value) > MAX_LEN.get(key, 300) or "\x00" in value:
                 raise ApiError(422, "invalid_field", f"{key} is too long or contains NUL")
-            if not _is_utf8(value):
-                raise ApiError(422, "invalid_field", f"{key} contains an unpaired surrogate")
+            if key in NAME_FIELDS and name_problem(value):
+                raise ApiError(422, "invalid_field", f"{key} {name_problem(value)}")
             if key == "email":
                 norm = normalise(value) if value else None
-                if value and norm is None:
-                    raise ApiError(422, "invalid_field", f"email {value!r} is not an email address")
+                problem = address_problem(value) if norm else "not an email address"
+                if value and (norm is None or problem):
+                    raise ApiError(
+                        422, "invalid_field", f"email {value!r} is not a valid address: {problem}"
+                    )
                 values["email_norm"] = norm
                 value = value or None
             values[key] = value

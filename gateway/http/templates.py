@@ -1,29 +1,76 @@
 """Templates over HTTP: create, list, read, save a new version, preview against a record.
 
-Every save is validated (merge fields must exist for the template's module)
-and compiled once, so a template that saves is a template that renders.
+Every save is validated (merge fields must exist for the template's module),
+compiled once and rendered once against an empty record, so a template that
+saves is a template that renders within the limits
+(:class:`templates.render.RenderLimits`).  Compiling and rendering run in a
+thread of their own, never on the event loop: a costly template
+stops at its budget there while health checks, tracking and other requests
+go on answering.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.http.auth import int_param, path_id, read_json
+from gateway.config import Settings
+from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
+from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from storage import crm, templates_store
 from storage import orgs as org_store
-from templates.render import TemplateProblem, build_context, compile_template, validate
+from templates.render import (
+    Rendered,
+    RenderLimits,
+    TemplateLimit,
+    TemplateProblem,
+    build_context,
+    compile_template,
+    configure,
+    validate,
+)
 
 TEMPLATE_FIELDS = ("name", "module", "subject", "html", "text", "header", "footer")
 MAX_PART = 512 * 1024
+#: One render thread: under the GIL a second would not run in parallel, only take
+#: more turns from the event loop.  Renders also yield the GIL every 64 steps.
+_RENDER_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template-render")
+_SAMPLE_UNSUBSCRIBE = "https://example.invalid/u/preview"
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run template work in the render pool, so the event loop keeps answering."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _RENDER_POOL, functools.partial(fn, *args)
+    )
+
+
+def configure_limits(settings: Settings) -> None:
+    """Apply the ``template_*`` settings to every render in this process (API and sending)."""
+    configure(
+        RenderLimits(
+            max_steps=settings.template_max_steps,
+            max_string=settings.template_max_string,
+            max_chars=settings.template_max_chars,
+            seconds=settings.template_render_seconds,
+        )
+    )
 
 
 def template_problem(exc: TemplateProblem) -> ApiError:
+    """422 naming part, field and line; a cost limit is 413 or 422 naming the limit."""
+    if isinstance(exc, TemplateLimit):
+        return ApiError(exc.status, "template_too_costly", str(exc), limit=exc.limit)
     return ApiError(
         422,
         "invalid_template",
@@ -45,8 +92,8 @@ def _template_values(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             raise ApiError(422, "invalid_field", f"{key} must be a string")
-        if len(value) > MAX_PART or "\x00" in value:
-            raise ApiError(422, "invalid_field", f"{key} is too long or contains NUL")
+        if len(value) > MAX_PART:
+            raise ApiError(413, "too_large", f"{key} is longer than {MAX_PART} characters")
         values[key] = value
     if "module" in values:
         module = values["module"].strip().lower()
@@ -63,6 +110,12 @@ def _template_values(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
 
 
 def _check_template(values: dict[str, Any]) -> None:
+    """Validate, compile and render once against an empty record (in the render pool).
+
+    The trial render is what refuses a template whose loops or strings
+    exceed the limits at save time, not at its first send.
+    """
+    module = values["module"]
     try:
         validate(
             values["subject"],
@@ -78,10 +131,24 @@ def _check_template(values: dict[str, Any]) -> None:
             values.get("text"),
             values.get("header"),
             values.get("footer"),
-            values["module"],
-        )
+            module,
+        ).render(build_context(module, {}, unsubscribe_url=_SAMPLE_UNSUBSCRIBE))
     except TemplateProblem as exc:
         raise template_problem(exc) from None
+    except RecursionError:
+        raise ApiError(422, "invalid_template", "the template nests too deeply") from None
+
+
+def _preview(row: dict[str, Any], context: dict[str, Any]) -> Rendered:
+    try:
+        compiled = compile_template(
+            row["subject"], row["html"], row["text"], row["header"], row["footer"], row["module"]
+        )
+        return compiled.render(context)
+    except TemplateProblem as exc:
+        raise template_problem(exc) from None
+    except RecursionError:
+        raise ApiError(422, "invalid_template", "the template nests too deeply") from None
 
 
 def template_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +192,7 @@ class TemplatesApi(Resource):
     async def create_template(self, request: Request) -> Response:
         user = await self.user(request)
         values = _template_values(await read_json(request), partial=False)
-        _check_template(values)
+        await off_loop(_check_template, values)
         async with self.db.begin() as conn:
             tid = await templates_store.create(conn, user["org_id"], user["id"], values)
             row = await templates_store.get(conn, user["org_id"], tid)
@@ -135,11 +202,13 @@ class TemplatesApi(Resource):
         user = await self.user(request)
         limit = int_param(request, "limit", 100, lo=1, hi=500)
         after = int_param(request, "cursor", 0)
+        module = request.query_params.get("module")
+        if module is not None and module not in crm.MODULES:
+            raise ApiError(400, "bad_parameter", f"module must be one of {', '.join(crm.MODULES)}")
         async with self.db.connect() as conn:
             rows = await templates_store.list_page(
-                conn, user["org_id"], after=after, limit=limit + 1,
-                module=request.query_params.get("module"),
-            )  # fmt: skip
+                conn, user["org_id"], after=after, limit=limit + 1, module=module
+            )
         nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
         return JSON({"items": [template_json(r) for r in rows[:limit]], "next": nxt})
 
@@ -160,7 +229,7 @@ class TemplatesApi(Resource):
             if row is None:
                 raise ApiError(404, "not_found", "no such template")
             merged = {**{k: row[k] for k in TEMPLATE_FIELDS}, **values}
-            _check_template(merged)
+            await off_loop(_check_template, merged)
             await templates_store.save_version(conn, row, values)
             row = await templates_store.get(conn, user["org_id"], tid)
         return JSON(template_json(row))
@@ -182,19 +251,8 @@ class TemplatesApi(Resource):
             raise ApiError(
                 422, "module_mismatch", f"this template is for {row['module']}, not {module}"
             )
-        try:
-            compiled = compile_template(
-                row["subject"],
-                row["html"],
-                row["text"],
-                row["header"],
-                row["footer"],
-                row["module"],
-            )
-        except TemplateProblem as exc:
-            raise template_problem(exc) from None
         context = build_context(
-            module, record, related, user, org, unsubscribe_url="https://example.invalid/u/preview"
+            module, record, related, user, org, unsubscribe_url=_SAMPLE_UNSUBSCRIBE
         )
-        rendered = compiled.render(context)
+        rendered = await off_loop(_preview, row, context)
         return JSON({"subject": rendered.subject, "html": rendered.html, "text": rendered.text})

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.addresses import normalise
+from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
+
+#: Ids are 64-bit in the database; a larger number names no account.
+MAX_ID = 2**63 - 1
 
 HEADERS = {
     "first_name": "first_name",
@@ -119,18 +123,22 @@ def parse_csv(data: bytes, module: str) -> Parsed:
             for col, cell in zip(columns, row, strict=True):
                 cell = cell.strip()
                 if col == "account_id":
-                    if cell and not cell.isdigit():
-                        out.errors.append(f"line {lineno}: account_id {cell!r} is not a number")
-                    record[col] = int(cell) if cell.isdigit() else None
+                    number = cell.isascii() and cell.isdigit() and 0 < int(cell) <= MAX_ID
+                    if cell and not number:
+                        out.errors.append(f"line {lineno}: account_id {cell!r} is not an id")
+                    record[col] = int(cell) if number else None
                     continue
                 if len(cell) > LIMITS[col]:
                     out.errors.append(f"line {lineno}: {col} longer than {LIMITS[col]} characters")
+                elif col in NAME_FIELDS and name_problem(cell):
+                    out.errors.append(f"line {lineno}: {col} {name_problem(cell)}")
                 record[col] = cell
             email = record.get("email") or ""
             if email:
                 norm = normalise(email)
-                if norm is None:
-                    out.errors.append(f"line {lineno}: {email!r} is not an email address")
+                problem = address_problem(email) if norm else "not an email address"
+                if norm is None or problem:
+                    out.errors.append(f"line {lineno}: {email!r} is not a valid address: {problem}")
                 elif norm in seen:
                     out.errors.append(f"line {lineno}: {email} repeats line {seen[norm]}")
                 else:

@@ -17,6 +17,7 @@ their unit tests pass ``None``.  The steps that read or write call
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +31,7 @@ from sqlalchemy import Connection
 from gateway.bounces.verp import verp_address
 from gateway.ingest.parse import content_hash
 from gateway.org.plans import daily_limit
+from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 from gateway.sending import quota as rules
 from gateway.sending.compose import compose, make_message_id
 from gateway.sending.dkim import sign as dkim_sign
@@ -41,7 +43,13 @@ from storage import sends as send_store
 from storage.events import EventType, NewEvent, append_sync
 from storage.payloads import email_filed, quota_event
 from storage.suppressions import suppressed_among
-from templates.render import Rendered, build_context, compile_template, full_name
+from templates.render import (
+    Rendered,
+    build_context,
+    compile_template,
+    current_limits,
+    full_name,
+)
 from tracking.prepare import prepare_html, unsubscribe_link
 from tracking.tokens import TokenSigner
 
@@ -57,6 +65,8 @@ class SkipReason(StrEnum):
     UNSUPPORTED_MODULE = "unsupported_module"
     NOT_FOUND = "not_found"
     NO_EMAIL = "no_email"
+    INVALID_ADDRESS = "invalid_address"  # shown with why: ``invalid_address:The part …``
+    INVALID_NAME = "invalid_name"  # a line break in a name would break the To: header
     SUPPRESSED = "suppressed"  # shown with the suppression's reason: ``suppressed:bounce``
     MODULE_MISMATCH = "module_mismatch"
     ADDRESS_NOT_DELIVERABLE = "address_not_deliverable"
@@ -225,7 +235,12 @@ def skip_reason(
     content_module: str | None,
     seen: set[str],
 ) -> SkipReason | None:
-    """Why this recipient gets no mail, or None; the first reason that applies wins."""
+    """Why this recipient gets no mail, or None; the first reason that applies wins.
+
+    A record mail cannot carry (an invalid address, a line break in a name)
+    is skipped here, before any quota is booked, rather than failing the
+    composer and with it every other recipient of the request.
+    """
     if module not in RECIPIENT_MODULES:
         return SkipReason.UNSUPPORTED_MODULE
     if record is None:
@@ -236,10 +251,35 @@ def skip_reason(
         return SkipReason.SUPPRESSED
     if content_module and content_module != module:
         return SkipReason.MODULE_MISMATCH
+    if address_problem(record["email"]):
+        return SkipReason.INVALID_ADDRESS
+    if _name_problem(record):
+        return SkipReason.INVALID_NAME
     if not deliverable(record["email"]):
         return SkipReason.ADDRESS_NOT_DELIVERABLE
     if record["email_norm"] in seen:
         return SkipReason.DUPLICATE
+    return None
+
+
+def _name_problem(record: Mapping[str, Any]) -> str | None:
+    for key in NAME_FIELDS:
+        problem = name_problem(record.get(key) or "")
+        if problem:
+            return f"{key} {problem}"
+    return None
+
+
+def skip_detail(
+    reason: SkipReason, record: Mapping[str, Any], suppressed: Mapping[str, str]
+) -> str | None:
+    """What the API shows after the reason: the suppression's reason, or what is invalid."""
+    if reason is SkipReason.SUPPRESSED:
+        return suppressed[record["email_norm"]]
+    if reason is SkipReason.INVALID_ADDRESS:
+        return address_problem(record["email"])
+    if reason is SkipReason.INVALID_NAME:
+        return _name_problem(record)
     return None
 
 
@@ -259,7 +299,7 @@ def check_recipients(conn: Connection | None, sub: Submission) -> Flow:
             seen.add(record["email_norm"])
             sub.outgoing.append(Outgoing(module, rid, record))
             continue
-        detail = sub.suppressed[record["email_norm"]] if reason is SkipReason.SUPPRESSED else None
+        detail = skip_detail(reason, record, sub.suppressed) if record else None
         email = (record or {}).get("email")
         sub.skipped.append(Skipped(module, rid, reason, detail=detail, email=email))
     return Flow.CONTINUE if sub.outgoing else Flow.DONE
@@ -373,6 +413,10 @@ def render(conn: Connection | None, sub: Submission) -> Flow:
     """Merge each recipient's fields into the content (the unsubscribe link is per send)."""
     req, c = sub.request, sub.request.content
     compiled: dict[str, Any] = {}
+    # One time limit for the whole request, not one per message: on PostgreSQL this
+    # step runs on the event loop (run_write), and 5,000 near-limit renders must not
+    # hold it for minutes.  Ordinary templates render 5,000 messages in well under it.
+    deadline = time.monotonic() + current_limits().seconds
     for out in sub.outgoing:
         if out.module not in compiled:
             compiled[out.module] = compile_template(
@@ -387,7 +431,7 @@ def render(conn: Connection | None, sub: Submission) -> Flow:
             req.org,
             unsubscribe_url=out.unsubscribe[1],
         )
-        out.rendered = compiled[out.module].render(context)
+        out.rendered = compiled[out.module].render(context, deadline=deadline)
         out.sent_html = out.rendered.html
         out.row["subject"] = out.rendered.subject
         out.to_name = full_name(
