@@ -462,3 +462,32 @@ def test_which_refusals_are_about_the_recipient(stage, code, reply, about_recipi
     send = {"to_email": "gone@client.example.jp"}
     d = Delivery(send, Verdict.FAILED if code >= 500 else Verdict.DEFERRED, reply, code, stage)
     assert (d.about_recipient, d.refused_us) == (about_recipient, refused_us)
+
+
+def test_an_idn_recipient_goes_out_in_ascii_and_the_next_send_on_the_connection_is_unharmed(
+    server, people, relay_port
+):
+    """``user@пример.рф`` once raised inside the pooled transaction and the next send on
+    that connection got ``503 nested MAIL command``: now the domain travels as IDNA."""
+    _, _, api = people
+    relay = sink(relay_port)
+    try:
+        idn, plain = _send_to(api, "user@пример.рф", "after-idn@client.example.jp")
+        wait_state(api, idn, "sent")
+        wait_state(api, plain, "sent")
+        dumped = b"\n".join(relay.messages())
+    finally:
+        relay.stop()
+    assert b"user@xn--e1afmkfd.xn--p1ai" in dumped
+    assert b"after-idn@client.example.jp" in dumped
+    assert not {"user@пример.рф", "after-idn@client.example.jp"} & set(_suppressed(api))
+
+
+def test_addresses_are_carried_with_ascii_domains():
+    from gateway.sending.relay import carried_address
+
+    assert carried_address("user@пример.рф") == "user@xn--e1afmkfd.xn--p1ai"
+    assert carried_address("Taro@Client.Example") == "Taro@Client.Example"
+    assert carried_address("山田@例え.jp") == "山田@xn--r8jz45g.jp"  # local part needs SMTPUTF8
+    assert carried_address("no-at-sign") is None
+    assert carried_address("user@" + "ü" * 300 + ".jp") is None  # no valid IDNA form

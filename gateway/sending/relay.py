@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+import idna
 from aiosmtplib.protocol import normalize_message_line_endings
 from aiosmtplib.typing import SMTPStatus
 
@@ -141,9 +142,19 @@ class _Connection:
                 except aiosmtplib.SMTPResponseException as exc:  # greeting, EHLO, TLS, AUTH
                     await self.close()
                     return _refused(send, exc, Stage.SESSION)
-            to = send["to_email"]
+            to = carried_address(send["to_email"])
+            if to is None:
+                return Delivery(send, Verdict.FAILED, "not sent: the address cannot be encoded")
             if _PLAIN_ADDRESS.match(sender) and _PLAIN_ADDRESS.match(to):
                 message = await _transaction(smtp, sender, to, send["raw"])
+            elif not to.isascii() and not smtp.supports_extension("smtputf8"):
+                # Only this send fails (no bounce, no suppression): the relay cannot carry it.
+                return Delivery(
+                    send,
+                    Verdict.FAILED,
+                    "not sent: the address's local part is not ASCII and the relay "
+                    "does not offer SMTPUTF8",
+                )
             else:  # quoting, SMTPUTF8 …: aiosmtplib's own checks and errors
                 _errors, message = await smtp.sendmail(sender, [to], send["raw"])
             return Delivery(send, Verdict.SENT, f"250 {message}".strip(), 250)
@@ -164,6 +175,12 @@ class _Connection:
             await self.close()
             reason = str(exc) or type(exc).__name__
             return Delivery(send, Verdict.DEFERRED, f"relay unreachable: {reason}", None)
+        except Exception as exc:  # noqa: BLE001 - never leave the connection mid-transaction
+            # An unexpected error may leave the session between MAIL and DATA; the next
+            # send on it (another org's, perhaps) would get "503 nested MAIL command".
+            await self.close()
+            log.exception("relay: unexpected error delivering send %s", send.get("id"))
+            return Delivery(send, Verdict.DEFERRED, f"not sent: {type(exc).__name__}", None)
 
 
 #: The transaction stage each refusal of aiosmtplib's comes from; anything else
@@ -176,6 +193,25 @@ _STAGES = {
 
 def _refused(send: dict[str, Any], exc: aiosmtplib.SMTPResponseException, stage: Stage) -> Delivery:
     return Delivery(send, verdict_for(exc.code), f"{exc.code} {exc.message}", exc.code, stage)
+
+
+def carried_address(address: str) -> str | None:
+    """``address`` as the relay can carry it: an IDN domain in its ASCII (IDNA) form.
+
+    ``user@пример.рф`` becomes ``user@xn--e1afmkfd.xn--p1ai``, which any relay
+    takes; a non-ASCII local part stays as it is and needs SMTPUTF8.  None when
+    the domain cannot be encoded at all.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return None
+    if domain.isascii():
+        return address
+    try:
+        ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
+    return f"{local}@{ascii_domain}"
 
 
 #: An addr-spec that goes on the MAIL/RCPT line as it is: no quoting, comments,
