@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
+from storage.db import DriverConnection
 from storage.lean import db_json, db_time, driver_sql
 from storage.schema import inbound
 from storage.types import utcnow
@@ -68,11 +69,12 @@ _SPOOL_COLUMNS = (
 _SPOOL = insert(inbound).values({c: bindparam(c) for c in _SPOOL_COLUMNS}).inline()
 
 
-def spool(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+def spool(conn: Connection | DriverConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Store accepted mail: one executemany, in the driver's own terms, for a whole group.
 
     A receiver pays this for every group it stores; SQLAlchemy's per-row type
-    processing cost more than the insert (see :mod:`storage.lean`).
+    processing cost more than the insert (see :mod:`storage.lean`), so it also
+    runs on a bare driver connection (:meth:`storage.db.Database.run_durable_driver`).
     """
     if not rows:
         return

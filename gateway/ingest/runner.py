@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,11 @@ FINISHED = (Outcome.FILED, Outcome.DUPLICATE, Outcome.IGNORED)
 
 class ReplayError(Exception):
     """A replay that cannot run, or failed again: one line for the operator."""
+
+
+#: After a round that filed mail, look again this soon, for this long: a receiver in
+#: another process cannot wake this runner, and more mail is likely on its way.
+BUSY_POLL, BUSY_FOR = 0.02, 1.0
 
 
 class IngestRunner(LoopRunner):
@@ -78,6 +84,18 @@ class IngestRunner(LoopRunner):
         self.retry_after = retry_after
         self.steps = steps  # the pipeline's in-transaction part (tests add a failing step)
         self._claimed: set[int] = set()
+        self._busy_until = 0.0  # time.monotonic() until which idle rounds poll at BUSY_POLL
+
+    def idle_wait(self) -> float:
+        """Right after filing, poll every 20 ms rather than every 0.25 s.
+
+        In a split deployment the last mail of a burst would otherwise wait up to
+        a whole ``poll_interval`` after its ``250``; polling fast only for a
+        second after work keeps an idle runner as quiet as before.
+        """
+        if time.monotonic() < self._busy_until:
+            return min(BUSY_POLL, self.poll_interval)
+        return self.poll_interval
 
     # -- the round ------------------------------------------------------------------
 
@@ -86,6 +104,7 @@ class IngestRunner(LoopRunner):
         rows = await self.db.run_write(inbound_store.claim, self.batch_size, now, now + self.lease)
         if not rows:
             return 0
+        self._busy_until = time.monotonic() + BUSY_FOR
         ids = {r["id"] for r in rows}
         self._claimed |= ids
         try:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,9 +104,8 @@ class Spool(LoopRunner):
         return max(count, 1)
 
     async def _commit(self, jobs: list[_Job]) -> None:
-        write = self.db.run_durable_write if any(j.durable for j in jobs) else self.db.run_write
         try:
-            await write(_write, jobs)
+            await self._write(jobs)
         except Exception as exc:  # noqa: BLE001 - decided per job below
             if len(jobs) > 1:
                 # One job's ``after`` may be what broke: the others must not pay for it.
@@ -118,6 +117,18 @@ class Spool(LoopRunner):
             return
         for job in jobs:
             _settle(job, None)
+
+    def _write(self, jobs: list[_Job]) -> Awaitable[None]:
+        """The cheapest write that keeps the jobs' promise.
+
+        Rows alone (the SMTP receiver's groups) go through the driver-level
+        path; a job with ``after`` (SQLAlchemy code) needs a full connection.
+        """
+        durable = any(j.durable for j in jobs)
+        if durable and all(j.after is None for j in jobs):
+            rows = [row for job in jobs for row in job.rows]
+            return self.db.run_durable_driver(inbound_store.spool, rows)
+        return (self.db.run_durable_write if durable else self.db.run_write)(_write, jobs)
 
     async def hand_back(self) -> None:
         """Stopping: whoever still waits is told to try again later (451)."""
