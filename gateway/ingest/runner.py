@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -243,6 +244,6 @@ def file_isolated(conn: Connection, batch: Batch, steps: tuple[Step, ...] = IN_T
 
 
 def count_outcomes(items: list[Delivery]) -> None:
-    for d in items:
-        if d.outcome is not None:
-            FILED.labels(d.outcome.value).inc()
+    """One counter update per outcome of the batch (a label look-up per message showed)."""
+    for outcome, n in Counter(d.outcome for d in items if d.outcome is not None).items():
+        FILED.labels(outcome.value).inc(n)
