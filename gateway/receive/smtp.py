@@ -210,7 +210,10 @@ def from_fields(raw: bytes) -> bytes:
     that is neither a field nor a continuation), and a continuation belongs to
     a ``From`` field only as that parser would join it.
     """
-    end = min((i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0), default=-1)
+    crlf = raw.find(b"\r\n\r\n")
+    # Only before the CRLF blank line: a miss over the whole body costs more than the rest.
+    lf = raw.find(b"\n\n", 0, len(raw) if crlf < 0 else crlf + 2)
+    end = min((i for i in (crlf, lf) if i >= 0), default=-1)
     head = raw if end < 0 else raw[: end + 2]
     kept: list[bytes] = []
     in_from = False
