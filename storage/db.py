@@ -220,8 +220,8 @@ class Database:
 
     def _driver_attempt(self, fn: Callable[..., T], *args: Any) -> T:
         raw = self._raw_durable()
-        raw.execute("BEGIN IMMEDIATE")
         try:
+            raw.execute("BEGIN IMMEDIATE")
             result = fn(DriverConnection(raw, self.engine.dialect), *args)
             raw.execute("COMMIT")
         except BaseException as exc:

@@ -21,7 +21,8 @@ bounce queue and ``mailgate inbound list`` already read this table; and there
 is one place to back up.
 
 Durable means fsync'd: on SQLite the spool's transactions run with
-``synchronous=FULL`` (see :meth:`storage.db.Database.run_durable_write`) — the
+``synchronous=FULL`` (see :meth:`storage.db.Database.run_durable_write`, and
+``run_durable_driver``, the leaner path the SMTP receiver's groups take) — the
 rest of the database keeps ``NORMAL``, whose commits survive a crash of the
 process but not of the machine; on PostgreSQL a commit is flushed to the WAL.
 """
