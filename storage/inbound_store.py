@@ -130,6 +130,16 @@ def claim(conn: Connection, limit: int, now: datetime, until: datetime) -> list[
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def claimable(conn: Connection, now: datetime) -> bool:
+    """Whether :func:`claim` would find anything: a plain read, for an idle runner's poll.
+
+    On SQLite a claim takes the one write lock even when it finds nothing; an
+    idle runner looking every few milliseconds must not hold up the receivers'
+    durable writes.
+    """
+    return conn.execute(select(inbound.c.id).where(_claimable(now)).limit(1)).first() is not None
+
+
 def forget(conn: Connection, ids: Sequence[int]) -> None:
     """Filed (or found to be a duplicate, or not ours): the messages table is the record now."""
     if ids:

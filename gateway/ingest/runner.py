@@ -86,13 +86,16 @@ class IngestRunner(LoopRunner):
         self.steps = steps  # the pipeline's in-transaction part (tests add a failing step)
         self._claimed: set[int] = set()
         self._busy_until = 0.0  # time.monotonic() until which idle rounds poll at BUSY_POLL
+        self._found_none = True  # the last claim found nothing: look with a read first
 
     def idle_wait(self) -> float:
         """Right after filing, poll every 20 ms rather than every 0.25 s.
 
         In a split deployment the last mail of a burst would otherwise wait up to
-        a whole ``poll_interval`` after its ``250``; polling fast only for a
-        second after work keeps an idle runner as quiet as before.
+        a whole ``poll_interval`` after its ``250``.  Polling fast only for a
+        second after work keeps an idle runner as quiet as before, and an idle
+        poll is a read (:func:`storage.inbound_store.claimable`), so it never
+        holds SQLite's write lock against a receiver's durable write.
         """
         if time.monotonic() < self._busy_until:
             return min(BUSY_POLL, self.poll_interval)
@@ -102,7 +105,10 @@ class IngestRunner(LoopRunner):
 
     async def run_once(self) -> int:
         now = self.clock.now()
+        if self._found_none and not await self.db.run_read(inbound_store.claimable, now):
+            return 0
         rows = await self.db.run_write(inbound_store.claim, self.batch_size, now, now + self.lease)
+        self._found_none = not rows
         if not rows:
             return 0
         self._busy_until = time.monotonic() + BUSY_FOR
