@@ -160,6 +160,7 @@ _MESSAGE_COLUMNS = (
     "html_body",
     "defects",
     "size",
+    "send_id",
     "seen",
     "raw",
     "created_at",
@@ -183,6 +184,9 @@ def insert_messages(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[in
     """
     if not rows:
         return []
+    unknown = set().union(*rows) - set(_MESSAGE_COLUMNS)
+    if unknown:  # a column the driver-level insert would silently drop
+        raise ValueError(f"insert_messages: unknown columns {sorted(unknown)}")
     at, time_, json = db_time(conn)(utcnow()), db_time(conn), db_json
     params = [
         (
@@ -204,7 +208,8 @@ def insert_messages(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[in
             r["html_body"],
             json(r["defects"]),
             r["size"],
-            False,
+            r.get("send_id"),
+            r.get("seen", False),
             r["raw"],
             at,
         )
