@@ -12,6 +12,8 @@ commits are flushed to disk with the default ``synchronous_commit=on``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Dialect, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -43,7 +45,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def _sqlite_durable(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA synchronous=FULL")  # WAL mode: fsync the WAL at every commit
-    cur.execute("PRAGMA busy_timeout=0")  # waits in Database._durable_write_sqlite instead
+    cur.execute("PRAGMA busy_timeout=0")  # waits in Database._durable_retry instead
     # Checkpoints (copying the WAL into the database, with an fsync of its own) are left
     # to the other writers, the ingest runner's: here they ran in a receiver's commit and
     # took ~15% of the SMTP process.
@@ -57,6 +59,30 @@ DURABLE_WAIT, DURABLE_POLL, DURABLE_POLL_MAX = 30.0, 0.0005, 0.004
 
 def _manual_transactions(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see Database._sync_engines)
+
+
+def _locked(exc: BaseException) -> bool:
+    """SQLite's lock was taken (``database is locked``): worth another try."""
+    return isinstance(exc, (OperationalError, sqlite3.OperationalError)) and "locked" in str(exc)
+
+
+class DriverConnection:
+    """A raw DB-API connection offering what :mod:`storage.lean`'s statements use.
+
+    ``dialect`` (which SQL and value formats to use) and ``exec_driver_sql``
+    (a list of parameter tuples is an executemany), nothing else.
+    """
+
+    __slots__ = ("_raw", "dialect")
+
+    def __init__(self, raw: sqlite3.Connection, dialect: Dialect) -> None:
+        self._raw, self.dialect = raw, dialect
+
+    def exec_driver_sql(self, sql: str, params: Any = ()) -> None:
+        if isinstance(params, list):
+            self._raw.executemany(sql, params)
+        else:
+            self._raw.execute(sql, params)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -89,6 +115,7 @@ class Database:
         self._writer: Engine | None = None
         self._reader: Engine | None = None
         self._durable: Engine | None = None
+        self._raw: sqlite3.Connection | None = None  # run_durable_driver's connection
         self._writer_lock = threading.Lock()
         #: One SQLite write transaction at a time in this process: writers queue here rather
         #: than in SQLite's busy handler, whose sleeps grow to 100 ms while the lock is taken.
@@ -137,7 +164,7 @@ class Database:
         fsync stalled every session).
         """
         if self.dialect == "sqlite":
-            return await asyncio.to_thread(self._durable_write_sqlite, fn, *args)
+            return await asyncio.to_thread(self._durable_retry, self._durable_attempt, fn, *args)
         return await self.run_write(fn, *args)
 
     @property
@@ -172,9 +199,58 @@ class Database:
                 self._writer, self._reader = writer, reader
             return self._writer, self._reader
 
+    async def run_durable_driver(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`run_durable_write` for ``fn`` written in the driver's own terms.
+
+        ``fn(conn, *args)`` may use only ``conn.dialect`` and ``conn.exec_driver_sql``
+        (the :mod:`storage.lean` statements).  On SQLite it then runs on one raw
+        ``sqlite3`` connection kept for it: no pool checkout, no SQLAlchemy
+        transaction or execution context.  The SMTP receiver stores every group
+        this way; under load its groups hold a few messages, so that per-group
+        overhead was a large share of storing one.  Same durability: ``BEGIN
+        IMMEDIATE`` … ``COMMIT`` with ``synchronous=FULL``.
+        """
+        if self.dialect == "sqlite":
+            return await asyncio.to_thread(self._durable_retry, self._driver_attempt, fn, *args)
+        return await self.run_write(fn, *args)
+
     def _durable_attempt(self, fn: Callable[..., T], *args: Any) -> T:
         with self._durable_engine().begin() as conn:
             return fn(conn, *args)
+
+    def _driver_attempt(self, fn: Callable[..., T], *args: Any) -> T:
+        raw = self._raw_durable()
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            result = fn(DriverConnection(raw, self.engine.dialect), *args)
+            raw.execute("COMMIT")
+        except BaseException as exc:
+            if raw.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    raw.execute("ROLLBACK")
+            if not _locked(exc):
+                self._close_raw()  # a broken connection is not kept; the next use reopens
+            raise
+        return result
+
+    def _raw_durable(self) -> sqlite3.Connection:
+        if self._raw is None:
+            raw = sqlite3.connect(
+                make_url(self.url).database or ":memory:",
+                timeout=0,
+                isolation_level=None,  # BEGIN and COMMIT are ours
+                check_same_thread=False,  # used under _write_turn, from worker threads
+            )
+            _sqlite_pragmas(raw, None)
+            _sqlite_durable(raw, None)
+            self._raw = raw
+        return self._raw
+
+    def _close_raw(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(sqlite3.Error):
+                raw.close()
 
     def _durable_engine(self) -> Engine:
         with self._writer_lock:
@@ -194,7 +270,7 @@ class Database:
                 self._durable = durable
             return self._durable
 
-    def _durable_write_sqlite(self, fn: Callable[..., T], *args: Any) -> T:
+    def _durable_retry(self, attempt: Callable[..., T], fn: Callable[..., T], *args: Any) -> T:
         # SQLite's own busy handler sleeps ever longer (up to 100 ms a try) while another
         # process holds the lock; every SMTP session waiting on this group would wait
         # that long after the lock is free.  Looking again within 4 ms does not.
@@ -203,9 +279,9 @@ class Database:
         while True:
             try:
                 with self._write_turn:
-                    return self._durable_attempt(fn, *args)
-            except OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    return attempt(fn, *args)
+            except (OperationalError, sqlite3.OperationalError) as exc:
+                if not _locked(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(poll)
             poll = min(poll * 2, DURABLE_POLL_MAX)
@@ -221,6 +297,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        with self._write_turn:
+            self._close_raw()
         for engine in (self._writer, self._reader, self._durable):
             if engine is not None:
                 engine.dispose()

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
+from storage.db import DriverConnection
 from storage.lean import db_json, db_time, driver_sql
 from storage.schema import inbound
 from storage.types import utcnow
@@ -68,11 +69,12 @@ _SPOOL_COLUMNS = (
 _SPOOL = insert(inbound).values({c: bindparam(c) for c in _SPOOL_COLUMNS}).inline()
 
 
-def spool(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+def spool(conn: Connection | DriverConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Store accepted mail: one executemany, in the driver's own terms, for a whole group.
 
     A receiver pays this for every group it stores; SQLAlchemy's per-row type
-    processing cost more than the insert (see :mod:`storage.lean`).
+    processing cost more than the insert (see :mod:`storage.lean`), so it also
+    runs on a bare driver connection (:meth:`storage.db.Database.run_durable_driver`).
     """
     if not rows:
         return
@@ -126,6 +128,16 @@ def claim(conn: Connection, limit: int, now: datetime, until: datetime) -> list[
     )
     q = select(*CLAIM_COLUMNS).where(inbound.c.id.in_(ids)).order_by(inbound.c.id)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def claimable(conn: Connection, now: datetime) -> bool:
+    """Whether :func:`claim` would find anything: a plain read, for an idle runner's poll.
+
+    On SQLite a claim takes the one write lock even when it finds nothing; an
+    idle runner looking every few milliseconds must not hold up the receivers'
+    durable writes.
+    """
+    return conn.execute(select(inbound.c.id).where(_claimable(now)).limit(1)).first() is not None
 
 
 def forget(conn: Connection, ids: Sequence[int]) -> None:

@@ -6,7 +6,8 @@ import re
 import smtplib
 import uuid
 
-from gateway.ingest.parse import first_message_id
+from gateway.ingest.parse import first_message_id, from_addresses
+from gateway.receive.smtp import from_fields
 
 JAPANESE_SUBJECTS = {
     "au-email.eml": "※本文はこのままで送信してね",
@@ -98,3 +99,31 @@ def test_every_japanese_and_malformed_message_is_accepted_and_japanese_subjects_
     assert checked >= 8
     # the receiver is still healthy
     assert api.get("/healthz").status_code == 200
+
+
+FROM_EDGE_CASES = [
+    b"From: a@x.test\r\nTo: b@y.test\r\n\r\nbody\r\n",
+    b'To: b@y.test\nFROM: "Name, Last" <a@x.test>\n\nbody\n',
+    b"From: a@x.test,\r\n b@x.test\r\nSubject: s\r\n\r\n",
+    b"From sender Mon Jan  1 00:00:00 2026\nFrom: a@x.test\n\nbody",
+    b"Subject: s\nnot a header line\nFrom: a@x.test\n\n",
+    b"Subject: s\n\nFrom: a@x.test\n",
+    b"From : a@x.test\nFrom: b@x.test\nFrom: c@x.test\n\n",
+    b" continued\nFrom: a@x.test\n",
+    b"From: a@x.test",
+    b"From: =?utf-8?b?5bGx55Sw?= <a@x.test>\rTo: b@y.test\r\rbody",
+    b"X: 1\nFrom x\n c@x.test\nFrom: a@x.test\n\n",
+    b"",
+]
+
+
+def test_the_data_check_reads_the_same_from_addresses_from_the_from_fields_alone(corpora):
+    """The SMTP DATA check parses only the From fields: it must find what a full parse finds."""
+    files = sorted(
+        p
+        for p in corpora.rglob("*")
+        if p.is_file() and p.parent.name != "LICENSES" and p.suffix in (".eml", ".txt", "")
+    )
+    assert len(files) > 50
+    for raw in FROM_EDGE_CASES + [p.read_bytes() for p in files]:
+        assert from_addresses(from_fields(raw)) == from_addresses(raw), raw[:300]

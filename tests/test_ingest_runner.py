@@ -233,3 +233,55 @@ def test_storing_fails_loudly_when_the_spool_writer_is_not_running(env):
             await db.dispose()
 
     run(go())
+
+
+def test_a_group_stored_while_another_writer_holds_the_lock_waits_and_is_stored(env):
+    """SMTP groups go through the driver-level path: it must wait for SQLite's lock, not fail."""
+    if not env["url"].startswith("sqlite"):
+        pytest.skip("SQLite's single writer lock")
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    async def go():
+        db = Database(env["url"])
+        spool = Spool(db)
+        await spool.start()
+        other = sqlite3.connect(make_url(env["url"]).database, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process filing a long batch
+            pending = asyncio.ensure_future(spool.store([row(env, mail(env, "waited"))]))
+            await asyncio.sleep(0.2)
+            assert not pending.done()  # no 250 before the rows are stored
+            other.execute("COMMIT")
+            await asyncio.wait_for(pending, 10)
+            async with db.connect() as conn:
+                assert await conn.run_sync(inbound_store.count_pending) >= 1
+        finally:
+            other.close()
+            await spool.stop()
+            await db.dispose()
+
+    run(go())
+
+
+def test_a_group_that_cannot_be_stored_is_refused_and_the_next_one_is_stored(env):
+    from storage.db import StorageUnavailable
+
+    async def go():
+        db = Database(env["url"])
+        spool = Spool(db)
+        await spool.start()
+        try:
+            bad = {**row(env, mail(env, "bad")), "raw": None}  # raw is NOT NULL
+            with pytest.raises(StorageUnavailable):
+                await spool.store([bad])
+            await spool.store([row(env, mail(env, "good"))])
+            async with db.connect() as conn:
+                rows = await conn.run_sync(inbound_store.list_state, "pending", 1000)
+            assert any(r["org_id"] == env["org"]["id"] for r in rows)
+        finally:
+            await spool.stop()
+            await db.dispose()
+
+    run(go())

@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +50,13 @@ FINISHED = (Outcome.FILED, Outcome.DUPLICATE, Outcome.IGNORED)
 
 class ReplayError(Exception):
     """A replay that cannot run, or failed again: one line for the operator."""
+
+
+#: After a round that filed mail, look again this soon, for this long: a receiver in
+#: another process cannot wake this runner, and more mail is likely on its way.  Not
+#: sooner: every look that finds mail files a batch, and at 20 ms the batches of the
+#: dropbox benchmark shrank so far that the worker's CPU per message rose by ~40%.
+BUSY_POLL, BUSY_FOR = 0.05, 1.0
 
 
 class IngestRunner(LoopRunner):
@@ -78,14 +87,33 @@ class IngestRunner(LoopRunner):
         self.retry_after = retry_after
         self.steps = steps  # the pipeline's in-transaction part (tests add a failing step)
         self._claimed: set[int] = set()
+        self._busy_until = 0.0  # time.monotonic() until which idle rounds poll at BUSY_POLL
+        self._found_none = True  # the last claim found nothing: look with a read first
+
+    def idle_wait(self) -> float:
+        """Right after filing, poll every 50 ms rather than every 0.25 s.
+
+        In a split deployment the last mail of a burst would otherwise wait up to
+        a whole ``poll_interval`` after its ``250``.  Polling fast only for a
+        second after work keeps an idle runner as quiet as before, and an idle
+        poll is a read (:func:`storage.inbound_store.claimable`), so it never
+        holds SQLite's write lock against a receiver's durable write.
+        """
+        if time.monotonic() < self._busy_until:
+            return min(BUSY_POLL, self.poll_interval)
+        return self.poll_interval
 
     # -- the round ------------------------------------------------------------------
 
     async def run_once(self) -> int:
         now = self.clock.now()
+        if self._found_none and not await self.db.run_read(inbound_store.claimable, now):
+            return 0
         rows = await self.db.run_write(inbound_store.claim, self.batch_size, now, now + self.lease)
+        self._found_none = not rows
         if not rows:
             return 0
+        self._busy_until = time.monotonic() + BUSY_FOR
         ids = {r["id"] for r in rows}
         self._claimed |= ids
         try:
@@ -224,6 +252,6 @@ def file_isolated(conn: Connection, batch: Batch, steps: tuple[Step, ...] = IN_T
 
 
 def count_outcomes(items: list[Delivery]) -> None:
-    for d in items:
-        if d.outcome is not None:
-            FILED.labels(d.outcome.value).inc()
+    """One counter update per outcome of the batch (a label look-up per message showed)."""
+    for outcome, n in Counter(d.outcome for d in items if d.outcome is not None).items():
+        FILED.labels(outcome.value).inc(n)

@@ -21,7 +21,8 @@ bounce queue and ``mailgate inbound list`` already read this table; and there
 is one place to back up.
 
 Durable means fsync'd: on SQLite the spool's transactions run with
-``synchronous=FULL`` (see :meth:`storage.db.Database.run_durable_write`) — the
+``synchronous=FULL`` (see :meth:`storage.db.Database.run_durable_write`, and
+``run_durable_driver``, the leaner path the SMTP receiver's groups take) — the
 rest of the database keeps ``NORMAL``, whose commits survive a crash of the
 process but not of the machine; on PostgreSQL a commit is flushed to the WAL.
 """
@@ -31,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,9 +105,8 @@ class Spool(LoopRunner):
         return max(count, 1)
 
     async def _commit(self, jobs: list[_Job]) -> None:
-        write = self.db.run_durable_write if any(j.durable for j in jobs) else self.db.run_write
         try:
-            await write(_write, jobs)
+            await self._write(jobs)
         except Exception as exc:  # noqa: BLE001 - decided per job below
             if len(jobs) > 1:
                 # One job's ``after`` may be what broke: the others must not pay for it.
@@ -118,6 +118,18 @@ class Spool(LoopRunner):
             return
         for job in jobs:
             _settle(job, None)
+
+    def _write(self, jobs: list[_Job]) -> Awaitable[None]:
+        """The cheapest write that keeps the jobs' promise.
+
+        Rows alone (the SMTP receiver's groups) go through the driver-level
+        path; a job with ``after`` (SQLAlchemy code) needs a full connection.
+        """
+        durable = any(j.durable for j in jobs)
+        if durable and all(j.after is None for j in jobs):
+            rows = [row for job in jobs for row in job.rows]
+            return self.db.run_durable_driver(inbound_store.spool, rows)
+        return (self.db.run_durable_write if durable else self.db.run_write)(_write, jobs)
 
     async def hand_back(self) -> None:
         """Stopping: whoever still waits is told to try again later (451)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class DropboxHandler:
         if dropboxes and not bounces:
             # Refused now when no dropbox of the transaction allows the From; otherwise
             # everything is stored and the runner parks what it refuses (never dropped).
-            froms = set(from_addresses(raw))
+            froms = set(from_addresses(from_fields(raw)))
             if not froms or not any(froms <= r.user["allowed"] for r in dropboxes):
                 return answer(S550_SENDER)
         mail_from = (envelope.mail_from or "")[:998]
@@ -199,6 +200,45 @@ class DropboxHandler:
         if bounces and self.wake_bounces is not None:
             self.wake_bounces()
         return answer(S250_OK)
+
+
+#: A line the stdlib's header parser still reads as part of the header block
+#: (``email.feedparser.headerRE``): a field, a continuation, or a stray ``From `` line.
+_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
+
+
+def from_fields(raw: bytes) -> bytes:
+    """Only the ``From`` fields of ``raw``'s header block, as a header block of their own.
+
+    ``from_addresses(from_fields(raw)) == from_addresses(raw)``, for about a
+    third of the cost: the DATA check then parses one field instead of every
+    header.  The block ends where the stdlib parser ends it (the first line
+    that is neither a field nor a continuation), and a continuation belongs to
+    a ``From`` field only as that parser would join it.
+    """
+    crlf = raw.find(b"\r\n\r\n")
+    # Only before the CRLF blank line: a miss over the whole body costs more than the rest.
+    lf = raw.find(b"\n\n", 0, len(raw) if crlf < 0 else crlf + 2)
+    end = min((i for i in (crlf, lf) if i >= 0), default=-1)
+    head = raw if end < 0 else raw[: end + 2]
+    kept: list[bytes] = []
+    in_from = False
+    for line in head.splitlines(keepends=True):
+        if not _HEADER_LINE.match(line):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if in_from:
+                kept.append(line)
+            continue
+        colon = line.find(b":")
+        # A ``From `` line (an mbox separator) is no field, and ends the one before it.
+        in_from = not line.startswith(b"From ") and colon > 0 and line[:colon].lower() == b"from"
+        if in_from:
+            kept.append(line)
+    if not kept:
+        return b""
+    block = b"".join(kept)
+    return block + (b"\n" if block.endswith((b"\n", b"\r")) else b"\n\n")
 
 
 def answer(reply: str) -> str:
