@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -236,33 +237,64 @@ def test_storing_fails_loudly_when_the_spool_writer_is_not_running(env):
 
 
 def test_a_group_stored_while_another_writer_holds_the_lock_waits_and_is_stored(env):
-    """SMTP groups go through the driver-level path: it must wait for SQLite's lock, not fail."""
-    if not env["url"].startswith("sqlite"):
-        pytest.skip("SQLite's single writer lock")
-    import sqlite3
+    """A spool group must wait for another writer (a worker filing a long batch), not fail.
 
-    from sqlalchemy.engine import make_url
+    SQLite: another connection holds the single write lock (SMTP groups go through the
+    driver-level path there).  PostgreSQL: another transaction holds an exclusive lock on
+    the spool table.  Either way no ``250`` comes before the rows are stored.
+    """
 
     async def go():
         db = Database(env["url"])
         spool = Spool(db)
         await spool.start()
-        other = sqlite3.connect(make_url(env["url"]).database, isolation_level=None)
         try:
-            other.execute("BEGIN IMMEDIATE")  # another process filing a long batch
-            pending = asyncio.ensure_future(spool.store([row(env, mail(env, "waited"))]))
-            await asyncio.sleep(0.2)
-            assert not pending.done()  # no 250 before the rows are stored
-            other.execute("COMMIT")
+            async with hold_write_lock(env["url"]) as release:
+                pending = asyncio.ensure_future(spool.store([row(env, mail(env, "waited"))]))
+                await asyncio.sleep(0.2)
+                assert not pending.done()  # no 250 before the rows are stored
+                await release()
             await asyncio.wait_for(pending, 10)
             async with db.connect() as conn:
                 assert await conn.run_sync(inbound_store.count_pending) >= 1
         finally:
-            other.close()
             await spool.stop()
             await db.dispose()
 
     run(go())
+
+
+@contextlib.asynccontextmanager
+async def hold_write_lock(url: str):
+    """Another writer holding what a spool write needs; yields an async ``release()``."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        from sqlalchemy.engine import make_url
+
+        other = sqlite3.connect(make_url(url).database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+
+        async def release() -> None:
+            other.execute("COMMIT")
+
+        try:
+            yield release
+        finally:
+            other.close()
+        return
+    holder = Database(url)
+    try:
+        async with holder.engine.connect() as conn:
+            tx = await conn.begin()
+            await conn.exec_driver_sql("LOCK TABLE inbound IN EXCLUSIVE MODE")
+
+            async def release() -> None:
+                await tx.commit()
+
+            yield release
+    finally:
+        await holder.dispose()
 
 
 def test_a_group_that_cannot_be_stored_is_refused_and_the_next_one_is_stored(env):
