@@ -205,10 +205,10 @@ def org_addresses(
         fail("--name only goes with `add`")
 
     async def go(db: Database, s: Settings) -> dict[str, Any]:
-        from storage import orgs as org_store
+        from storage import orgs
 
         async with db.connect() as conn:
-            found = await org_store.find_org(conn, org)
+            found = await orgs.find_org(conn, org)
         if found is None:
             raise admin.AdminError(f"no organization {org!r}")
         try:
@@ -240,10 +240,10 @@ def org_tracking_skip(
         fail("`list` takes no domains; use `set`")
 
     async def go(db: Database, s: Settings) -> dict[str, Any]:
-        from storage import orgs as org_store
+        from storage import orgs
 
         async with db.connect() as conn:
-            found = await org_store.find_org(conn, org)
+            found = await orgs.find_org(conn, org)
         if found is None:
             raise admin.AdminError(f"no organization {org!r}")
         if action == "set":
@@ -483,13 +483,13 @@ def imap_add(
 
 def _user_mailboxes(db: Database, ref: str):
     async def find() -> list[dict[str, Any]]:
-        from storage import mailboxes as store
+        from storage import mailboxes
 
         async with db.connect() as conn:
             owner = await admin.find_user(conn, ref)
             if owner is None:
                 raise admin.AdminError(f"no user {ref!r}")
-            rows = await store.list_mailboxes(conn, owner["org_id"], owner["id"])
+            rows = await mailboxes.list_mailboxes(conn, owner["org_id"], owner["id"])
         if not rows:
             raise admin.AdminError(f"user {ref!r} has no connected mailbox (`mailgate imap add`)")
         return rows

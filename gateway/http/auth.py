@@ -8,7 +8,7 @@ from starlette.requests import Request
 
 from gateway.http.errors import ApiError
 from gateway.http.jsonutil import path_id, read_json  # noqa: F401 - parsed in one place
-from storage import orgs as org_store
+from storage import orgs
 from storage.db import Database
 
 
@@ -19,7 +19,7 @@ async def authenticate(db: Database, request: Request) -> dict[str, Any]:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <api_token>")
     async with db.connect() as conn:
-        user = await org_store.user_by_api_token(conn, token.strip())
+        user = await orgs.user_by_api_token(conn, token.strip())
     if user is None:
         raise ApiError(401, "unauthorized", "unknown or revoked API token")
     return user

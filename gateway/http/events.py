@@ -15,8 +15,7 @@ from gateway.http.auth import int_param
 from gateway.http.errors import JSON
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
-from storage import events
-from storage import mailboxes as mailbox_store
+from storage import events, mailboxes
 
 
 class EventsApi(Resource):
@@ -29,7 +28,7 @@ class EventsApi(Resource):
         limit = int_param(request, "limit", 100, lo=1, hi=1000)
         async with self.db.connect() as conn:
             read = await events.read_after(conn, after=after, limit=limit, org_id=user["org_id"])
-            modes, shares = await mailbox_store.sharing_rules(conn, user["org_id"])
+            modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
         items = [
             e for e in read if sharing.sees_event(user["id"], e["type"], e["data"], modes, shares)
         ]

@@ -19,9 +19,8 @@ from gateway.http.errors import JSON, ApiError
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values, sharing
 from gateway.receive.mailboxes.validate import resolve_target
-from storage import crm
+from storage import crm, orgs
 from storage import mailboxes as store
-from storage import orgs as org_store
 from storage.db import Database
 
 
@@ -77,7 +76,7 @@ class MailboxesApi(Resource):
             if not user["is_admin"]:
                 raise ApiError(403, "forbidden", "only an admin connects another user's mailbox")
             async with self.db.connect() as conn:
-                other = await org_store.get_user(conn, target) if target < 2**62 else None
+                other = await orgs.get_user(conn, target) if target < 2**62 else None
             if other is None or other["org_id"] != user["org_id"]:
                 raise ApiError(422, "invalid_field", f"user {target} does not exist")
             owner = target
@@ -153,7 +152,7 @@ class MailboxesApi(Resource):
     async def _target_user(self, request: Request, user: dict[str, Any]) -> dict[str, Any]:
         target_id = path_id(request)
         async with self.db.connect() as conn:
-            target = await org_store.get_user(conn, target_id)
+            target = await orgs.get_user(conn, target_id)
         if target is None or target["org_id"] != user["org_id"]:
             raise ApiError(404, "not_found", "no such user")
         return target

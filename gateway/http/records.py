@@ -17,8 +17,7 @@ from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
 from gateway.records.changes import changed_fields, created_fields, deleted_fields
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
-from storage import crm, events, filing
-from storage import mailboxes as mailbox_store
+from storage import crm, events, filing, mailboxes
 from storage.events import EventType
 from storage.payloads import record_converted, record_event
 
@@ -139,13 +138,13 @@ async def _visible_emails(
     conn, user: dict[str, Any], module: str, rid: int, *, after: int, limit: int
 ) -> list[dict[str, Any]]:
     """The record's mail the asking user may see (gateway.receive.mailboxes.sharing)."""
-    target = await mailbox_store.resolve_record(conn, user["org_id"], module, rid)
+    target = await mailboxes.resolve_record(conn, user["org_id"], module, rid)
     if target is None:
         return []
     module, rid = target
-    modes = await mailbox_store.sharing_modes(conn, user["org_id"])
+    modes = await mailboxes.sharing_modes(conn, user["org_id"])
     custom = [uid for uid, row in modes.items() if row["mode"] == "custom"]
-    sharers = await mailbox_store.custom_sharers(conn, custom, module, rid)
+    sharers = await mailboxes.custom_sharers(conn, custom, module, rid)
     hidden = sharing.hidden_owners(user["id"], modes, sharers)
     return await filing.emails_for_record(
         conn, user["org_id"], module, rid, hidden_owners=hidden, after=after, limit=limit

@@ -9,7 +9,7 @@ from starlette.routing import Route
 from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
 from gateway.http.resource import Resource
-from storage import orgs as org_store
+from storage import orgs
 from tracking.reports import ReportError, email_report, no_response_report, parse_period
 
 
@@ -22,7 +22,7 @@ class ReportsApi(Resource):
 
     async def _period(self, request: Request, org_id: int):
         async with self.db.connect() as conn:
-            org = await org_store.get_org(conn, org_id)
+            org = await orgs.get_org(conn, org_id)
         tz = (org or {}).get("timezone") or "UTC"
         try:
             return parse_period(

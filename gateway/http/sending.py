@@ -25,12 +25,7 @@ from gateway.receive.mailboxes import sharing
 from gateway.sending.steps import Content, QuotaExceeded, SendRequest, Signer
 from gateway.sending.submit import enqueue
 from gateway.sending.usage import org_quota
-from storage import events, templates_store
-from storage import mailboxes as mailbox_store
-from storage import org_addresses as org_address_store
-from storage import orgs as org_store
-from storage import sends as send_store
-from storage import suppressions as suppression_store
+from storage import events, mailboxes, org_addresses, orgs, sends, suppressions, templates_store
 from storage.db import Database
 from storage.payloads import suppression_lifted
 from templates.render import TemplateProblem, compile_template
@@ -115,7 +110,7 @@ async def _from_address(conn, user: dict[str, Any], given: Any) -> tuple[str, st
         raise ApiError(422, "invalid_field", f"from {given!r} is not an email address")
     if norm == user["email_norm"]:
         return user["email"], name if name is not None else user["name"]
-    row = await org_address_store.get_by_email(conn, user["org_id"], norm)
+    row = await org_addresses.get_by_email(conn, user["org_id"], norm)
     if row is None:
         raise ApiError(
             422,
@@ -156,7 +151,7 @@ class SendingApi(Resource):
         async with self.db.connect() as conn:
             content = await _content(conn, user["org_id"], body)
             from_email, from_name = await _from_address(conn, user, body.get("from"))
-            org = await org_store.get_org(conn, user["org_id"])
+            org = await orgs.get_org(conn, user["org_id"])
         _check_inline(content, {m for m, _ in to})
         req = SendRequest(
             org=org,
@@ -198,8 +193,8 @@ class SendingApi(Resource):
     async def get_send(self, request: Request) -> Response:
         user = await self.user(request)
         async with self.db.connect() as conn:
-            row = await send_store.get(conn, user["org_id"], path_id(request))
-            modes, shares = await mailbox_store.sharing_rules(conn, user["org_id"])
+            row = await sends.get(conn, user["org_id"], path_id(request))
+            modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
         # A colleague's private send is as absent as one that does not exist.
         if row is None or not sharing.sees_mail(
             user["id"], row["user_id"], {(row["module"], row["record_id"])}, modes, shares
@@ -217,7 +212,7 @@ class SendingApi(Resource):
     async def get_quota(self, request: Request) -> Response:
         user = await self.user(request)
         async with self.db.connect() as conn:
-            org = await org_store.get_org(conn, user["org_id"])
+            org = await orgs.get_org(conn, user["org_id"])
             status = await conn.run_sync(org_quota, org, self.clock.now())
         return JSON(status)
 
@@ -226,9 +221,7 @@ class SendingApi(Resource):
         limit = int_param(request, "limit", 100, lo=1, hi=1000)
         after = int_param(request, "cursor", 0)
         async with self.db.connect() as conn:
-            rows = await suppression_store.list_page(
-                conn, user["org_id"], after=after, limit=limit + 1
-            )
+            rows = await suppressions.list_page(conn, user["org_id"], after=after, limit=limit + 1)
         items = [
             {
                 "email": r["email_norm"],
@@ -248,7 +241,7 @@ class SendingApi(Resource):
         if norm is None:
             raise ApiError(404, "not_found", "not a suppressed address")
         async with self.db.begin() as conn:
-            removed = await suppression_store.lift(conn, user["org_id"], norm)
+            removed = await suppressions.lift(conn, user["org_id"], norm)
             if removed is None:
                 raise ApiError(404, "not_found", f"{norm} is not suppressed")
             await events.append(

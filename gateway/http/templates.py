@@ -26,8 +26,7 @@ from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
-from storage import crm, templates_store
-from storage import orgs as org_store
+from storage import crm, orgs, templates_store
 from templates.render import (
     Rendered,
     RenderLimits,
@@ -246,7 +245,7 @@ class TemplatesApi(Resource):
             if row is None:
                 raise ApiError(404, "not_found", "no such template")
             record, related = await _record_context(conn, user["org_id"], module, rid)
-            org = await org_store.get_org(conn, user["org_id"])
+            org = await orgs.get_org(conn, user["org_id"])
         if module != row["module"]:
             raise ApiError(
                 422, "module_mismatch", f"this template is for {row['module']}, not {module}"

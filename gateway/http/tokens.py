@@ -17,7 +17,7 @@ from gateway.http.auth import path_id, read_json
 from gateway.http.errors import JSON, ApiError
 from gateway.http.resource import Resource
 from gateway.org import admin
-from storage import orgs as org_store
+from storage import orgs
 
 MAX_LABEL = 100
 
@@ -42,7 +42,7 @@ class TokensApi(Resource):
                     raise ApiError(400, "bad_parameter", "user_id must be an integer")
                 only = int(raw)
         async with self.db.connect() as conn:
-            rows = await org_store.list_api_tokens(conn, org_id=user["org_id"], user_id=only)
+            rows = await orgs.list_api_tokens(conn, org_id=user["org_id"], user_id=only)
         items = [{**admin.token_view(r), "current": r["id"] == user["token_id"]} for r in rows]
         return JSON({"items": items, "next": None})
 
@@ -57,7 +57,7 @@ class TokensApi(Resource):
             )
         token = await admin.issue_api_token(self.db, user["id"], label=label or "api")
         async with self.db.connect() as conn:
-            issued = await org_store.user_by_api_token(conn, token)
+            issued = await orgs.user_by_api_token(conn, token)
         return JSON(
             {"id": issued["token_id"], "api_token": token, "label": label or "api"},
             status_code=201,
@@ -67,11 +67,11 @@ class TokensApi(Resource):
         user = await self.user(request)
         token_id = path_id(request)
         async with self.db.begin() as conn:
-            row = await org_store.get_api_token(conn, token_id)
+            row = await orgs.get_api_token(conn, token_id)
             # Another org's token, or a colleague's for a non-admin, is simply not there.
             if row is None or row["org_id"] != user["org_id"]:
                 raise ApiError(404, "not_found", "no such token")
             if row["user_id"] != user["id"] and not user["is_admin"]:
                 raise ApiError(404, "not_found", "no such token")
-            await org_store.revoke_api_tokens(conn, row["user_id"], token_id=token_id)
+            await orgs.revoke_api_tokens(conn, row["user_id"], token_id=token_id)
         return Response(status_code=204)

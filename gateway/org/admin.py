@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.addresses import normalise
 from gateway.org import plans
 from gateway.receive.smtp import DROPBOX_PREFIX
-from storage import orgs as store
+from storage import orgs
 from storage.db import Database
 
 MAX_EXTRA_SENDERS = 5
@@ -70,7 +70,7 @@ async def create_org(
         raise AdminError("organization name is empty")
     try:
         async with db.begin() as conn:
-            org_id = await store.create_org(
+            org_id = await orgs.create_org(
                 conn,
                 name=name.strip(),
                 plan=plan,
@@ -110,14 +110,14 @@ async def create_user(
     dropbox = new_dropbox_token()
     try:
         async with db.begin() as conn:
-            org = await store.find_org(conn, org_ref)
+            org = await orgs.find_org(conn, org_ref)
             if org is None:
                 raise AdminError(f"no organization {org_ref!r}")
-            active = await store.count_active_users(conn, org["id"])
+            active = await orgs.count_active_users(conn, org["id"])
             if plans.user_cap_reached(org["plan"], active):
                 cap = plans.plan(org["plan"]).max_users
                 raise AdminError(f"the {org['plan']} plan allows at most {cap} users")
-            user_id = await store.create_user(
+            user_id = await orgs.create_user(
                 conn,
                 org_id=org["id"],
                 email=email.strip(),
@@ -127,7 +127,7 @@ async def create_user(
                 dropbox_token=dropbox,
                 dropbox_setting=dropbox_setting,
             )
-            await store.add_api_token(conn, user_id, token, label="user create")
+            await orgs.add_api_token(conn, user_id, token, label="user create")
     except IntegrityError as exc:
         raise AdminError(f"a user {email!r} already exists in that organization") from exc
     return {
@@ -145,7 +145,7 @@ async def issue_api_token(db: Database, user_id: int, label: str = "") -> str:
     """A new token for the user; shown once, only its hash and hint are kept."""
     token = new_api_token()
     async with db.begin() as conn:
-        await store.add_api_token(conn, user_id, token, label=label)
+        await orgs.add_api_token(conn, user_id, token, label=label)
     return token
 
 
@@ -166,12 +166,12 @@ async def list_tokens(db: Database, *, org_ref: str | None, user_ref: str | None
     async with db.connect() as conn:
         if user_ref is not None:
             user = await _user(conn, user_ref)
-            rows = await store.list_api_tokens(conn, org_id=user["org_id"], user_id=user["id"])
+            rows = await orgs.list_api_tokens(conn, org_id=user["org_id"], user_id=user["id"])
         elif org_ref is not None:
-            org = await store.find_org(conn, org_ref)
+            org = await orgs.find_org(conn, org_ref)
             if org is None:
                 raise AdminError(f"no organization {org_ref!r}")
-            rows = await store.list_api_tokens(conn, org_id=org["id"])
+            rows = await orgs.list_api_tokens(conn, org_id=org["id"])
         else:
             raise AdminError("name --user USER or --org ORG")
     return [token_view(r) for r in rows]
@@ -183,31 +183,31 @@ async def revoke_tokens(
     """Revoke one token by id, or every token of a user; it stops working at once."""
     async with db.begin() as conn:
         if token_id is not None:
-            row = await store.get_api_token(conn, token_id)
+            row = await orgs.get_api_token(conn, token_id)
             if row is None:
                 raise AdminError(f"no API token {token_id}")
-            revoked = await store.revoke_api_tokens(conn, row["user_id"], token_id=token_id)
+            revoked = await orgs.revoke_api_tokens(conn, row["user_id"], token_id=token_id)
             return {"revoked": revoked, "user_id": row["user_id"]}
         if user_ref is None:
             raise AdminError("name a token id, or --user USER --all")
         user = await _user(conn, user_ref)
-        return {"revoked": await store.revoke_api_tokens(conn, user["id"]), "user_id": user["id"]}
+        return {"revoked": await orgs.revoke_api_tokens(conn, user["id"]), "user_id": user["id"]}
 
 
 async def replace_tokens(db: Database, user_id: int, token: str) -> int:
     """Revoke every token of the user but ``token`` (``mailgate demo``: one valid token)."""
     async with db.begin() as conn:
-        current = await store.user_by_api_token(conn, token)
+        current = await orgs.user_by_api_token(conn, token)
         if current is None or current["id"] != user_id:
             raise AdminError("the new token does not belong to that user")
-        return await store.revoke_api_tokens(conn, user_id, keep=current["token_id"])
+        return await orgs.revoke_api_tokens(conn, user_id, keep=current["token_id"])
 
 
 async def find_user(conn, ref: str) -> dict[str, Any] | None:
     """A user by id or by address, compared as the CRM compares addresses."""
     if not ref.isdigit():
         ref = normalise(ref) or ref.strip()
-    return await store.find_user(conn, ref)
+    return await orgs.find_user(conn, ref)
 
 
 async def _user(conn, ref: str) -> dict[str, Any]:
@@ -225,7 +225,7 @@ async def dropbox(
         token = user["dropbox_token"]
         if regenerate:
             token = new_dropbox_token()
-            await store.set_dropbox_token(conn, user["id"], token)
+            await orgs.set_dropbox_token(conn, user["id"], token)
     return {
         "user_id": user["id"],
         "name": user["name"],
@@ -249,7 +249,7 @@ def vcard(name: str, address: str) -> str:
 async def senders(db: Database, user_ref: str, action: str, email: str | None) -> list[str]:
     async with db.begin() as conn:
         user = await _user(conn, user_ref)
-        current = await store.list_senders(conn, user["id"])
+        current = await orgs.list_senders(conn, user["id"])
         if action == "list":
             return current
         norm = normalise(email or "")
@@ -262,10 +262,10 @@ async def senders(db: Database, user_ref: str, action: str, email: str | None) -
                 raise AdminError(
                     f"at most {MAX_EXTRA_SENDERS} extra senders per user; remove one first"
                 )
-            await store.add_sender(conn, user["id"], norm)
+            await orgs.add_sender(conn, user["id"], norm)
         elif action == "remove":
-            if not await store.remove_sender(conn, user["id"], norm):
+            if not await orgs.remove_sender(conn, user["id"], norm):
                 raise AdminError(f"{email} is not an allowed sender of this user")
         else:
             raise AdminError("action must be add, remove or list")
-        return await store.list_senders(conn, user["id"])
+        return await orgs.list_senders(conn, user["id"])

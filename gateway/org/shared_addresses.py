@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.addresses import normalise
 from gateway.org import plans
-from storage import org_addresses as store
+from storage import org_addresses
 from storage.db import Database
 
 MAX_NAME = 200
@@ -54,11 +54,11 @@ async def add(db: Database, org_id: int, email: Any, name: Any = None) -> dict[s
     norm, clean_name = checked(email, name)
 
     def write(conn) -> dict[str, Any]:
-        if not store.lock_org(conn, org_id):
+        if not org_addresses.lock_org(conn, org_id):
             raise OrgAddressError(404, "not_found", "no such organization")
-        if store.find(conn, org_id, norm) is not None:
+        if org_addresses.find(conn, org_id, norm) is not None:
             raise OrgAddressError(409, "exists", f"{norm} is already an organization address")
-        have, active = store.counts(conn, org_id)
+        have, active = org_addresses.counts(conn, org_id)
         limit = plans.shared_address_limit(active)
         if have >= limit:
             raise OrgAddressError(
@@ -68,24 +68,24 @@ async def add(db: Database, org_id: int, email: Any, name: Any = None) -> dict[s
                 f"({plans.SHARED_ADDRESSES_PER_LICENSE} per active user, {active} active); "
                 "remove one first",
             )
-        return store.insert_address(conn, org_id, norm, clean_name)
+        return org_addresses.insert_address(conn, org_id, norm, clean_name)
 
     return await db.run_write(write)
 
 
 async def list_all(db: Database, org_id: int) -> list[dict[str, Any]]:
     async with db.connect() as conn:
-        return await store.list_addresses(conn, org_id)
+        return await org_addresses.list_addresses(conn, org_id)
 
 
 async def remove(db: Database, org_id: int, address_id: int) -> None:
     async with db.begin() as conn:
-        if not await store.remove(conn, org_id, address_id):
+        if not await org_addresses.remove(conn, org_id, address_id):
             raise OrgAddressError(404, "not_found", "no such organization address")
 
 
 async def remove_email(db: Database, org_id: int, email: str) -> None:
     norm = normalise(email)
     async with db.begin() as conn:
-        if norm is None or not await store.remove_email(conn, org_id, norm):
+        if norm is None or not await org_addresses.remove_email(conn, org_id, norm):
             raise OrgAddressError(404, "not_found", f"{email} is not an organization address")

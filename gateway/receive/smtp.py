@@ -33,7 +33,7 @@ from gateway.ingest.parse import from_addresses
 from gateway.ingest.spool import Spool
 from gateway.metrics import SMTP_REPLIES
 from gateway.runner import Runner
-from storage import orgs as org_store
+from storage import orgs
 from storage.db import Database
 
 log = logging.getLogger("mailgate.smtp")
@@ -155,7 +155,7 @@ class DropboxHandler:
         hit = self._owners.get(token)
         if hit and hit[0] > now and not fresh:
             return hit[1]
-        owner = await self.db.run_read(org_store.dropbox_owner, token)
+        owner = await self.db.run_read(orgs.dropbox_owner, token)
         if len(self._owners) > 10_000:
             self._owners.clear()
         self._owners[token] = (now + OWNER_CACHE_SECONDS, owner)

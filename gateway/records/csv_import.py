@@ -11,8 +11,7 @@ from gateway.config import Settings
 from gateway.org import admin
 from gateway.records.changes import created_fields
 from gateway.records.csv_rows import parse_csv
-from storage import crm
-from storage import orgs as org_store
+from storage import crm, orgs
 from storage.db import Database
 from storage.events import EventType, NewEvent, append
 from storage.payloads import record_event
@@ -40,7 +39,7 @@ async def import_file(db: Database, module: str, org_ref: str, data: bytes) -> d
     if parsed.errors:
         return {"errors": parsed.errors}
     async with db.begin() as conn:
-        org = await org_store.find_org(conn, org_ref)
+        org = await orgs.find_org(conn, org_ref)
         if org is None:
             raise admin.AdminError(f"no organization {org_ref!r}")
         org_id = org["id"]
@@ -88,7 +87,7 @@ DEMO_USER = "demo@demo.example.jp"
 
 async def ensure_demo(db: Database, settings: Settings) -> dict[str, Any]:
     async with db.connect() as conn:
-        org = await org_store.find_org(conn, DEMO_ORG)
+        org = await orgs.find_org(conn, DEMO_ORG)
         user = await admin.find_user(conn, DEMO_USER)
     if org is None:
         org = await admin.create_org(

@@ -29,8 +29,7 @@ from sqlalchemy import Connection
 
 from gateway.bounces import reasons
 from gateway.bounces.addresses import comparable
-from storage import sends as send_store
-from storage import suppressions
+from storage import sends, suppressions
 from storage.events import EventType, NewEvent, append_sync
 from storage.payloads import REPLY_LIMIT, relay_refused, send_event, send_fields
 
@@ -109,7 +108,7 @@ def claim(
     the meantime: it fails here with the suppression's reason and an
     ``email.failed``.  Returns the sends to deliver and how many were claimed.
     """
-    rows = send_store.claim_due(conn, now, limit, lease)
+    rows = sends.claim_due(conn, now, limit, lease)
     by_org: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         by_org.setdefault(row["org_id"], []).append(row)
@@ -123,7 +122,7 @@ def claim(
             if reason is not None:
                 stopped[row["id"]] = f"not sent: the address is suppressed ({reason})"
     if stopped:
-        send_store.mark_suppressed(conn, list(stopped.items()))
+        sends.mark_suppressed(conn, list(stopped.items()))
         append_sync(
             conn,
             [
@@ -234,9 +233,9 @@ def apply(
         new.append(send_event(EventType.EMAIL_FAILED, send, at=now, reply=d.reply, code=d.code))
         if d.permanent and d.about_recipient:
             bounced.append(d)
-    send_store.mark_sent(conn, sent, now)
-    send_store.mark_deferred(conn, deferred)
-    send_store.mark_failed(conn, failed)
+    sends.mark_sent(conn, sent, now)
+    sends.mark_deferred(conn, deferred)
+    sends.mark_failed(conn, failed)
     for d in bounced:  # after mark_failed: the bounce sets status "bounced" over "failed"
         record_bounce_at_smtp(conn, d.send, d.reply, pending_events=new)
     for (org_id, stage, reply), group in refusals.items():

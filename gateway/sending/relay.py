@@ -39,7 +39,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.runner import LoopRunner
 from gateway.sending import outcomes
 from gateway.sending.outcomes import Delivery, RetryPolicy, Stage, Verdict
-from storage import sends as send_store
+from storage import sends
 from storage.db import Database
 
 log = logging.getLogger("mailgate.relay")
@@ -336,7 +336,7 @@ class RelayWorker(LoopRunner):
         held, self._held = self._held, {}
         if held:
             until = max(lease_end for _, lease_end in held.values())
-            released = await self.db.run_write(send_store.release_claims, list(held), until)
+            released = await self.db.run_write(sends.release_claims, list(held), until)
             log.info("relay: handed back %d of %d claimed sends", released, len(held))
 
     async def close(self) -> None:

@@ -36,10 +36,7 @@ from gateway.sending import quota as rules
 from gateway.sending.compose import compose, make_message_id
 from gateway.sending.dkim import sign as dkim_sign
 from gateway.sending.tokens import new_verp_token
-from storage import crm, filing
-from storage import orgs as org_store
-from storage import quotas as quota_store
-from storage import sends as send_store
+from storage import crm, filing, orgs, quotas, sends
 from storage.events import EventType, NewEvent, append_sync
 from storage.payloads import email_filed, quota_event
 from storage.suppressions import suppressed_among
@@ -317,14 +314,14 @@ def reserve_quota(conn: Connection, sub: Submission) -> Flow:
     req = sub.request
     tz = ZoneInfo(req.org["timezone"])
     org_id, kind = req.org["id"], req.kind
-    users = org_store.active_users(conn, org_id)
+    users = orgs.active_users(conn, org_id)
     limit = daily_limit(kind, req.org["plan"], users, req.org["mass_addon"])
     today = rules.quota_day(sub.now, tz)
     day = today
     schedule: list[rules.QuotaDay] = []
     remaining = len(sub.outgoing)
     for _ in range(MAX_DEFER_DAYS if req.defer_excess else 1):
-        got = quota_store.reserve(
+        got = quotas.reserve(
             conn, org_id, kind, day.day, remaining, limit, partial=req.defer_excess
         )
         if got.granted:
@@ -337,7 +334,7 @@ def reserve_quota(conn: Connection, sub: Submission) -> Flow:
             break
         day = day.next(tz)
     if remaining:
-        used = quota_store.used(conn, org_id, kind, today.day)
+        used = quotas.used(conn, org_id, kind, today.day)
         raise QuotaExceeded(kind, used, limit, len(sub.outgoing), today.resets_at)
     for out, booked in zip(sub.outgoing, schedule, strict=True):
         out.day, out.scheduled = booked, booked.day != today.day
@@ -348,13 +345,13 @@ def _quota_events(
     conn: Connection,
     req: SendRequest,
     day: rules.QuotaDay,
-    got: quota_store.Reservation,
+    got: quotas.Reservation,
     limit: int,
 ) -> list[NewEvent]:
     fields = {"kind": req.kind, "day": day.day, "used": got.after, "limit": limit}
     org_id = req.org["id"]
     out = []
-    if got.after >= rules.warning_threshold(limit) and quota_store.claim_warning(
+    if got.after >= rules.warning_threshold(limit) and quotas.claim_warning(
         conn, org_id, req.kind, day.day
     ):
         out.append(quota_event(EventType.QUOTA_WARNING, org_id, resets_at=day.resets_at, **fields))
@@ -393,7 +390,7 @@ def create_sends(conn: Connection, sub: Submission) -> Flow:
             "next_attempt_at": out.day.starts_at if out.scheduled else now,
             "created_at": now,
         }
-    ids = send_store.insert_sends(conn, [out.row for out in sub.outgoing])
+    ids = sends.insert_sends(conn, [out.row for out in sub.outgoing])
     for out, sid in zip(sub.outgoing, ids, strict=True):
         out.row["id"] = sid
     return Flow.CONTINUE
@@ -524,7 +521,7 @@ def file_copies(conn: Connection, sub: Submission) -> Flow:
     """Store the composed bytes on the sends, and file a copy of each on its record."""
     req = sub.request
     org_id = req.org["id"]
-    send_store.set_composed(
+    sends.set_composed(
         conn, [(out.send_id, out.row["subject"], out.raw, out.links) for out in sub.outgoing]
     )
     pks = filing.insert_messages(conn, [filed_copy(sub, out) for out in sub.outgoing])

@@ -10,15 +10,14 @@ from sqlalchemy import Connection
 
 from gateway.org.plans import QUOTA_KINDS, daily_limit
 from gateway.sending import quota as rules
-from storage import orgs as org_store
-from storage import quotas as quota_store
+from storage import orgs, quotas
 
 
 def org_quota(conn: Connection, org: dict[str, Any], now: datetime) -> dict[str, dict[str, Any]]:
     """Per kind: used, limit, remaining, resets_at (ISO 8601 in the org's offset)."""
     day = rules.quota_day(now, ZoneInfo(org["timezone"]))
-    used = quota_store.usage_for_day(conn, org["id"], day.day)
-    users = org_store.active_users(conn, org["id"])
+    used = quotas.usage_for_day(conn, org["id"], day.day)
+    users = orgs.active_users(conn, org["id"])
     out: dict[str, dict[str, Any]] = {}
     for kind in QUOTA_KINDS:
         limit = daily_limit(kind, org["plan"], users, org["mass_addon"])
@@ -43,5 +42,5 @@ def all_orgs(conn: Connection, now: datetime, org_ref: str | None = None) -> lis
             "timezone": org["timezone"],
             **org_quota(conn, org, now),
         }
-        for org in org_store.orgs_by_ref(conn, org_ref)
+        for org in orgs.orgs_by_ref(conn, org_ref)
     ]

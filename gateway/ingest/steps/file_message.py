@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway.ingest.context import Batch, Delivery, Flow, Outcome
-from storage import filing
-from storage import mailboxes as mailbox_store
+from storage import filing, mailboxes
 from storage.payloads import email_filed, email_received
 
 NAME = "file"
@@ -95,7 +94,7 @@ def locate(conn: Connection, batch: Batch) -> None:
         earlier: dict[tuple[str | None, str], int] = {}
         for org_id in sorted({d.org_id for d in dupes}):
             earlier.update(
-                mailbox_store.message_pks(
+                mailboxes.message_pks(
                     conn,
                     org_id,
                     [
@@ -125,5 +124,5 @@ def locate(conn: Connection, batch: Batch) -> None:
             )
             if o.get("seen") and d.outcome is Outcome.FILED:
                 seen.append(pk)
-        mailbox_store.store_locations(conn, locations)
-        mailbox_store.set_seen_sync(conn, seen)
+        mailboxes.store_locations(conn, locations)
+        mailboxes.set_seen_sync(conn, seen)
