@@ -1,7 +1,9 @@
-"""SQL of tracking: the sends a batch of hits belongs to, hit history, status updates, reports.
+"""SQL of tracking: the inbox of raw hits, the sends a batch of hits belongs to, hit history,
+status updates, reports.
 
 Synchronous functions take a ``Connection`` and run inside
-``Database.run_write`` (one transaction per batch of hits); the async ones
+``Database.run_write`` (one transaction per batch of hits: the endpoint
+process's append to the inbox, or a worker's judging of it); the async ones
 serve the HTTP endpoints.  Reports read ``sends`` columns only — never the
 event log — through ``ix_sends_org_sent``.
 """
