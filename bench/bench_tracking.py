@@ -293,7 +293,7 @@ def bench_pixel(
     print(
         f"  recorded           : {recorded_rate:9.0f} opens/s  ({recorded} rows for {requests} requests)"
     )
-    print(f"  inbox empty {caught_up:.1f} s after the last request (burst window 2 s)")
+    print(f"  all judged {caught_up:.1f} s after the last request (burst window 2 s, 0.5 s polls)")
     print(f"  ratio recorded/bare: {recorded_rate / bare_rate:.2f}x  (target >= 0.70, p99 < 20 ms)")
 
 
