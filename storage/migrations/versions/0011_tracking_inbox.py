@@ -4,7 +4,7 @@ The HTTP process appends raw hits here and answers; the ``verdicts`` runner
 on a worker judges them and moves them into ``tracking_hits``.
 
 Revision ID: 0011_tracking_inbox
-Revises: 0009_suppression_consumer_offset (0010_api_tokens once that lands)
+Revises: 0010_api_tokens
 """
 
 import sqlalchemy as sa
@@ -13,8 +13,7 @@ from alembic import op
 import storage.types
 
 revision = "0011_tracking_inbox"
-#: 0010_api_tokens is being written in parallel; the chain is re-pointed at merge.
-down_revision = "0009_suppression_consumer_offset"
+down_revision = "0010_api_tokens"
 branch_labels = None
 depends_on = None
 
