@@ -294,6 +294,9 @@ def bench_pixel(
         f"  recorded           : {recorded_rate:9.0f} opens/s  ({recorded} rows for {requests} requests)"
     )
     print(f"  all judged {caught_up:.1f} s after the last request (burst window 2 s, 0.5 s polls)")
+    # The stricter figure: a judge that lags behind the endpoint is charged for its catch-up.
+    sustained = recorded / (seconds * rounds + caught_up)
+    print(f"  judged incl. catch-up: {sustained:6.0f} opens/s = {sustained / bare_rate:.2f}x bare")
     print(f"  ratio recorded/bare: {recorded_rate / bare_rate:.2f}x  (target >= 0.70, p99 < 20 ms)")
 
 
