@@ -1,20 +1,26 @@
 """Tracking benchmarks: recorded opens/s on ``/t/o/{token}``, and a report over 1M sends.
 
 1. ``pixel`` — wrk (Debian ``/usr/bin/wrk``), one thread, 50 connections,
-   against mailgate's real open endpoint (``mailgate serve --only http``, one
-   uvicorn worker, every request a different valid token, hits judged and
-   committed in batches) and, in the same run, against a bare Starlette
+   against mailgate's real open endpoint, deployed as recommended: ``mailgate
+   serve --only http`` (one uvicorn worker; every request a different valid
+   token, appended raw to ``tracking_inbox``) beside ``mailgate serve --only
+   worker`` (the ``verdicts`` runner judges and commits the hits) —
+   ``--deployment single`` runs both roles in one process instead, for
+   comparison — and, in the same run, against a bare Starlette
    endpoint returning the same GIF with the same headers under the same
    uvicorn settings, both running, wrk alternating between them for three
    rounds (the machine is shared: load that comes and goes weighs on both
    sides alike).  "Recorded" counts the ``tracking_hits`` rows committed
-   afterwards, so a recorder that drops hits cannot look fast.
+   afterwards (once the inbox is empty), so a recorder that drops hits cannot
+   look fast.  The load average is printed with the figures: the machine may be
+   shared.
 2. ``report`` (PostgreSQL; needs ``MAILGATE_TEST_DATABASE_URL``) — seeds
    1,000,000 sends with ``generate_series`` (90 days, 2 template versions, 5
    users, ~40 % opened, ~10 % clicked, 2 % bounced) plus 1,000,000 hits, and
    times ``GET /api/v1/reports/emails``'s query over the whole range.
 
-Run: ``python bench/bench_tracking.py [pixel|report|all] [--seconds 10] [--rounds 3]``.
+Run: ``python bench/bench_tracking.py [pixel|report|all] [--seconds 10] [--rounds 3]
+[--deployment split|single]``.
 """
 
 from __future__ import annotations
@@ -164,17 +170,50 @@ async def seed_sends(url: str, n: int) -> tuple[list[str], int]:
     return [signer.open_token(first + i) for i in range(n)], org["id"]
 
 
-async def count_hits(url: str) -> int:
+async def count_rows(url: str, table) -> int:
+    from sqlalchemy import func, select
+
     from storage.db import Database
 
     db = Database(url)
     async with db.connect() as conn:
-        n = (await conn.exec_driver_sql("SELECT count(*) FROM tracking_hits")).scalar()
+        n = (await conn.execute(select(func.count()).select_from(table))).scalar()
     await db.dispose()
     return n
 
 
-def bench_pixel(seconds: int, database_url: str | None, rounds: int = 3) -> None:
+def judged_hits(url: str, timeout: float = 120) -> tuple[int, float]:
+    """``tracking_hits`` rows once the inbox is empty (every accepted hit judged), and how
+    long that took: a judge that falls behind shows here, not in the request rate."""
+    from storage.schema_tracking import tracking_hits, tracking_inbox
+
+    t0 = time.monotonic()
+    last = -1
+    while time.monotonic() < t0 + timeout:
+        time.sleep(0.5)  # the endpoint process hands hits on every ~50 ms
+        hits = asyncio.run(count_rows(url, tracking_hits))
+        # Empty and still: an append waiting for the judge's write lock is not lost.
+        if hits == last and not asyncio.run(count_rows(url, tracking_inbox)):
+            break
+        last = hits
+    return last, time.monotonic() - t0
+
+
+#: How mailgate is deployed for the pixel bench: the roles of each process.
+DEPLOYMENTS = {
+    "split": ("http", "worker"),  # recommended: endpoints and verdicts in two processes
+    "single": ("http,worker",),
+}
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def bench_pixel(
+    seconds: int, database_url: str | None, rounds: int = 3, deployment: str = "split"
+) -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk not found (apt-get install wrk)")
     tmp = Path(tempfile.mkdtemp(prefix="mg-bench-"))
@@ -193,47 +232,52 @@ def bench_pixel(seconds: int, database_url: str | None, rounds: int = 3) -> None
     # Both servers run side by side and wrk alternates between them for ``rounds``
     # rounds: the machine is shared, and load that comes and goes then weighs on
     # both sides alike instead of on whichever ran second.
-    procs, ports = {}, {}
+    procs: dict[str, subprocess.Popen] = {}
+    ports: dict[str, int] = {}
+    serve = [sys.executable, "-c", "from gateway.cli.main import app; app()", "serve", "--only"]
     try:
+        ports["bare"] = free_port()
+        procs["bare"] = subprocess.Popen(
+            [sys.executable, __file__, "--serve-bare", str(ports["bare"])],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        ports["mailgate"] = free_port()
+        env["MAILGATE_HTTP_LISTEN"] = f"127.0.0.1:{ports['mailgate']}"
+        for roles in DEPLOYMENTS[deployment]:
+            procs[roles] = subprocess.Popen(
+                [*serve, roles], env=env, cwd=ROOT, stdout=subprocess.DEVNULL
+            )
         for name in ("bare", "mailgate"):
-            port = ports[name] = free_port()
-            if name == "bare":
-                cmd = [sys.executable, __file__, "--serve-bare", str(port)]
-            else:
-                env["MAILGATE_HTTP_LISTEN"] = f"127.0.0.1:{port}"
-                cmd = [
-                    sys.executable,
-                    "-c",
-                    "from gateway.cli.main import app; app()",
-                    "serve",
-                    "--only",
-                    "http",
-                ]
-            procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
-            wait_http(port)
-            run_wrk(port, script, 2)  # warm-up
-        time.sleep(4)  # let the warm-up hits commit
-        before = asyncio.run(count_hits(url))
+            wait_http(ports[name])
+            run_wrk(ports[name], script, 2)  # warm-up
+        before, _ = judged_hits(url)
+        loads = [load()]
         runs: dict[str, list[dict[str, float]]] = {"bare": [], "mailgate": []}
         for _ in range(rounds):
             for name in ("bare", "mailgate"):
                 runs[name].append(run_wrk(ports[name], script, seconds))
-        time.sleep(4)  # the settle window, then the last batch commits
-        recorded = asyncio.run(count_hits(url)) - before
+            loads.append(load())
+        after, caught_up = judged_hits(url)
+        recorded = after - before
     finally:
         for proc in procs.values():
             proc.terminate()
             proc.wait(15)
     engine = url.split("+")[0].split(":")[0]
+    processes = " + ".join(f"serve --only {roles}" for roles in DEPLOYMENTS[deployment])
     print(
         f"open pixel, wrk -t1 -c50, {rounds} alternating rounds of {seconds}s, 1 uvicorn worker, "
         f"{engine}, {os.cpu_count()} cores"
     )
+    print(f"  mailgate deployed as: {processes} ({deployment})")
+    print(f"  before: {loads[0]}")
     for i, (bare, ours) in enumerate(zip(runs["bare"], runs["mailgate"], strict=True), 1):
         print(
             f"  round {i}: bare {bare['rate']:7.0f} req/s p99 {bare['p99_ms']:6.2f} ms | "
             f"mailgate {ours['rate']:7.0f} req/s p99 {ours['p99_ms']:6.2f} ms "
-            f"non-2xx {ours['non2xx']}"
+            f"non-2xx {ours['non2xx']} | ratio {ours['rate'] / bare['rate']:.2f}x | {loads[i]}"
         )
     bare_rate = statistics.mean(r["rate"] for r in runs["bare"])
     requests = sum(r["requests"] for r in runs["mailgate"])
@@ -249,6 +293,10 @@ def bench_pixel(seconds: int, database_url: str | None, rounds: int = 3) -> None
     print(
         f"  recorded           : {recorded_rate:9.0f} opens/s  ({recorded} rows for {requests} requests)"
     )
+    print(f"  all judged {caught_up:.1f} s after the last request (burst window 2 s, 0.5 s polls)")
+    # The stricter figure: a judge that lags behind the endpoint is charged for its catch-up.
+    sustained = recorded / (seconds * rounds + caught_up)
+    print(f"  judged incl. catch-up: {sustained:6.0f} opens/s = {sustained / bare_rate:.2f}x bare")
     print(f"  ratio recorded/bare: {recorded_rate / bare_rate:.2f}x  (target >= 0.70, p99 < 20 ms)")
 
 
@@ -351,9 +399,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/mailgate rounds")
     parser.add_argument("--database-url", help="for the pixel bench (default: a fresh SQLite)")
+    parser.add_argument(
+        "--deployment",
+        choices=sorted(DEPLOYMENTS),
+        default="split",
+        help="pixel bench: http and worker roles in two processes (split) or one (single)",
+    )
     args = parser.parse_args()
     if args.what in ("pixel", "all"):
-        bench_pixel(args.seconds, args.database_url, args.rounds)
+        bench_pixel(args.seconds, args.database_url, args.rounds, args.deployment)
     if args.what in ("report", "all"):
         pg = os.environ.get("MAILGATE_TEST_DATABASE_URL")
         if not pg:

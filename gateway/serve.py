@@ -116,10 +116,12 @@ class Role:
 #: receiver in the same process wakes the ingest runner as it stores, one in
 #: another process is found by the runner's 0.25 s poll.  A node that only
 #: receives therefore needs a ``worker`` somewhere on the same database.
+#: Tracking hits go the same way: ``http`` appends them raw to an inbox
+#: (``tracking``), a ``worker`` judges them (``verdicts``).
 ROLE_TABLE: dict[str, Role] = {
     "smtp": Role(listener=listen_smtp, runners=("spool",)),
     "http": Role(listener=listen_http, runners=("tracking",)),
-    "worker": Role(runners=("ingest", "relay", "bounces")),
+    "worker": Role(runners=("ingest", "relay", "bounces", "verdicts")),
     "imap": Role(runners=("spool", "mailboxes")),
     "sync": Role(runners=tuple(consumer.name for consumer in sync.CONSUMERS)),
 }

@@ -29,7 +29,7 @@ from gateway.ingest.spool import Spool
 from gateway.runner import LoopRunner
 from storage.db import Database
 from tracking.endpoints import Tracking
-from tracking.recorder import HitRecorder
+from tracking.recorder import HitJudge, HitRecorder
 from tracking.tokens import TokenSigner, keys_from_secrets
 
 RunnerFactory = Callable[["Services"], LoopRunner]
@@ -169,9 +169,11 @@ def _bounces(services: Services) -> LoopRunner:
 
 
 def _tracking(services: Services) -> LoopRunner:
-    return HitRecorder(
-        services.db, public_url=services.settings.public_url, clock=services.follow_clock
-    )
+    return HitRecorder(services.db, clock=services.follow_clock)
+
+
+def _verdicts(services: Services) -> LoopRunner:
+    return HitJudge(services.db, public_url=services.settings.public_url)
 
 
 def _consumer(cls: type[LoopRunner]) -> RunnerFactory:
@@ -204,6 +206,7 @@ RUNNERS: dict[str, RunnerFactory] = {
     "relay": _relay,
     "bounces": _bounces,
     "tracking": _tracking,
+    "verdicts": _verdicts,
     "mailboxes": _mailboxes,
     **{consumer.name: _consumer(consumer) for consumer in sync.CONSUMERS},
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -44,6 +45,28 @@ tracking_hits = Table(
     Column("reason", String(24), nullable=False),
     Index("ix_tracking_hits_send_at", "send_id", "at"),
     Index("ix_tracking_hits_org_at", "org_id", "at"),
+)
+
+#: Hits the endpoints accepted and no verdict has judged yet: the hand-over from
+#: the HTTP process (``tracking`` runner: a bulk append of raw rows, no reads) to
+#: the ``verdicts`` runner on a worker, which judges them once their burst window
+#: has passed and moves them into ``tracking_hits`` in the same transaction.
+#: ``at`` is the hit's time by the injected clock (what is stored and judged);
+#: ``queued`` is the real clock's epoch seconds at the endpoint, shared by every
+#: process, so the worker knows when a row has settled.  No foreign keys: a hit
+#: of a deleted send is dropped when it is judged, and the endpoint's append
+#: must not pay for a lookup.
+tracking_inbox = Table(
+    "tracking_inbox",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("kind", String(5), nullable=False),  # open | click
+    Column("send_id", ID, nullable=False),
+    Column("link_index", Integer),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("ip", String(45), nullable=False),
+    Column("user_agent", String(500), nullable=False),
+    Column("queued", Float(), nullable=False),
 )
 
 #: Columns the email report aggregates; carried in the PostgreSQL index leaf.

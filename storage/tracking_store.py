@@ -1,7 +1,9 @@
-"""SQL of tracking: the sends a batch of hits belongs to, hit history, status updates, reports.
+"""SQL of tracking: the inbox of raw hits, the sends a batch of hits belongs to, hit history,
+status updates, reports.
 
 Synchronous functions take a ``Connection`` and run inside
-``Database.run_write`` (one transaction per batch of hits); the async ones
+``Database.run_write`` (one transaction per batch of hits: the endpoint
+process's append to the inbox, or a worker's judging of it); the async ones
 serve the HTTP endpoints.  Reports read ``sends`` columns only — never the
 event log — through ``ix_sends_org_sent``.
 """
@@ -16,10 +18,12 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,7 +32,12 @@ from storage.events import append_rows
 from storage.lean import db_json, db_time, driver_sql
 from storage.schema import contacts, leads, messages
 from storage.schema_sending import sends
-from storage.schema_tracking import ROLLUP_BUCKET_SECONDS, send_rollup, tracking_hits
+from storage.schema_tracking import (
+    ROLLUP_BUCKET_SECONDS,
+    send_rollup,
+    tracking_hits,
+    tracking_inbox,
+)
 
 #: What a hit needs to know about its send (and what the events carry).
 HIT_SEND_COLUMNS = (
@@ -145,6 +154,69 @@ def update_send_statuses(conn: Connection, changes: Sequence[tuple[Any, ...]]) -
     if changes:
         sql = driver_sql(conn, "update_send", _SEND_UPDATE, _SEND_UPDATE_ORDER)
         conn.exec_driver_sql(sql, list(changes))
+
+
+# The inbox: the HTTP process appends raw hits, the ``verdicts`` runner takes them.
+
+_INBOX_COLUMNS = ("kind", "send_id", "link_index", "at", "ip", "user_agent", "queued")
+_INSERT_INBOX = insert(tracking_inbox).values({c: bindparam(c) for c in _INBOX_COLUMNS}).inline()
+#: The advisory lock one judging transaction holds (PostgreSQL): a verdict reads the
+#: send's earlier hits, so two workers judging neighbouring hits at once could each
+#: miss the other's.  Any constant unique to this use.
+VERDICTS_LOCK = 0x6D67_7472
+
+
+def append_inbox(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Raw hits in ``_INBOX_COLUMNS`` order (``at`` through :func:`db_time`): one statement."""
+    if rows:
+        sql = driver_sql(conn, "insert_inbox", _INSERT_INBOX, _INBOX_COLUMNS)
+        conn.exec_driver_sql(sql, list(rows))
+
+
+def take_judging_turn(conn: Connection) -> bool:
+    """Whether this transaction may judge the inbox now (False: another worker is at it)."""
+    if conn.dialect.name != "postgresql":
+        return True  # SQLite: the write transaction (BEGIN IMMEDIATE) already excludes others
+    return bool(
+        conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": VERDICTS_LOCK}).scalar()
+    )
+
+
+def settled_inbox(
+    conn: Connection, queued_before: float, limit: int
+) -> list[tuple[int, str, int, int | None, datetime, str, str]]:
+    """The oldest hits queued before ``queued_before``, in arrival order, as
+    (id, kind, send_id, link_index, at, ip, user_agent)."""
+    q = (
+        select(
+            tracking_inbox.c.id,
+            tracking_inbox.c.kind,
+            tracking_inbox.c.send_id,
+            tracking_inbox.c.link_index,
+            tracking_inbox.c.at,
+            tracking_inbox.c.ip,
+            tracking_inbox.c.user_agent,
+        )
+        .where(tracking_inbox.c.queued <= queued_before)
+        .order_by(tracking_inbox.c.id)
+        .limit(limit)
+    )
+    return [tuple(row) for row in conn.execute(q)]  # type: ignore[misc]
+
+
+def remove_inbox(conn: Connection, ids: Sequence[int]) -> None:
+    """Take judged (or dropped) hits out of the inbox, by id: a row another process
+    committed late with a smaller id is not swept away unseen."""
+    for start in range(0, len(ids), 5000):
+        conn.execute(
+            delete(tracking_inbox).where(tracking_inbox.c.id.in_(ids[start : start + 5000]))
+        )
+
+
+def oldest_queued(conn: Connection) -> float | None:
+    """When the oldest hit still in the inbox was queued (epoch seconds), if any."""
+    q = select(tracking_inbox.c.queued).order_by(tracking_inbox.c.id).limit(1)
+    return conn.execute(q).scalar()
 
 
 def mark_unsubscribed(conn: Connection, send_id: int, at: datetime) -> bool:

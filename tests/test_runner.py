@@ -57,9 +57,9 @@ def test_every_worker_is_a_runner():
     from gateway.bounces.worker import BounceWorker
     from gateway.receive.mailboxes.service import MailboxSupervisor
     from gateway.sending.relay import RelayWorker
-    from tracking.recorder import HitRecorder
+    from tracking.recorder import HitJudge, HitRecorder
 
-    for cls in (BounceWorker, MailboxSupervisor, RelayWorker, HitRecorder):
+    for cls in (BounceWorker, MailboxSupervisor, RelayWorker, HitRecorder, HitJudge):
         assert issubclass(cls, LoopRunner)
     assert isinstance(Scripted(), Runner)
 
@@ -202,6 +202,7 @@ def test_roles_start_each_runner_once_in_table_order():
         "ingest",
         "relay",
         "bounces",
+        "verdicts",
         "spool",
         "mailboxes",
     ]
@@ -212,6 +213,7 @@ def test_roles_start_each_runner_once_in_table_order():
         "tracking",
         "relay",
         "bounces",
+        "verdicts",
         "mailboxes",
         "suppression",
     }

@@ -69,7 +69,8 @@ def test_a_browser_opening_and_clicking_counts_one_human_open_and_one_click(
     pages, base = webmail
     tracking = mailgate.running.services.tracking
     # The test server listens on an ephemeral port: point the links at it.
-    tracking.public_url = tracking.recorder.public_url = mailgate.http_url
+    judge = mailgate.running.services.runner("verdicts")
+    tracking.public_url = judge.public_url = mailgate.http_url
     org = mailgate.org(f"browser-{secrets.token_hex(3)}")
     user = mailgate.user(org, f"b{secrets.token_hex(3)}@example.co.jp")
     html = (

@@ -1,15 +1,18 @@
-"""The batched writer of tracking hits: the endpoints never wait for the database.
+"""Tracking hits, from the endpoint to their verdict, in two runners.
 
 An endpoint calls :meth:`HitRecorder.record` (a list append, no I/O) and
-answers at once.  The recorder is the ``tracking`` runner
-(:mod:`gateway.runner`): each round commits what has settled in one
-transaction via ``Database.run_write``: SQLite has one writer, and a commit
-per hit would halve throughput and put hundreds of milliseconds on p99.
+answers at once.  The recorder is the ``tracking`` runner of the HTTP process
+(:mod:`gateway.runner`): every ~50 ms it appends what it holds to
+``tracking_inbox`` in one statement, raw — no reads, no verdicts, no JSON.
+That is all the HTTP process spends on a hit: it shares its GIL with the
+endpoints, and judging there cost the open pixel a third of its throughput.
 
-Hits are judged once the verdict rules' burst window around them has passed
-(``settle``, 2 s): a scanner following every link of a message within a
-second must be seen as one burst, not split across two batches where the
-first clicks would already have counted as a person's.  Each hit is stored
+The ``verdicts`` runner (:class:`HitJudge`, on ``worker`` nodes) judges the
+inbox in another process.  Hits are judged once the verdict rules' burst
+window around them has passed (``settle``, 2 s): a scanner following every
+link of a message within a second must be seen as one burst, not split across
+two batches where the first clicks would already have counted as a person's.
+Each hit is stored
 with its verdict in ``tracking_hits``, becomes an ``email.opened`` /
 ``email.clicked`` event carrying ``verdict`` and ``reason``, and — for human
 hits only — moves the send's ``opened_at``/``clicked_at``/``status``.  A human
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,7 +43,7 @@ from tracking.verdicts import DEFAULT_RULES, Hit, Verdict, VerdictRules, verdict
 
 log = logging.getLogger("mailgate.tracking")
 
-__all__ = ["PendingHit", "HitRecorder", "write_hits"]
+__all__ = ["PendingHit", "HitJudge", "HitRecorder", "judge_inbox", "write_hits"]
 
 #: Statuses a human open/click may move forward; the others say more (bounced,
 #: unsubscribed, complained, replied) and stay.
@@ -66,7 +70,6 @@ class PendingHit:
     at: datetime
     ip: str
     user_agent: str
-    mono: float
 
 
 def _status_after(current: str, wanted: str) -> str:
@@ -191,14 +194,14 @@ def _hit_event(send: dict[str, Any], hit: PendingHit, judged: Verdict) -> NewEve
 
 
 class HitRecorder(LoopRunner):
-    """The ``tracking`` runner: collects hits from the endpoints, commits settled ones in batches.
+    """The ``tracking`` runner: hands the endpoints' hits on to the inbox in bulk.
 
-    A round writes the hits whose burst window has passed; when none has, the
-    loop sleeps until the oldest one settles (:meth:`idle_wait`) or a first
-    hit wakes it.  A batch whose write fails goes back to the front of the
-    queue for the loop's back-off and is dropped (and counted) after
-    ``attempts`` failures, so a poisoned batch cannot hold up the rest.  On
-    stop every pending hit is committed, settled or not (:meth:`hand_back`).
+    A round appends what is pending once the oldest hit has waited ``gather``
+    seconds, so a busy endpoint pays one statement per few hundred hits.  A
+    write that fails leaves the hits at the front of the queue for the loop's
+    back-off; after ``attempts`` failures in a row they are dropped (counted),
+    so storage that is away cannot grow the queue without end.  On stop every
+    pending hit is appended (:meth:`hand_back`): a clean stop loses none.
     """
 
     name = "tracking"
@@ -207,26 +210,23 @@ class HitRecorder(LoopRunner):
         self,
         db: Database,
         *,
-        public_url: str,
-        rules: VerdictRules = DEFAULT_RULES,
         clock: Clock | None = None,
-        settle: float | None = None,
-        max_batch: int = 2000,
+        gather: float = 0.05,
+        max_batch: int = 5000,
         max_pending: int = 500_000,
         attempts: int = 3,
     ) -> None:
         super().__init__()
         self.db = db
-        self.public_url = public_url
-        self.rules = rules
         self.clock = clock or SystemClock()
-        self.settle = rules.burst_window.total_seconds() if settle is None else settle
+        self.gather = gather
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.attempts = attempts
-        self.recorded = 0
+        #: Hits appended to the inbox, and hits shed (queue full, or storage away).
+        self.queued = 0
         self.dropped = 0
-        self._pending: list[PendingHit] = []
+        self._pending: list[tuple[str, int, int | None, datetime, str, str, float]] = []
         self._failed_writes = 0
         self._lock = asyncio.Lock()
 
@@ -238,54 +238,51 @@ class HitRecorder(LoopRunner):
             self.dropped += 1  # the writer is far behind (database down): shed, don't grow
             return
         self._pending.append(
-            PendingHit(
-                kind, send_id, link_index, self.clock.now(), ip, user_agent, time.monotonic()
+            (
+                kind,
+                send_id,
+                link_index,
+                self.clock.now(),
+                ip[:45],
+                user_agent[:_MAX_UA],
+                time.time(),
             )
         )
         if len(self._pending) == 1:
             self.wake()
 
     async def run_once(self) -> int:
-        """Judge and commit the hits that have settled (at most ``max_batch``)."""
-        cutoff = time.monotonic() - self.settle
+        """Append the pending hits (at most ``max_batch``) once the oldest has waited ``gather``."""
+        if not self._pending or self.idle_wait() > 0:
+            return 0
         async with self._lock:
-            n = 0
-            while n < len(self._pending) and n < self.max_batch:
-                if self._pending[n].mono > cutoff:
-                    break
-                n += 1
-            await self._write(n)
-        return n
+            return await self._write(min(len(self._pending), self.max_batch))
 
     def idle_wait(self) -> float:
-        """Until the oldest pending hit settles; the poll interval when nothing is pending."""
+        """Until the oldest pending hit has waited ``gather``; the poll interval when none is."""
         if not self._pending:
             return self.poll_interval
-        return max(0.0, self._pending[0].mono + self.settle - time.monotonic())
+        return max(0.0, self._pending[0][-1] + self.gather - time.time())
 
     async def hand_back(self) -> None:
-        """Commit every hit still pending: a stop loses none it can write."""
+        """Append every hit still pending: a stop loses none it can write."""
         await self.flush()
 
     async def flush(self) -> int:
-        """Judge and commit every pending hit now (shutdown, tests); returns hits stored."""
-        stored = 0
+        """Append every pending hit now (shutdown, tests); returns how many."""
+        written = 0
         async with self._lock:
             while self._pending:
-                stored += await self._write(min(len(self._pending), self.max_batch))
-        return stored
+                written += await self._write(min(len(self._pending), self.max_batch))
+        return written
 
     async def _write(self, n: int) -> int:
-        """Write the first ``n`` pending hits; how many were stored (hits of deleted sends are not).
-
-        On failure they go back to the front of the queue, or are dropped at last.
-        """
-        if not n:
-            return 0
+        """Append the first ``n`` pending hits; on failure they go back to the front, or
+        are dropped at last."""
         batch = self._pending[:n]
         del self._pending[:n]
         try:
-            stored = await self.db.run_write(write_hits, batch, self.public_url, self.rules)
+            await self.db.run_write(_append, batch)
         except Exception:
             self._failed_writes += 1
             if self._failed_writes >= self.attempts:
@@ -296,5 +293,112 @@ class HitRecorder(LoopRunner):
                 self._pending[:0] = batch
             raise
         self._failed_writes = 0
+        self.queued += n
+        return n
+
+
+def _append(conn: Connection, batch: list[tuple[Any, ...]]) -> None:
+    to_db = tracking_store.db_time(conn)
+    tracking_store.append_inbox(conn, [(*h[:3], to_db(h[3]), *h[4:]) for h in batch])
+
+
+def judge_inbox(
+    conn: Connection, queued_before: float, limit: int, public_url: str, rules: VerdictRules
+) -> tuple[int, int, float | None]:
+    """Judge up to ``limit`` inbox hits queued before ``queued_before``, in one transaction.
+
+    They move into ``tracking_hits`` with their events and send statuses
+    (:func:`write_hits`) and leave the inbox.  Returns (hits taken, hits
+    stored, when the oldest hit left behind was queued); taken and stored
+    differ by the hits of deleted sends.  Takes nothing while another worker
+    is judging (PostgreSQL): a verdict needs the send's earlier hits.
+    """
+    if not tracking_store.take_judging_turn(conn):
+        return 0, 0, None
+    rows = tracking_store.settled_inbox(conn, queued_before, limit)
+    if not rows:
+        return 0, 0, tracking_store.oldest_queued(conn)
+    stored = write_hits(conn, [PendingHit(*row[1:]) for row in rows], public_url, rules)
+    tracking_store.remove_inbox(conn, [row[0] for row in rows])
+    return len(rows), stored, tracking_store.oldest_queued(conn)
+
+
+def _drop_settled(conn: Connection, queued_before: float, limit: int) -> int:
+    """Take a batch that keeps failing out of the inbox, unjudged; how many hits."""
+    ids = [row[0] for row in tracking_store.settled_inbox(conn, queued_before, limit)]
+    tracking_store.remove_inbox(conn, ids)
+    return len(ids)
+
+
+class HitJudge(LoopRunner):
+    """The ``verdicts`` runner: judges settled inbox hits in batches, on a worker.
+
+    A round takes the hits whose burst window has passed (at most
+    ``max_batch``) and commits their verdicts, events and statuses in one
+    transaction; when none has settled, the loop sleeps until the oldest one
+    will have (:meth:`idle_wait`), or at most ``poll_interval`` for hits
+    appended by another process.  A batch that fails ``attempts`` rounds in a
+    row is dropped (counted), so a poisoned batch cannot hold up the rest.
+    Nothing is held in memory: on stop, unjudged hits wait in the inbox.
+    """
+
+    name = "verdicts"
+    poll_interval = 0.5
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        public_url: str,
+        rules: VerdictRules = DEFAULT_RULES,
+        settle: float | None = None,
+        max_batch: int = 2000,
+        attempts: int = 3,
+    ) -> None:
+        super().__init__()
+        self.db = db
+        self.public_url = public_url
+        self.rules = rules
+        self.settle = rules.burst_window.total_seconds() if settle is None else settle
+        self.max_batch = max_batch
+        self.attempts = attempts
+        self.recorded = 0
+        self.dropped = 0
+        self._next_due: float | None = None
+        self._failed_rounds = 0
+
+    async def run_once(self) -> int:
+        """Judge and commit the hits that have settled; how many were taken."""
+        return await self._judge(time.time() - self.settle)
+
+    def idle_wait(self) -> float:
+        """Until the oldest inbox hit settles, at most the poll interval."""
+        if self._next_due is None:
+            return self.poll_interval
+        return min(self.poll_interval, max(0.0, self._next_due - time.time()))
+
+    async def flush(self) -> int:
+        """Judge every hit in the inbox now, settled or not (tests); returns hits stored."""
+        stored = self.recorded
+        while await self._judge(math.inf):
+            pass
+        return self.recorded - stored
+
+    async def _judge(self, queued_before: float) -> int:
+        try:
+            taken, stored, oldest = await self.db.run_write(
+                judge_inbox, queued_before, self.max_batch, self.public_url, self.rules
+            )
+        except Exception:
+            self._failed_rounds += 1
+            if self._failed_rounds >= self.attempts:
+                self._failed_rounds = 0
+                log.exception("dropping a batch of tracking hits that keeps failing")
+                self.dropped += await self.db.run_write(
+                    _drop_settled, queued_before, self.max_batch
+                )
+            raise
+        self._failed_rounds = 0
+        self._next_due = None if oldest is None else oldest + self.settle
         self.recorded += stored
-        return stored
+        return taken

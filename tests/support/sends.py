@@ -87,8 +87,15 @@ def make_send(
 
 
 def flush(server: MailgateServer) -> int:
-    """Commit every hit the recorder holds (it would otherwise wait ~2 s)."""
-    return server.call(server.running.services.tracking.recorder.flush())
+    """Judge and commit every hit the endpoints took (it would otherwise wait ~2 s);
+    returns how many were stored."""
+    services = server.running.services
+
+    async def go() -> int:
+        await services.tracking.recorder.flush()
+        return await services.runner("verdicts").flush()
+
+    return server.call(go())
 
 
 def scalar(server: MailgateServer, query) -> Any:
