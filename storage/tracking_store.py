@@ -10,7 +10,7 @@ event log — through ``ix_sends_org_sent``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +22,10 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -372,12 +374,21 @@ def received_counts(
 
 
 def no_response(
-    conn: Connection, org_id: int, start: datetime, end: datetime, *, limit: int
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    limit: int,
+    hidden_owners: Iterable[int] = (),
+    shared: Mapping[int, set[tuple[str, int]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Leads/contacts sent mail in [start, end) with no human open, click or reply since.
 
     Bounced-only recipients are included (they did not respond either); the
-    ``bounced`` count tells them apart.
+    ``bounced`` count tells them apart.  Sends of ``hidden_owners`` are left out
+    (the viewer may not see their mail), except those to the records in
+    ``shared[owner]`` (a custom sharer's chosen records).
     """
     responded = func.count(sends.c.opened_at) + func.count(sends.c.clicked_at)
     responded = responded + func.count(sends.c.replied_at)
@@ -396,6 +407,7 @@ def no_response(
             sends.c.sent_at < end,
             sends.c.module.in_(("leads", "contacts")),
             sends.c.record_id.is_not(None),
+            *_visible_sends(hidden_owners, shared or {}),
         )
         .group_by(sends.c.module, sends.c.record_id)
         .having(responded == 0)
@@ -405,6 +417,19 @@ def no_response(
     rows = [dict(r) for r in conn.execute(q).mappings()]
     _add_names(conn, org_id, rows)
     return rows
+
+
+def _visible_sends(hidden: Iterable[int], shared: Mapping[int, set[tuple[str, int]]]) -> list:
+    """The WHERE terms that keep ``hidden`` owners' sends out, but for their shared records."""
+    hidden = sorted(set(hidden))
+    if not hidden:
+        return []
+    allowed = [
+        and_(sends.c.user_id == owner, tuple_(sends.c.module, sends.c.record_id).in_(sorted(recs)))
+        for owner, recs in shared.items()
+        if owner in hidden and recs
+    ]
+    return [or_(sends.c.user_id.is_(None), sends.c.user_id.not_in(hidden), *allowed)]
 
 
 def _add_names(conn: Connection, org_id: int, rows: list[dict[str, Any]]) -> None:

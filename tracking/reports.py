@@ -14,6 +14,7 @@ days, given as ISO date-times they are exact instants (``to`` exclusive).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -174,9 +175,29 @@ def email_report(conn, org_id: int, period: Period, group: str, by: str | None) 
     }
 
 
-def no_response_report(conn, org_id: int, period: Period, limit: int) -> dict[str, Any]:
+def no_response_report(
+    conn,
+    org_id: int,
+    period: Period,
+    limit: int,
+    hidden_owners: Iterable[int] = (),
+    shared: Mapping[int, set[tuple[str, int]]] | None = None,
+) -> dict[str, Any]:
+    """Records mailed in the period that did not respond, as the viewer may see them.
+
+    ``hidden_owners`` are the users whose mail the viewer may not see (their sharing
+    mode), ``shared`` the records custom sharers opened to everyone.
+    """
     zone = _zone(period.tz)
-    rows = tracking_store.no_response(conn, org_id, period.start, period.end, limit=limit + 1)
+    rows = tracking_store.no_response(
+        conn,
+        org_id,
+        period.start,
+        period.end,
+        limit=limit + 1,
+        hidden_owners=hidden_owners,
+        shared=shared,
+    )
     items = [
         {
             "module": r["module"],

@@ -9,7 +9,8 @@ from starlette.routing import Route
 from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
 from gateway.http.resource import Resource
-from storage import orgs
+from gateway.receive.mailboxes import sharing
+from storage import mailboxes, orgs
 from tracking.reports import ReportError, email_report, no_response_report, parse_period
 
 
@@ -46,5 +47,11 @@ class ReportsApi(Resource):
         user = await self.user(request)
         period = await self._period(request, user["org_id"])
         limit = int_param(request, "limit", 1000, lo=1, hi=10000)
-        body = await self.db.run_read(no_response_report, user["org_id"], period, limit)
+        # Who was mailed is mail content too: a private rep's recipients stay private.
+        async with self.db.connect() as conn:
+            modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
+        hidden = sharing.hidden_owners(user["id"], modes, ())
+        body = await self.db.run_read(
+            no_response_report, user["org_id"], period, limit, hidden, shares
+        )
         return JSON(body)
