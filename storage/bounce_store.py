@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
+from storage import inbound_store
 from storage.schema import inbound
 from storage.schema_bounces import bounces
 from storage.schema_sending import sends
@@ -28,14 +29,6 @@ SEND_COLUMNS = (
 )
 
 
-def _claimable(now: datetime):
-    return (
-        (inbound.c.channel == "bounce")
-        & (inbound.c.state == "pending")
-        & or_(inbound.c.claimed_until.is_(None), inbound.c.claimed_until < now)
-    )
-
-
 def claim_pending(
     conn: Connection, limit: int, now: datetime, until: datetime
 ) -> list[dict[str, Any]]:
@@ -46,19 +39,9 @@ def claim_pending(
     used up an attempt, so it is held after a bounded number instead of being
     claimed for ever.  On PostgreSQL other workers skip the rows being claimed.
     """
-    pick = select(inbound.c.id).where(_claimable(now)).order_by(inbound.c.id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    ids = list(conn.execute(pick).scalars())
-    if not ids:
-        return []
-    conn.execute(
-        update(inbound)
-        .where(inbound.c.id.in_(ids))
-        .values(claimed_until=until, attempts=inbound.c.attempts + 1)
+    return inbound_store.claim(
+        conn, limit, now, until, channels=("bounce",), columns=tuple(inbound.c)
     )
-    q = select(inbound).where(inbound.c.id.in_(ids)).order_by(inbound.c.id)
-    return [dict(r) for r in conn.execute(q).mappings()]
 
 
 def release(conn: Connection, ids: list[int]) -> None:

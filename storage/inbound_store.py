@@ -98,24 +98,35 @@ def spool(conn: Connection | DriverConnection, rows: Sequence[dict[str, Any]]) -
     conn.exec_driver_sql(sql, params)
 
 
-def _claimable(now: datetime):
+def _claimable(now: datetime, channels: Sequence[str] = INGEST_CHANNELS):
     return (
         (inbound.c.state == "pending")
-        & inbound.c.channel.in_(INGEST_CHANNELS)
+        & inbound.c.channel.in_(channels)
         & or_(inbound.c.claimed_until.is_(None), inbound.c.claimed_until < now)
     )
 
 
-def claim(conn: Connection, limit: int, now: datetime, until: datetime) -> list[dict[str, Any]]:
-    """Lease up to ``limit`` pending mail rows until ``until``, oldest first.
+def claim(
+    conn: Connection,
+    limit: int,
+    now: datetime,
+    until: datetime,
+    *,
+    channels: Sequence[str] = INGEST_CHANNELS,
+    columns: Sequence[Any] = CLAIM_COLUMNS,
+) -> list[dict[str, Any]]:
+    """Lease up to ``limit`` pending rows of ``channels`` until ``until``, oldest first.
 
-    A claim whose lease ran out (its runner died) is claimable again.  On
+    The one lease claim on ``inbound``: the ingest runner claims mail to file,
+    the bounce runner (``channels=("bounce",)``) bounce mail to classify.  A
+    claim whose lease ran out (its runner died) is claimable again.  On
     PostgreSQL several nodes claim at once and skip each other's locked rows;
     SQLite's writer transaction (``BEGIN IMMEDIATE``) already serialises them.
     ``attempts`` counts claims, so a message that kills its runner is still
     given up on after the bounded number of tries.
     """
-    pick = select(inbound.c.id).where(_claimable(now)).order_by(inbound.c.id).limit(limit)
+    pick = select(inbound.c.id).where(_claimable(now, channels))
+    pick = pick.order_by(inbound.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     ids = list(conn.execute(pick).scalars())
@@ -126,7 +137,7 @@ def claim(conn: Connection, limit: int, now: datetime, until: datetime) -> list[
         .where(inbound.c.id.in_(ids))
         .values(claimed_until=until, attempts=inbound.c.attempts + 1)
     )
-    q = select(*CLAIM_COLUMNS).where(inbound.c.id.in_(ids)).order_by(inbound.c.id)
+    q = select(*columns).where(inbound.c.id.in_(ids)).order_by(inbound.c.id)
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
