@@ -7,7 +7,6 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway.http.errors import ApiError
-from gateway.http.jsonutil import path_id, read_json  # noqa: F401 - parsed in one place
 from storage import orgs
 from storage.db import Database
 

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.addresses import normalise
-from gateway.http.auth import path_id, read_json
 from gateway.http.errors import JSON, ApiError
+from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values, sharing
 from gateway.receive.mailboxes.validate import resolve_target

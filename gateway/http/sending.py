@@ -17,8 +17,9 @@ from starlette.routing import Route
 
 from gateway.addresses import normalise
 from gateway.clock import Clock
-from gateway.http.auth import int_param, path_id, read_json
+from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
+from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.http.templates import MAX_PART, template_problem
 from gateway.receive.mailboxes import sharing

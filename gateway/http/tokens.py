@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.http.auth import path_id, read_json
 from gateway.http.errors import JSON, ApiError
+from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.org import admin
 from storage import orgs
