@@ -201,6 +201,42 @@ def bounce_event(
 
 # -- records -------------------------------------------------------------------------
 
+#: Bookkeeping no consumer should key on: the normalised email mirrors ``email``.
+NOT_REPORTED = frozenset({"id", "org_id", "email_norm", "created_at", "updated_at"})
+
+
+def created_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a record was created with (``None`` values left out: nothing was set)."""
+    return {k: v for k, v in values.items() if k not in NOT_REPORTED and v is not None}
+
+
+def record_created(
+    org_id: int,
+    *,
+    module: str,
+    record_id: int,
+    source: str,
+    values: Mapping[str, Any],
+    user_id: int | None = None,
+    at: datetime | None = None,
+) -> NewEvent:
+    """``record.created`` with the fields the record was created with, for every writer.
+
+    The API, CSV import, lead conversion and ingest all create records; the
+    ``changed`` field is :func:`created_fields` of what they inserted whichever
+    wrote it, so no writer leaks bookkeeping columns the others leave out.
+    """
+    return record_event(
+        EventType.RECORD_CREATED,
+        org_id,
+        module=module,
+        record_id=record_id,
+        source=source,
+        changed=created_fields(values),
+        user_id=user_id,
+        at=at,
+    )
+
 
 def record_event(
     type: EventType,

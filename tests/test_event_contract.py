@@ -108,6 +108,16 @@ def samples() -> dict[str, list[NewEvent]]:
             )
             for t in payloads.RECORD_CHANGES
         ],
+        "record_created": [
+            payloads.record_created(
+                7,
+                module="leads",
+                record_id=12,
+                source="dropbox",
+                values={"email": "a@b.jp", "email_norm": "a@b.jp", "phone": None},
+                user_id=3,
+            )
+        ],
         "record_converted": [
             payloads.record_converted(
                 7, lead_id=1, account_id=2, contact_id=3, deal_id=4, user_id=3
@@ -154,7 +164,7 @@ def test_every_builder_is_checked_against_the_doc():
         for name, fn in inspect.getmembers(payloads, inspect.isfunction)
         if fn.__module__ == payloads.__name__ and not name.startswith("_")
     }
-    assert builders - {"send_fields"} == set(samples())
+    assert builders - {"send_fields", "created_fields"} == set(samples())  # field helpers
 
 
 @pytest.mark.parametrize("builder", sorted(samples()))

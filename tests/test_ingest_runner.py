@@ -135,6 +135,7 @@ def test_stored_mail_is_filed_once_with_its_events_and_leaves_the_spool(env):
                 ).scalar_one()
             created = [d for t, d in types if t == "record.created" and d["id"] == lead_id]
             assert created and created[0]["changed"]["email"] == target
+            assert "email_norm" not in created[0]["changed"]  # same fields as the API's events
             assert sum(t == "email.filed" for t, _ in types) == 2
         finally:
             await db.dispose()

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.records.changes import changed_fields, created_fields
+from gateway.records.changes import changed_fields
+from storage.payloads import created_fields
 from tests.test_api_records import new_org
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
-from gateway.records.changes import changed_fields, created_fields, deleted_fields
+from gateway.records.changes import changed_fields, deleted_fields
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 from storage import crm, events, filing, mailboxes
 from storage.events import EventType
-from storage.payloads import record_converted, record_event
+from storage.payloads import record_converted, record_created, record_event
 
 MAX_LEN = {
     "first_name": 100,
@@ -179,13 +179,12 @@ class RecordsApi(Resource):
             await events.append(
                 conn,
                 [
-                    record_event(
-                        EventType.RECORD_CREATED,
+                    record_created(
                         org_id,
                         module=module,
                         record_id=rid,
                         source="api",
-                        changed=created_fields(values),
+                        values=values,
                         user_id=user["id"],
                     )
                 ],
@@ -341,13 +340,12 @@ class RecordsApi(Resource):
                 conn,
                 [
                     *(
-                        record_event(
-                            EventType.RECORD_CREATED,
+                        record_created(
                             org_id,
                             module=module,
                             record_id=rid,
                             source="conversion",
-                            changed=created_fields(values),
+                            values=values,
                             user_id=user["id"],
                         )
                         for module, rid, values in created

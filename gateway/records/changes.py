@@ -5,13 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-#: Bookkeeping no consumer should key on: the normalised email mirrors ``email``.
-NOT_REPORTED = frozenset({"id", "org_id", "email_norm", "created_at", "updated_at"})
-
-
-def created_fields(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields a record was created with (``None`` values left out: nothing was set)."""
-    return {k: v for k, v in values.items() if k not in NOT_REPORTED and v is not None}
+from storage.payloads import NOT_REPORTED
 
 
 def changed_fields(

@@ -9,12 +9,11 @@ from rich.progress import Progress
 
 from gateway.config import Settings
 from gateway.org import admin
-from gateway.records.changes import created_fields
 from gateway.records.csv_rows import parse_csv
 from storage import crm, orgs
 from storage.db import Database
-from storage.events import EventType, NewEvent, append
-from storage.payloads import record_event
+from storage.events import NewEvent, append
+from storage.payloads import record_created
 
 CHUNK = 500
 
@@ -22,13 +21,12 @@ CHUNK = 500
 def imported_events(org_id: int, module: str, rows: list[dict[str, Any]]) -> list[NewEvent]:
     """One ``record.created`` per imported record, in id order, with the fields it got."""
     return [
-        record_event(
-            EventType.RECORD_CREATED,
+        record_created(
             org_id,
             module=module,
             record_id=row["id"],
             source="import",
-            changed=created_fields({k: v for k, v in row.items() if k != "source"}),
+            values={k: v for k, v in row.items() if k != "source"},
         )
         for row in sorted(rows, key=lambda r: r["id"])
     ]

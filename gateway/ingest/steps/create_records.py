@@ -23,8 +23,7 @@ from gateway.addresses import in_domains, is_role_address
 from gateway.ingest.context import Batch, Flow
 from gateway.ingest.steps.match_records import DEFAULT_MAX_RECORDS
 from storage import filing
-from storage.events import EventType
-from storage.payloads import record_event
+from storage.payloads import record_created
 
 NAME = "create"
 
@@ -97,13 +96,12 @@ def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORD
             known[address] = [(module, rid)]
             linked[(module, rid)] = None
             batch.new_events.append(
-                record_event(
-                    EventType.RECORD_CREATED,
+                record_created(
                     d.org_id,
                     module=module,
                     record_id=rid,
                     source=d.channel,
-                    changed=values,
+                    values=values,
                     user_id=d.user_id,
                     at=batch.now,
                 )
