@@ -118,19 +118,23 @@ async def add_api_token(conn: AsyncConnection, user_id: int, token: str, label: 
     return res.scalar_one()
 
 
+#: What a token listing shows: never the token or its hash.
+_TOKEN_LISTING = (
+    api_tokens.c.id,
+    api_tokens.c.user_id,
+    users.c.email.label("user_email"),
+    api_tokens.c.hint,
+    api_tokens.c.label,
+    api_tokens.c.created_at,
+)
+
+
 async def list_api_tokens(
     conn: AsyncConnection, *, org_id: int, user_id: int | None = None
 ) -> list[dict[str, Any]]:
     """The org's tokens (or one user's), oldest first; never the token or its hash."""
     q = (
-        select(
-            api_tokens.c.id,
-            api_tokens.c.user_id,
-            users.c.email.label("user_email"),
-            api_tokens.c.hint,
-            api_tokens.c.label,
-            api_tokens.c.created_at,
-        )
+        select(*_TOKEN_LISTING)
         .join(users, users.c.id == api_tokens.c.user_id)
         .where(users.c.org_id == org_id)
         .order_by(api_tokens.c.id)
@@ -143,15 +147,7 @@ async def list_api_tokens(
 async def get_api_token(conn: AsyncConnection, token_id: int) -> dict[str, Any] | None:
     """One token's listing row with its user's org (who may revoke it), or None."""
     q = (
-        select(
-            api_tokens.c.id,
-            api_tokens.c.user_id,
-            users.c.org_id,
-            users.c.email.label("user_email"),
-            api_tokens.c.hint,
-            api_tokens.c.label,
-            api_tokens.c.created_at,
-        )
+        select(*_TOKEN_LISTING, users.c.org_id)
         .join(users, users.c.id == api_tokens.c.user_id)
         .where(api_tokens.c.id == token_id)
     )

@@ -73,6 +73,14 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def check_list_action(action: str, email: str | None) -> None:
+    """``add|remove|list [EMAIL]`` commands: a known action, and an address unless listing."""
+    if action not in ("add", "remove", "list"):
+        fail("action must be add, remove or list")
+    if action != "list" and not email:
+        fail(f"`{action}` needs an EMAIL")
+
+
 def out(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -197,10 +205,7 @@ def org_addresses(
     """Manage the org's shared From addresses (support@ …): 10 per active user."""
     from gateway.org import shared_addresses as addresses
 
-    if action not in ("add", "remove", "list"):
-        fail("action must be add, remove or list")
-    if action != "list" and not email:
-        fail(f"`{action}` needs an EMAIL")
+    check_list_action(action, email)
     if action != "add" and name is not None:
         fail("--name only goes with `add`")
 
@@ -311,10 +316,7 @@ def user_senders(
     email: Annotated[str | None, typer.Argument(help="Address to add or remove.")] = None,
 ) -> None:
     """Manage the (at most 5) extra addresses allowed to write to a user's dropbox."""
-    if action not in ("add", "remove", "list"):
-        fail("action must be add, remove or list")
-    if action != "list" and not email:
-        fail(f"`{action}` needs an EMAIL")
+    check_list_action(action, email)
     out({"senders": run_db(lambda db, s: admin.senders(db, user, action, email))})
 
 
