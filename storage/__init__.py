@@ -8,7 +8,10 @@ dependency order), whichever module is imported first, so Alembic and
 from storage import (  # noqa: F401  (imported for their tables)
     schema,
     schema_bounces,
+    schema_campaigns,
     schema_mailboxes,
     schema_sending,
+    schema_syncs,
     schema_tracking,
+    schema_webhooks,
 )

@@ -26,6 +26,7 @@ SEND_COLUMNS = (
     sends.c.template_id,
     sends.c.template_version,
     sends.c.message_id,
+    sends.c.campaign_id,
 )
 
 

@@ -20,8 +20,17 @@ MODULES: dict[str, Table] = {
 
 #: Fields an API caller may set, per module (ids and bookkeeping are ours).
 WRITABLE: dict[str, tuple[str, ...]] = {
-    "leads": ("first_name", "last_name", "email", "company", "phone", "title", "status"),
-    "contacts": ("first_name", "last_name", "email", "account_id", "phone", "title"),
+    "leads": (
+        "first_name",
+        "last_name",
+        "email",
+        "company",
+        "phone",
+        "title",
+        "status",
+        "do_not_mail",
+    ),
+    "contacts": ("first_name", "last_name", "email", "account_id", "phone", "title", "do_not_mail"),
     "accounts": ("name",),
     "deals": ("name", "account_id", "contact_id", "stage", "amount"),
 }

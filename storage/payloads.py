@@ -16,7 +16,9 @@ Subjects:
   unsubscribed), by its ``sends`` id;
 - **a record** (:func:`record_event`, :func:`record_converted`): a lead,
   contact, account or deal, by module and id, with the fields that changed;
-- **quota** (:func:`quota_event`), **suppression** (:func:`suppression_lifted`).
+- **quota** (:func:`quota_event`), **suppression** (:func:`suppression_lifted`);
+- **Campaigns** (:func:`campaign_sent`), **syncs** (:func:`sync_run`),
+  **webhooks** (:func:`webhook_disabled`).
 
 Builders are pure: they take plain values (or a row as a mapping) and return
 a :class:`~storage.events.NewEvent`; nothing here touches the database.
@@ -128,6 +130,7 @@ def send_fields(send: Mapping[str, Any]) -> dict[str, Any]:
         "template_id": send.get("template_id"),
         "template_version": send.get("template_version"),
         "message_id": send.get("message_id"),
+        "campaign_id": send.get("campaign_id"),
     }
 
 
@@ -354,6 +357,86 @@ def relay_refused(
         "action": action,
     }
     return NewEvent(org_id, EventType.RELAY_REFUSED, data, at=at)
+
+
+# -- Campaigns, syncs, webhooks -------------------------------------------------------
+
+
+def campaign_sent(
+    org_id: int,
+    *,
+    campaign_id: int,
+    name: str,
+    list_ids: Sequence[int],
+    recipients: int,
+    skipped: int,
+    user_id: int | None,
+    at: datetime | None = None,
+) -> NewEvent:
+    """Every message of a campaign has been handed to the send queue (composed, queued)."""
+    data = {
+        "campaign_id": campaign_id,
+        "name": name[:SUBJECT_LIMIT],
+        "list_ids": list(list_ids),
+        "recipients": recipients,
+        "skipped": skipped,
+        "user_id": user_id,
+    }
+    return NewEvent(org_id, EventType.CAMPAIGN_SENT, data, at=at)
+
+
+def sync_run(
+    org_id: int,
+    *,
+    sync_id: int,
+    run_id: int,
+    kind: str,
+    module: str,
+    list_id: int,
+    total: int,
+    added: int,
+    updated: int,
+    removed: int,
+    skipped: int,
+    skipped_reasons: Mapping[str, int],
+    at: datetime | None = None,
+) -> NewEvent:
+    """One run of a CRM → Campaigns sync finished (``full``, or a round of ``change``s)."""
+    data = {
+        "sync_id": sync_id,
+        "run_id": run_id,
+        "kind": kind,
+        "module": module,
+        "list_id": list_id,
+        "total": total,
+        "added": added,
+        "updated": updated,
+        "removed": removed,
+        "skipped": skipped,
+        "skipped_reasons": dict(skipped_reasons),
+    }
+    return NewEvent(org_id, EventType.SYNC_RUN, data, at=at)
+
+
+def webhook_disabled(
+    org_id: int,
+    *,
+    webhook_id: int,
+    url: str,
+    failing_since: datetime,
+    last_error: str,
+    pending: int,
+    at: datetime | None = None,
+) -> NewEvent:
+    """An endpoint kept failing for longer than allowed and was disabled."""
+    data = {
+        "webhook_id": webhook_id,
+        "url": url,
+        "failing_since": failing_since.isoformat(),
+        "last_error": last_error[:REPLY_LIMIT],
+        "pending": pending,
+    }
+    return NewEvent(org_id, EventType.WEBHOOK_DISABLED, data, at=at)
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from storage.types import ID, Blob, JSONType, UTCDateTime, utcnow
@@ -130,6 +131,8 @@ leads = Table(
     Column("converted_contact_id", ID),
     Column("converted_account_id", ID),
     Column("converted_deal_id", ID),
+    # Never send marketing mail (set by hand, or by an unsubscribe/complaint in Campaigns).
+    Column("do_not_mail", Boolean, nullable=False, default=False, server_default=false()),
     _created(),
     _updated(),
     Index("ix_leads_org_email", "org_id", "email_norm"),
@@ -149,6 +152,7 @@ contacts = Table(
     Column("title", String(100), nullable=False, default=""),
     Column("source", String(30), nullable=False, default="api"),
     Column("owner_id", ID, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("do_not_mail", Boolean, nullable=False, default=False, server_default=false()),
     _created(),
     _updated(),
     Index("ix_contacts_org_email", "org_id", "email_norm"),

@@ -32,6 +32,8 @@ CLAIM_COLUMNS = (
     sends.c.from_email,
     sends.c.message_id,
     sends.c.template_id,
+    sends.c.template_version,
+    sends.c.campaign_id,
     sends.c.verp_token,
     sends.c.raw,
     sends.c.attempts,

@@ -53,6 +53,7 @@ HIT_SEND_COLUMNS = (
     sends.c.record_id,
     sends.c.template_id,
     sends.c.template_version,
+    sends.c.campaign_id,
     sends.c.links,
     sends.c.status,
     sends.c.sent_at,

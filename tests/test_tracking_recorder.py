@@ -133,6 +133,7 @@ def test_hits_are_stamped_by_the_injected_clock_and_announced_with_the_send_fiel
         "template_id": None,
         "template_version": None,
         "message_id": send["message_id"],
+        "campaign_id": None,
         "verdict": None,
         "reason": None,
     }

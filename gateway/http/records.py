@@ -69,6 +69,10 @@ async def _validate(
             if await crm.get(conn, target, org_id, value) is None:
                 raise ApiError(422, "invalid_field", f"{key} {value} does not exist")
             values[key] = value
+        elif key == "do_not_mail":
+            if not isinstance(value, bool):
+                raise ApiError(422, "invalid_field", "do_not_mail must be true or false")
+            values[key] = value
         elif key == "amount":
             if value is None:
                 values[key] = None
