@@ -12,9 +12,10 @@ webhook sender join this tuple as they arrive.
 
 from __future__ import annotations
 
+from sync.campaigns_to_crm import CampaignsToCrm
 from sync.consumer import Consumer, drain_all
 from sync.suppression import SuppressionConsumer
 
-CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer,)
+CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer, CampaignsToCrm)
 
-__all__ = ["CONSUMERS", "Consumer", "SuppressionConsumer", "drain_all"]
+__all__ = ["CONSUMERS", "CampaignsToCrm", "Consumer", "SuppressionConsumer", "drain_all"]

@@ -22,6 +22,7 @@ from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_
 from gateway.http.events import EventsApi
 from gateway.http.mailboxes import MailboxesApi
 from gateway.http.org_settings import OrgSettingsApi
+from gateway.http.record_campaigns import RecordCampaignsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
@@ -107,6 +108,7 @@ def create_app(services: Services) -> Starlette:
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
         ReportsApi(db),
+        RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
     )
     app = Starlette(
