@@ -392,6 +392,15 @@ def test_campaign_history_lists_newest_first_and_only_the_callers_records(mailga
     assert api.get("/api/v1/leads/abc/campaigns").status_code == 404
     assert api.get("/api/v1/accounts/1/campaigns").status_code == 404
     assert api.get(f"/api/v1/leads/{lead['id']}/campaigns?limit=0").status_code == 400
+    for query in ("limit=x", "cursor=-1", "cursor=1e3", "limit=100000"):
+        r = api.get(f"/api/v1/leads/{lead['id']}/campaigns?{query}")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_parameter", query
+    far = api.get(f"/api/v1/leads/{lead['id']}/campaigns?cursor={10**18}")
+    assert far.status_code == 200 and far.json() == {"items": [], "next": None}
+    page = api.get(f"/api/v1/leads/{lead['id']}/campaigns?limit=1").json()
+    assert [i["campaign_id"] for i in page["items"]] == [newer["id"]] and page["next"] == "1"
+    rest = api.get(f"/api/v1/leads/{lead['id']}/campaigns?limit=1&cursor=1").json()
+    assert [i["campaign_id"] for i in rest["items"]] == [older["id"]] and rest["next"] is None
     assert stranger.get(f"/api/v1/leads/{lead['id']}").status_code == 404
     # The records API still answers its own routes beside these.
     assert api.get(f"/api/v1/leads/{lead['id']}/emails").status_code == 200
