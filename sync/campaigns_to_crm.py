@@ -67,6 +67,8 @@ from sync.registration import (
 
 #: ``source`` of the records this consumer creates and the changes it makes.
 SOURCE = "campaigns"
+#: Where a round keeps the events its applies made (``Connection.info``).
+_PENDING = "campaigns_to_crm.new_events"
 
 
 @dataclass(slots=True)
@@ -85,17 +87,15 @@ class CampaignsToCrm(Consumer):
     name = "campaigns_to_crm"
     types = SEND_TYPES
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._new: list[NewEvent] = []
-
     def _round(self, conn: Connection) -> int:
-        self._new = []
+        """The base round, with the events its applies made appended once, last."""
+        pending: list[NewEvent] = []
+        conn.info[_PENDING] = pending
         try:
             applied = super()._round(conn)
-            events.append_sync(conn, self._new)
+            events.append_sync(conn, pending)
         finally:
-            self._new = []
+            conn.info.pop(_PENDING, None)
         return applied
 
     def apply(self, conn: Connection, event: Event) -> None:
@@ -113,8 +113,9 @@ class CampaignsToCrm(Consumer):
         if campaign is None:
             return
         now = self.clock.now()
+        new: list[NewEvent] = []
         status = self._move_recipient(conn, recipient, activity, event.at)
-        self._register(conn, recipient, campaign, activity, now)
+        self._register(conn, recipient, campaign, activity, now, new)
         changes = _Changes()
         targets = self._records_of(conn, recipient)
         settings = store.status_field(conn, event.org_id) if targets else {}
@@ -125,7 +126,7 @@ class CampaignsToCrm(Consumer):
                 changes.add(module, rid, chosen, status.value)
             if activity in DO_NOT_MAIL and not record["do_not_mail"]:
                 changes.add(module, rid, "do_not_mail", True)
-        self._write_changes(conn, event.org_id, changes, now)
+        self._write_changes(conn, event.org_id, changes, now, new)
         member = member_status_for(activity, data.get("type"))
         if member is not None:
             store.set_member_status(
@@ -137,6 +138,7 @@ class CampaignsToCrm(Consumer):
                 replaces=weaker_members(member),
                 at=event.at,
             )
+        _publish(conn, new)
 
     # -- the recipient ----------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class CampaignsToCrm(Consumer):
         campaign: dict[str, Any],
         activity: Activity,
         now: datetime,
+        new: list[NewEvent],
     ) -> None:
         org_id = recipient["org_id"]
         target = register_target(campaign["register"], activity)
@@ -187,7 +190,7 @@ class CampaignsToCrm(Consumer):
         values: dict[str, Any] = {}
         match decide_registration(candidate):
             case Register(module=module):
-                rid = self._create(conn, recipient, campaign, module, now)
+                rid = self._create(conn, recipient, campaign, module, now, new)
                 values = {
                     "registered_module": module,
                     "registered_id": rid,
@@ -221,6 +224,7 @@ class CampaignsToCrm(Consumer):
         campaign: dict[str, Any],
         module: str,
         now: datetime,
+        new: list[NewEvent],
     ) -> int:
         """The lead or contact (with its account, found by name or made) for the recipient."""
         org_id = recipient["org_id"]
@@ -241,20 +245,11 @@ class CampaignsToCrm(Consumer):
             if account_id is None:
                 account = {"name": company, "owner_id": owner}
                 account_id = store.create_account(conn, org_id, account, now)
-                self._created(org_id, "accounts", account_id, account, now)
+                new.append(_created(org_id, "accounts", account_id, account, now))
             values["account_id"] = account_id
         rid = store.create_person(conn, org_id, module, values, now)
-        self._created(org_id, module, rid, values, now)
+        new.append(_created(org_id, module, rid, values, now))
         return rid
-
-    def _created(
-        self, org_id: int, module: str, rid: int, values: dict[str, Any], now: datetime
-    ) -> None:
-        self._new.append(
-            record_created(
-                org_id, module=module, record_id=rid, source=SOURCE, values=values, at=now
-            )
-        )
 
     # -- the CRM side --------------------------------------------------------------------
 
@@ -298,11 +293,16 @@ class CampaignsToCrm(Consumer):
         return True
 
     def _write_changes(
-        self, conn: Connection, org_id: int, changes: _Changes, now: datetime
+        self,
+        conn: Connection,
+        org_id: int,
+        changes: _Changes,
+        now: datetime,
+        new: list[NewEvent],
     ) -> None:
         for (module, rid), values in changes.fields.items():
             store.set_person_fields(conn, org_id, module, rid, values, now)
-            self._new.append(
+            new.append(
                 record_event(
                     EventType.RECORD_UPDATED,
                     org_id,
@@ -313,6 +313,26 @@ class CampaignsToCrm(Consumer):
                     at=now,
                 )
             )
+
+
+def _created(org_id: int, module: str, rid: int, values: dict[str, Any], now: datetime) -> NewEvent:
+    return record_created(
+        org_id, module=module, record_id=rid, source=SOURCE, values=values, at=now
+    )
+
+
+def _publish(conn: Connection, new: list[NewEvent]) -> None:
+    """Queue ``new`` for the end of the round; appended at once when applied outside one.
+
+    The queue lives on the round's connection, not on the consumer: two rounds of one
+    consumer (the loop and a ``drain``) may be in flight together, one waiting for the
+    other's offset lock.
+    """
+    pending = conn.info.get(_PENDING)
+    if pending is None:
+        events.append_sync(conn, new)
+    else:
+        pending.extend(new)
 
 
 def _person(recipient: dict[str, Any]) -> Person:
