@@ -535,3 +535,55 @@ def test_replaying_the_consumer_from_offset_zero_changes_nothing(mailgate, org):
 
     assert replay(mailgate) > 0
     assert _snapshot(mailgate, org[0]["id"]) == before
+
+
+def test_malformed_campaign_events_and_settings_are_passed_over_not_stalled_on(mailgate, org):
+    """Events no recipient answers to, another org's send, a garbled ``register`` and
+    ``list_ids``: each is passed over, and the good event after them still applies."""
+    from sqlalchemy import update
+
+    from storage import events as log
+    from storage import payloads
+    from storage.events import EventType
+    from storage.schema_campaigns import campaigns
+
+    camp = send_campaign(
+        mailgate, *org, [person("garbled@client.example")], register={"opened": "leads"}
+    )
+    send = camp["sends"]["garbled@client.example"]
+    other = mailgate.org(f"other-{secrets.token_hex(3)}")
+
+    def garble(conn) -> None:
+        conn.execute(
+            update(campaigns)
+            .where(campaigns.c.id == camp["id"])
+            .values(register="leads", list_ids=["x", None, True, {"id": 1}])
+        )
+        human = {"verdict": "human", "reason": "no_machine_signal", "link_index": None}
+        log.append_sync(
+            conn,
+            [
+                # No recipient has this send; a campaign that does not exist; a foreign org.
+                payloads.send_event(EventType.EMAIL_OPENED, {**send, "id": 10**12}, **human),
+                payloads.send_event(
+                    EventType.EMAIL_OPENED, {**send, "campaign_id": 10**12}, **human
+                ),
+                payloads.send_event(
+                    EventType.EMAIL_OPENED, {**send, "org_id": other["id"]}, **human
+                ),
+                payloads.send_event(EventType.EMAIL_OPENED, {**send, "campaign_id": "1"}, **human),
+                payloads.bounce_event(org[0]["id"], send=send, email=send["to_email"], kind="hard"),
+            ],
+        )
+
+    mailgate.call(mailgate.db.run_write(garble))
+    mailgate.drain_consumers()
+    row = recipients(mailgate, camp["id"])["garbled@client.example"]
+    assert (row["status"], row["opened_at"]) == ("bounced", None)
+    # The garbled lists named no list: the member keeps its status; the consumer moved on.
+    assert [m["status"] for m in members(mailgate, camp["list_id"])] == ["subscribed"]
+    open_mail(mailgate, send)
+    row = recipients(mailgate, camp["id"])["garbled@client.example"]
+    # A register setting that is not an object names no target.
+    assert (row["opened_at"] is not None, row["not_registered_reason"]) == (True, "not_requested")
+    _none(mailgate, org, "leads", "garbled@client.example")
