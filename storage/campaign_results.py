@@ -36,6 +36,13 @@ from storage.schema_campaigns import (
 #: The person-record modules: the ones with an address, ``do_not_mail`` and a history.
 PEOPLE = {"leads": leads, "contacts": contacts}
 
+#: The text columns of each module an admin may choose to hold the campaign status (seed
+#: 001); the consumer writes nothing else, whatever a stored setting says.
+STATUS_FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "leads": ("status", "title"),
+    "contacts": ("title",),
+}
+
 
 # -- campaigns and recipients -------------------------------------------------------
 
@@ -275,7 +282,9 @@ def status_field(conn: Connection, org_id: int) -> dict[str, str | None]:
     """The org's chosen CRM field per module for the campaign status ({} when unset)."""
     q = select(campaign_crm_settings.c.status_field).where(campaign_crm_settings.c.org_id == org_id)
     found = conn.execute(q).scalar()
-    return dict(found) if isinstance(found, Mapping) else {}
+    if not isinstance(found, Mapping):
+        return {}
+    return {m: f for m, f in found.items() if f in STATUS_FIELD_CHOICES.get(m, ())}
 
 
 def set_status_field(

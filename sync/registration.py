@@ -268,25 +268,3 @@ def decide_registration(c: Candidate) -> Decision:
     if missing_fields(c.target, c.person):
         return Skip(NotRegistered.MISSING_FIELDS)
     return Register(c.target)
-
-
-# -- the status field (seed 001: 「メンバーのステータスをZoho CRMの項目として更新」) ----------
-
-#: The text fields of each module an admin may choose to hold the campaign status.
-STATUS_FIELD_CHOICES: dict[str, tuple[str, ...]] = {
-    "leads": ("status", "title"),
-    "contacts": ("title",),
-}
-
-
-def status_field_problem(value: Any) -> str | None:
-    """Why ``value`` is not a valid ``status_field`` setting, or None."""
-    if not isinstance(value, Mapping):
-        return "status_field must be an object {module: field or null}"
-    for module, field in value.items():
-        if module not in STATUS_FIELD_CHOICES:
-            return f"status_field: unknown module {module!r} (leads, contacts)"
-        if field is not None and field not in STATUS_FIELD_CHOICES[module]:
-            allowed = ", ".join(STATUS_FIELD_CHOICES[module])
-            return f"status_field.{module} must be one of {allowed} or null"
-    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.http.record_campaigns import status_field_problem
 from sync.registration import (
     Activity,
     Candidate,
@@ -20,7 +21,6 @@ from sync.registration import (
     missing_fields,
     register_target,
     status_after,
-    status_field_problem,
     weaker_members,
 )
 

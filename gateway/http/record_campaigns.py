@@ -15,6 +15,7 @@ writes.  Mount this resource before the records API, whose generic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -27,10 +28,23 @@ from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from storage import campaign_results
+from storage.campaign_results import STATUS_FIELD_CHOICES
 from storage.db import Database
-from sync.registration import STATUS_FIELD_CHOICES, status_field_problem
 
 SETTINGS = "/api/v1/campaign-crm-settings"
+
+
+def status_field_problem(value: Any) -> str | None:
+    """Why ``value`` is not a valid ``status_field`` setting, or None."""
+    if not isinstance(value, Mapping):
+        return "status_field must be an object {module: field or null}"
+    for module, field in value.items():
+        if module not in STATUS_FIELD_CHOICES:
+            return f"status_field: unknown module {module!r} (leads, contacts)"
+        if field is not None and field not in STATUS_FIELD_CHOICES[module]:
+            allowed = ", ".join(STATUS_FIELD_CHOICES[module])
+            return f"status_field.{module} must be one of {allowed} or null"
+    return None
 
 
 def settings_body(stored: dict[str, str | None]) -> dict[str, Any]:
