@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, literal, select, union_all, update
 
 from storage.inserts import insert_ignore
 from storage.schema import accounts, contacts, leads
@@ -47,26 +47,43 @@ STATUS_FIELD_CHOICES: dict[str, tuple[str, ...]] = {
 # -- campaigns and recipients -------------------------------------------------------
 
 
-def recipient_by_send(conn: Connection, org_id: int, send_id: int) -> dict[str, Any] | None:
-    """The campaign recipient that ``send_id`` was composed for (None if there is none)."""
-    q = select(campaign_recipients).where(
-        campaign_recipients.c.send_id == send_id, campaign_recipients.c.org_id == org_id
+def recipient_by_send(
+    conn: Connection, org_id: int, send_id: int
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The campaign recipient ``send_id`` was composed for, and its campaign (one query).
+
+    The campaign part has ``id``, ``name``, ``list_ids``, ``register`` and ``user_id``.
+    None when no recipient of the org has that send.
+    """
+    q = (
+        select(
+            campaign_recipients,
+            campaigns.c.name.label("campaign_name"),
+            campaigns.c.list_ids.label("campaign_list_ids"),
+            campaigns.c.register.label("campaign_register"),
+            campaigns.c.user_id.label("campaign_user_id"),
+        )
+        .select_from(
+            campaign_recipients.join(campaigns, campaigns.c.id == campaign_recipients.c.campaign_id)
+        )
+        .where(
+            campaign_recipients.c.send_id == send_id,
+            campaign_recipients.c.org_id == org_id,
+            campaigns.c.org_id == org_id,
+        )
     )
     row = conn.execute(q).mappings().first()
-    return dict(row) if row else None
-
-
-def campaign(conn: Connection, org_id: int, campaign_id: int) -> dict[str, Any] | None:
-    """The campaign's name, lists, registration setting and owner."""
-    q = select(
-        campaigns.c.id,
-        campaigns.c.name,
-        campaigns.c.list_ids,
-        campaigns.c.register,
-        campaigns.c.user_id,
-    ).where(campaigns.c.id == campaign_id, campaigns.c.org_id == org_id)
-    row = conn.execute(q).mappings().first()
-    return dict(row) if row else None
+    if row is None:
+        return None
+    recipient = {c.name: row[c.name] for c in campaign_recipients.c}
+    campaign = {
+        "id": recipient["campaign_id"],
+        "name": row["campaign_name"],
+        "list_ids": row["campaign_list_ids"],
+        "register": row["campaign_register"],
+        "user_id": row["campaign_user_id"],
+    }
+    return recipient, campaign
 
 
 def list_registers(conn: Connection, org_id: int, list_id: int | None) -> bool:
@@ -131,16 +148,17 @@ def people_with_address(conn: Connection, org_id: int, email_norm: str) -> list[
 
     Contacts first: of a converted lead and its contact, the contact is the live record.
     """
-    found: list[tuple[str, int]] = []
-    for module in ("contacts", "leads"):
-        table = PEOPLE[module]
-        q = (
-            select(table.c.id)
-            .where(table.c.org_id == org_id, table.c.email_norm == email_norm)
-            .order_by(table.c.id)
+    found = union_all(
+        *(
+            select(literal(module).label("module"), table.c.id).where(
+                table.c.org_id == org_id, table.c.email_norm == email_norm
+            )
+            for module, table in (("contacts", contacts), ("leads", leads))
         )
-        found.extend((module, rid) for rid in conn.execute(q).scalars())
-    return found
+    )
+    rows = conn.execute(select(found.subquery()))
+    order = {"contacts": 0, "leads": 1}
+    return sorted(((m, rid) for m, rid in rows), key=lambda r: (order[r[0]], r[1]))
 
 
 def person(conn: Connection, org_id: int, module: str, rid: int) -> dict[str, Any] | None:

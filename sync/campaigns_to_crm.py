@@ -106,12 +106,10 @@ class CampaignsToCrm(Consumer):
         activity = activity_of(event.type, data)
         if activity is None:
             return
-        recipient = store.recipient_by_send(conn, event.org_id, send_id)
-        if recipient is None or recipient["campaign_id"] != campaign_id:
+        found = store.recipient_by_send(conn, event.org_id, send_id)
+        if found is None or found[0]["campaign_id"] != campaign_id:
             return
-        campaign = store.campaign(conn, event.org_id, campaign_id)
-        if campaign is None:
-            return
+        recipient, campaign = found
         now = self.clock.now()
         new: list[NewEvent] = []
         status = self._move_recipient(conn, recipient, activity, event.at)
