@@ -57,9 +57,12 @@ def send_campaign(
     list_id: int | None = None,
     name: str | None = None,
     sent_ago: timedelta = timedelta(hours=1),
+    relay: bool = False,
 ) -> dict[str, Any]:
     """A list of ``people``, a campaign sent to it, one send per person, ``email.sent`` each.
 
+    With ``relay``, the sends are left queued (composed, due now) for the server's relay
+    to deliver, which then writes ``email.sent`` (or ``email.failed``) itself.
     Returns ``{"id", "list_id", "sends": {email: send row with "html"}}``.
     """
     name = name or f"キャンペーン {uuid.uuid4().hex[:6]}"
@@ -97,6 +100,14 @@ def send_campaign(
         record = {k: p[k] for k in ("module", "record_id") if k in p}
         names = {k: p[k] for k in ("first_name", "last_name", "company")}
         member_id = add_member(server, org, list_id, p["email"], **names, **record)
+        queued = {}
+        if relay:
+            queued = {
+                "state": "queued",
+                "status": "queued",
+                "next_attempt_at": sent_at,
+                "raw": f"To: {p['email']}\r\nSubject: hello\r\n\r\nhello\r\n".encode(),
+            }
         send = make_send(
             server,
             org,
@@ -106,6 +117,7 @@ def send_campaign(
             kind="mass",
             campaign_id=campaign_id,
             **record,
+            **queued,
         )
 
         def recipient(conn, send=send, member_id=member_id, p=p, record=record) -> None:
@@ -127,10 +139,11 @@ def send_campaign(
                     **record,
                 )
             )
-            sent = payloads.send_event(
-                EventType.EMAIL_SENT, send, at=sent_at, reply="250 2.0.0 Ok: queued"
-            )
-            events.append_sync(conn, [sent])
+            if not relay:
+                sent = payloads.send_event(
+                    EventType.EMAIL_SENT, send, at=sent_at, reply="250 2.0.0 Ok: queued"
+                )
+                events.append_sync(conn, [sent])
 
         server.call(server.db.run_write(recipient))
         sends[p["email"]] = send
