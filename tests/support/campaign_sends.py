@@ -58,10 +58,13 @@ def send_campaign(
     name: str | None = None,
     sent_ago: timedelta = timedelta(hours=1),
     relay: bool = False,
+    html: str | None = None,
+    public_url: str | None = None,
 ) -> dict[str, Any]:
     """A list of ``people``, a campaign sent to it, one send per person, ``email.sent`` each.
 
-    With ``relay``, the sends are left queued (composed, due now) for the server's relay
+    ``html`` (with ``{i}``, the person's position, if wanted) is each message's body, its
+    links tracked under ``public_url``.  With ``relay``, the sends are left queued (composed, due now) for the server's relay
     to deliver, which then writes ``email.sent`` (or ``email.failed``) itself.
     Returns ``{"id", "list_id", "sends": {email: send row with "html"}}``.
     """
@@ -96,8 +99,9 @@ def send_campaign(
 
     campaign_id = server.call(server.db.run_write(make_campaign))
     sends: dict[str, dict[str, Any]] = {}
-    for p in people:
+    for i, p in enumerate(people):
         record = {k: p[k] for k in ("module", "record_id") if k in p}
+        body = {"html": html.replace("{i}", str(i))} if html else {}
         names = {k: p[k] for k in ("first_name", "last_name", "company")}
         member_id = add_member(server, org, list_id, p["email"], **names, **record)
         queued = {}
@@ -116,6 +120,8 @@ def send_campaign(
             sent_at=sent_at,
             kind="mass",
             campaign_id=campaign_id,
+            public_url=public_url,
+            **body,
             **record,
             **queued,
         )
