@@ -29,6 +29,7 @@ from storage import events, payloads
 from storage.events import EventType
 from storage.schema import consumer_offsets, inbound
 from storage.schema_campaigns import campaign_recipients, campaigns
+from storage.schema_sending import sends
 from tests.support.campaigns import add_member, make_list
 from tests.support.sends import flush, make_send, rows
 from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
@@ -158,6 +159,18 @@ def send_campaign(
 
 
 # -- real hits ---------------------------------------------------------------------------
+
+
+def wait_delivered(server: MailgateServer, campaign_id: int, timeout: float = 60) -> None:
+    """Wait until the relay has settled every send of the campaign (sent or failed; the
+    running relay loop may hold a round a ``drain`` does not see), then let the consumers
+    apply what it wrote."""
+    pending = select(sends.c.id).where(
+        sends.c.campaign_id == campaign_id, sends.c.state.not_in(("sent", "failed"))
+    )
+    server.drain("relay")
+    wait_until(lambda: not rows(server, pending), timeout=timeout)
+    server.drain_consumers()
 
 
 def _client(server: MailgateServer, ua: str) -> httpx.Client:
