@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection
@@ -69,6 +70,14 @@ from sync.registration import (
 SOURCE = "campaigns"
 #: Where a round keeps the events its applies made (``Connection.info``).
 _PENDING = "campaigns_to_crm.new_events"
+
+
+class _History(StrEnum):
+    """What an event did to a record's history row for the campaign."""
+
+    ADDED = "added"  # the record joins the campaign's history now
+    MOVED = "moved"  # its status moved up
+    KEPT = "kept"
 
 
 @dataclass(slots=True)
@@ -117,12 +126,17 @@ class CampaignsToCrm(Consumer):
         changes = _Changes()
         targets = self._records_of(conn, recipient)
         settings = store.status_field(conn, event.org_id) if targets else {}
+        stopped = recipient["unsubscribed_at"] is not None or recipient["complained_at"] is not None
         for module, rid, record in targets:
             moved = self._history(conn, recipient, module, rid, status, event.at)
             chosen = settings.get(module)
-            if moved and chosen and record.get(chosen) != status.value:
+            if moved != _History.KEPT and chosen and record.get(chosen) != status.value:
                 changes.add(module, rid, chosen, status.value)
-            if activity in DO_NOT_MAIL and not record["do_not_mail"]:
+            # The unsubscribe itself, or a record that joins this campaign's picture only now
+            # (registered by an open applied after the unsubscribe, or linked later).
+            if (activity in DO_NOT_MAIL or (moved == _History.ADDED and stopped)) and not record[
+                "do_not_mail"
+            ]:
                 changes.add(module, rid, "do_not_mail", True)
         self._write_changes(conn, event.org_id, changes, now, new)
         member = member_status_for(activity, data.get("type"))
@@ -277,18 +291,18 @@ class CampaignsToCrm(Consumer):
         rid: int,
         status: RecipientStatus,
         at: datetime,
-    ) -> bool:
-        """Upsert the record's history row for the campaign; whether it changed."""
+    ) -> _History:
+        """Upsert the record's history row for the campaign; what became of it."""
         campaign_id = recipient["campaign_id"]
         entry = store.history_entry(conn, module, rid, campaign_id)
         if entry is None:
             store.add_history(conn, recipient["org_id"], module, rid, campaign_id, status.value, at)
-            return True
+            return _History.ADDED
         stronger = stronger_status(entry["status"], status)
         if stronger.value == entry["status"]:
-            return False
+            return _History.KEPT
         store.set_history(conn, entry["id"], stronger.value, at)
-        return True
+        return _History.MOVED
 
     def _write_changes(
         self,

@@ -587,3 +587,37 @@ def test_malformed_campaign_events_and_settings_are_passed_over_not_stalled_on(m
     # A register setting that is not an object names no target.
     assert (row["opened_at"] is not None, row["not_registered_reason"]) == (True, "not_requested")
     _none(mailgate, org, "leads", "garbled@client.example")
+
+
+def test_an_open_applied_after_the_unsubscribe_registers_a_do_not_mail_lead(mailgate, org):
+    """The verdicts runner judges opens after a burst window, so a reader's open can reach
+    the log after their unsubscribe: the lead it registers must not be mailable."""
+    from storage import events as log
+    from storage import payloads
+    from storage.events import EventType
+
+    camp = send_campaign(
+        mailgate, *org, [person("late@client.example")], register={"opened": "leads"}
+    )
+    send = camp["sends"]["late@client.example"]
+
+    def unsubscribe_then_open(conn) -> None:
+        human = {"verdict": "human", "reason": "no_machine_signal", "link_index": None}
+        log.append_sync(
+            conn,
+            [
+                payloads.send_event(EventType.EMAIL_UNSUBSCRIBED, send, method="one_click"),
+                payloads.send_event(EventType.EMAIL_OPENED, send, **human),
+            ],
+        )
+
+    mailgate.call(mailgate.db.run_write(unsubscribe_then_open))
+    mailgate.drain_consumers()
+    lead = _only(mailgate, org, "leads", "late@client.example")
+    assert lead["do_not_mail"] is True
+    row = recipients(mailgate, camp["id"])["late@client.example"]
+    assert (row["status"], row["registered_id"]) == ("unsubscribed", lead["id"])
+    updated = [e["data"] for e in events_of(mailgate, org[0]["id"], "record.updated")]
+    assert [(d["id"], d["changed"]) for d in updated] == [(lead["id"], {"do_not_mail": True})]
+    assert replay(mailgate) > 0
+    assert len(events_of(mailgate, org[0]["id"], "record.updated")) == 1

@@ -31,7 +31,7 @@ from storage.schema import consumer_offsets, inbound
 from storage.schema_campaigns import campaign_recipients, campaigns
 from storage.schema_sending import sends
 from tests.support.campaigns import add_member, make_list
-from tests.support.sends import flush, make_send, rows
+from tests.support.sends import events_of, flush, make_send, rows
 from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
 
 BROWSER_UA = (
@@ -183,21 +183,44 @@ def settle(server: MailgateServer) -> None:
     server.drain_consumers()
 
 
+def _count(server: MailgateServer, send: dict[str, Any], type_: str) -> int:
+    return sum(e["data"]["send_id"] == send["id"] for e in events_of(server, send["org_id"], type_))
+
+
+def _hit(server: MailgateServer, send: dict[str, Any], type_: str, request) -> None:
+    """Make one tracked hit, and return once its event is written and applied.
+
+    ``flush`` judges what the endpoints took, but the running ``verdicts`` loop may hold
+    the hit in a round of its own: wait for the event itself, then drain the consumers.
+    """
+    before = _count(server, send, type_)
+    request()
+    flush(server)
+    wait_until(lambda: _count(server, send, type_) > before, timeout=10)
+    server.drain_consumers()
+
+
 def open_mail(server: MailgateServer, send: dict[str, Any], *, ua: str = BROWSER_UA) -> None:
     """Fetch the tracking pixel of the send's HTML, as a mail client (or ``ua``) does."""
     path = re.search(r"/t/o/[A-Za-z0-9_-]+", send["html"]).group(0)
-    with _client(server, ua) as http:
-        assert http.get(path).status_code == 200
-    settle(server)
+
+    def request() -> None:
+        with _client(server, ua) as http:
+            assert http.get(path).status_code == 200
+
+    _hit(server, send, "email.opened", request)
 
 
 def click(server: MailgateServer, send: dict[str, Any], index: int = 0, *, ua: str = BROWSER_UA):
     """Follow the send's ``index``-th tracked link (never the hidden honeypot)."""
     assert index != send["honeypot"]
     token = server.running.services.tracking.signer.click_token(send["id"], index)
-    with _client(server, ua) as http:
-        assert http.get(f"/t/c/{token}", follow_redirects=False).status_code == 302
-    settle(server)
+
+    def request() -> None:
+        with _client(server, ua) as http:
+            assert http.get(f"/t/c/{token}", follow_redirects=False).status_code == 302
+
+    _hit(server, send, "email.clicked", request)
 
 
 def unsubscribe(server: MailgateServer, send: dict[str, Any]) -> None:
