@@ -108,6 +108,11 @@ class CampaignsToCrm(Consumer):
         return applied
 
     def apply(self, conn: Connection, event: Event) -> None:
+        """One send event of a campaign: recipient, registration, CRM records, members.
+
+        Events of no campaign, machine hits, and events no recipient of the org answers
+        to are passed over (never raised on: a raise would stall the consumer).
+        """
         data = event.data
         campaign_id, send_id = data.get("campaign_id"), data.get("send_id")
         if not isinstance(campaign_id, int) or not isinstance(send_id, int):
@@ -144,7 +149,7 @@ class CampaignsToCrm(Consumer):
             store.set_member_status(
                 conn,
                 event.org_id,
-                campaign["list_ids"] or [],
+                lists if isinstance(lists := campaign["list_ids"], list) else [],
                 recipient["email_norm"],
                 member.value,
                 replaces=weaker_members(member),

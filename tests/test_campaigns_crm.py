@@ -588,6 +588,18 @@ def test_malformed_campaign_events_and_settings_are_passed_over_not_stalled_on(m
     assert (row["opened_at"] is not None, row["not_registered_reason"]) == (True, "not_requested")
     _none(mailgate, org, "leads", "garbled@client.example")
 
+    def scalar_lists(conn) -> None:
+        conn.execute(update(campaigns).where(campaigns.c.id == camp["id"]).values(list_ids=7))
+        log.append_sync(
+            conn,
+            [payloads.bounce_event(org[0]["id"], send=send, email=send["to_email"], kind="hard")],
+        )
+
+    mailgate.call(mailgate.db.run_write(scalar_lists))
+    mailgate.drain_consumers()
+    unsubscribe(mailgate, send)  # the consumer is not stalled: the next event applies
+    assert recipients(mailgate, camp["id"])["garbled@client.example"]["status"] == "unsubscribed"
+
 
 def test_an_open_applied_after_the_unsubscribe_registers_a_do_not_mail_lead(mailgate, org):
     """The verdicts runner judges opens after a burst window, so a reader's open can reach
