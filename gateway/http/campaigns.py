@@ -250,7 +250,7 @@ class CampaignsApi(Resource):
         except starting.NotFound:
             raise ApiError(404, "not_found", "no such campaign") from None
         except starting.NotDraft as exc:
-            raise ApiError(409, "not_draft", str(exc), status=exc.status) from None
+            raise ApiError(409, "not_draft", str(exc), campaign_status=exc.status) from None
         except QuotaExceeded as exc:
             raise quota_refusal(exc) from None
         self.wake_runner()
