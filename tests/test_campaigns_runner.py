@@ -14,6 +14,7 @@ import asyncio
 import email
 import email.policy
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from pathlib import Path
@@ -152,7 +153,9 @@ def test_every_eligible_member_gets_one_message_with_one_click_and_merge_fields(
     sent = rows(server, select(sends).where(sends.c.org_id == org["id"]))
     assert len(sent) == 3 and {s["campaign_id"] for s in sent} == {cid}
     assert {s["kind"] for s in sent} == {"mass"}
-    recips = rows(server, select(campaign_recipients).where(campaign_recipients.c.campaign_id == cid))
+    recips = rows(
+        server, select(campaign_recipients).where(campaign_recipients.c.campaign_id == cid)
+    )
     assert sorted(r["send_id"] for r in recips) == sorted(s["id"] for s in sent)
     # A copy is filed only on the recipient linked to a CRM record.
     filed = rows(
@@ -169,7 +172,11 @@ def test_every_eligible_member_gets_one_message_with_one_click_and_merge_fields(
         for e in api.get("/api/v1/events", params={"limit": 1000}).json()["items"]
         if e["type"] == "campaign.sent"
     ]
-    assert len(done) == 1 and done[0]["data"]["campaign_id"] == cid and done[0]["data"]["recipients"] == 3
+    assert (
+        len(done) == 1
+        and done[0]["data"]["campaign_id"] == cid
+        and done[0]["data"]["recipients"] == 3
+    )
     server.drain("campaigns")
     assert len(delivered_to(relay, "one.example")) == 3
 
@@ -186,13 +193,8 @@ def test_a_500_member_campaign_reaches_the_relay_once_each_quickly(server, relay
     wait_until(lambda: len(delivered_to(relay, "five.example")) >= 500, timeout=20, interval=0.2)
     assert time.monotonic() - started < 20
     msgs = delivered_to(relay, "five.example")
-    from collections import Counter
-
-    twice = [(to, n) for to, n in Counter(m["To"] for m in msgs).items() if n > 1]
-    extra = [
-        (m["To"], m["X-Mailgate-Send"], m["Message-ID"]) for m in msgs if (m["To"], 2) in twice
-    ]
-    assert len(msgs) == 500 and not twice, extra
+    twice = [to for to, n in Counter(m["To"] for m in msgs).items() if n > 1]
+    assert len(msgs) == 500 and not twice, twice[:5]
     wait_until(lambda: api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "sent")
 
 
@@ -218,13 +220,13 @@ def test_two_rounds_at_once_and_a_stop_mid_way_never_compose_a_recipient_twice(s
         server.call(runner.drain())
     finally:
         server.call(runner.start())
-    recips = rows(server, select(campaign_recipients).where(campaign_recipients.c.campaign_id == cid))
+    recips = rows(
+        server, select(campaign_recipients).where(campaign_recipients.c.campaign_id == cid)
+    )
     assert {r["status"] for r in recips} != {"pending"}
     assert all(r["send_id"] for r in recips)
     assert len({r["send_id"] for r in recips}) == 450
-    count = rows(
-        server, select(func.count().label("n")).where(sends.c.campaign_id == cid)
-    )[0]["n"]
+    count = rows(server, select(func.count().label("n")).where(sends.c.campaign_id == cid))[0]["n"]
     assert count == 450
     wait_until(lambda: len(delivered_to(relay, "twice.example")) >= 450, timeout=30, interval=0.2)
     time.sleep(0.3)

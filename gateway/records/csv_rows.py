@@ -79,7 +79,7 @@ def decode(data: bytes) -> str:
         pass
     japanese = as_japanese(data)
     if japanese is None:
-        raise ValueError("the file is neither UTF-8 nor Japanese Shift_JIS (cp932) text")
+        raise ValueError("the file is neither UTF-8 nor Shift_JIS (cp932) Japanese text")
     return japanese
 
 
