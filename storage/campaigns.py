@@ -417,3 +417,23 @@ def set_failed(conn: Connection, recipient_id: int) -> None:
     """A recipient the composer could not carry: not sent, and not pending any more."""
     stmt = update(campaign_recipients).where(campaign_recipients.c.id == recipient_id)
     conn.execute(stmt.values(status="failed"))
+
+
+def has_work(conn: Connection, now: datetime) -> bool:
+    """Whether a round would do anything: a due pending recipient, or a campaign to finish.
+
+    A read, so an idle runner does not take SQLite's write lock every poll.
+    """
+    r = campaign_recipients.c
+    live = campaigns.c.status.in_(LIVE)
+    due = (
+        select(r.id)
+        .join(campaigns, campaigns.c.id == r.campaign_id)
+        .where(r.status == "pending", r.due_at <= now, live)
+        .limit(1)
+    )
+    if conn.execute(due).first() is not None:
+        return True
+    pending = select(r.id).where(r.campaign_id == campaigns.c.id, r.status == "pending").exists()
+    done = select(campaigns.c.id).where(live, ~pending).limit(1)
+    return conn.execute(done).first() is not None

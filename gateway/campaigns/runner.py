@@ -194,9 +194,10 @@ class CampaignRunner(LoopRunner):
         self.wake_relay, self.batch = wake_relay, batch
 
     async def run_once(self) -> int:
-        composed, finished = await self.db.run_write(
-            compose_due, self.signer, self.clock.now(), self.batch
-        )
+        now = self.clock.now()
+        if not await self.db.run_read(store.has_work, now):
+            return 0
+        composed, finished = await self.db.run_write(compose_due, self.signer, now, self.batch)
         if composed:
             self.wake_relay()
         return composed + finished
