@@ -233,3 +233,28 @@ def test_two_rounds_at_once_and_a_stop_mid_way_never_compose_a_recipient_twice(s
     assert len(delivered_to(relay, "twice.example")) == 450
     events = api.get("/api/v1/events", params={"limit": 1000}).json()["items"]
     assert [e["data"]["campaign_id"] for e in events if e["type"] == "campaign.sent"] == [cid]
+
+
+def test_a_recipient_the_template_cannot_render_fails_alone_and_its_neighbours_go(server, relay):
+    org = server.org("部分失敗株式会社", plan="professional")
+    api = server.api(server.user(org, "partial@example.co.jp"))
+    lst = make_list(server, org, "partial")
+    add_member(server, org, lst, "ok1@boom.example", last_name="y")
+    add_member(server, org, lst, "boom@boom.example", last_name="x" * 100)
+    add_member(server, org, lst, "ok2@boom.example", last_name="y")
+    # 100 x's each replaced by 1,001 characters: over template_max_string for this member only.
+    html = '<p>{{ lead.last_name | replace("x", "' + "Z" * 1001 + '") }}</p>'
+    cid = campaign(api, [lst], subject="s", html=html)
+    assert api.post(f"/api/v1/campaigns/{cid}/send", json={}).json()["recipients"] == 3
+    wait_until(lambda: api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "sent")
+    wait_until(lambda: len(delivered_to(relay, "boom.example")) >= 2, timeout=20)
+    time.sleep(0.3)
+    assert sorted(m["To"] for m in delivered_to(relay, "boom.example")) == [
+        "y <ok1@boom.example>",
+        "y <ok2@boom.example>",
+    ]
+    status = {
+        r["email"]: r["status"] for r in api.get(f"/api/v1/campaigns/{cid}/members").json()["items"]
+    }
+    assert status["boom@boom.example"] == "failed"
+    assert status["ok1@boom.example"] != "pending" and status["ok2@boom.example"] != "pending"
