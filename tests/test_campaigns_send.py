@@ -146,6 +146,9 @@ def test_a_draft_is_changed_and_deleted_but_a_sent_campaign_is_not(mailgate, peo
     )
     assert tpl.status_code == 201, tpl.text
     cid = draft(api, [lst], register={"opened": "leads", "clicked": "contacts"})
+    r = api.patch(f"/api/v1/campaigns/{cid}", json={"html": "<p>{{ lead.last_name }} 様</p>"})
+    assert r.status_code == 200, r.text
+    assert r.json()["subject"] == "ご案内"  # the part not given is kept
     r = api.patch(
         f"/api/v1/campaigns/{cid}",
         json={"name": "改", "template_id": tpl.json()["id"], "subject": None, "html": None},

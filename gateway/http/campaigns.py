@@ -118,6 +118,17 @@ def checked_send_at(body: dict[str, Any]) -> datetime | None:
     return at
 
 
+def patched_content(row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """What a PATCH asks for: a new template, or the inline parts with some changed."""
+    if "template_id" in body and body["template_id"] is not None:
+        return body
+    given = {k: body[k] for k in ("subject", "html", "text") if k in body}
+    if row["template_id"] is not None and "template_id" not in body:
+        return {"template_id": row["template_id"], **given}
+    kept = {"subject": row["subject"], "html": row["html"] or None, "text": row["text"]}
+    return {**kept, **given}
+
+
 class CampaignsApi(Resource):
     """``/api/v1/campaigns``: create, change and delete drafts; send, cancel; stats, members."""
 
@@ -144,9 +155,18 @@ class CampaignsApi(Resource):
         return row
 
     async def _values(
-        self, user: dict[str, Any], body: dict[str, Any], *, creating: bool
+        self,
+        user: dict[str, Any],
+        body: dict[str, Any],
+        *,
+        creating: bool,
+        content_body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The campaign columns ``body`` sets, each checked as the send API checks it."""
+        """The campaign columns ``body`` sets, each checked as the send API checks it.
+
+        ``content_body`` is what the content is read from when it is not ``body``
+        (a PATCH that changes one part of the inline content keeps the others).
+        """
         org_id = user["org_id"]
         out: dict[str, Any] = {}
         if creating or "name" in body:
@@ -162,7 +182,7 @@ class CampaignsApi(Resource):
             out["register"] = checked_register(body)
         async with self.db.connect() as conn:
             if creating or any(k in body for k in CONTENT_KEYS):
-                content = await content_of(conn, org_id, body)
+                content = await content_of(conn, org_id, content_body or body)
                 # Members render through the leads catalogue unless a template says otherwise.
                 check_inline(content, {content.module or "leads"})
                 out.update(
@@ -216,7 +236,9 @@ class CampaignsApi(Resource):
         body = await read_json(request)
         if row["status"] != "draft":
             raise ApiError(409, "not_draft", f"the campaign is {row['status']}; only drafts change")
-        values = await self._values(user, body, creating=False)
+        values = await self._values(
+            user, body, creating=False, content_body=patched_content(row, body)
+        )
         values["updated_at"] = self.clock.now()
         changed = await self.db.run_write(
             lambda conn: store.update_campaign(conn, user["org_id"], cid, values, status=("draft",))
