@@ -317,3 +317,39 @@ def test_a_bad_send_request_is_a_422_and_the_campaign_stays_a_draft(mailgate, pe
     cid = draft(api, [lst])
     assert api.post(f"/api/v1/campaigns/{cid}/send", json=body).status_code == 422
     assert api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "draft"
+
+
+HOSTILE = ['"a\\u0000b"', '"\\ud800"', "18446744073709551616", "[[[[[]]]]]", "{}", "true", "-1"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{{"name": {x}, "list_ids": [LIST], "subject": "s", "text": "t"}}',
+        '{{"name": "n", "list_ids": [{x}], "subject": "s", "text": "t"}}',
+        '{{"name": "n", "list_ids": [LIST], "subject": {x}, "text": "t"}}',
+        '{{"name": "n", "list_ids": [LIST], "template_id": {x}}}',
+        '{{"name": "n", "list_ids": [LIST], "subject": "s", "text": "t", "from": {x}}}',
+        '{{"name": "n", "list_ids": [LIST], "subject": "s", "text": "t", "register": {x}}}',
+    ],
+)
+def test_hostile_json_in_any_campaign_field_is_refused_never_a_500(mailgate, people, value, template):
+    org, _, api, _ = people
+    lst = make_list(mailgate, org, f"hostile-{abs(hash((value, template)))}")
+    body = template.format(x=value).replace("LIST", str(lst))
+    r = api.post(
+        "/api/v1/campaigns", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    if value == "{}" and '"register"' in template:
+        assert r.status_code == 201, r.text  # an empty register asks for no registration
+    else:
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/campaigns/１", "/api/v1/campaigns/0", "/api/v1/lists/99999999999999999999"]
+)
+def test_a_path_id_that_names_nothing_is_a_404(people, path):
+    _, _, api, _ = people
+    assert api.get(path).status_code == 404
