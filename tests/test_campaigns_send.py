@@ -268,6 +268,70 @@ def test_a_campaign_over_the_mass_quota_is_refused_whole_and_nothing_is_kept(mai
     assert "quota.exhausted" in types
 
 
+def test_a_recipient_booked_on_a_later_day_waits_for_that_day(mailgate, people, clock):
+    org = mailgate.org("翌日送信株式会社", plan="standard")
+    api = mailgate.api(mailgate.user(org, "defer@example.co.jp"))
+    lst = make_list(mailgate, org, "defer")
+    for i in range(2):
+        add_member(mailgate, org, lst, f"d{i}@example.com")
+    seed_usage(mailgate, org["id"], "2026-11-23", 249)
+    cid = draft(api, [lst])
+    r = api.post(f"/api/v1/campaigns/{cid}/send", json={"defer_excess": True})
+    assert r.status_code == 202, r.text
+    mailgate.drain("campaigns")
+    wait_until(lambda: [x["status"] for x in recipients(mailgate, cid)].count("pending") == 1)
+    assert api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "sending"
+    clock.advance(timedelta(hours=12, minutes=1))  # 00:01 the next day in Tokyo
+    try:
+        mailgate.drain("campaigns")
+        wait_until(lambda: api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "sent")
+        assert all(x["send_id"] for x in recipients(mailgate, cid))
+    finally:
+        clock.advance(-timedelta(hours=12, minutes=1))
+
+
+def test_stats_count_the_recipients_columns_and_unopened_is_sent_but_not_opened(mailgate, people):
+    org, _, api, _ = people
+    lst = make_list(mailgate, org, "stats")
+    for name in ("s1", "s2", "s3"):
+        add_member(mailgate, org, lst, f"{name}@example.com")
+    cid = draft(api, [lst])
+    assert api.post(f"/api/v1/campaigns/{cid}/send", json={}).status_code == 202
+    at = datetime(2026, 11, 23, 12, 5, tzinfo=TOKYO)
+
+    def mark(conn):
+        r = campaign_recipients.c
+        for email, values in (
+            ("s1@example.com", {"status": "opened", "sent_at": at, "opened_at": at}),
+            ("s2@example.com", {"status": "sent", "sent_at": at}),
+        ):
+            conn.execute(
+                campaign_recipients.update()
+                .where(r.campaign_id == cid, r.email_norm == email)
+                .values(**values)
+            )
+
+    mailgate.call(mailgate.db.run_write(mark))
+    stats = api.get(f"/api/v1/campaigns/{cid}").json()["stats"]
+    assert stats == {
+        "sent": 2,
+        "opened": 1,
+        "unopened": 1,
+        "clicked": 0,
+        "bounced": 0,
+        "unsubscribed": 0,
+        "complained": 0,
+    }
+    items = api.get(f"/api/v1/campaigns/{cid}/members", params={"status": "unopened"}).json()
+    assert [m["email"] for m in items["items"]] == ["s2@example.com"]
+    (opened,) = api.get(f"/api/v1/campaigns/{cid}/members", params={"status": "opened"}).json()[
+        "items"
+    ]
+    assert opened["email"] == "s1@example.com" and opened["opened_at"] and opened["record"] is None
+    assert opened["not_registered_reason"] == "not_requested"
+    assert api.get(f"/api/v1/campaigns/{cid}/members?status=lost").status_code == 400
+
+
 def test_a_scheduled_campaign_waits_for_send_at_then_goes(mailgate, people, clock):
     org, _, api, _ = people
     lst = make_list(mailgate, org, "scheduled")
@@ -334,7 +398,9 @@ HOSTILE = ['"a\\u0000b"', '"\\ud800"', "18446744073709551616", "[[[[[]]]]]", "{}
         '{{"name": "n", "list_ids": [LIST], "subject": "s", "text": "t", "register": {x}}}',
     ],
 )
-def test_hostile_json_in_any_campaign_field_is_refused_never_a_500(mailgate, people, value, template):
+def test_hostile_json_in_any_campaign_field_is_refused_never_a_500(
+    mailgate, people, value, template
+):
     org, _, api, _ = people
     lst = make_list(mailgate, org, f"hostile-{abs(hash((value, template)))}")
     body = template.format(x=value).replace("LIST", str(lst))
