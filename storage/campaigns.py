@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import IntegrityError
 
 from storage.inserts import insert_ignore
 from storage.schema import contacts, leads, orgs, users
@@ -93,20 +93,23 @@ def get_list(conn: Connection, org_id: int, list_id: int) -> dict[str, Any] | No
     return out
 
 
-def list_name_taken(conn: Connection, org_id: int, name: str, but: int) -> bool:
-    q = select(mailing_lists.c.id).where(
-        mailing_lists.c.org_id == org_id, mailing_lists.c.name == name, mailing_lists.c.id != but
-    )
-    return conn.execute(q).first() is not None
-
-
 def update_list(conn: Connection, org_id: int, list_id: int, values: dict[str, Any]) -> bool:
+    """Change a list; False when the new name is another list's of the org.
+
+    The unique constraint decides (in a savepoint), so two renames racing to one
+    name end in one 409 rather than a 500.
+    """
     stmt = (
         update(mailing_lists)
         .where(mailing_lists.c.org_id == org_id, mailing_lists.c.id == list_id)
         .values(**values)
     )
-    return bool(conn.execute(stmt).rowcount)
+    try:
+        with conn.begin_nested():
+            conn.execute(stmt)
+    except IntegrityError:
+        return False
+    return True
 
 
 def lists_of_org(conn: Connection, org_id: int, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -404,13 +407,6 @@ def finish(conn: Connection, now: datetime, org_id: int | None = None) -> list[d
         .returning(*campaigns.c)
     )
     return [dict(row) for row in conn.execute(stmt).mappings()]
-
-
-async def list_exists(conn: AsyncConnection, org_id: int, list_id: int) -> bool:
-    q = select(mailing_lists.c.id).where(
-        mailing_lists.c.org_id == org_id, mailing_lists.c.id == list_id
-    )
-    return (await conn.execute(q)).first() is not None
 
 
 def set_failed(conn: Connection, recipient_id: int) -> None:

@@ -54,6 +54,7 @@ class RowProblem(StrEnum):
     """Why one CSV row was skipped (the import answer's ``reason``)."""
 
     MISSING_EMAIL = "missing_email"
+    NOT_TEXT = "not_text"  # a JSON number, list or object where text belongs
     INVALID_ADDRESS = "invalid_address"
     INVALID_NAME = "invalid_name"
     TOO_LONG = "too_long"
@@ -80,7 +81,7 @@ def member_problem(values: Mapping[str, Any]) -> Problem | None:
         if value is None:
             continue
         if not isinstance(value, str):
-            return Problem(key, RowProblem.TOO_LONG, f"{key} must be a string")
+            return Problem(key, RowProblem.NOT_TEXT, f"{key} must be a string")
         if len(value) > limit:
             return Problem(key, RowProblem.TOO_LONG, f"{key} is longer than {limit} characters")
     problem = address_problem(email.strip()) if normalise(email) else "not an email address"

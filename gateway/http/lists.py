@@ -162,14 +162,9 @@ class ListsApi(Resource):
         values = list_values(await read_json(request), creating=False)
         await self._list(user["org_id"], list_id)
 
-        def go(conn) -> bool:
-            if "name" in values and store.list_name_taken(
-                conn, user["org_id"], values["name"], list_id
-            ):
-                return False
-            return store.update_list(conn, user["org_id"], list_id, values) or True
-
-        if values and not await self.db.run_write(go):
+        if values and not await self.db.run_write(
+            store.update_list, user["org_id"], list_id, values
+        ):
             raise ApiError(409, "duplicate_name", f"a list named {values['name']!r} exists")
         return JSON(list_json(await self._list(user["org_id"], list_id)))
 
