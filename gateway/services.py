@@ -185,6 +185,17 @@ def _consumer(cls: type[LoopRunner]) -> RunnerFactory:
     return build
 
 
+def _campaigns(services: Services) -> LoopRunner:
+    from gateway.campaigns.runner import CampaignRunner
+
+    return CampaignRunner(
+        services.db,
+        signer=services.signer,
+        clock=services.follow_clock,
+        wake_relay=lambda: services.wake("relay"),
+    )
+
+
 def _mailboxes(services: Services) -> LoopRunner:
     from gateway.receive.mailboxes import MailboxService, MailboxSupervisor
 
@@ -208,5 +219,6 @@ RUNNERS: dict[str, RunnerFactory] = {
     "tracking": _tracking,
     "verdicts": _verdicts,
     "mailboxes": _mailboxes,
+    "campaigns": _campaigns,
     **{consumer.name: _consumer(consumer) for consumer in sync.CONSUMERS},
 }

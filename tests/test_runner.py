@@ -203,6 +203,7 @@ def test_roles_start_each_runner_once_in_table_order():
         "relay",
         "bounces",
         "verdicts",
+        "campaigns",
         "spool",
         "mailboxes",
     ]
@@ -214,6 +215,7 @@ def test_roles_start_each_runner_once_in_table_order():
         "relay",
         "bounces",
         "verdicts",
+        "campaigns",
         "mailboxes",
         "suppression",
     }

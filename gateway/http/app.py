@@ -18,8 +18,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.clock import Clock
+from gateway.http.campaigns import CampaignsApi
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.http.events import EventsApi
+from gateway.http.lists import ListsApi
 from gateway.http.mailboxes import MailboxesApi
 from gateway.http.org_settings import OrgSettingsApi
 from gateway.http.records import RecordsApi
@@ -107,6 +109,8 @@ def create_app(services: Services) -> Starlette:
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
         ReportsApi(db),
+        ListsApi(db, clock=clock),
+        CampaignsApi(db, clock=clock, wake_runner=partial(services.wake, "campaigns")),
         RecordsApi(db),
     )
     app = Starlette(
