@@ -25,6 +25,7 @@ from gateway.http.org_settings import OrgSettingsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
+from gateway.http.syncs import SyncsApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
 from gateway.metrics import REGISTRY
@@ -107,6 +108,7 @@ def create_app(services: Services) -> Starlette:
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
         ReportsApi(db),
+        SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
         RecordsApi(db),
     )
     app = Starlette(
