@@ -242,7 +242,7 @@ def change_members(
         stmt = (
             update(list_members)
             .where(list_members.c.id == bindparam("m_id"))
-            .values({c: bindparam(f"v_{c}") for c in columns}, updated_at=bindparam("m_at"))
+            .values({**{c: bindparam(f"v_{c}") for c in columns}, "updated_at": bindparam("m_at")})
         )
         conn.execute(stmt, params)
 
