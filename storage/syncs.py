@@ -13,10 +13,11 @@ Concurrency, per guarantee:
 - **A full run runs once**: :func:`claim_full` is a compare-and-set on
   ``full_requested_at`` inside the run's own transaction; a second process
   claiming the same request updates no row and moves on.
-- **One writer per sync's members**: :func:`lock_syncs` locks the syncs a
-  change round or full run writes for (``FOR UPDATE``, in id order, so two
-  rounds never deadlock), so a full run and a change round of another
-  process never insert the same member twice.
+- **One writer per sync's members**: a change round locks the syncs it writes
+  for (:func:`lock_syncs`, ``FOR UPDATE`` in id order, so two rounds never
+  deadlock); a full run holds its sync's row through :func:`claim_full`'s
+  UPDATE.  So a full run and a change round of another process never insert
+  the same member twice: one waits for the other's commit.
 """
 
 from __future__ import annotations

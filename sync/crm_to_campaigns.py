@@ -147,7 +147,8 @@ class CrmToCampaigns(Consumer):
         row = store.claim_full(conn, sync_id, requested_at)
         if row is None:
             return 0
-        store.lock_syncs(conn, row["org_id"], [row["module"]])
+        # The claim's UPDATE holds this sync's row until commit: a change round of another
+        # process waits for it (locking more syncs here could deadlock with that round).
         rules = Rules.from_row(row)
         started = self.clock.now()
         tally = Tally()

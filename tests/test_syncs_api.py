@@ -8,6 +8,7 @@ a replay of the whole log that changes no member, and a 10,000-lead tab.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -18,8 +19,11 @@ import pytest
 from sqlalchemy import insert, update
 
 from gateway.addresses import normalise
+from gateway.clock import SystemClock
+from storage.db import Database
 from storage.schema import consumer_offsets, leads
 from storage.schema_campaigns import list_members
+from sync.crm_to_campaigns import CrmToCampaigns
 from tests.support.campaigns import make_list, members
 from tests.support.server import wait_until
 from tests.test_api_records import new_org
@@ -348,3 +352,28 @@ def test_a_tab_of_ten_thousand_leads_syncs_in_one_full_run(mailgate, user, api):
     mailgate.drain_consumers()
     again = last_full(api, sync_id)
     assert (again["total"], again["added"], again["updated"]) == (10_000, 0, 0)
+
+
+def test_a_full_run_request_is_claimed_once_by_competing_sync_processes(mailgate, user, api):
+    """Three more consumers (each with its own engine, as separate processes) race the server's."""
+    for i in range(30):
+        lead(api, email=f"race{i}@kokyaku.example.jp")
+    mailgate.drain_consumers()
+    list_id = make_list(mailgate, user["org"], "claimed")
+    sync_id = start_sync(api, list_id)
+
+    async def race() -> None:
+        contenders = [
+            CrmToCampaigns(Database(mailgate.settings.database_url), SystemClock())
+            for _ in range(3)
+        ]
+        try:
+            await asyncio.gather(*(c.run_once() for c in contenders))
+        finally:
+            for c in contenders:
+                await c.db.dispose()
+
+    mailgate.call(race())
+    mailgate.drain_consumers()
+    assert [r["kind"] for r in runs(api, sync_id)] == ["full"]
+    assert len(on_list(mailgate, list_id)) == 30
