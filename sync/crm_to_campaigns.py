@@ -18,6 +18,7 @@ batched statements.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.addresses import normalise
 from storage import crm, events
@@ -33,6 +35,8 @@ from storage.events import Event, EventType
 from storage.payloads import sync_run
 from sync.consumer import Consumer
 from sync.mirror import Decision, Member, Module, Outcome, Rules, Source, Tally, decide
+
+log = logging.getLogger("mailgate.sync.crm_to_campaigns")
 
 #: Records read per statement in a full run.
 PAGE = 1000
@@ -135,7 +139,7 @@ class CrmToCampaigns(Consumer):
             now = self.clock.now()
             sources = load_sources(conn, rules, ids)
             tally = Tally()
-            apply_decisions(conn, rules, sources, tally, now)
+            apply_isolated(conn, rules, sources, tally, now)
             if tally.total:
                 finished.append(record_run(conn, rules, "change", tally, now, self.clock.now()))
         return finished
@@ -157,10 +161,10 @@ class CrmToCampaigns(Consumer):
             after = page[-1]["id"]
             records = {r["id"]: r for r in page}
             sources = with_related(conn, rules, records, [r["id"] for r in page])
-            apply_decisions(conn, rules, sources, tally, self.clock.now())
+            apply_isolated(conn, rules, sources, tally, self.clock.now())
         orphans = store.orphaned_members(conn, rules.org_id, rules.list_id, rules.module)
         gone = [Source(rules.module, m["record_id"], None) for m in orphans]
-        apply_decisions(conn, rules, gone, tally, self.clock.now())
+        apply_isolated(conn, rules, gone, tally, self.clock.now())
         done = record_run(conn, rules, "full", tally, started, self.clock.now())
         events.append_sync(conn, [run_event(done, self.clock.now())])
         return max(1, tally.total)
@@ -203,6 +207,35 @@ def with_related(
         account = accounts.get(record.get("account_id")) if record else None
         out.append(Source(rules.module, rid, record, account, latest.get(rid)))
     return out
+
+
+def apply_isolated(
+    conn: Connection, rules: Rules, sources: list[Source], tally: Tally, now: datetime
+) -> None:
+    """:func:`apply_decisions` in a savepoint; one record at a time if the batch breaks.
+
+    A record the database refuses (a constraint, a trigger, a concurrent hand-added
+    member) is logged and left out of the run; its neighbours, the other syncs and
+    the other orgs of the round go on, and the consumer does not stall on it.
+    """
+    try:
+        with conn.begin_nested():
+            batch = Tally()
+            apply_decisions(conn, rules, sources, batch, now)
+        tally.merge(batch)
+        return
+    except SQLAlchemyError as exc:
+        log.warning(
+            "sync %d: a batch of %d broke (%s); one by one", rules.sync_id, len(sources), exc
+        )
+    for source in sources:
+        try:
+            with conn.begin_nested():
+                one = Tally()
+                apply_decisions(conn, rules, [source], one, now)
+            tally.merge(one)
+        except SQLAlchemyError as exc:
+            log.error("sync %d: %s %d not synced: %s", rules.sync_id, source.module, source.id, exc)
 
 
 def apply_decisions(

@@ -398,6 +398,16 @@ class Tally:
     def skipped(self) -> int:
         return sum(self.skipped_reasons.values())
 
+    def merge(self, other: Tally) -> None:
+        """Add ``other``'s counts and skips (a part of the same run)."""
+        self.total += other.total
+        self.added += other.added
+        self.updated += other.updated
+        self.removed += other.removed
+        for reason, n in other.skipped_reasons.items():
+            self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + n
+        self.skips.extend(other.skips)
+
     def count(self, source: Source, decision: Decision) -> None:
         if decision.outcome == Outcome.IGNORED:
             return

@@ -377,3 +377,57 @@ def test_a_full_run_request_is_claimed_once_by_competing_sync_processes(mailgate
     mailgate.drain_consumers()
     assert [r["kind"] for r in runs(api, sync_id)] == ["full"]
     assert len(on_list(mailgate, list_id)) == 30
+
+
+POISON = "poison@kokyaku.example.jp"
+TRIGGERS = {
+    "sqlite": [
+        "CREATE TRIGGER poison_member BEFORE INSERT ON list_members "
+        f"WHEN NEW.email_norm = '{POISON}' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION poison_member() RETURNS trigger AS $$ BEGIN "
+        f"IF NEW.email_norm = '{POISON}' THEN RAISE EXCEPTION 'poisoned'; END IF; "
+        "RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER poison_member BEFORE INSERT ON list_members "
+        "FOR EACH ROW EXECUTE FUNCTION poison_member()",
+    ],
+}
+UNDO = {
+    "sqlite": ["DROP TRIGGER poison_member"],
+    "postgresql": ["DROP TRIGGER poison_member ON list_members", "DROP FUNCTION poison_member()"],
+}
+
+
+def run_sql(mailgate, statements: list[str]) -> None:
+    def go(conn) -> None:
+        for sql in statements:
+            conn.exec_driver_sql(sql)
+
+    mailgate.call(mailgate.db.run_write(go))
+
+
+def test_a_record_the_database_refuses_never_holds_back_its_neighbours(mailgate, user, api):
+    """A member insert the database refuses (here a trigger) costs that record only."""
+    list_id = make_list(mailgate, user["org"], "poisoned")
+    sync_id = start_sync(api, list_id)
+    mailgate.drain_consumers()
+    dialect = mailgate.db.dialect
+    run_sql(mailgate, TRIGGERS[dialect])
+    try:
+        lead(api, email="before@kokyaku.example.jp")
+        lead(api, email=POISON)
+        lead(api, email="after@kokyaku.example.jp")
+        mailgate.drain_consumers()
+        assert set(on_list(mailgate, list_id)) == {
+            "before@kokyaku.example.jp",
+            "after@kokyaku.example.jp",
+        }
+        # The consumer moved on: later changes still arrive.
+        lead(api, email="later@kokyaku.example.jp")
+        mailgate.drain_consumers()
+        assert "later@kokyaku.example.jp" in on_list(mailgate, list_id)
+        assert mailgate.running.services.runner("crm_to_campaigns").healthy
+    finally:
+        run_sql(mailgate, UNDO[dialect])
+    assert sum(r["added"] for r in runs(api, sync_id)) == 3
