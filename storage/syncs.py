@@ -61,6 +61,14 @@ def list_exists(conn: Connection, org_id: int, list_id: int) -> bool:
     return conn.execute(q).first() is not None
 
 
+def existing_for(conn: Connection, org_id: int, list_id: int, module: str) -> int | None:
+    """The id of the org's sync of ``module`` into ``list_id``, if there is one (any state)."""
+    q = select(syncs.c.id).where(
+        syncs.c.org_id == org_id, syncs.c.list_id == list_id, syncs.c.module == module
+    )
+    return conn.execute(q).scalar()
+
+
 def create(conn: Connection, values: Mapping[str, Any]) -> int:
     return conn.execute(insert(syncs).values(**values).returning(syncs.c.id)).scalar_one()
 

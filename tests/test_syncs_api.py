@@ -209,6 +209,20 @@ def test_concurrent_creates_never_pass_the_limit(mailgate, user, api):
     assert sum(s["state"] == "active" for s in api.get("/api/v1/syncs").json()["items"]) == 5
 
 
+def test_a_second_sync_of_one_tab_into_one_list_is_refused(mailgate, user, api):
+    list_id = make_list(mailgate, user["org"], "one-per-tab")
+    first = start_sync(api, list_id)
+    body = {
+        "module": "leads",
+        "list_id": list_id,
+        "subscription": "marketing",
+        "do_not_mail": "exclude",
+    }
+    err = error(api.post("/api/v1/syncs", json=body), 409)
+    assert (err["code"], err["sync_id"]) == ("sync_exists", first)
+    assert start_sync(api, list_id, "contacts")
+
+
 # -- isolation and hostile input ------------------------------------------------------------------
 
 

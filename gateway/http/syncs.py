@@ -257,6 +257,16 @@ class SyncsApi(Resource):
             if not store.list_exists(conn, org_id, values["list_id"]):
                 raise ApiError(404, "not_found", "no such list")
             _check_limits(conn, org_id, user["id"])
+            # Under the org's lock: two syncs of one tab into one list would fight over
+            # the same members.
+            taken = store.existing_for(conn, org_id, values["list_id"], values["module"])
+            if taken is not None:
+                raise ApiError(
+                    409,
+                    "sync_exists",
+                    f"sync {taken} already mirrors {values['module']} into this list",
+                    sync_id=taken,
+                )
             return store.create(
                 conn,
                 {
