@@ -90,7 +90,9 @@ class CrmToCampaigns(Consumer):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._touched = Touched()
+        #: What each round in progress has noted, by its connection: a test's drain() may
+        #: run a round beside the loop's (on PostgreSQL both interleave on one event loop).
+        self._rounds: dict[int, Touched] = {}
 
     # -- rounds of changes --------------------------------------------------------------
 
@@ -104,12 +106,14 @@ class CrmToCampaigns(Consumer):
         return handled
 
     def apply(self, conn: Connection, event: Event) -> None:
-        self._touched.note(event)
+        self._rounds[id(conn)].note(event)
 
     def _round(self, conn: Connection) -> int:
-        self._touched = Touched()
-        applied = super()._round(conn)
-        touched, self._touched = self._touched, Touched()
+        touched = self._rounds[id(conn)] = Touched()
+        try:
+            applied = super()._round(conn)
+        finally:
+            del self._rounds[id(conn)]
         now = self.clock.now()
         runs = [run for org_id in touched.orgs() for run in self._apply_org(conn, org_id, touched)]
         events.append_sync(conn, [run_event(r, now) for r in runs])

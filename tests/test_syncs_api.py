@@ -445,3 +445,23 @@ def test_a_record_the_database_refuses_never_holds_back_its_neighbours(mailgate,
     finally:
         run_sql(mailgate, UNDO[dialect])
     assert sum(r["added"] for r in runs(api, sync_id)) == 3
+
+
+def test_rounds_running_side_by_side_lose_no_change(mailgate, user, api):
+    """The loop's rounds and drain()'s overlap (on PostgreSQL on one event loop): none is lost."""
+    list_id = make_list(mailgate, user["org"], "side-by-side")
+    start_sync(api, list_id)
+    mailgate.drain_consumers()
+
+    def create(i: int) -> None:
+        with mailgate.api(user) as client:
+            lead(client, email=f"side{i}@kokyaku.example.jp")
+
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(create, i) for i in range(120)]
+        while not all(f.done() for f in pending):
+            mailgate.drain_consumers()
+        for f in pending:
+            f.result()
+    mailgate.drain_consumers()
+    assert len(on_list(mailgate, list_id)) == 120
