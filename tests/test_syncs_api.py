@@ -147,6 +147,13 @@ def test_patching_the_settings_resyncs_every_member(mailgate, user, api):
     r = api.patch(f"/api/v1/syncs/{sync_id}", json={"field_map": {"title": "title"}})
     assert r.status_code == 200, r.text
     assert r.json()["field_map"] == {"title": "title"}
+    assert r.json()["mapping"] == {
+        "email": "email",
+        "first_name": "first_name",
+        "last_name": "last_name",
+        "company": "company",
+        "title": "title",
+    }
     mailgate.drain_consumers()
     assert on_list(mailgate, list_id)["patch@kokyaku.example.jp"]["fields"] == {"title": "課長"}
 

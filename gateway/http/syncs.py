@@ -35,6 +35,7 @@ from sync.mirror import (
     Module,
     Subscription,
     crm_field_problem,
+    resolved_map,
 )
 
 #: Seed 001: at most 5 active syncs per user and 15 per organization.
@@ -194,6 +195,8 @@ def sync_json(row: dict[str, Any], last_run: dict[str, Any] | None = None) -> di
         "do_not_mail": row["do_not_mail"],
         "exclude_converted": row["exclude_converted"],
         "field_map": row["field_map"],
+        # What is mapped in effect: the basic fields with the sync's own on top.
+        "mapping": {"email": "email", **resolved_map(row["module"], row["field_map"] or {})},
         "filter": row["filter"],
         "full_run_requested": row["full_requested_at"] is not None,
         "created_at": _when(row["created_at"]),
