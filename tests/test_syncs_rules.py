@@ -414,3 +414,16 @@ def test_a_new_address_already_listed_takes_over_and_the_old_member_stays_unlink
         got["listed@kokyaku.example.jp"]["first_name"],
     ) == (rec["id"], "名")
     assert got["old@kokyaku.example.jp"]["record_id"] is None
+
+
+def test_a_member_removed_for_do_not_mail_stays_off_when_the_flag_is_cleared(mailgate, user, api):
+    rec = lead(api, email="flag@kokyaku.example.jp")
+    list_id = new_list(mailgate, user)
+    sync_id = start_sync(api, list_id, do_not_mail="remove")
+    mailgate.drain_consumers()
+    api.patch(f"/api/v1/leads/{rec['id']}", json={"do_not_mail": True})
+    mailgate.drain_consumers()
+    api.patch(f"/api/v1/leads/{rec['id']}", json={"do_not_mail": False})
+    mailgate.drain_consumers()
+    assert on_list(mailgate, list_id) == {}
+    assert runs(api, sync_id)[0]["skipped_reasons"] == {"duplicate": 1}
