@@ -13,8 +13,9 @@ webhook sender join this tuple as they arrive.
 from __future__ import annotations
 
 from sync.consumer import Consumer, drain_all
+from sync.crm_to_campaigns import CrmToCampaigns
 from sync.suppression import SuppressionConsumer
 
-CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer,)
+CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer, CrmToCampaigns)
 
 __all__ = ["CONSUMERS", "Consumer", "SuppressionConsumer", "drain_all"]

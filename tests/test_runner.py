@@ -218,4 +218,5 @@ def test_roles_start_each_runner_once_in_table_order():
         "campaigns",
         "mailboxes",
         "suppression",
+        "crm_to_campaigns",
     }

@@ -27,6 +27,7 @@ from gateway.http.org_settings import OrgSettingsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
+from gateway.http.syncs import SyncsApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
 from gateway.metrics import REGISTRY
@@ -111,6 +112,7 @@ def create_app(services: Services) -> Starlette:
         ReportsApi(db),
         ListsApi(db, clock=clock),
         CampaignsApi(db, clock=clock, wake_runner=partial(services.wake, "campaigns")),
+        SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
         RecordsApi(db),
     )
     app = Starlette(
