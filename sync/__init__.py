@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from sync.consumer import Consumer, drain_all
 from sync.suppression import SuppressionConsumer
+from sync.webhooks import WebhookFanout
 
-CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer,)
+CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer, WebhookFanout)
 
-__all__ = ["CONSUMERS", "Consumer", "SuppressionConsumer", "drain_all"]
+__all__ = ["CONSUMERS", "Consumer", "SuppressionConsumer", "WebhookFanout", "drain_all"]

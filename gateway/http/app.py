@@ -27,6 +27,7 @@ from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
+from gateway.http.webhooks import WebhooksApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
@@ -107,6 +108,7 @@ def create_app(services: Services) -> Starlette:
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
         ReportsApi(db),
+        WebhooksApi(db, clock=clock, allow_private=services.settings.allow_private_targets),
         RecordsApi(db),
     )
     app = Starlette(
