@@ -216,9 +216,11 @@ def queue(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _head_id(webhook_id: Any):
+    """The id of the endpoint's oldest pending delivery (its own alias: it nests)."""
+    queued = deliveries.alias("queued")
     return (
-        select(func.min(deliveries.c.id))
-        .where(deliveries.c.webhook_id == webhook_id, deliveries.c.state == "pending")
+        select(func.min(queued.c.id))
+        .where(queued.c.webhook_id == webhook_id, queued.c.state == "pending")
         .scalar_subquery()
     )
 
@@ -298,8 +300,8 @@ def _with_entry(log: list[dict[str, Any]] | None, entry: dict[str, Any]) -> list
 
 def record_delivered(
     conn: Connection,
-    delivery: dict[str, Any],
     *,
+    delivery: dict[str, Any],
     held: datetime,
     at: datetime,
     status: int,

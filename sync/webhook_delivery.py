@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -312,13 +313,15 @@ class WebhookDelivery(LoopRunner):
         if attempt.outcome == Outcome.DELIVERED:
             renewed = done + self.lease
             kept = await self.db.run_write(
-                store.record_delivered,
-                delivery,
-                held=held,
-                at=done,
-                status=attempt.status,
-                entry=attempt.entry(at),
-                renew_to=renewed,
+                partial(
+                    store.record_delivered,
+                    delivery=delivery,
+                    held=held,
+                    at=done,
+                    status=attempt.status,
+                    entry=attempt.entry(at),
+                    renew_to=renewed,
+                )
             )
             if kept:
                 self._held[endpoint["id"]] = renewed
