@@ -216,4 +216,6 @@ def test_roles_start_each_runner_once_in_table_order():
         "verdicts",
         "mailboxes",
         "suppression",
+        "webhooks",
+        "webhook_delivery",
     }
