@@ -283,9 +283,12 @@ class WebhookDelivery(LoopRunner):
                     if not await self._attempt(client, endpoint, delivery, event):
                         break
         finally:
-            held = self._held.pop(webhook_id, None)
+            # Released before it is forgotten: a stop that cuts this short leaves the
+            # claim in ``_held`` for :meth:`hand_back`.
+            held = self._held.get(webhook_id)
             if held is not None:
                 await self.db.run_write(store.release, [(webhook_id, held)])
+                self._held.pop(webhook_id, None)
         return attempts
 
     async def _attempt(
