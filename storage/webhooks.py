@@ -294,8 +294,26 @@ def head(conn: Connection, webhook_id: int, now: datetime) -> tuple[dict[str, An
     return dict(row), event
 
 
-def _with_entry(log: list[dict[str, Any]] | None, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*(log or []), entry][-LOG_LIMIT:]
+def _count_attempt(
+    conn: Connection,
+    delivery: dict[str, Any],
+    at: datetime,
+    status: int | None,
+    entry: dict[str, Any],
+    **outcome: Any,
+) -> None:
+    """One more attempt on a pending delivery, its log entry appended (the last 50 kept)."""
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery["id"], deliveries.c.state == "pending")
+        .values(
+            attempts=deliveries.c.attempts + 1,
+            last_status=status,
+            last_attempt_at=at,
+            log=[*(delivery["log"] or []), entry][-LOG_LIMIT:],
+            **outcome,
+        )
+    )
 
 
 def record_delivered(
@@ -319,18 +337,8 @@ def record_delivered(
     )
     if res.rowcount != 1:
         return False
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == delivery["id"], deliveries.c.state == "pending")
-        .values(
-            state="delivered",
-            attempts=deliveries.c.attempts + 1,
-            last_status=status,
-            last_error=None,
-            last_attempt_at=at,
-            delivered_at=at,
-            log=_with_entry(delivery["log"], entry),
-        )
+    _count_attempt(
+        conn, delivery, at, status, entry, state="delivered", last_error=None, delivered_at=at
     )
     return True
 
@@ -360,17 +368,8 @@ def record_failed(
         .where(_held(delivery["webhook_id"], held))
         .values(failing_since=since, last_error=error, claimed_until=None)
     )
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == delivery["id"], deliveries.c.state == "pending")
-        .values(
-            attempts=deliveries.c.attempts + 1,
-            last_status=status,
-            last_error=error,
-            last_attempt_at=at,
-            next_attempt_at=next_attempt_at,
-            log=_with_entry(delivery["log"], entry),
-        )
+    _count_attempt(
+        conn, delivery, at, status, entry, last_error=error, next_attempt_at=next_attempt_at
     )
     return since
 

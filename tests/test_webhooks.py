@@ -9,6 +9,7 @@ receiver verifies each request with the ``standardwebhooks`` package.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,7 @@ from storage.schema import consumer_offsets
 from storage.schema_webhooks import webhook_deliveries, webhooks
 from sync.webhook_delivery import RetryPolicy, WebhookDelivery
 from sync.webhooks import WebhookFanout
-from tests.support.server import MailgateServer
+from tests.support.server import MailgateServer, wait_until
 from tests.support.webhook_receiver import Receiver
 
 BASE = 2.0  # MAILGATE_WEBHOOK_RETRY_BASE in these tests
@@ -371,3 +372,63 @@ def test_two_delivery_runners_never_post_to_one_endpoint_at_once(server, receive
     for p in paths:
         assert [h.event["id"] for h in receiver.delivered(p)] == expected
         assert receiver.max_inflight[p] == 1
+
+
+def test_timeouts_refused_connections_and_redirects_are_failures_that_wait(server, receiver, clock):
+    _, api = admin_api(server)
+    slow, moved = f"/slow/{uuid.uuid4().hex}", f"/moved/{uuid.uuid4().hex}"
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        closed_port = closed.getsockname()[1]
+    hooks = {
+        "timeout": add_webhook(api, receiver, slow, ["record.created"]),
+        "rejected": add_webhook(api, receiver, moved, ["record.created"]),
+    }
+    r = api.post(
+        "/api/v1/webhooks",
+        json={"url": f"http://127.0.0.1:{closed_port}/gone", "events": ["record.created"]},
+    )
+    hooks["unreachable"] = r.json()
+    receiver.script[moved] = [302]
+    new_lead(api, 1)
+    new_lead(api, 2)
+    server.drain_consumers()
+    receiver.delays[slow] = 1.0
+
+    async def short_timeout() -> int:
+        runner = WebhookDelivery(server.db, clock=clock, timeout=0.3, allow_private=True)
+        return await runner.drain()
+
+    try:
+        assert server.call(short_timeout()) == 3  # one failed head per endpoint, then waiting
+    finally:
+        receiver.delays.clear()
+    for outcome, hook in hooks.items():
+        first, second = deliveries(api, hook["id"])
+        assert first["log"][0]["outcome"] == outcome, first
+        assert first["attempts"] == 1 and first["state"] == "pending"
+        assert second["attempts"] == 0  # the next event waits behind the failing one
+        state = api.get(f"/api/v1/webhooks/{hook['id']}").json()
+        assert state["failing_since"] is not None and state["last_error"]
+    assert deliveries(api, hooks["rejected"]["id"])[0]["last_status"] == 302
+
+
+def test_the_running_sync_role_delivers_without_being_driven(
+    database_url, tmp_path_factory, receiver
+):
+    """``serve`` with the ``sync`` role queues and delivers by itself, retries included."""
+    live = MailgateServer(
+        database_url, tmp_path_factory.mktemp("live"), webhook_retry_base=0.2
+    ).start({"http", "sync"})
+    try:
+        _, api = admin_api(live)
+        path = f"/live/{uuid.uuid4().hex}"
+        receiver.script[path] = [500, 500]
+        add_webhook(api, receiver, path, ["record.created"])
+        new_lead(api, 1)
+        new_lead(api, 2)
+        ok = wait_until(lambda: len(receiver.delivered(path)) == 2 and receiver.delivered(path))
+        assert [h.event for h in ok] == api_events(api, {"record.created"})
+        assert [h.status for h in receiver.at(path)] == [500, 500, 200, 200]
+        assert all(h.verified for h in receiver.at(path))
+    finally:
+        live.stop()

@@ -46,7 +46,9 @@ class Receiver:
         self.hits: list[Hit] = []
         self.script: dict[str, list[int]] = defaultdict(list)
         self.secrets: dict[str, str] = {}
+        #: Seconds to wait before answering: for every path, or per path.
         self.delay = 0.0
+        self.delays: dict[str, float] = {}
         self.inflight: dict[str, int] = defaultdict(int)
         self.max_inflight: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
@@ -74,8 +76,9 @@ class Receiver:
             self.inflight[path] += 1
             self.max_inflight[path] = max(self.max_inflight[path], self.inflight[path])
         try:
-            if self.delay:
-                time.sleep(self.delay)
+            delay = self.delays.get(path, self.delay)
+            if delay:
+                time.sleep(delay)
             headers = {k.lower(): v for k, v in req.headers.items()}
             verified, problem = False, "no secret registered"
             secret = self.secrets.get(path)
