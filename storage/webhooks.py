@@ -168,10 +168,14 @@ def rotate_secret(
     return res.rowcount == 1
 
 
-def remove(conn: Connection, org_id: int, webhook_id: int) -> bool:
-    """Delete an endpoint and its deliveries; False when the org has no such endpoint."""
+def remove(conn: Connection, org_id: int, webhook_id: int, now: datetime) -> bool:
+    """Delete an endpoint and its deliveries; False when the org has no such endpoint.
+
+    Holds the fan-out offset first, so no fan-out round is queueing for it meanwhile.
+    """
     if get(conn, org_id, webhook_id) is None:
         return False
+    consumers.hold(conn, FANOUT, now)
     conn.execute(delete(deliveries).where(deliveries.c.webhook_id == webhook_id))
     conn.execute(delete(webhooks).where(webhooks.c.org_id == org_id, webhooks.c.id == webhook_id))
     return True
@@ -249,7 +253,13 @@ def claim_due(
 
     Returns each one's id, org_id, url, secrets to sign with and ``claimed_until``.
     """
-    pick = select(webhooks.c.id).where(_claimable(now)).order_by(webhooks.c.id).limit(limit)
+    # Oldest queued head first: endpoints are served in the order their events came.
+    pick = (
+        select(webhooks.c.id)
+        .where(_claimable(now))
+        .order_by(_head_id(webhooks.c.id), webhooks.c.id)
+        .limit(limit)
+    )
     if conn.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     ids = list(conn.execute(pick).scalars())

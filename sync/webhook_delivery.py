@@ -221,6 +221,7 @@ class WebhookDelivery(LoopRunner):
         concurrency: int = 16,
         allow_private: bool = False,
         poll_interval: float | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(poll_interval=poll_interval)
         self.db = db
@@ -233,7 +234,8 @@ class WebhookDelivery(LoopRunner):
         self.lease = timedelta(seconds=max(60.0, 3 * timeout))
         #: Claims this runner holds: endpoint id → its ``claimed_until``.
         self._held: dict[int, datetime] = {}
-        self._tls = ssl.create_default_context()
+        #: How receivers' certificates are verified (the system's CAs; tests give their own).
+        self._tls = tls or ssl.create_default_context()
 
     async def run_once(self) -> int:
         now = self.clock.now()

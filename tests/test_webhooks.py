@@ -284,7 +284,7 @@ def test_a_private_target_is_refused_at_delivery_time_too(database_url, tmp_path
         assert d["state"] == "pending" and d["attempts"] == 1
         assert d["log"][0]["outcome"] == "refused"
         assert "not allowed" in d["last_error"]
-        strict.call(strict.db.run_write(lambda c: store.remove(c, me, hook_id)))
+        strict.call(strict.db.run_write(lambda c: store.remove(c, me, hook_id, now)))
         assert receiver.at(path) == []
     finally:
         strict.stop()

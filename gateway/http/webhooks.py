@@ -234,7 +234,10 @@ class WebhooksApi(Resource):
     async def delete_webhook(self, request: Request) -> Response:
         user = await self.admin(request)
         webhook_id = path_id(request)
-        if not await self.db.run_write(store.remove, user["org_id"], webhook_id):
+        removed = await self.db.run_write(
+            store.remove, user["org_id"], webhook_id, self.clock.now()
+        )
+        if not removed:
             raise ApiError(404, "not_found", "no such webhook")
         return Response(status_code=204)
 

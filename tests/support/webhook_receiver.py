@@ -11,6 +11,8 @@ would show here).
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -41,8 +43,20 @@ class Hit:
         return 200 <= self.status < 300
 
 
+class _DualStack(ThreadingHTTPServer):
+    """Listens on ``::`` for IPv6 and IPv4 alike: ``localhost`` may resolve to either."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class Receiver:
-    def __init__(self) -> None:
+    """Plain HTTP on 127.0.0.1; with ``tls`` (a server context), HTTPS on ``localhost``."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.hits: list[Hit] = []
         self.script: dict[str, list[int]] = defaultdict(list)
         self.secrets: dict[str, str] = {}
@@ -61,13 +75,24 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 receiver.handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.tls = tls
+        if tls is None:
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:
+            if socket.has_dualstack_ipv6():
+                self.server = _DualStack(("::", 0), Handler)
+            else:
+                self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        port = self.server.server_address[1]
+        if self.tls is not None:
+            return f"https://localhost:{port}{path}"
+        return f"http://127.0.0.1:{port}{path}"
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
         path = req.path
