@@ -225,6 +225,9 @@ def _head_id(webhook_id: Any):
     return (
         select(func.min(queued.c.id))
         .where(queued.c.webhook_id == webhook_id, queued.c.state == "pending")
+        # Explicit: auto-correlation only looks one level up, and this sits two levels
+        # below ``webhooks`` in :func:`_claimable` (it would take every endpoint's min).
+        .correlate(webhooks)
         .scalar_subquery()
     )
 
@@ -232,7 +235,9 @@ def _head_id(webhook_id: Any):
 def _claimable(now: datetime):
     """Active, unclaimed (or lease run out), and its head delivery due."""
     head_due = exists().where(
-        deliveries.c.id == _head_id(webhooks.c.id), deliveries.c.next_attempt_at <= now
+        deliveries.c.webhook_id == webhooks.c.id,
+        deliveries.c.id == _head_id(webhooks.c.id),
+        deliveries.c.next_attempt_at <= now,
     )
     return and_(
         webhooks.c.state == "active",

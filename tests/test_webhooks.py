@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, func, select, update
+from standardwebhooks import Webhook
 
 from gateway.clock import FixedClock
 from storage import webhooks as store
@@ -198,6 +199,8 @@ def test_an_endpoint_failing_past_the_limit_is_disabled_once_and_resumes_in_orde
     path = f"/down/{uuid.uuid4().hex}"
     receiver.script[path] = [503] * 50
     hook = add_webhook(api, receiver, path, ["record.created"])
+    watch = f"/watch/{uuid.uuid4().hex}"
+    watcher = add_webhook(api, receiver, watch, ["webhook.disabled"])
     new_lead(api, 1)
     new_lead(api, 2)
     assert deliver(server) == 1
@@ -209,6 +212,8 @@ def test_an_endpoint_failing_past_the_limit_is_disabled_once_and_resumes_in_orde
     assert deliver(server) == 1
     state = api.get(f"/api/v1/webhooks/{hook['id']}").json()
     assert state["state"] == "disabled" and state["disabled_at"] is not None
+    assert deliver(server) == 1  # the watcher is told
+    told_at = clock.now().replace(microsecond=0)
     clock.advance(timedelta(days=1))
     assert deliver(server) == 0  # disabled: nothing is attempted
     disabled = api_events(api, {"webhook.disabled"})
@@ -217,6 +222,15 @@ def test_an_endpoint_failing_past_the_limit_is_disabled_once_and_resumes_in_orde
     assert data["webhook_id"] == hook["id"] and data["pending"] == 2
     assert data["last_error"] == "HTTP 503" and data["url"] == receiver.url(path)
     assert len(receiver.at(path)) == 3
+    # Another endpoint subscribed to webhook.disabled is told.  Its timestamp is days
+    # ahead of the receiver's real clock (which the verifier refuses), so the signature
+    # is checked by hand with the package's signer.
+    (told,) = receiver.at(watch)
+    assert told.event == disabled[0]
+    sent_at = datetime.fromtimestamp(int(told.timestamp), UTC)
+    assert sent_at == told_at
+    expected = Webhook(watcher["secret"]).sign(told.webhook_id, sent_at, told.body.decode())
+    assert told.signature == expected
 
     # The receiver is fixed; the admin enables the endpoint again.  (The clock is
     # set back to the real time so the receiver's 5-minute timestamp check holds.)
@@ -432,3 +446,20 @@ def test_the_running_sync_role_delivers_without_being_driven(
         assert all(h.verified for h in receiver.at(path))
     finally:
         live.stop()
+
+
+def test_a_failing_endpoint_does_not_hold_back_another(server, receiver, clock):
+    _, api = admin_api(server)
+    down, up = f"/stuck/{uuid.uuid4().hex}", f"/fine/{uuid.uuid4().hex}"
+    receiver.script[down] = [500] * 10
+    add_webhook(api, receiver, down, ["record.created"])
+    new_lead(api, 1)
+    assert deliver(server) == 1  # the first endpoint fails and waits out its backoff
+    add_webhook(api, receiver, up, ["record.created"])
+    new_lead(api, 2)
+    new_lead(api, 3)
+    assert deliver(server) == 2  # the second is served meanwhile
+    assert [h.event["data"]["id"] for h in receiver.delivered(up)] == [
+        e["data"]["id"] for e in api_events(api, {"record.created"})[1:]
+    ]
+    assert len(receiver.at(down)) == 1
