@@ -12,6 +12,7 @@ import asyncio
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from sqlalchemy import delete, func, select, update
@@ -463,3 +464,43 @@ def test_a_failing_endpoint_does_not_hold_back_another(server, receiver, clock):
         e["data"]["id"] for e in api_events(api, {"record.created"})[1:]
     ]
     assert len(receiver.at(down)) == 1
+
+
+def test_a_dead_deliverers_claim_runs_out_and_its_late_outcome_is_not_written(
+    server, receiver, clock
+):
+    """A process that claimed an endpoint and died holds it only until its lease ends."""
+    _, api = admin_api(server)
+    path = f"/lease/{uuid.uuid4().hex}"
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    new_lead(api, 1)
+    server.drain_consumers()
+    lease = timedelta(seconds=60)
+    (dead,) = server.call(server.db.run_write(store.claim_due, clock.now(), 10, lease))
+    assert dead["id"] == hook["id"]
+    assert server.drain("webhook_delivery") == 0  # held by the dead process
+    clock.advance(lease + timedelta(seconds=1))
+    assert server.drain("webhook_delivery") == 1
+    assert len(receiver.delivered(path)) == 1
+    # The dead process wakes up and reports: its claim is gone, nothing is written.
+    (delivery,) = server.call(
+        server.db.run_read(
+            lambda c: store.delivery_page(c, dead["org_id"], hook["id"], after=0, limit=5)
+        )
+    )
+    late = server.call(
+        server.db.run_write(
+            partial(
+                store.record_delivered,
+                delivery={**delivery, "state": "pending"},
+                held=dead["claimed_until"],
+                at=clock.now(),
+                status=200,
+                entry={"late": True},
+                renew_to=clock.now() + lease,
+            )
+        )
+    )
+    assert late is False
+    (after,) = deliveries(api, hook["id"])
+    assert after["attempts"] == 1 and all("late" not in a for a in after["log"])
