@@ -504,3 +504,40 @@ def test_a_dead_deliverers_claim_runs_out_and_its_late_outcome_is_not_written(
     assert late is False
     (after,) = deliveries(api, hook["id"])
     assert after["attempts"] == 1 and all("late" not in a for a in after["log"])
+
+
+def test_a_runner_stopped_mid_delivery_hands_back_and_the_event_is_sent_again(
+    server, receiver, clock
+):
+    """At least once: a POST cut by a stop is repeated, with the same webhook-id, at once."""
+    _, api = admin_api(server)
+    path = f"/cut/{uuid.uuid4().hex}"
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    new_lead(api, 1)
+    server.drain_consumers()
+    receiver.delays[path] = 1.5
+
+    def claimed(conn) -> bool:
+        q = select(webhooks.c.claimed_until).where(webhooks.c.id == hook["id"])
+        return conn.execute(q).scalar() is not None
+
+    async def start_then_stop() -> bool:
+        runner = WebhookDelivery(server.db, clock=clock, allow_private=True, poll_interval=0.05)
+        await runner.start()
+        for _ in range(200):
+            if await server.db.run_read(claimed):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the POST is in flight
+        await runner.stop(deadline=0.1)
+        return await server.db.run_read(claimed)
+
+    try:
+        assert server.call(start_then_stop()) is False  # handed back, no lease to wait out
+    finally:
+        receiver.delays.clear()
+    assert server.drain("webhook_delivery") == 1  # the clock has not moved
+    hits = wait_until(lambda: len(receiver.at(path)) == 2 and receiver.at(path))
+    assert len({h.webhook_id for h in hits}) == 1 and all(h.verified for h in hits)
+    (d,) = deliveries(api, hook["id"])
+    assert d["state"] == "delivered" and d["attempts"] == 1
