@@ -123,7 +123,7 @@ ROLE_TABLE: dict[str, Role] = {
     "http": Role(listener=listen_http, runners=("tracking",)),
     "worker": Role(runners=("ingest", "relay", "bounces", "verdicts", "campaigns")),
     "imap": Role(runners=("spool", "mailboxes")),
-    "sync": Role(runners=tuple(consumer.name for consumer in sync.CONSUMERS)),
+    "sync": Role(runners=(*(consumer.name for consumer in sync.CONSUMERS), "webhook_delivery")),
 }
 ROLES = tuple(ROLE_TABLE)
 

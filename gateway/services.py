@@ -209,6 +209,20 @@ def _mailboxes(services: Services) -> LoopRunner:
     return MailboxSupervisor(service)
 
 
+def _webhook_delivery(services: Services) -> LoopRunner:
+    from sync.webhook_delivery import RetryPolicy, WebhookDelivery
+
+    s = services.settings
+    return WebhookDelivery(
+        services.db,
+        clock=services.follow_clock,
+        policy=RetryPolicy(s.webhook_retry_base, s.webhook_retry_cap, s.webhook_disable_after),
+        timeout=s.webhook_timeout,
+        concurrency=s.webhook_concurrency,
+        allow_private=s.allow_private_targets,
+    )
+
+
 #: Every runner a process can run, by name: the workers, then one per event-log
 #: consumer in ``sync.CONSUMERS`` (under the consumer's own ``name``).
 RUNNERS: dict[str, RunnerFactory] = {
@@ -220,5 +234,6 @@ RUNNERS: dict[str, RunnerFactory] = {
     "verdicts": _verdicts,
     "mailboxes": _mailboxes,
     "campaigns": _campaigns,
+    "webhook_delivery": _webhook_delivery,
     **{consumer.name: _consumer(consumer) for consumer in sync.CONSUMERS},
 }

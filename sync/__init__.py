@@ -15,7 +15,8 @@ from __future__ import annotations
 from sync.consumer import Consumer, drain_all
 from sync.crm_to_campaigns import CrmToCampaigns
 from sync.suppression import SuppressionConsumer
+from sync.webhooks import WebhookFanout
 
-CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer, CrmToCampaigns)
+CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer, CrmToCampaigns, WebhookFanout)
 
-__all__ = ["CONSUMERS", "Consumer", "SuppressionConsumer", "drain_all"]
+__all__ = ["CONSUMERS", "Consumer", "SuppressionConsumer", "WebhookFanout", "drain_all"]

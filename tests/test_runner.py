@@ -219,4 +219,6 @@ def test_roles_start_each_runner_once_in_table_order():
         "mailboxes",
         "suppression",
         "crm_to_campaigns",
+        "webhooks",
+        "webhook_delivery",
     }

@@ -30,6 +30,7 @@ from gateway.http.sending import SendingApi
 from gateway.http.syncs import SyncsApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
+from gateway.http.webhooks import WebhooksApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
@@ -113,6 +114,7 @@ def create_app(services: Services) -> Starlette:
         ListsApi(db, clock=clock),
         CampaignsApi(db, clock=clock, wake_runner=partial(services.wake, "campaigns")),
         SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
+        WebhooksApi(db, clock=clock, allow_private=services.settings.allow_private_targets),
         RecordsApi(db),
     )
     app = Starlette(
