@@ -59,9 +59,19 @@ class Settings(BaseSettings):
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key_file: Path | None = None
-    #: Mailbox hosts on loopback, private or link-local addresses (tests, single-host
-    #: set-ups with a local IMAP server); off, so a user cannot probe the server's network.
+    #: Mailbox hosts and webhook URLs on loopback, private or link-local addresses (tests,
+    #: single-host set-ups); off, so a user cannot probe the server's network.
     allow_private_targets: bool = False
+    #: Webhooks: first retry delay (seconds) after a failed delivery; doubles per attempt
+    #: up to ``webhook_retry_cap``.
+    webhook_retry_base: float = Field(default=10.0, gt=0)
+    webhook_retry_cap: float = Field(default=3600.0, gt=0)
+    #: Seconds one delivery may take (connect, send, first bytes of the answer).
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    #: An endpoint failing (no 2xx) for this many seconds is disabled (5 days, as Svix).
+    webhook_disable_after: float = Field(default=5 * 86400.0, gt=0)
+    #: Endpoints delivered to at once by one ``webhook_delivery`` runner.
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
     #: Bearer token Prometheus sends to scrape ``/metrics`` (its series name every org).
     #: Empty: only clients on loopback may read ``/metrics``.
     metrics_token: str = ""

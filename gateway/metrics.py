@@ -18,3 +18,9 @@ FILED = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "mailgate_webhook_attempts",
+    "Webhook delivery attempts, by outcome (delivered, rejected, timeout, unreachable, refused)",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -121,9 +121,9 @@ class Role:
 ROLE_TABLE: dict[str, Role] = {
     "smtp": Role(listener=listen_smtp, runners=("spool",)),
     "http": Role(listener=listen_http, runners=("tracking",)),
-    "worker": Role(runners=("ingest", "relay", "bounces", "verdicts")),
+    "worker": Role(runners=("ingest", "relay", "bounces", "verdicts", "campaigns")),
     "imap": Role(runners=("spool", "mailboxes")),
-    "sync": Role(runners=tuple(consumer.name for consumer in sync.CONSUMERS)),
+    "sync": Role(runners=(*(consumer.name for consumer in sync.CONSUMERS), "webhook_delivery")),
 }
 ROLES = tuple(ROLE_TABLE)
 

@@ -185,6 +185,17 @@ def _consumer(cls: type[LoopRunner]) -> RunnerFactory:
     return build
 
 
+def _campaigns(services: Services) -> LoopRunner:
+    from gateway.campaigns.runner import CampaignRunner
+
+    return CampaignRunner(
+        services.db,
+        signer=services.signer,
+        clock=services.follow_clock,
+        wake_relay=lambda: services.wake("relay"),
+    )
+
+
 def _mailboxes(services: Services) -> LoopRunner:
     from gateway.receive.mailboxes import MailboxService, MailboxSupervisor
 
@@ -198,6 +209,20 @@ def _mailboxes(services: Services) -> LoopRunner:
     return MailboxSupervisor(service)
 
 
+def _webhook_delivery(services: Services) -> LoopRunner:
+    from sync.webhook_delivery import RetryPolicy, WebhookDelivery
+
+    s = services.settings
+    return WebhookDelivery(
+        services.db,
+        clock=services.follow_clock,
+        policy=RetryPolicy(s.webhook_retry_base, s.webhook_retry_cap, s.webhook_disable_after),
+        timeout=s.webhook_timeout,
+        concurrency=s.webhook_concurrency,
+        allow_private=s.allow_private_targets,
+    )
+
+
 #: Every runner a process can run, by name: the workers, then one per event-log
 #: consumer in ``sync.CONSUMERS`` (under the consumer's own ``name``).
 RUNNERS: dict[str, RunnerFactory] = {
@@ -208,5 +233,7 @@ RUNNERS: dict[str, RunnerFactory] = {
     "tracking": _tracking,
     "verdicts": _verdicts,
     "mailboxes": _mailboxes,
+    "campaigns": _campaigns,
+    "webhook_delivery": _webhook_delivery,
     **{consumer.name: _consumer(consumer) for consumer in sync.CONSUMERS},
 }

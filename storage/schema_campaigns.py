@@ -91,6 +91,11 @@ campaigns = Table(
     Column("subject", Text, nullable=False, default=""),
     Column("html", Text, nullable=False, default=""),
     Column("text", Text),
+    # The template's header/footer and module as they were when the campaign was
+    # created or last changed (0013): the runner renders this snapshot, not a later edit.
+    Column("header", Text),
+    Column("footer", Text),
+    Column("catalogue", String(20)),
     Column("from_email", String(320), nullable=False),
     Column("from_name", String(200), nullable=False, default=""),
     # {"opened": "leads"|"contacts"|None, "clicked": …}: who is registered in the CRM

@@ -5,11 +5,26 @@ matching endpoint (in the consumer's transaction: each event is queued once
 per endpoint); the delivery runner posts each endpoint's deliveries in event
 order, one at a time, retrying with backoff until a 2xx.  The delivery rows
 are also the endpoint's delivery log.
+
+``after_event_id`` is the log's last id when the endpoint was made: only later
+events are queued for it.  ``previous_secret`` still signs (beside the new
+one) until ``previous_secret_until`` after a rotation, so receivers can switch
+without dropping deliveries.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 
 from storage.schema import metadata
 from storage.types import ID, JSONType, UTCDateTime, utcnow
@@ -29,6 +44,9 @@ webhooks = Table(
     Column("last_error", Text),
     Column("claimed_until", UTCDateTime()),  # one deliverer per endpoint at a time
     Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("after_event_id", ID, nullable=False, default=0, server_default=text("0")),
+    Column("previous_secret", String(100)),
+    Column("previous_secret_until", UTCDateTime()),
 )
 
 webhook_deliveries = Table(
@@ -50,4 +68,5 @@ webhook_deliveries = Table(
     Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
     UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_hook_event"),
     Index("ix_webhook_deliveries_queue", "webhook_id", "state", "id"),
+    Index("ix_webhook_deliveries_log", "webhook_id", "id"),
 )

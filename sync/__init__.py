@@ -14,8 +14,22 @@ from __future__ import annotations
 
 from sync.campaigns_to_crm import CampaignsToCrm
 from sync.consumer import Consumer, drain_all
+from sync.crm_to_campaigns import CrmToCampaigns
 from sync.suppression import SuppressionConsumer
+from sync.webhooks import WebhookFanout
 
-CONSUMERS: tuple[type[Consumer], ...] = (SuppressionConsumer, CampaignsToCrm)
+CONSUMERS: tuple[type[Consumer], ...] = (
+    SuppressionConsumer,
+    CrmToCampaigns,
+    CampaignsToCrm,
+    WebhookFanout,
+)
 
-__all__ = ["CONSUMERS", "CampaignsToCrm", "Consumer", "SuppressionConsumer", "drain_all"]
+__all__ = [
+    "CONSUMERS",
+    "CampaignsToCrm",
+    "Consumer",
+    "SuppressionConsumer",
+    "WebhookFanout",
+    "drain_all",
+]

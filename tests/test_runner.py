@@ -203,6 +203,7 @@ def test_roles_start_each_runner_once_in_table_order():
         "relay",
         "bounces",
         "verdicts",
+        "campaigns",
         "spool",
         "mailboxes",
     ]
@@ -214,7 +215,11 @@ def test_roles_start_each_runner_once_in_table_order():
         "relay",
         "bounces",
         "verdicts",
+        "campaigns",
         "mailboxes",
         "suppression",
+        "crm_to_campaigns",
         "campaigns_to_crm",
+        "webhooks",
+        "webhook_delivery",
     }

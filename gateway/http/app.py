@@ -18,16 +18,20 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.clock import Clock
+from gateway.http.campaigns import CampaignsApi
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.http.events import EventsApi
+from gateway.http.lists import ListsApi
 from gateway.http.mailboxes import MailboxesApi
 from gateway.http.org_settings import OrgSettingsApi
 from gateway.http.record_campaigns import RecordCampaignsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
+from gateway.http.syncs import SyncsApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
+from gateway.http.webhooks import WebhooksApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
@@ -108,6 +112,10 @@ def create_app(services: Services) -> Starlette:
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
         ReportsApi(db),
+        ListsApi(db, clock=clock),
+        CampaignsApi(db, clock=clock, wake_runner=partial(services.wake, "campaigns")),
+        SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
+        WebhooksApi(db, clock=clock, allow_private=services.settings.allow_private_targets),
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
     )

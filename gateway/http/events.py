@@ -3,19 +3,35 @@
 Mail events follow the sharing rules: a colleague's private mail is left out
 of the page (:func:`gateway.receive.mailboxes.sharing.sees_event`).  ``next``
 is the last id *read*, so a page thinned by sharing still moves the reader on.
+
+:func:`event_body` is the one serialisation of an event: a page's items and
+a webhook delivery's body are the same bytes for the same event.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.http.auth import int_param
-from gateway.http.errors import JSON
+from gateway.http.jsonutil import dumps
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
 from storage import events, mailboxes
+from storage.events import Event
+
+
+def envelope_json(envelope: dict[str, Any]) -> bytes:
+    """One event envelope as the API writes it: a page's item, a webhook's body."""
+    return dumps(envelope)
+
+
+def event_body(event: Event) -> bytes:
+    """``event`` exactly as one item of ``GET /api/v1/events`` shows it (a webhook's body)."""
+    return envelope_json(event.envelope())
 
 
 class EventsApi(Resource):
@@ -32,4 +48,9 @@ class EventsApi(Resource):
         items = [
             e for e in read if sharing.sees_event(user["id"], e["type"], e["data"], modes, shares)
         ]
-        return JSON({"items": items, "next": str(read[-1]["id"]) if len(read) == limit else None})
+        nxt = str(read[-1]["id"]) if len(read) == limit else None
+        page = b'{"items":[%s],"next":%s}' % (
+            b",".join(envelope_json(e) for e in items),
+            dumps(nxt),
+        )
+        return Response(page, media_type="application/json")

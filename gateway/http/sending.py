@@ -56,7 +56,7 @@ def _recipients(body: dict[str, Any], kind: str) -> list[tuple[str, int]]:
     return out
 
 
-async def _content(conn, org_id: int, body: dict[str, Any]) -> Content:
+async def content_of(conn, org_id: int, body: dict[str, Any]) -> Content:
     tid = body.get("template_id")
     if tid is not None:
         if not isinstance(tid, int) or isinstance(tid, bool):
@@ -87,7 +87,7 @@ async def _content(conn, org_id: int, body: dict[str, Any]) -> Content:
     return Content(subject=subject, html=html or "", text=text)
 
 
-def _check_inline(content: Content, modules: set[str]) -> None:
+def check_inline(content: Content, modules: set[str]) -> None:
     if content.template_id is not None:
         return
     for module in sorted(modules & {"leads", "contacts"}):
@@ -97,7 +97,7 @@ def _check_inline(content: Content, modules: set[str]) -> None:
             raise template_problem(exc) from None
 
 
-async def _from_address(conn, user: dict[str, Any], given: Any) -> tuple[str, str]:
+async def from_address(conn, user: dict[str, Any], given: Any) -> tuple[str, str]:
     """The user's own address, or one of the org's shared addresses."""
     if given is None:
         return user["email"], user["name"]
@@ -119,6 +119,20 @@ async def _from_address(conn, user: dict[str, Any], given: Any) -> tuple[str, st
             f"{given} is neither your address nor one of the organization's addresses",
         )
     return norm, name if name is not None else row["name"]
+
+
+def quota_refusal(exc: QuotaExceeded) -> ApiError:
+    """The 429 of a send (or campaign) that does not fit the day's quota."""
+    return ApiError(
+        429,
+        "quota_exceeded",
+        str(exc),
+        resets_at=exc.resets_at.isoformat(),
+        kind=exc.kind,
+        limit=exc.limit,
+        used=exc.used,
+        requested=exc.requested,
+    )
 
 
 class SendingApi(Resource):
@@ -150,10 +164,10 @@ class SendingApi(Resource):
             raise ApiError(422, "invalid_field", "defer_excess must be true or false")
         to = _recipients(body, kind)
         async with self.db.connect() as conn:
-            content = await _content(conn, user["org_id"], body)
-            from_email, from_name = await _from_address(conn, user, body.get("from"))
+            content = await content_of(conn, user["org_id"], body)
+            from_email, from_name = await from_address(conn, user, body.get("from"))
             org = await orgs.get_org(conn, user["org_id"])
-        _check_inline(content, {m for m, _ in to})
+        check_inline(content, {m for m, _ in to})
         req = SendRequest(
             org=org,
             user=user,
@@ -167,16 +181,7 @@ class SendingApi(Resource):
         try:
             accepted = await self.db.run_write(enqueue, req, self.signer, self.clock.now())
         except QuotaExceeded as exc:
-            raise ApiError(
-                429,
-                "quota_exceeded",
-                str(exc),
-                resets_at=exc.resets_at.isoformat(),
-                kind=exc.kind,
-                limit=exc.limit,
-                used=exc.used,
-                requested=exc.requested,
-            ) from None
+            raise quota_refusal(exc) from None
         except TemplateProblem as exc:
             raise template_problem(exc) from None
         except ValueError as exc:  # a header the composer refused (e.g. a line break in a name)

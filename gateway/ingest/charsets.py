@@ -121,7 +121,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    japanese = _as_japanese(data)
+    japanese = as_japanese(data)
     if japanese is not None:
         return japanese
     if name and name != "utf-8":
@@ -135,7 +135,7 @@ _KANA = re.compile("[\u3041-\u30ff]")
 _HALF_KANA = re.compile("[\uff61-\uff9f]")
 
 
-def _as_japanese(data: bytes) -> str | None:
+def as_japanese(data: bytes) -> str | None:
     """The cp932 reading of ``data`` when it is plausibly Japanese, else None.
 
     Real Japanese text has full-width kana (particles, katakana words); text

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.addresses import normalise
+from gateway.ingest.charsets import as_japanese
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 
 #: Ids are 64-bit in the database; a larger number names no account.
@@ -67,12 +68,19 @@ class Parsed:
 
 
 def decode(data: bytes) -> str:
-    for enc in ("utf-8-sig", "cp932"):
-        try:
-            return data.decode(enc)
-        except UnicodeDecodeError:
-            continue
-    raise ValueError("the file is neither UTF-8 nor Shift_JIS (cp932) text")
+    """UTF-8 (with or without a BOM), else cp932 when its reading looks Japanese.
+
+    Latin-1 or Big5 bytes also decode as cp932, into stray kanji and
+    half-width katakana: such a file is refused rather than imported garbled.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    japanese = as_japanese(data)
+    if japanese is None:
+        raise ValueError("the file is neither UTF-8 nor Shift_JIS (cp932) Japanese text")
+    return japanese
 
 
 def parse_csv(data: bytes, module: str) -> Parsed:

@@ -151,11 +151,18 @@ class Skipped:
 
 @dataclass
 class Outgoing:
-    """One message to one recipient, filled in step by step."""
+    """One message to one recipient, filled in step by step.
 
-    module: str
-    record_id: int
+    A campaign's recipient may be a list member with no CRM record
+    (``module``/``record_id`` None, ``record`` = the member's fields); it is
+    then rendered through ``catalogue`` and no copy is filed.
+    """
+
+    module: str | None
+    record_id: int | None
     record: dict[str, Any]
+    #: The merge-field catalogue (module) to render with; the record's module when empty.
+    catalogue: str = ""
     day: rules.QuotaDay | None = None
     scheduled: bool = False
     row: dict[str, Any] = field(default_factory=dict)  # the ``sends`` row
@@ -305,6 +312,49 @@ def check_recipients(conn: Connection | None, sub: Submission) -> Flow:
 # -- reserve quota -------------------------------------------------------------------
 
 
+def book_quota(
+    conn: Connection,
+    org: Mapping[str, Any],
+    kind: str,
+    at: datetime,
+    n: int,
+    *,
+    defer_excess: bool,
+    events: list[NewEvent],
+) -> list[rules.QuotaDay]:
+    """Book ``n`` messages on the org's ``kind`` counter of the day of ``at``; the day of each.
+
+    Without ``defer_excess`` all ``n`` fit that day or :class:`QuotaExceeded` is
+    raised (nothing booked once the transaction rolls back); with it, what does
+    not fit spills over to the following days (at most :data:`MAX_DEFER_DAYS`).
+    Appends ``quota.warning`` (once a day at 80 %) and ``quota.exhausted`` (at
+    100 %) to ``events``.  The send API and campaigns both book through here.
+    """
+    tz = ZoneInfo(org["timezone"])
+    org_id = org["id"]
+    users = orgs.active_users(conn, org_id)
+    limit = daily_limit(kind, org["plan"], users, org["mass_addon"])
+    first = rules.quota_day(at, tz)
+    day = first
+    schedule: list[rules.QuotaDay] = []
+    remaining = n
+    for _ in range(MAX_DEFER_DAYS if defer_excess else 1):
+        got = quotas.reserve(conn, org_id, kind, day.day, remaining, limit, partial=defer_excess)
+        if got.granted:
+            schedule += [day] * got.granted
+            remaining -= got.granted
+            events += _quota_events(conn, org_id, kind, day, got, limit)
+        if remaining == 0:
+            break
+        if not schedule and not defer_excess:
+            break
+        day = day.next(tz)
+    if remaining:
+        used = quotas.used(conn, org_id, kind, first.day)
+        raise QuotaExceeded(kind, used, limit, n, first.resets_at)
+    return schedule
+
+
 def reserve_quota(conn: Connection, sub: Submission) -> Flow:
     """Book every message on today's counter, or spill over day by day when allowed.
 
@@ -312,30 +362,16 @@ def reserve_quota(conn: Connection, sub: Submission) -> Flow:
     emits ``quota.warning`` once a day at 80 % and ``quota.exhausted`` at 100 %.
     """
     req = sub.request
-    tz = ZoneInfo(req.org["timezone"])
-    org_id, kind = req.org["id"], req.kind
-    users = orgs.active_users(conn, org_id)
-    limit = daily_limit(kind, req.org["plan"], users, req.org["mass_addon"])
-    today = rules.quota_day(sub.now, tz)
-    day = today
-    schedule: list[rules.QuotaDay] = []
-    remaining = len(sub.outgoing)
-    for _ in range(MAX_DEFER_DAYS if req.defer_excess else 1):
-        got = quotas.reserve(
-            conn, org_id, kind, day.day, remaining, limit, partial=req.defer_excess
-        )
-        if got.granted:
-            schedule += [day] * got.granted
-            remaining -= got.granted
-            sub.events += _quota_events(conn, req, day, got, limit)
-        if remaining == 0:
-            break
-        if not schedule and not req.defer_excess:
-            break
-        day = day.next(tz)
-    if remaining:
-        used = quotas.used(conn, org_id, kind, today.day)
-        raise QuotaExceeded(kind, used, limit, len(sub.outgoing), today.resets_at)
+    today = rules.quota_day(sub.now, ZoneInfo(req.org["timezone"]))
+    schedule = book_quota(
+        conn,
+        req.org,
+        req.kind,
+        sub.now,
+        len(sub.outgoing),
+        defer_excess=req.defer_excess,
+        events=sub.events,
+    )
     for out, booked in zip(sub.outgoing, schedule, strict=True):
         out.day, out.scheduled = booked, booked.day != today.day
     return Flow.CONTINUE
@@ -343,16 +379,16 @@ def reserve_quota(conn: Connection, sub: Submission) -> Flow:
 
 def _quota_events(
     conn: Connection,
-    req: SendRequest,
+    org_id: int,
+    kind: str,
     day: rules.QuotaDay,
     got: quotas.Reservation,
     limit: int,
 ) -> list[NewEvent]:
-    fields = {"kind": req.kind, "day": day.day, "used": got.after, "limit": limit}
-    org_id = req.org["id"]
+    fields = {"kind": kind, "day": day.day, "used": got.after, "limit": limit}
     out = []
     if got.after >= rules.warning_threshold(limit) and quotas.claim_warning(
-        conn, org_id, req.kind, day.day
+        conn, org_id, kind, day.day
     ):
         out.append(quota_event(EventType.QUOTA_WARNING, org_id, resets_at=day.resets_at, **fields))
     if rules.crossings(got.before, got.after, limit).exhausted:
@@ -415,20 +451,21 @@ def render(conn: Connection | None, sub: Submission) -> Flow:
     # hold it for minutes.  Ordinary templates render 5,000 messages in well under it.
     deadline = time.monotonic() + current_limits().seconds
     for out in sub.outgoing:
-        if out.module not in compiled:
-            compiled[out.module] = compile_template(
-                c.subject, c.html, c.text, c.header, c.footer, out.module
+        module = out.catalogue or out.module
+        if module not in compiled:
+            compiled[module] = compile_template(
+                c.subject, c.html, c.text, c.header, c.footer, module
             )
         out.unsubscribe = unsubscribe_targets(sub.signer, out.send_id, out.row["verp_token"])
         context = build_context(
-            out.module,
+            module,
             out.record,
             {"account": out.record.get("account")},
             req.user,
             req.org,
             unsubscribe_url=out.unsubscribe[1],
         )
-        out.rendered = compiled[out.module].render(context, deadline=deadline)
+        out.rendered = compiled[module].render(context, deadline=deadline)
         out.sent_html = out.rendered.html
         out.row["subject"] = out.rendered.subject
         out.to_name = full_name(
@@ -518,18 +555,22 @@ def filed_copy(sub: Submission, out: Outgoing) -> dict[str, Any]:
 
 
 def file_copies(conn: Connection, sub: Submission) -> Flow:
-    """Store the composed bytes on the sends, and file a copy of each on its record."""
+    """Store the composed bytes on the sends, and file a copy of each on its record.
+
+    A recipient without a CRM record (a campaign's list member) gets no copy.
+    """
     req = sub.request
     org_id = req.org["id"]
     sends.set_composed(
         conn, [(out.send_id, out.row["subject"], out.raw, out.links) for out in sub.outgoing]
     )
-    pks = filing.insert_messages(conn, [filed_copy(sub, out) for out in sub.outgoing])
+    linked = [out for out in sub.outgoing if out.module and out.record_id is not None]
+    pks = filing.insert_messages(conn, [filed_copy(sub, out) for out in linked])
     filing.insert_links(
         conn,
         [
             {"org_id": org_id, "message_id": pk, "module": out.module, "record_id": out.record_id}
-            for pk, out in zip(pks, sub.outgoing, strict=True)
+            for pk, out in zip(pks, linked, strict=True)
         ],
     )
     sub.events += [
@@ -545,7 +586,7 @@ def file_copies(conn: Connection, sub: Submission) -> Flow:
             send_id=out.send_id,
             at=sub.now,
         )
-        for pk, out in zip(pks, sub.outgoing, strict=True)
+        for pk, out in zip(pks, linked, strict=True)
     ]
     return Flow.CONTINUE
 
@@ -556,11 +597,8 @@ def emit(conn: Connection, sub: Submission) -> Flow:
     return Flow.DONE
 
 
-#: The order a send request is accepted in; ``enqueue`` runs them until one says DONE.
-STEPS: tuple[Step, ...] = (
-    look_up_recipients,
-    check_recipients,
-    reserve_quota,
+#: What the campaign runner runs for recipients already chosen and paid for at ``send``.
+COMPOSE_STEPS: tuple[Step, ...] = (
     create_sends,
     render,
     track_links,
@@ -568,3 +606,6 @@ STEPS: tuple[Step, ...] = (
     file_copies,
     emit,
 )
+
+#: The order a send request is accepted in; ``enqueue`` runs them until one says DONE.
+STEPS: tuple[Step, ...] = (look_up_recipients, check_recipients, reserve_quota, *COMPOSE_STEPS)

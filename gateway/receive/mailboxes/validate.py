@@ -1,25 +1,22 @@
 """What a connected mailbox may look like: one check for the API and the CLI.
 
 A mailbox host is a place the server will connect to on a user's word, so
-it must not become a probe of the server's own network: every address the
-host name resolves to must be public (:func:`resolve_target`), unless the
-operator allows private targets (``MAILGATE_ALLOW_PRIVATE_TARGETS``: tests,
-single-host set-ups with a local Dovecot).  The check runs when a mailbox is
-connected and again before *every* connection, which then goes to the very
-address that was checked, so a name re-pointed after the check (DNS
-rebinding) gains nothing.  The refusal is the same whatever the port, and it
-comes before any connection, so it says nothing about which ports are open.
+every address it resolves to must be public unless the operator allows
+private targets (:mod:`gateway.targets`, shared with webhooks).  The check
+runs when a mailbox is connected and again before *every* connection, which
+then goes to the very address that was checked (DNS rebinding gains
+nothing).  The refusal is the same whatever the port, and it comes before any
+connection, so it says nothing about which ports are open.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import re
-import socket
 from typing import Any
 
+from gateway import targets
 from gateway.receive.imap import MailboxConfig
+from gateway.targets import is_public  # noqa: F401 - the mailbox code's name for it
 
 _HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -53,37 +50,17 @@ class UnresolvableHost(InvalidMailbox):
         super().__init__("unresolvable_host", f"the host name {host!r} does not resolve")
 
 
-def is_public(address: str) -> bool:
-    """A globally routable unicast address (an IPv4-mapped IPv6 one judged as IPv4)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
 async def resolve_target(host: str, port: int, *, allow_private: bool) -> str:
-    """The one address to connect to for ``host``, after checking *every* address it has.
+    """:func:`gateway.targets.resolve_target` with the mailbox API's own errors.
 
-    Raises :class:`PrivateTarget` when any of them is not public (a name with one
-    public and one private address is refused: which one a connection would take
-    is not ours to choose), :class:`UnresolvableHost` when it has none.
+    Raises :class:`PrivateTarget` or :class:`UnresolvableHost`.
     """
-    literal = host.removeprefix("[").removesuffix("]")
     try:
-        addresses = [str(ipaddress.ip_address(literal))]
-    except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except (socket.gaierror, UnicodeError) as exc:
-            raise UnresolvableHost(host) from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not addresses:
-        raise UnresolvableHost(host)
-    if not allow_private and not all(is_public(a) for a in addresses):
-        raise PrivateTarget
-    return addresses[0]
+        return await targets.resolve_target(host, port, allow_private=allow_private)
+    except targets.PrivateAddress as exc:
+        raise PrivateTarget from exc
+    except targets.Unresolvable as exc:
+        raise UnresolvableHost(host) from exc
 
 
 def mailbox_values(body: dict[str, Any], extra: set[str] = frozenset()) -> dict[str, Any]:

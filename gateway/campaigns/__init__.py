@@ -1,0 +1,1 @@
+"""Campaigns: mailing lists and their members, mass campaigns and the runner that sends them."""

@@ -1,0 +1,76 @@
+"""Webhook fan-out: queues one delivery per subscribed endpoint for every event.
+
+The consumer reads every type; for each event it finds the org's *active*
+endpoints subscribed to that type and made before it (``after_event_id`` <
+event id), and queues a ``webhook_deliveries`` row for each, insert-or-ignore
+on (webhook, event).  It commits with its offset (:mod:`sync.consumer`), so
+each delivery is queued exactly once, however many copies run.  Sending is the
+``webhook_delivery`` runner's job (:mod:`sync.webhook_delivery`).
+
+A disabled endpoint is not queued for: events that happen while it is
+disabled are not delivered to it later (the log still has them:
+``GET /api/v1/events?after=``).  Its deliveries queued before it was disabled
+are kept and go out in order when it is enabled again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from storage import webhooks as store
+from storage.events import Event, EventType
+from sync.consumer import Consumer
+
+
+def wanted(event: Event, endpoints: list[tuple[int, frozenset[str], int]]) -> list[int]:
+    """The endpoints (ids) that get ``event``: subscribed to its type, made before it."""
+    return [
+        webhook_id
+        for webhook_id, types, after in endpoints
+        if event.type in types and event.id > after
+    ]
+
+
+class WebhookFanout(Consumer):
+    """Queues each event for the org's active endpoints subscribed to its type."""
+
+    name = store.FANOUT
+    types = frozenset(EventType)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._endpoints: dict[int, list[tuple[int, frozenset[str], int]]] = {}
+
+    def _round(self, conn: Connection) -> int:
+        # Endpoints are read once per org per round (the round's transaction holds the
+        # offset row that creating an endpoint also takes, so none appears mid-round).
+        self._endpoints = {}
+        try:
+            return super()._round(conn)
+        finally:
+            self._endpoints = {}
+
+    def apply(self, conn: Connection, event: Event) -> None:
+        endpoints = self._endpoints.get(event.org_id)
+        if endpoints is None:
+            endpoints = self._endpoints[event.org_id] = store.active_endpoints(conn, event.org_id)
+        now = self.clock.now()
+        store.queue(
+            conn,
+            [
+                {
+                    "org_id": event.org_id,
+                    "webhook_id": webhook_id,
+                    "event_id": event.id,
+                    "event_type": event.type,
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "log": [],
+                    "created_at": now,
+                }
+                for webhook_id in wanted(event, endpoints)
+            ],
+        )
