@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from storage.schema_sending import sends
 from tests.support import smtp_sink
 from tests.support.browser import chromium_browser
 from tests.support.campaign_sends import (
+    open_mail,
     person,
     recipients,
     send_campaign,
@@ -23,6 +24,7 @@ from tests.support.campaign_sends import (
 from tests.support.campaigns import members
 from tests.support.scripted_relay import Script, ScriptedRelay
 from tests.support.sends import events_of, flush
+from tests.support.sends import rows as rows_of
 from tests.support.server import MailgateServer, wait_until
 
 
@@ -245,3 +247,64 @@ def test_a_campaign_to_500_read_by_a_real_browser_registers_exactly_the_right_pe
         assert (item["campaign_id"], item["status"]) == (camp["id"], status[i])
     for i, (module, rid) in existing.items():
         assert (rows[email(i)]["module"], rows[email(i)]["record_id"]) == (module, rid)
+
+
+def test_a_campaign_made_and_sent_through_the_api_registers_its_reader(server, relay_port):
+    """The whole path with nothing written by hand: a list configured for registration and a
+    member (``/api/v1/lists``), a campaign registering openers as leads
+    (``/api/v1/campaigns`` … ``/send``), the campaign runner and the relay, a human open."""
+    org = server.org(f"api-{secrets.token_hex(3)}")
+    admin = server.user(org, f"admin{secrets.token_hex(3)}@example.co.jp", admin=True)
+    api = server.api(admin)
+    lst = api.post("/api/v1/lists", json={"name": "ご案内", "register": True})
+    assert lst.status_code == 201, lst.text
+    list_id = lst.json()["id"]
+    member = {"email": "reader@client.example", "first_name": "読", "last_name": "者"}
+    assert api.post(f"/api/v1/lists/{list_id}/members", json=member).status_code == 201
+    body = {
+        "name": "API のご案内",
+        "list_ids": [list_id],
+        "subject": "ご案内",
+        "html": '<p>本文 <a href="https://shop.example.co.jp/x">見る</a></p>',
+        "register": {"opened": "leads", "clicked": None},
+    }
+    campaign_id = api.post("/api/v1/campaigns", json=body).json()["id"]
+    with ScriptedRelay(relay_port, Script()) as script:
+        sent = api.post(f"/api/v1/campaigns/{campaign_id}/send")
+        assert sent.status_code == 202, sent.text
+        server.running.services.wake("campaigns")
+        wait_until(lambda: recipients(server, campaign_id).get(member["email"], {}).get("send_id"))
+        wait_delivered(server, campaign_id)
+    assert script.received == [member["email"]]
+    [row] = recipients(server, campaign_id).values()
+    assert (row["status"], row["not_registered_reason"]) == ("sent", "no_activity")
+
+    send = dict(
+        rows_of(server, select(sends).where(sends.c.id == row["send_id"]))[0],
+        html=f"/t/o/{server.running.services.tracking.signer.open_token(row['send_id'])}",
+    )
+
+    def an_hour_ago(conn) -> None:
+        conn.execute(
+            update(sends)
+            .where(sends.c.id == row["send_id"])
+            .values(sent_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+
+    server.call(server.db.run_write(an_hour_ago))
+    open_mail(server, send)
+
+    [lead] = api.get("/api/v1/leads", params={"email": member["email"]}).json()["items"]
+    assert (lead["last_name"], lead["first_name"], lead["source"]) == ("者", "読", "campaigns")
+    members_api = api.get(f"/api/v1/campaigns/{campaign_id}/members").json()["items"]
+    assert [
+        (m["email"], m["status"], m["record"], m["not_registered_reason"]) for m in members_api
+    ] == [(member["email"], "opened", {"module": "leads", "id": lead["id"]}, None)]
+    stats = api.get(f"/api/v1/campaigns/{campaign_id}").json()["stats"]
+    assert (stats["sent"], stats["opened"]) == (1, 1)
+    [item] = api.get(f"/api/v1/leads/{lead['id']}/campaigns").json()["items"]
+    assert (item["campaign_id"], item["name"], item["status"]) == (
+        campaign_id,
+        "API のご案内",
+        "opened",
+    )
