@@ -162,3 +162,14 @@ record_campaigns = Table(
     UniqueConstraint("module", "record_id", "campaign_id", name="uq_record_campaigns_rec_camp"),
     Index("ix_record_campaigns_record", "org_id", "module", "record_id"),
 )
+
+# The Campaigns → CRM sync's per-org settings (seed 001: the member status written into a
+# chosen CRM field). {"leads": "status"|"title"|None, "contacts": "title"|None}.
+campaign_crm_settings = Table(
+    "campaign_crm_settings",
+    metadata,
+    Column("org_id", ID, ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True),
+    Column("status_field", JSONType, nullable=False, default=dict),
+    Column("updated_by", ID, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("updated_at", UTCDateTime(), nullable=False, default=utcnow),
+)

@@ -219,6 +219,7 @@ def test_roles_start_each_runner_once_in_table_order():
         "mailboxes",
         "suppression",
         "crm_to_campaigns",
+        "campaigns_to_crm",
         "webhooks",
         "webhook_delivery",
     }

@@ -24,6 +24,7 @@ from gateway.http.events import EventsApi
 from gateway.http.lists import ListsApi
 from gateway.http.mailboxes import MailboxesApi
 from gateway.http.org_settings import OrgSettingsApi
+from gateway.http.record_campaigns import RecordCampaignsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
@@ -115,6 +116,7 @@ def create_app(services: Services) -> Starlette:
         CampaignsApi(db, clock=clock, wake_runner=partial(services.wake, "campaigns")),
         SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
         WebhooksApi(db, clock=clock, allow_private=services.settings.allow_private_targets),
+        RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
     )
     app = Starlette(
