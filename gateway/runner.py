@@ -77,6 +77,10 @@ class LoopRunner:
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
         self._stop_by: float | None = None
+        # One round at a time per runner: a drain() beside the running loop (tests, hand-over)
+        # waits for the loop's round instead of interleaving with it on shared connections
+        # (two relay rounds on one pooled SMTP connection answered "503 need RCPT").
+        self._round_lock = asyncio.Lock()
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -129,10 +133,15 @@ class LoopRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    async def round(self) -> int:
+        """Run one :meth:`run_once`, never overlapping another round of this runner."""
+        async with self._round_lock:
+            return await self.run_once()
+
     async def drain(self, max_rounds: int = 100_000) -> int:
         total = 0
         for _ in range(max_rounds):
-            n = await self.run_once()
+            n = await self.round()
             if not n:
                 break
             total += n
@@ -168,7 +177,7 @@ class LoopRunner:
             # Cleared before the round, so a wake() during it is not lost.
             self._wake.clear()
             try:
-                handled = await self.run_once()
+                handled = await self.round()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - storage or peer away: back off, retry

@@ -156,6 +156,8 @@ contacts = Table(
     _created(),
     _updated(),
     Index("ix_contacts_org_email", "org_id", "email_norm"),
+    # An account's contacts (the sync re-syncs them when the account changes).
+    Index("ix_contacts_account_id", "account_id"),
 )
 
 deals = Table(

@@ -76,6 +76,8 @@ list_members = Table(
     UniqueConstraint("list_id", "email_norm", name="uq_list_members_list_email"),
     Index("ix_list_members_record", "org_id", "module", "record_id"),
     Index("ix_list_members_org_email", "org_id", "email_norm"),
+    # The sync finds a record's member of one list by it.
+    Index("ix_list_members_list_record", "list_id", "module", "record_id"),
 )
 
 campaigns = Table(

@@ -1,9 +1,10 @@
 """Campaigns, the CRM ⇄ Campaigns syncs and webhooks (issue #11).
 
 Mailing lists and members, campaigns and their recipients, a record's
-campaign history, sync configurations with their run history, webhook
-endpoints with their delivery queues; and ``do_not_mail`` on leads and
-contacts (existing records: false).
+campaign history and the org's Campaigns → CRM settings, sync
+configurations with their run history, webhook endpoints with their
+delivery queues; and ``do_not_mail`` on leads and contacts (existing
+records: false), with an index on a contact's account.
 
 Revision ID: 0012_campaigns
 Revises: 0011_tracking_inbox
@@ -22,6 +23,32 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "campaign_crm_settings",
+        sa.Column("org_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "status_field",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_by", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("updated_at", storage.types.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["org_id"],
+            ["orgs.id"],
+            name=op.f("fk_campaign_crm_settings_org_id_orgs"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["updated_by"],
+            ["users.id"],
+            name=op.f("fk_campaign_crm_settings_updated_by_users"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("org_id", name=op.f("pk_campaign_crm_settings")),
+    )
     op.create_table(
         "mailing_lists",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -66,6 +93,14 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("claimed_until", storage.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", storage.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "after_event_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            server_default=sa.text("0"),
+            nullable=False,
+        ),
+        sa.Column("previous_secret", sa.String(length=100), nullable=True),
+        sa.Column("previous_secret_until", storage.types.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["created_by"],
             ["users.id"],
@@ -96,6 +131,9 @@ def upgrade() -> None:
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("html", sa.Text(), nullable=False),
         sa.Column("text", sa.Text(), nullable=True),
+        sa.Column("header", sa.Text(), nullable=True),
+        sa.Column("footer", sa.Text(), nullable=True),
+        sa.Column("catalogue", sa.String(length=20), nullable=True),
         sa.Column("from_email", sa.String(length=320), nullable=False),
         sa.Column("from_name", sa.String(length=200), nullable=False),
         sa.Column(
@@ -166,6 +204,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_list_members")),
         sa.UniqueConstraint("list_id", "email_norm", name="uq_list_members_list_email"),
+    )
+    op.create_index(
+        "ix_list_members_list_record",
+        "list_members",
+        ["list_id", "module", "record_id"],
+        unique=False,
     )
     op.create_index(
         "ix_list_members_org_email", "list_members", ["org_id", "email_norm"], unique=False
@@ -245,6 +289,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
         sa.UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_hook_event"),
+    )
+    op.create_index(
+        "ix_webhook_deliveries_log", "webhook_deliveries", ["webhook_id", "id"], unique=False
     )
     op.create_index(
         "ix_webhook_deliveries_queue",
@@ -393,6 +440,7 @@ def upgrade() -> None:
         "contacts",
         sa.Column("do_not_mail", sa.Boolean(), server_default=sa.false(), nullable=False),
     )
+    op.create_index("ix_contacts_account_id", "contacts", ["account_id"], unique=False)
     op.add_column(
         "leads", sa.Column("do_not_mail", sa.Boolean(), server_default=sa.false(), nullable=False)
     )
@@ -400,6 +448,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("leads", "do_not_mail")
+    op.drop_index("ix_contacts_account_id", table_name="contacts")
     op.drop_column("contacts", "do_not_mail")
     op.drop_index("ix_sync_skips_run", table_name="sync_skips")
     op.drop_table("sync_skips")
@@ -411,14 +460,17 @@ def downgrade() -> None:
     op.drop_index("ix_campaign_recipients_due", table_name="campaign_recipients")
     op.drop_table("campaign_recipients")
     op.drop_index("ix_webhook_deliveries_queue", table_name="webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_log", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_index("ix_syncs_org_state", table_name="syncs")
     op.drop_table("syncs")
     op.drop_index("ix_list_members_record", table_name="list_members")
     op.drop_index("ix_list_members_org_email", table_name="list_members")
+    op.drop_index("ix_list_members_list_record", table_name="list_members")
     op.drop_table("list_members")
     op.drop_index(op.f("ix_campaigns_org_id"), table_name="campaigns")
     op.drop_table("campaigns")
     op.drop_index(op.f("ix_webhooks_org_id"), table_name="webhooks")
     op.drop_table("webhooks")
     op.drop_table("mailing_lists")
+    op.drop_table("campaign_crm_settings")
