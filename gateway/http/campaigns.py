@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from gateway.campaigns import start as starting
 from gateway.clock import Clock
-from gateway.http.auth import int_param
+from gateway.http.auth import choice_param, int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
@@ -206,8 +206,7 @@ class CampaignsApi(Resource):
         limit = int_param(request, "limit", 100, lo=1, hi=500)
         after = int_param(request, "after", 0)
         rows = await self.db.run_read(store.campaigns_page, user["org_id"], after, limit + 1)
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [campaign_json(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, campaign_json))
 
     async def create(self, request: Request) -> Response:
         user = await self.user(request)
@@ -308,16 +307,11 @@ class CampaignsApi(Resource):
         cid = path_id(request)
         limit = int_param(request, "limit", 100, lo=1, hi=1000)
         after = int_param(request, "after", 0)
-        status = request.query_params.get("status") or None
-        if status is not None and status not in RECIPIENT_STATUSES:
-            raise ApiError(
-                400, "bad_parameter", f"status must be one of {', '.join(RECIPIENT_STATUSES)}"
-            )
+        status = choice_param(request, "status", RECIPIENT_STATUSES)
         await self._campaign(user["org_id"], cid)
         rows = await self.db.run_read(
             lambda conn: store.recipients_page(
                 conn, cid, after=after, limit=limit + 1, status=status
             )
         )
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [recipient_json(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, recipient_json))

@@ -21,7 +21,7 @@ from gateway.campaigns.members import (
     parse_members_csv,
 )
 from gateway.clock import Clock
-from gateway.http.auth import int_param
+from gateway.http.auth import choice_param, int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
@@ -137,8 +137,7 @@ class ListsApi(Resource):
         limit = int_param(request, "limit", 100, lo=1, hi=500)
         after = int_param(request, "after", 0)
         rows = await self.db.run_read(store.lists_page, user["org_id"], after, limit + 1)
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [list_json(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, list_json))
 
     async def create_list(self, request: Request) -> Response:
         user = await self.user(request)
@@ -173,19 +172,14 @@ class ListsApi(Resource):
         list_id = path_id(request)
         limit = int_param(request, "limit", 100, lo=1, hi=1000)
         after = int_param(request, "after", 0)
-        status = request.query_params.get("status") or None
-        if status is not None and status not in MEMBER_STATUSES:
-            raise ApiError(
-                400, "bad_parameter", f"status must be one of {', '.join(MEMBER_STATUSES)}"
-            )
+        status = choice_param(request, "status", MEMBER_STATUSES)
         await self._list(user["org_id"], list_id)
         rows = await self.db.run_read(
             lambda conn: store.members_page(
                 conn, list_id, after=after, limit=limit + 1, status=status
             )
         )
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [member_json(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, member_json))
 
     async def add_member(self, request: Request) -> Response:
         user = await self.user(request)

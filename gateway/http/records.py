@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.addresses import normalise
-from gateway.http.auth import int_param
+from gateway.http.auth import int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
@@ -212,8 +212,7 @@ class RecordsApi(Resource):
             rows = await crm.list_page(
                 conn, module, user["org_id"], after=after, limit=limit + 1, email_norm=email_norm
             )
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [public(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, public))
 
     async def get_record(self, request: Request) -> Response:
         user = await self.user(request)
@@ -392,5 +391,4 @@ class RecordsApi(Resource):
             if await crm.get(conn, module, user["org_id"], rid) is None:
                 raise ApiError(404, "not_found", f"no such {module[:-1]}")
             rows = await _visible_emails(conn, user, module, rid, after=after, limit=limit + 1)
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [email_item(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, email_item))

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.clock import Clock
-from gateway.http.auth import int_param
+from gateway.http.auth import int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import MAX_INT, path_id, read_json
 from gateway.http.resource import Resource
@@ -405,8 +405,7 @@ class SyncsApi(Resource):
             return store.runs_page(conn, sync_id, before=before, limit=limit + 1)
 
         rows = await self.db.run_read(go)
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [run_json(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, run_json))
 
     async def skipped(self, request: Request) -> Response:
         """Why each skipped record of a run was skipped (seed 002's history)."""
@@ -423,17 +422,17 @@ class SyncsApi(Resource):
             return store.skips_page(conn, run_id, after=after, limit=limit + 1)
 
         rows = await self.db.run_read(go)
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        items = [
-            {
-                "module": r["module"],
-                "id": r["record_id"],
-                "email": r["email"],
-                "reason": r["reason"],
-            }
-            for r in rows[:limit]
-        ]
-        return JSON({"items": items, "next": nxt})
+        return JSON(page(rows, limit, skip_json))
+
+
+def skip_json(row: dict[str, Any]) -> dict[str, Any]:
+    """One skipped record of a run: which, and why."""
+    return {
+        "module": row["module"],
+        "id": row["record_id"],
+        "email": row["email"],
+        "reason": row["reason"],
+    }
 
 
 def _found(conn: Connection, org_id: int, sync_id: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.config import Settings
-from gateway.http.auth import int_param
+from gateway.http.auth import int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
@@ -208,8 +208,7 @@ class TemplatesApi(Resource):
             rows = await templates_store.list_page(
                 conn, user["org_id"], after=after, limit=limit + 1, module=module
             )
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [template_json(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, template_json))
 
     async def get_template(self, request: Request) -> Response:
         user = await self.user(request)

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.clock import Clock
-from gateway.http.auth import int_param
+from gateway.http.auth import int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
@@ -166,8 +166,7 @@ class WebhooksApi(Resource):
         rows = await self.db.run_read(
             lambda c: store.list_page(c, user["org_id"], after=after, limit=limit + 1)
         )
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [view(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, view))
 
     async def create_webhook(self, request: Request) -> Response:
         """``POST {"url", "events"}`` → ``201 {"id", "secret", …}``; the secret shown once."""
@@ -266,8 +265,7 @@ class WebhooksApi(Resource):
                 c, user["org_id"], webhook_id, after=after, limit=limit + 1
             )
         )
-        nxt = str(rows[limit - 1]["id"]) if len(rows) > limit else None
-        return JSON({"items": [delivery_view(r) for r in rows[:limit]], "next": nxt})
+        return JSON(page(rows, limit, delivery_view))
 
 
 def _no_unknown(body: dict[str, Any], known: set[str]) -> None:
