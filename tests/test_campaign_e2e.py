@@ -16,8 +16,7 @@ import io
 import secrets
 import threading
 from collections import Counter
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,7 +25,7 @@ import pytest
 from gateway.clock import SystemClock
 from tests.support import smtp_sink
 from tests.support.browser import chromium_browser
-from tests.support.campaign_sends import wait_delivered
+from tests.support.campaign_sends import LaterClock, relayed_server, send_through_api
 from tests.support.scripted_relay import Script, ScriptedRelay
 from tests.support.sends import events_of, flush
 from tests.support.server import MailgateServer, wait_until
@@ -41,16 +40,6 @@ CLICKERS = range(10)  # ... and follow its link
 NO_FIRST_NAME = 4
 #: Members already in the CRM before the campaign: position → module.
 EXISTING = {3: "leads", 16: "leads", 17: "contacts"}
-
-
-@dataclass
-class LaterClock:
-    """The system clock moved on by ``ahead``: readers come back to their mail later."""
-
-    ahead: timedelta
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.ahead
 
 
 def address(i: int) -> str:
@@ -108,20 +97,7 @@ def relay_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(database_url, tmp_path_factory, relay_port):
-    """Tracked links must point at this server: its HTTP port is chosen up front."""
-    http_port = smtp_sink.free_port()
-    srv = MailgateServer(
-        database_url,
-        tmp_path_factory.mktemp("data"),
-        relay_url=f"smtp://127.0.0.1:{relay_port}",
-        relay_retry_base=0.2,
-        relay_retry_cap=0.5,
-        relay_poll_interval=0.1,
-        relay_timeout=5,
-    )
-    srv.settings.http_listen = f"127.0.0.1:{http_port}"
-    srv.settings.public_url = f"http://127.0.0.1:{http_port}"
-    srv.start()
+    srv = relayed_server(database_url, tmp_path_factory.mktemp("data"), relay_port)
     yield srv
     srv.stop()
 
@@ -237,15 +213,7 @@ def test_a_campaign_to_500_made_through_the_api_and_read_in_chromium_registers_e
     campaign_id = made.json()["id"]
 
     with ScriptedRelay(relay_port, Script()) as relay:
-        sent = api.post(f"/api/v1/campaigns/{campaign_id}/send")
-        assert sent.status_code == 202, sent.text
-        assert (sent.json()["recipients"], sent.json()["skipped"]) == (MEMBERS, [])
-        server.running.services.wake("campaigns")
-        wait_until(
-            lambda: api.get(f"/api/v1/campaigns/{campaign_id}").json()["status"] == "sent",
-            timeout=30,
-        )
-        wait_delivered(server, campaign_id)
+        send_through_api(server, api, campaign_id)
     assert Counter(relay.received) == Counter({address(i): 1 for i in range(MEMBERS)})
     delivered = {rcpts[0]: raw for rcpts, raw in relay.messages}
     assert [len(rcpts) for rcpts, _ in relay.messages] == [1] * MEMBERS
