@@ -137,11 +137,12 @@ class CampaignsToCrm(Consumer):
             chosen = settings.get(module)
             if moved != _History.KEPT and chosen and record.get(chosen) != status.value:
                 changes.add(module, rid, chosen, status.value)
-            # The unsubscribe itself, or a record that joins this campaign's picture only now
-            # (registered by an open applied after the unsubscribe, or linked later).
-            if (activity in DO_NOT_MAIL or (moved == _History.ADDED and stopped)) and not record[
-                "do_not_mail"
-            ]:
+            # The unsubscribe itself (as it moves the record's history: read again, it must
+            # not undo a person clearing do_not_mail since), or a record that joins this
+            # campaign's picture only now (registered by an open applied after the
+            # unsubscribe, or linked later).
+            says_stop = activity in DO_NOT_MAIL and moved != _History.KEPT
+            if (says_stop or (moved == _History.ADDED and stopped)) and not record["do_not_mail"]:
                 changes.add(module, rid, "do_not_mail", True)
         self._write_changes(conn, event.org_id, changes, now, new)
         member = member_status_for(activity, data.get("type"))

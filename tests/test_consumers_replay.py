@@ -125,11 +125,21 @@ def snapshot(server: MailgateServer, receiver: Receiver) -> dict[str, Any]:
 
 
 def changed_rows(before: dict, after: dict) -> dict[str, list]:
-    """Per table, the rows that changed or vanished: (key, before, after) — a readable diff."""
-    out = {}
+    """Per table, what a replay did to rows that existed, as (key, {column: (before, after)})
+    (``None`` for a vanished row); and in the tables that may not grow, the rows it added
+    (key, "added", row). Webhook deliveries of new ``sync.run`` events are checked apart."""
+    out: dict[str, list] = {}
     for name in (t.name for t in (*UNCHANGED, *GROWING)):
-        old = before[name]
-        diff = [(k, row, after[name].get(k)) for k, row in old.items() if after[name].get(k) != row]
+        old, new = before[name], after[name]
+        diff: list = []
+        for key, row in old.items():
+            if key not in new:
+                diff.append((key, None))
+            elif new[key] != row:
+                cols = {c: (v, new[key][c]) for c, v in row.items() if new[key][c] != v}
+                diff.append((key, cols))
+        if name not in {t.name for t in GROWING} | {webhook_deliveries.name}:
+            diff += [(key, "added", row) for key, row in new.items() if key not in old]
         if diff:
             out[name] = diff
     return out
@@ -188,7 +198,7 @@ def build_state(server: MailgateServer, receiver: Receiver, relay_port: int) -> 
     converted = api.post(f"/api/v1/leads/{ids['bob']}/convert", json={})
     assert converted.status_code in (200, 201), converted.text
     assert api.delete(f"/api/v1/leads/{ids['carol']}").status_code == 204
-    for name in ("erin", "frank"):  # by hand: not in the CRM yet
+    for name in ("erin", "frank", "ken"):  # by hand: not in the CRM yet
         member = {"email": f"{name}@client.example", "first_name": "新", "last_name": name}
         assert api.post(f"/api/v1/lists/{list_id}/members", json=member).status_code == 201
     server.drain_consumers()
@@ -219,7 +229,18 @@ def build_state(server: MailgateServer, receiver: Receiver, relay_port: int) -> 
     unsubscribe(server, at["frank"])
     bounce(server, sent["gina@client.example"], hard=True)
     complain(server, at["dave"])
+    bounce(server, sent["ken@client.example"], hard=True)
     settle(server)
+    settle_everything(server, receiver)
+
+    # People undo what the consumers did: an admin lifts ken's suppression (he fixed his
+    # mailbox), and frank's lead (registered by his open) may be mailed again (he asked).
+    lifted = api.delete("/api/v1/suppressions/ken@client.example")
+    assert lifted.status_code == 204, lifted.text
+    [frank] = api.get("/api/v1/leads", params={"email": "frank@client.example"}).json()["items"]
+    assert frank["do_not_mail"] is True
+    cleared = api.patch(f"/api/v1/leads/{frank['id']}", json={"do_not_mail": False})
+    assert cleared.status_code == 200, cleared.text
     settle_everything(server, receiver)
     return {"org": org, "campaign_id": campaign_id, "list_id": list_id}
 
@@ -247,6 +268,7 @@ def test_replaying_every_consumer_from_offset_zero_changes_nothing(server, recei
             "frank": "unsubscribed",
             "gina": "bounced",
             "dave": "complained",
+            "ken": "bounced",
         }
         assert recipients["erin"]["registered_module"] == "leads"
         assert any(r["do_not_mail"] for r in before["leads"].values())
