@@ -45,7 +45,7 @@ from storage.schema_campaigns import (
 from storage.schema_sending import suppressions
 from storage.schema_syncs import sync_runs, sync_skips, syncs
 from storage.schema_webhooks import webhook_deliveries, webhooks
-from sync import CONSUMERS
+from sync import CONSUMERS, WebhookFanout
 from tests.support import smtp_sink
 from tests.support.campaign_sends import (
     bounce,
@@ -315,3 +315,59 @@ def test_replaying_every_consumer_from_offset_zero_changes_nothing(server, recei
     ]
     assert {f"msg_{r['event_id']}" for r in new_deliveries} == set(again)
     assert built["campaign_id"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open bug: the webhook fan-out decides by the endpoint's subscription as it is "
+    "now, so a replay queues old events for an endpoint that was disabled then, or has "
+    "subscribed to their type since (docs/webhooks.md: neither is delivered later)",
+)
+def test_replaying_the_fan_out_queues_nothing_for_endpoints_changed_since(server):
+    """An endpoint disabled for a while, and one that subscribed to a type later: the
+    events they did not get then must not be queued for them by a replay."""
+    receiver = Receiver()
+    try:
+        org = server.org(f"hooks-{secrets.token_hex(3)}")
+        admin = server.user(org, f"admin{secrets.token_hex(3)}@example.co.jp", admin=True)
+        api = server.api(admin)
+        hooks = {}
+        for path, types in (
+            ("/paused", ["record.created", "record.updated"]),
+            ("/narrow", ["record.created"]),
+        ):
+            made = api.post("/api/v1/webhooks", json={"url": receiver.url(path), "events": types})
+            assert made.status_code == 201, made.text
+            receiver.secrets[path] = made.json()["secret"]
+            hooks[path] = made.json()["id"]
+        body = {"last_name": "hana", "email": "hana@client.example"}
+        lead = api.post("/api/v1/leads", json=body).json()["id"]
+        server.drain_consumers()
+        assert api.patch(f"/api/v1/webhooks/{hooks['/paused']}", json={"state": "disabled"})
+        assert api.patch(f"/api/v1/leads/{lead}", json={"title": "課長"}).status_code == 200
+        server.drain_consumers()
+        for hook, change in (
+            (hooks["/paused"], {"state": "active"}),
+            (hooks["/narrow"], {"events": ["record.created", "record.updated"]}),
+        ):
+            assert api.patch(f"/api/v1/webhooks/{hook}", json=change).status_code == 200
+        server.drain_consumers()
+        before = table_rows(server, webhook_deliveries)
+
+        def rewind(conn) -> None:
+            conn.execute(
+                update(consumer_offsets)
+                .where(consumer_offsets.c.consumer == WebhookFanout.name)
+                .values(position=0)
+            )
+
+        server.call(server.db.run_write(rewind))
+        server.drain_consumers()
+        added = [
+            (r["webhook_id"], r["event_type"])
+            for k, r in table_rows(server, webhook_deliveries).items()
+            if k not in before
+        ]
+        assert added == []
+    finally:
+        receiver.close()
