@@ -4,8 +4,12 @@ A realistic state is built through the HTTP API of a running server, so that eve
 of ``sync.CONSUMERS`` has applied events: leads created, updated, converted and deleted; a
 CRM → Campaigns sync of the leads into a list; a webhook endpoint on a real receiver; a
 campaign sent through the relay to a real SMTP server, opened, clicked, unsubscribed from,
-hard-bounced and complained about.  Then every consumer's offset is set back to 0 and the
-consumers are drained again (and the webhook deliverer let run).
+hard-bounced and complained about.  Then people and the CRM move on, which is where a
+replay bites: an admin lifts a suppression, a person's ``do_not_mail`` is cleared, a
+registered lead is converted, a contact with a recipient's address is entered by hand.
+Then every consumer's offset is set back to 0 and the consumers are drained again (and the
+webhook deliverer let run).  Time is real (no moved clock): what was made later must be
+later than every event, as in production.
 
 What a replay may legitimately add, and nothing else:
 
