@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.events import EventType
 from storage.inserts import insert_ignore
+from storage.schema import events
 from storage.schema_sending import suppressions
 from storage.types import utcnow
 
@@ -58,6 +60,17 @@ def suppressed_among(conn: Connection, org_id: int, emails: Iterable[str]) -> di
         suppressions.c.org_id == org_id, suppressions.c.email_norm.in_(wanted)
     )
     return dict(conn.execute(q).all())
+
+
+def lifted_after(conn: Connection, org_id: int, email_norm: str, event_id: int) -> bool:
+    """Whether someone lifted the address's suppression after event ``event_id``: a bounce
+    read again (a consumer replayed from offset 0) must not undo that decision."""
+    q = select(events.c.data).where(
+        events.c.org_id == org_id,
+        events.c.type == EventType.SUPPRESSION_LIFTED.value,
+        events.c.id > event_id,
+    )
+    return any((data or {}).get("email") == email_norm for data in conn.execute(q).scalars())
 
 
 async def list_page(

@@ -126,10 +126,12 @@ class CampaignsToCrm(Consumer):
         recipient, campaign = found
         now = self.clock.now()
         new: list[NewEvent] = []
+        before = dict(recipient)
         status = self._move_recipient(conn, recipient, activity, event.at)
+        news = recipient != before  # False: the event was applied already (a replay)
         self._register(conn, recipient, campaign, activity, now, new)
         changes = _Changes()
-        targets = self._records_of(conn, recipient)
+        targets = self._records_of(conn, recipient, others=news)
         settings = store.status_field(conn, event.org_id) if targets else {}
         stopped = recipient["unsubscribed_at"] is not None or recipient["complained_at"] is not None
         for module, rid, record in targets:
@@ -137,11 +139,12 @@ class CampaignsToCrm(Consumer):
             chosen = settings.get(module)
             if moved != _History.KEPT and chosen and record.get(chosen) != status.value:
                 changes.add(module, rid, chosen, status.value)
-            # The unsubscribe itself, or a record that joins this campaign's picture only now
-            # (registered by an open applied after the unsubscribe, or linked later).
-            if (activity in DO_NOT_MAIL or (moved == _History.ADDED and stopped)) and not record[
-                "do_not_mail"
-            ]:
+            # The unsubscribe itself (as it moves the record's history: read again, it must
+            # not undo a person clearing do_not_mail since), or a record that joins this
+            # campaign's picture only now (registered by an open applied after the
+            # unsubscribe, or linked later).
+            says_stop = activity in DO_NOT_MAIL and moved != _History.KEPT
+            if (says_stop or (moved == _History.ADDED and stopped)) and not record["do_not_mail"]:
                 changes.add(module, rid, "do_not_mail", True)
         self._write_changes(conn, event.org_id, changes, now, new)
         member = member_status_for(activity, data.get("type"))
@@ -271,16 +274,24 @@ class CampaignsToCrm(Consumer):
     # -- the CRM side --------------------------------------------------------------------
 
     def _records_of(
-        self, conn: Connection, recipient: dict[str, Any]
+        self, conn: Connection, recipient: dict[str, Any], *, others: bool
     ) -> list[tuple[str, int, dict[str, Any]]]:
-        """The recipient's record and every lead/contact with its address: (module, id, row)."""
+        """The recipient's record and every lead/contact with its address: (module, id, row).
+
+        With ``others`` False (an event that moved nothing on the recipient: one applied
+        already, read again by a replay from offset 0) only the recipient's own record: a
+        record with the address made since (a converted lead's contact, a duplicate entered
+        by hand) joins on the recipient's next news, not on a replay, which must change
+        nothing. (Records that joined earlier already hold the recipient's status.)
+        """
         org_id = recipient["org_id"]
         keys: list[tuple[str, int]] = []
         if recipient["module"] in store.PEOPLE and recipient["record_id"] is not None:
             keys.append((recipient["module"], recipient["record_id"]))
-        for key in store.people_with_address(conn, org_id, recipient["email_norm"]):
-            if key not in keys:
-                keys.append(key)
+        if others:
+            for key in store.people_with_address(conn, org_id, recipient["email_norm"]):
+                if key not in keys:
+                    keys.append(key)
         out = []
         for module, rid in keys:
             row = store.person(conn, org_id, module, rid)

@@ -14,7 +14,8 @@ Mailman's BounceRunner leaves disabling a member to a separate step:
 
 The decision (:func:`decide`) is pure; the consumer only gathers its inputs
 (the soft-bounce count) and writes its answer.  An address already suppressed
-stays suppressed under its first reason.
+stays suppressed under its first reason, and one an admin lifted after the
+bounce stays lifted when the bounce is read again (a replay from offset 0).
 """
 
 from __future__ import annotations
@@ -124,7 +125,9 @@ class SuppressionConsumer(Consumer):
                 conn, bounce.org_id, bounce.email, bounce.at - self.rule.window, bounce.at
             )
         decision = decide(bounce, soft, self.rule)
-        if decision is not None:
+        if decision is not None and not suppressions.lifted_after(
+            conn, bounce.org_id, bounce.email, event.id
+        ):
             suppressions.suppress(
                 conn,
                 bounce.org_id,

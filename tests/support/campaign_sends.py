@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 import smtplib
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +32,7 @@ from storage.events import EventType
 from storage.schema import consumer_offsets, inbound
 from storage.schema_campaigns import campaign_recipients, campaigns
 from storage.schema_sending import sends
+from tests.support import smtp_sink
 from tests.support.campaigns import add_member, make_list
 from tests.support.sends import events_of, flush, make_send, rows
 from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
@@ -302,3 +305,64 @@ def replay(server: MailgateServer, consumer: str = "campaigns_to_crm") -> int:
 
     server.call(server.db.run_write(reset))
     return server.drain_consumers()
+
+
+# -- a server whose campaigns go through the relay and whose links point at itself --------
+
+
+@dataclass
+class LaterClock:
+    """The system clock moved on by ``ahead`` (0 until a test moves it): readers come back
+    to their mail later, so a click is not judged ``too_fast`` seconds after delivery."""
+
+    ahead: timedelta = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+
+def relayed_server(database_url: str, data_dir: Path, relay_port: int) -> MailgateServer:
+    """A started server relaying to ``127.0.0.1:relay_port``, its HTTP port chosen up front so
+    that the tracked links and unsubscribe URLs it composes point at itself."""
+    http_port = smtp_sink.free_port()
+    srv = MailgateServer(
+        database_url,
+        data_dir,
+        relay_url=f"smtp://127.0.0.1:{relay_port}",
+        relay_retry_base=0.2,
+        relay_retry_cap=0.5,
+        relay_poll_interval=0.1,
+        relay_timeout=5,
+    )
+    srv.settings.http_listen = f"127.0.0.1:{http_port}"
+    srv.settings.public_url = f"http://127.0.0.1:{http_port}"
+    return srv.start()
+
+
+def send_through_api(server: MailgateServer, api: httpx.Client, campaign_id: int) -> None:
+    """``POST …/send``, then wait for the runner to compose every recipient and the relay
+    loop to settle every send (the caller runs the SMTP server)."""
+    sent = api.post(f"/api/v1/campaigns/{campaign_id}/send")
+    assert sent.status_code == 202, sent.text
+    server.running.services.wake("campaigns")
+    wait_until(
+        lambda: api.get(f"/api/v1/campaigns/{campaign_id}").json()["status"] == "sent",
+        timeout=30,
+    )
+    wait_delivered(server, campaign_id)
+
+
+def composed_sends(server: MailgateServer, campaign_id: int) -> dict[str, dict[str, Any]]:
+    """The runner's sends of a campaign by address, each with what :func:`open_mail` and
+    :func:`click` need: ``html`` (its open pixel) and ``honeypot`` (the hidden link's index)."""
+    signer = server.running.services.tracking.signer
+    trap = server.settings.public_url.rstrip("/") + "/"
+    out = {}
+    for row in rows(server, select(sends).where(sends.c.campaign_id == campaign_id)):
+        links = row["links"] or []
+        out[row["to_email"]] = {
+            **row,
+            "html": f"/t/o/{signer.open_token(row['id'])}",
+            "honeypot": len(links) - 1 if links and links[-1] == trap else None,
+        }
+    return out

@@ -25,6 +25,8 @@ class Script:
     rcpt: dict[str, str] = field(default_factory=dict)  # address (lower case) → reply
     data: str | None = None
     received: list[str] = field(default_factory=list)  # recipients of accepted messages
+    #: Each accepted message as delivered: (its recipients, the raw bytes after DATA).
+    messages: list[tuple[list[str], bytes]] = field(default_factory=list)
 
 
 class _Handler:
@@ -48,6 +50,7 @@ class _Handler:
         if self.script.data:
             return self.script.data.format(rcpt=",".join(envelope.rcpt_tos))
         self.script.received.extend(envelope.rcpt_tos)
+        self.script.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
         return "250 2.0.0 Ok: queued"
 
 
