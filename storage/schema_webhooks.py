@@ -7,9 +7,14 @@ order, one at a time, retrying with backoff until a 2xx.  The delivery rows
 are also the endpoint's delivery log.
 
 ``after_event_id`` is the log's last id when the endpoint was made: only later
-events are queued for it.  ``previous_secret`` still signs (beside the new
-one) until ``previous_secret_until`` after a rotation, so receivers can switch
-without dropping deliveries.
+events are queued for it.  ``since`` (``{type: event id}``) moves that start
+for one type: a type subscribed to later, or every type when the endpoint is
+enabled again, starts at the log's last id of that moment.  The fan-out so
+decides from what the endpoint is *now* and still queues exactly what it
+queued then, which is what makes a replay from offset zero queue nothing new.
+``previous_secret`` still signs (beside the new one) until
+``previous_secret_until`` after a rotation, so receivers can switch without
+dropping deliveries.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ webhooks = Table(
     Column("claimed_until", UTCDateTime()),  # one deliverer per endpoint at a time
     Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
     Column("after_event_id", ID, nullable=False, default=0, server_default=text("0")),
+    Column("since", JSONType, nullable=False, default=dict, server_default=text("'{}'")),
     Column("previous_secret", String(100)),
     Column("previous_secret_until", UTCDateTime()),
 )

@@ -102,10 +102,29 @@ def list_page(conn: Connection, org_id: int, *, after: int, limit: int) -> list[
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def change(conn: Connection, org_id: int, webhook_id: int, values: dict[str, Any]) -> bool:
-    """Set ``url`` / ``events``; False when the org has no such endpoint."""
+def change(
+    conn: Connection, org_id: int, webhook_id: int, values: dict[str, Any], now: datetime
+) -> bool:
+    """Set ``url`` / ``events``; False when the org has no such endpoint.
+
+    A type newly subscribed to starts at the log's last id (``since``): the
+    events of that type from before are not queued, now nor on a replay.
+    """
     if not values:
         return get(conn, org_id, webhook_id) is not None
+    if "events" in values:
+        found = conn.execute(
+            select(webhooks.c.events, webhooks.c.since).where(
+                webhooks.c.org_id == org_id, webhooks.c.id == webhook_id
+            )
+        ).first()
+        if found is None:
+            return False
+        added = set(values["events"]) - set(found.events or ())
+        if added:
+            consumers.hold(conn, FANOUT, now)  # no fan-out round straddles the change
+            last = events.last_id(conn)
+            values = {**values, "since": {**(found.since or {}), **dict.fromkeys(added, last)}}
     res = conn.execute(
         update(webhooks)
         .where(webhooks.c.org_id == org_id, webhooks.c.id == webhook_id)
@@ -122,12 +141,23 @@ def enable(conn: Connection, org_id: int, webhook_id: int, now: datetime) -> boo
     An endpoint already active is left as it is (a turn may hold it).
     """
     consumers.hold(conn, FANOUT, now)  # no fan-out round straddles the switch
+    last = events.last_id(conn)
+    types = conn.execute(
+        select(webhooks.c.events).where(webhooks.c.org_id == org_id, webhooks.c.id == webhook_id)
+    ).scalar()
     res = conn.execute(
         update(webhooks)
         .where(
             webhooks.c.org_id == org_id, webhooks.c.id == webhook_id, webhooks.c.state != "active"
         )
-        .values(state="active", disabled_at=None, failing_since=None, claimed_until=None)
+        .values(
+            state="active",
+            disabled_at=None,
+            failing_since=None,
+            claimed_until=None,
+            # What happened while it was disabled is not queued, now nor on a replay.
+            since=dict.fromkeys(types or (), last),
+        )
     )
     if res.rowcount != 1:
         return get(conn, org_id, webhook_id) is not None
@@ -201,12 +231,16 @@ def delivery_page(
 # -- fan-out (the consumer) -----------------------------------------------------
 
 
-def active_endpoints(conn: Connection, org_id: int) -> list[tuple[int, frozenset[str], int]]:
-    """(id, subscribed types, after_event_id) of the org's active endpoints."""
-    q = select(webhooks.c.id, webhooks.c.events, webhooks.c.after_event_id).where(
+def active_endpoints(conn: Connection, org_id: int) -> list[tuple[int, dict[str, int]]]:
+    """(id, {subscribed type: the event id its subscription starts after}) of the org's
+    active endpoints."""
+    q = select(webhooks.c.id, webhooks.c.events, webhooks.c.after_event_id, webhooks.c.since).where(
         webhooks.c.org_id == org_id, webhooks.c.state == "active"
     )
-    return [(r.id, frozenset(r.events or ()), r.after_event_id) for r in conn.execute(q)]
+    return [
+        (r.id, {t: max(r.after_event_id, (r.since or {}).get(t, 0)) for t in r.events or ()})
+        for r in conn.execute(q)
+    ]
 
 
 def queue(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:

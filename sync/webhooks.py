@@ -1,16 +1,19 @@
 """Webhook fan-out: queues one delivery per subscribed endpoint for every event.
 
 The consumer reads every type; for each event it finds the org's *active*
-endpoints subscribed to that type and made before it (``after_event_id`` <
-event id), and queues a ``webhook_deliveries`` row for each, insert-or-ignore
-on (webhook, event).  It commits with its offset (:mod:`sync.consumer`), so
-each delivery is queued exactly once, however many copies run.  Sending is the
+endpoints subscribed to that type since before it (``after_event_id`` and
+``since``: see :mod:`storage.schema_webhooks`), and queues a
+``webhook_deliveries`` row for each, insert-or-ignore on (webhook, event).
+It commits with its offset (:mod:`sync.consumer`), so each delivery is
+queued exactly once, however many copies run.  Sending is the
 ``webhook_delivery`` runner's job (:mod:`sync.webhook_delivery`).
 
 A disabled endpoint is not queued for: events that happen while it is
 disabled are not delivered to it later (the log still has them:
-``GET /api/v1/events?after=``).  Its deliveries queued before it was disabled
-are kept and go out in order when it is enabled again.
+``GET /api/v1/events?after=``), and enabling it starts its subscription
+afresh, so a replay of the log does not queue them either.  Its deliveries
+queued before it was disabled are kept and go out in order when it is
+enabled again.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from storage.events import Event, EventType
 from sync.consumer import Consumer
 
 
-def wanted(event: Event, endpoints: list[tuple[int, frozenset[str], int]]) -> list[int]:
-    """The endpoints (ids) that get ``event``: subscribed to its type, made before it."""
+def wanted(event: Event, endpoints: list[tuple[int, dict[str, int]]]) -> list[int]:
+    """The endpoints (ids) that get ``event``: subscribed to its type since before it."""
     return [
         webhook_id
-        for webhook_id, types, after in endpoints
-        if event.type in types and event.id > after
+        for webhook_id, since in endpoints
+        if event.type in since and event.id > since[event.type]
     ]
 
 
@@ -41,7 +44,7 @@ class WebhookFanout(Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._endpoints: dict[int, list[tuple[int, frozenset[str], int]]] = {}
+        self._endpoints: dict[int, list[tuple[int, dict[str, int]]]] = {}
 
     def _round(self, conn: Connection) -> int:
         # Endpoints are read once per org per round (the round's transaction holds the

@@ -321,12 +321,6 @@ def test_replaying_every_consumer_from_offset_zero_changes_nothing(server, recei
     assert built["campaign_id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: the webhook fan-out decides by the endpoint's subscription as it is "
-    "now, so a replay queues old events for an endpoint that was disabled then, or has "
-    "subscribed to their type since (docs/webhooks.md: neither is delivered later)",
-)
 def test_replaying_the_fan_out_queues_nothing_for_endpoints_changed_since(server):
     """An endpoint disabled for a while, and one that subscribed to a type later: the
     events they did not get then must not be queued for them by a replay."""

@@ -218,7 +218,7 @@ class WebhooksApi(Resource):
         org_id = user["org_id"]
 
         def write(conn) -> bool:
-            if not store.change(conn, org_id, webhook_id, values):
+            if not store.change(conn, org_id, webhook_id, values, now):
                 return False
             if state == "active":
                 return store.enable(conn, org_id, webhook_id, now)

@@ -99,6 +99,12 @@ def upgrade() -> None:
             server_default=sa.text("0"),
             nullable=False,
         ),
+        sa.Column(
+            "since",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            server_default=sa.text("'{}'"),
+            nullable=False,
+        ),
         sa.Column("previous_secret", sa.String(length=100), nullable=True),
         sa.Column("previous_secret_until", storage.types.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
