@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import bindparam, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from gateway.records.csv_import import import_file  # noqa: E402
@@ -267,8 +267,9 @@ def _bare_batch(conn: Any, after: int, last: int, list_id: int) -> list[tuple[in
     leads = conn.execute(
         text(
             "SELECT id, org_id, email, email_norm, first_name, last_name, company FROM leads"
-            f" WHERE id IN ({', '.join(str(int(i)) for i in ids)})"
-        )
+            " WHERE id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True)),
+        {"ids": ids},
     ).all()
     now = rows[-1].at
     conn.execute(
