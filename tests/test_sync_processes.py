@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LEADS = 10_000
 FILES = 20
 #: The whole test, set-up included, must finish within this (the issue asks < 90 s).
-BUDGET = 85.0
+BUDGET = float(os.environ.get("SYNC_PROCESSES_BUDGET", "85"))
 
 #: Runs ``mailgate serve`` unchanged; only records, per process, what each committed round
 #: covered and which deliveries it recorded (a round whose transaction failed is not written).
