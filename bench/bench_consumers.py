@@ -314,6 +314,11 @@ def _bare_batch(conn: Any, after: int, last: int, list_id: int) -> list[tuple[in
     ]
 
 
+def _members_of(conn: Any, list_id: int) -> int:
+    q = text("SELECT count(*) FROM list_members WHERE list_id = :l")
+    return conn.execute(q, {"l": list_id}).scalar_one()
+
+
 async def bare(db: Database, receiver_url: str, n: int, first: int, last: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     posted = 0
@@ -334,8 +339,9 @@ async def bare(db: Database, receiver_url: str, n: int, first: int, last: int) -
                 posted += 1
             after = batch[-1][0]
     elapsed = time.perf_counter() - t0
-    if posted != n:
-        raise RuntimeError(f"bare posted {posted} of {n}")
+    inserted = await db.run_read(_members_of, IDS["bare"])
+    if posted != n or inserted != n:
+        raise RuntimeError(f"bare posted {posted} and inserted {inserted} of {n}")
     return {"rate": n / elapsed}
 
 
