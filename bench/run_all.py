@@ -21,6 +21,8 @@ RUNS = [
     ["bench_bounces.py", "3"],
     ["bench_imap.py"],
     ["bench_imap_filing.py"],
+    ["bench_consumers.py", "10000"],
+    ["bench_campaign.py", "10000", "4"],
 ]
 
 
