@@ -78,11 +78,11 @@ WRAPPER = r"""
 import sys
 
 from storage import consumers
+from storage import webhooks
 from sync.consumer import Consumer
-from sync.webhook_delivery import WebhookDelivery
 
 out = open(sys.argv[1], "a", buffering=1)
-advance, run_once, attempt = consumers.advance, Consumer.run_once, WebhookDelivery._attempt
+advance, run_once, record_delivered = consumers.advance, Consumer.run_once, webhooks.record_delivered
 moved = {}  # consumer name -> (from, to) of its round in progress
 
 
@@ -104,16 +104,17 @@ async def _run_once(self):
     return n
 
 
-async def _attempt(self, client, endpoint, delivery, event):
-    ok = await attempt(self, client, endpoint, delivery, event)
-    if ok:
-        out.write(f"delivered {event.id}\n")
-    return ok
+def _record_delivered(conn, **kw):
+    written = record_delivered(conn, **kw)
+    if written:  # a group of 2xx written under the claim (its transaction may still fail)
+        for d in kw["group"]:
+            out.write(f"delivered {d.delivery['event_id']}\n")
+    return written
 
 
 consumers.advance = _advance
 Consumer.run_once = _run_once
-WebhookDelivery._attempt = _attempt
+webhooks.record_delivered = _record_delivered
 sys.argv = ["mailgate", "serve", "--only", "sync"]
 from gateway.cli.main import main
 

@@ -492,11 +492,13 @@ def test_a_dead_deliverers_claim_runs_out_and_its_late_outcome_is_not_written(
         server.db.run_write(
             partial(
                 store.record_delivered,
-                delivery={**delivery, "state": "pending"},
+                webhook_id=hook["id"],
                 held=dead["claimed_until"],
-                at=clock.now(),
-                status=200,
-                entry={"late": True},
+                group=[
+                    store.Delivered(
+                        {**delivery, "state": "pending"}, clock.now(), 200, {"late": True}
+                    )
+                ],
                 renew_to=clock.now() + lease,
             )
         )
