@@ -7,8 +7,9 @@ each event is queued once per endpoint however often a round is retried.
 Delivering: an endpoint is claimed whole under a lease (``claimed_until``;
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, SQLite's single writer otherwise),
 so only one deliverer posts to it at a time and its events go out in order.
-Only its *head* (oldest pending delivery) is ever attempted, and only once
-its ``next_attempt_at`` has come: a failing head holds the endpoint back.
+Deliveries go in id order, each only once its ``next_attempt_at`` has come:
+a failing head holds the endpoint back.  The deliverer reads them in batches
+(:func:`due_batch`) and writes 2xx in groups (:func:`record_delivered`).
 Each outcome is written only while the writer still holds the claim
 (``claimed_until`` is the value it set), so a deliverer whose lease ran out
 cannot overwrite the work of the one that took over.

@@ -14,18 +14,24 @@ The model, per endpoint:
 - one deliverer at a time: an endpoint is claimed whole under a lease
   (:func:`storage.webhooks.claim_due`), so two ``serve --only sync``
   processes never post to one endpoint at once and its order holds;
-- strictly in event order, one in flight: only the oldest pending delivery
-  (the head) is attempted; a 2xx marks it ``delivered`` and the next goes at
-  once; anything else (non-2xx, timeout, connection error, a target that
-  resolves to a refused address) counts an attempt, schedules the head again
-  after ``base * 2**(attempts-1)`` seconds (capped), sets the endpoint's
-  ``failing_since`` and ends its turn: the endpoint waits;
+- strictly in event order, one in flight: a turn reads the next due
+  deliveries in batches of ``BATCH`` with their events (one query each) and
+  posts them one after another; a 2xx joins a group that is written (marked
+  ``delivered``, the claim renewed) every ``GROUP`` deliveries or
+  ``GROUP_WAIT`` seconds, and the next goes at once; anything else (non-2xx,
+  timeout, connection error, a target that resolves to a refused address)
+  counts an attempt, schedules that delivery again after
+  ``base * 2**(attempts-1)`` seconds (capped), sets the endpoint's
+  ``failing_since`` and ends its turn (the group before it written in the
+  same transaction): the endpoint waits;
 - an endpoint whose failures have lasted ``disable_after`` is disabled, with
   one ``webhook.disabled`` event; its pending deliveries are kept.
 
-Endpoints are served concurrently (``concurrency`` claimed per round).  At
-least once: a crash between a receiver's 2xx and our commit repeats the
-delivery with the same ``webhook-id``.  The target is resolved and checked
+Endpoints are served concurrently (``concurrency`` claimed per round), each
+with its own client kept across turns (keep-alive).  At least once: a crash
+between a receiver's 2xx and the commit of its group repeats that group's
+deliveries (at most ``GROUP``) with the same ``webhook-id``; a failure, the
+end of a turn and a stop write the group first.  The target is resolved and checked
 (:mod:`gateway.targets`) before every attempt and the connection goes to the
 address checked, so DNS rebinding cannot aim a delivery at a private address.
 Redirects are not followed (a 3xx is a failure), and no proxy from the

@@ -105,7 +105,7 @@ def api_events(api, types: set[str]) -> list[dict]:
 
 
 def deliveries(api, webhook_id: int) -> list[dict]:
-    r = api.get(f"/api/v1/webhooks/{webhook_id}/deliveries")
+    r = api.get(f"/api/v1/webhooks/{webhook_id}/deliveries", params={"limit": 1000})
     assert r.status_code == 200, r.text
     return r.json()["items"]
 
@@ -543,3 +543,44 @@ def test_a_runner_stopped_mid_delivery_hands_back_and_the_event_is_sent_again(
     assert len({h.webhook_id for h in hits}) == 1 and all(h.verified for h in hits)
     (d,) = deliveries(api, hook["id"])
     assert d["state"] == "delivered" and d["attempts"] == 1
+
+
+def test_a_failure_after_some_2xx_records_them_with_it_and_the_rest_waits(server, receiver, clock):
+    """The 2xx posted before a failure in one turn are recorded with it, nothing lost."""
+    _, api = admin_api(server)
+    path = f"/mid/{uuid.uuid4().hex}"
+    receiver.script[path] = [200, 204, 503]
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    for n in range(4):
+        new_lead(api, n)
+    assert deliver(server) == 3  # two 2xx, then the failure ends the turn
+    items = deliveries(api, hook["id"])
+    assert [(d["state"], d["attempts"], d["last_status"]) for d in items] == [
+        ("delivered", 1, 200),
+        ("delivered", 1, 204),
+        ("pending", 1, 503),
+        ("pending", 0, None),
+    ]
+    assert [d["log"][0]["outcome"] for d in items[:3]] == ["delivered", "delivered", "rejected"]
+    clock.advance(timedelta(seconds=BASE))
+    assert deliver(server) == 2
+    expected = api_events(api, {"record.created"})[-4:]
+    assert [h.event for h in receiver.delivered(path)] == expected
+
+
+def test_more_deliveries_than_a_batch_and_a_group_go_out_once_each_in_order(
+    server, receiver, clock
+):
+    """Past one read batch and one written group (50 each), order and counts hold."""
+    _, api = admin_api(server)
+    path = f"/many/{uuid.uuid4().hex}"
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    for n in range(120):
+        new_lead(api, n)
+    assert deliver(server) == 120
+    items = deliveries(api, hook["id"])
+    assert len(items) == 120
+    assert all(d["state"] == "delivered" and d["attempts"] == 1 for d in items)
+    hits = receiver.delivered(path)
+    assert [h.event["id"] for h in hits] == [d["event_id"] for d in items]
+    assert len({h.webhook_id for h in hits}) == 120 and all(h.verified for h in hits)
