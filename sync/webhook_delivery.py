@@ -388,6 +388,7 @@ class WebhookDelivery(LoopRunner):
                 )
                 self._held.pop(webhook_id, None)
             self._groups.pop(webhook_id, None)
+            self._group_started.pop(webhook_id, None)
         return attempts
 
     async def _attempt(

@@ -22,6 +22,7 @@ from gateway.clock import FixedClock
 from storage import webhooks as store
 from storage.schema import consumer_offsets
 from storage.schema_webhooks import webhook_deliveries, webhooks
+from sync import webhook_delivery as delivery_module
 from sync.webhook_delivery import RetryPolicy, WebhookDelivery
 from sync.webhooks import WebhookFanout
 from tests.support.server import MailgateServer, wait_until
@@ -584,3 +585,43 @@ def test_more_deliveries_than_a_batch_and_a_group_go_out_once_each_in_order(
     hits = receiver.delivered(path)
     assert [h.event["id"] for h in hits] == [d["event_id"] for d in items]
     assert len({h.webhook_id for h in hits}) == 120 and all(h.verified for h in hits)
+
+
+def test_a_stop_writes_the_2xx_posted_so_far_and_only_the_cut_one_is_sent_again(
+    server, receiver, clock, monkeypatch
+):
+    """The group of 2xx not yet written when a stop comes is written before the hand-back."""
+    monkeypatch.setattr(delivery_module, "GROUP_WAIT", 60.0)  # only the stop writes the group
+    _, api = admin_api(server)
+    path = f"/group/{uuid.uuid4().hex}"
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    for n in range(3):
+        new_lead(api, n)
+    server.drain_consumers()
+    receiver.delays[path] = 0.4
+
+    async def start_then_stop() -> None:
+        runner = WebhookDelivery(server.db, clock=clock, allow_private=True, poll_interval=0.05)
+        await runner.start()
+        for _ in range(500):
+            if len(receiver.at(path)) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the third POST is in flight
+        await runner.stop(deadline=0.05)
+
+    try:
+        server.call(start_then_stop())
+    finally:
+        receiver.delays.clear()
+    items = deliveries(api, hook["id"])
+    assert [(d["state"], d["attempts"]) for d in items] == [
+        ("delivered", 1),
+        ("delivered", 1),
+        ("pending", 0),
+    ]
+    assert server.drain("webhook_delivery") == 1  # handed back: no lease to wait out
+    hits = wait_until(lambda: len(receiver.at(path)) == 4 and receiver.at(path))
+    sent = [h.webhook_id for h in hits]
+    assert len(set(sent[:3])) == 3 and sent[3] == sent[2]  # only the cut one again
+    assert deliveries(api, hook["id"])[2]["state"] == "delivered"
