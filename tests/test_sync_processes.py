@@ -29,8 +29,8 @@ than demands.
 
 Time: the consumers are at the end of the log 2-5 s after the import; the
 10,000 in-order deliveries to one endpoint (batched reads, grouped writes) take
-27-28 s on a quiet machine and up to ~60 s with another test suite on the same
-2 cores, so the whole test takes 34-36 s quiet, 76 s loaded (bench/README.md,
+26-28 s on a quiet machine and up to ~60 s with another test suite on the same
+2 cores, so the whole test takes 32-36 s quiet, 76 s loaded (bench/README.md,
 issue #11).  The two budgets below add up to the 90 s the issue allows.
 
 PostgreSQL only: SQLite has one writer and one process per database file is
@@ -70,7 +70,7 @@ FILES = 20
 #: every member written and every delivery queued (7-19 s measured).
 BUDGET = float(os.environ.get("SYNC_PROCESSES_BUDGET", "30"))
 #: Further seconds for the webhook deliverer to post all 10,000, in order, one in flight
-#: (27-28 s measured quiet, 59 s with another suite on the cores).  With BUDGET: < 90 s.
+#: (26-28 s measured quiet, 59 s with another suite on the cores).  With BUDGET: < 90 s.
 DELIVERY_BUDGET = float(os.environ.get("SYNC_PROCESSES_DELIVERY_BUDGET", "60"))
 
 #: Runs ``mailgate serve`` unchanged; only records, per process, what each committed round
