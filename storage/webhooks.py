@@ -7,8 +7,9 @@ each event is queued once per endpoint however often a round is retried.
 Delivering: an endpoint is claimed whole under a lease (``claimed_until``;
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, SQLite's single writer otherwise),
 so only one deliverer posts to it at a time and its events go out in order.
-Only its *head* (oldest pending delivery) is ever attempted, and only once
-its ``next_attempt_at`` has come: a failing head holds the endpoint back.
+Deliveries go in id order, each only once its ``next_attempt_at`` has come:
+a failing head holds the endpoint back.  The deliverer reads them in batches
+(:func:`due_batch`) and writes 2xx in groups (:func:`record_delivered`).
 Each outcome is written only while the writer still holds the claim
 (``claimed_until`` is the value it set), so a deliverer whose lease ran out
 cannot overwrite the work of the one that took over.
@@ -22,10 +23,22 @@ event after ``after_event_id`` can slip past it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from storage import consumers, events
 from storage.events import Event
@@ -328,19 +341,34 @@ def _held(webhook_id: int, claimed_until: datetime):
     return and_(webhooks.c.id == webhook_id, webhooks.c.claimed_until == claimed_until)
 
 
-def head(conn: Connection, webhook_id: int, now: datetime) -> tuple[dict[str, Any], Event] | None:
-    """The endpoint's oldest pending delivery and its event, if it is due; else None."""
+def due_batch(
+    conn: Connection, webhook_id: int, now: datetime, *, after: int, limit: int
+) -> list[tuple[dict[str, Any], Event]]:
+    """The endpoint's next pending deliveries after id ``after``, with their events, in order.
+
+    One query for up to ``limit`` of them; the batch stops before the first
+    one not yet due (a waiting delivery holds back those after it).  With
+    ``after`` the last id this turn posted, the first row is the head.
+    """
     q = (
         select(deliveries, events_table.c.type.label("ev_type"), events_table.c.at.label("ev_at"))
         .add_columns(events_table.c.org_id.label("ev_org"), events_table.c.data.label("ev_data"))
         .join(events_table, events_table.c.id == deliveries.c.event_id)
-        .where(deliveries.c.id == _head_id(webhook_id))
+        .where(
+            deliveries.c.webhook_id == webhook_id,
+            deliveries.c.state == "pending",
+            deliveries.c.id > after,
+        )
+        .order_by(deliveries.c.id)
+        .limit(limit)
     )
-    row = conn.execute(q).mappings().first()
-    if row is None or row["next_attempt_at"] > now:
-        return None
-    event = Event(row["event_id"], row["ev_type"], row["ev_at"], row["ev_org"], row["ev_data"])
-    return dict(row), event
+    found: list[tuple[dict[str, Any], Event]] = []
+    for row in conn.execute(q).mappings():
+        if row["next_attempt_at"] > now:
+            break
+        event = Event(row["event_id"], row["ev_type"], row["ev_at"], row["ev_org"], row["ev_data"])
+        found.append((dict(row), event))
+    return found
 
 
 def _count_attempt(
@@ -365,30 +393,65 @@ def _count_attempt(
     )
 
 
+#: Marks one pending delivery delivered (run once per row of a group: one executemany).
+_MARK_DELIVERED = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("d_id"), deliveries.c.state == "pending")
+    .values(
+        state="delivered",
+        attempts=deliveries.c.attempts + 1,
+        last_status=bindparam("d_status"),
+        last_attempt_at=bindparam("d_at"),
+        delivered_at=bindparam("d_at"),
+        last_error=None,
+        log=bindparam("d_log", type_=deliveries.c.log.type),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A 2xx not yet written: which delivery, when it was answered, and its log entry."""
+
+    delivery: dict[str, Any]
+    at: datetime
+    status: int
+    entry: dict[str, Any]
+
+
 def record_delivered(
     conn: Connection,
     *,
-    delivery: dict[str, Any],
+    webhook_id: int,
     held: datetime,
-    at: datetime,
-    status: int,
-    entry: dict[str, Any],
+    group: Sequence[Delivered],
     renew_to: datetime,
 ) -> bool:
-    """A 2xx: the delivery is done, the endpoint no longer failing, its claim renewed.
+    """A group of 2xx: each delivery done, the endpoint no longer failing, its claim renewed.
 
-    False (nothing written) when the claim is no longer held.
+    Two statements for the whole group (the claim check with its renewal, and
+    one executemany).  False (nothing written) when the claim is no longer held.
     """
     res = conn.execute(
         update(webhooks)
-        .where(_held(delivery["webhook_id"], held))
+        .where(_held(webhook_id, held))
         .values(failing_since=None, last_error=None, claimed_until=renew_to)
     )
     if res.rowcount != 1:
         return False
-    _count_attempt(
-        conn, delivery, at, status, entry, state="delivered", last_error=None, delivered_at=at
-    )
+    if group:
+        conn.execute(
+            _MARK_DELIVERED,
+            [
+                {
+                    "d_id": d.delivery["id"],
+                    "d_status": d.status,
+                    "d_at": d.at,
+                    "d_log": [*(d.delivery["log"] or []), d.entry][-LOG_LIMIT:],
+                }
+                for d in group
+            ],
+        )
     return True
 
 

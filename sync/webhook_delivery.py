@@ -14,18 +14,24 @@ The model, per endpoint:
 - one deliverer at a time: an endpoint is claimed whole under a lease
   (:func:`storage.webhooks.claim_due`), so two ``serve --only sync``
   processes never post to one endpoint at once and its order holds;
-- strictly in event order, one in flight: only the oldest pending delivery
-  (the head) is attempted; a 2xx marks it ``delivered`` and the next goes at
-  once; anything else (non-2xx, timeout, connection error, a target that
-  resolves to a refused address) counts an attempt, schedules the head again
-  after ``base * 2**(attempts-1)`` seconds (capped), sets the endpoint's
-  ``failing_since`` and ends its turn: the endpoint waits;
+- strictly in event order, one in flight: a turn reads the next due
+  deliveries in batches of ``BATCH`` with their events (one query each) and
+  posts them one after another; a 2xx joins a group that is written (marked
+  ``delivered``, the claim renewed) every ``GROUP`` deliveries or
+  ``GROUP_WAIT`` seconds, and the next goes at once; anything else (non-2xx,
+  timeout, connection error, a target that resolves to a refused address)
+  counts an attempt, schedules that delivery again after
+  ``base * 2**(attempts-1)`` seconds (capped), sets the endpoint's
+  ``failing_since`` and ends its turn (the group before it written in the
+  same transaction): the endpoint waits;
 - an endpoint whose failures have lasted ``disable_after`` is disabled, with
   one ``webhook.disabled`` event; its pending deliveries are kept.
 
-Endpoints are served concurrently (``concurrency`` claimed per round).  At
-least once: a crash between a receiver's 2xx and our commit repeats the
-delivery with the same ``webhook-id``.  The target is resolved and checked
+Endpoints are served concurrently (``concurrency`` claimed per round), each
+with its own client kept across turns (keep-alive).  At least once: a crash
+between a receiver's 2xx and the commit of its group repeats that group's
+deliveries (at most ``GROUP``) with the same ``webhook-id``; a failure, the
+end of a turn and a stop write the group first.  The target is resolved and checked
 (:mod:`gateway.targets`) before every attempt and the connection goes to the
 address checked, so DNS rebinding cannot aim a delivery at a private address.
 Redirects are not followed (a 3xx is a failure), and no proxy from the
@@ -66,7 +72,16 @@ log = logging.getLogger("mailgate.webhooks")
 #: How much of a receiver's answer is kept in the delivery log.
 RESPONSE_KEPT = 200
 #: Deliveries one endpoint may take per turn before others get a go.
-PER_TURN = 100
+PER_TURN = 200
+#: Deliveries read per query (with their events), in order, while due.
+BATCH = 50
+#: 2xx written together: a group is written when it reaches GROUP deliveries, when its
+#: first is GROUP_WAIT seconds old, at a failure, at the end of the turn and on stop.
+#: A crash re-sends at most one unwritten group (same ``webhook-id``).
+GROUP = 50
+GROUP_WAIT = 0.1
+#: Endpoints whose client (and its kept-alive connection) is kept between turns.
+CLIENTS_KEPT = 64
 
 
 class Outcome(StrEnum):
@@ -130,10 +145,24 @@ def signing_secrets(endpoint: dict[str, Any], now: datetime) -> list[str]:
     return found
 
 
-def signed_headers(secrets: list[str], msg_id: str, at: datetime, body: bytes) -> dict[str, str]:
-    """The Standard Webhooks headers for ``body`` sent at ``at``."""
+def signed_headers(
+    secrets: list[str],
+    msg_id: str,
+    at: datetime,
+    body: bytes,
+    *,
+    signers: dict[str, Webhook] | None = None,
+) -> dict[str, str]:
+    """The Standard Webhooks headers for ``body`` sent at ``at``.
+
+    ``signers`` keeps each secret's decoded signer between calls (a turn's worth).
+    """
     text = body.decode()
-    signature = " ".join(Webhook(s).sign(msg_id, at, text) for s in secrets)
+    kept = {} if signers is None else signers
+    for secret in secrets:
+        if secret not in kept:
+            kept[secret] = Webhook(secret)
+    signature = " ".join(kept[s].sign(msg_id, at, text) for s in secrets)
     return {
         "content-type": "application/json",
         "user-agent": "mailgate-webhooks/1",
@@ -234,6 +263,11 @@ class WebhookDelivery(LoopRunner):
         self.lease = timedelta(seconds=max(60.0, 3 * timeout))
         #: Claims this runner holds: endpoint id → its ``claimed_until``.
         self._held: dict[int, datetime] = {}
+        #: Per claimed endpoint, the 2xx posted but not yet written, and when the first came.
+        self._groups: dict[int, list[store.Delivered]] = {}
+        self._group_started: dict[int, float] = {}
+        #: One client per endpoint, kept across turns (keep-alive).
+        self._clients: dict[int, httpx.AsyncClient] = {}
         #: How receivers' certificates are verified (the system's CAs; tests give their own).
         self._tls = tls or ssl.create_default_context()
 
@@ -259,51 +293,122 @@ class WebhookDelivery(LoopRunner):
         return handled
 
     async def hand_back(self) -> None:
-        """Release every claim still held (on stop), so another process takes over at once."""
+        """Write the groups a stop cut short and release every claim still held.
+
+        Another process takes over at once; what was posted but not written is
+        written here while the claim is still ours (else it is sent again).
+        """
         held, self._held = list(self._held.items()), {}
+        groups, self._groups = self._groups, {}
         if held:
-            await self.db.run_write(store.release, held)
+            await self.db.run_write(self._flush_and_release, held, groups)
+
+    async def close(self) -> None:
+        """Close the endpoints' kept-alive clients."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def _client(self, webhook_id: int) -> httpx.AsyncClient:
+        """The endpoint's client, kept across turns so its connection stays alive.
+
+        Past ``CLIENTS_KEPT`` the oldest client of an endpoint not being served is closed.
+        """
+        client = self._clients.pop(webhook_id, None)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                verify=self._tls, follow_redirects=False, trust_env=False, timeout=self.timeout
+            )
+        self._clients[webhook_id] = client  # last: the most recently used
+        idle = [w for w in self._clients if w not in self._held]
+        for victim in idle[: max(0, len(self._clients) - CLIENTS_KEPT)]:
+            await self._clients.pop(victim).aclose()
+        return client
+
+    def _flush_and_release(
+        self,
+        conn: Connection,
+        held: list[tuple[int, datetime]],
+        groups: dict[int, list[store.Delivered]],
+    ) -> None:
+        for webhook_id, until in held:
+            group = groups.get(webhook_id)
+            if group:
+                store.record_delivered(
+                    conn, webhook_id=webhook_id, held=until, group=group, renew_to=until
+                )
+        store.release(conn, held)
 
     async def _turn(self, endpoint: dict[str, Any]) -> int:
         """Deliver the endpoint's due deliveries in order until one fails; how many attempts.
 
-        The claim is this turn's alone (the database gave it to one claimer), so
-        only this turn touches ``_held[endpoint id]``, and lets it go at the end.
+        Deliveries are read in batches (one query each) and their 2xx written
+        in groups (:meth:`_flush`): every ``GROUP`` deliveries or ``GROUP_WAIT``
+        seconds, with a failure, and at the end of the turn together with the
+        release.  The claim is this turn's alone (the database gave it to one
+        claimer), so only this turn touches ``_held``/``_groups`` of its endpoint.
         """
         webhook_id = endpoint["id"]
+        client = await self._client(webhook_id)
+        signers: dict[str, Webhook] = {}
+        self._groups[webhook_id] = []
         attempts = 0
+        last_id = 0
         try:
-            async with httpx.AsyncClient(
-                verify=self._tls, follow_redirects=False, trust_env=False, timeout=self.timeout
-            ) as client:
-                while attempts < PER_TURN and not self.stopping and webhook_id in self._held:
-                    found = await self.db.run_read(store.head, webhook_id, self.clock.now())
-                    if found is None:
+            while attempts < PER_TURN and not self.stopping and webhook_id in self._held:
+                batch = await self.db.run_read(
+                    partial(
+                        store.due_batch,
+                        webhook_id=webhook_id,
+                        now=self.clock.now(),
+                        after=last_id,
+                        limit=min(BATCH, PER_TURN - attempts),
+                    )
+                )
+                if not batch:
+                    break
+                for delivery, event in batch:
+                    if self.stopping or webhook_id not in self._held:
                         break
-                    delivery, event = found
                     attempts += 1
-                    if not await self._attempt(client, endpoint, delivery, event):
-                        break
+                    last_id = delivery["id"]
+                    if not await self._attempt(client, signers, endpoint, delivery, event):
+                        return attempts
+                else:
+                    continue
+                break
         finally:
-            # Released before it is forgotten: a stop that cuts this short leaves the
-            # claim in ``_held`` for :meth:`hand_back`.
+            # Written and released before forgotten: a stop that cuts this short leaves
+            # both in ``_held``/``_groups`` for :meth:`hand_back`.
             held = self._held.get(webhook_id)
             if held is not None:
-                await self.db.run_write(store.release, [(webhook_id, held)])
+                group = self._groups.get(webhook_id, [])
+                await self.db.run_write(
+                    self._flush_and_release, [(webhook_id, held)], {webhook_id: group}
+                )
                 self._held.pop(webhook_id, None)
+            self._groups.pop(webhook_id, None)
+            self._group_started.pop(webhook_id, None)
         return attempts
 
     async def _attempt(
         self,
         client: httpx.AsyncClient,
+        signers: dict[str, Webhook],
         endpoint: dict[str, Any],
         delivery: dict[str, Any],
         event: Event,
     ) -> bool:
-        """POST one delivery and record it; True to go on with the endpoint's next."""
+        """POST one delivery; True to go on with the endpoint's next.
+
+        A 2xx joins the endpoint's group (written by :meth:`_flush` when due);
+        a failure is written at once, together with the group before it.
+        """
         at = self.clock.now()
         body = event_body(event)
-        headers = signed_headers(signing_secrets(endpoint, at), message_id(event), at, body)
+        headers = signed_headers(
+            signing_secrets(endpoint, at), message_id(event), at, body, signers=signers
+        )
         attempt = await post(
             client,
             endpoint["url"],
@@ -313,41 +418,62 @@ class WebhookDelivery(LoopRunner):
             allow_private=self.allow_private,
         )
         WEBHOOK_ATTEMPTS.labels(str(attempt.outcome)).inc()
-        held = self._held[endpoint["id"]]
+        webhook_id = endpoint["id"]
+        held = self._held[webhook_id]
         done = self.clock.now()
+        group = self._groups[webhook_id]
         if attempt.outcome == Outcome.DELIVERED:
-            renewed = done + self.lease
-            kept = await self.db.run_write(
-                partial(
-                    store.record_delivered,
-                    delivery=delivery,
-                    held=held,
-                    at=done,
-                    status=attempt.status,
-                    entry=attempt.entry(at),
-                    renew_to=renewed,
-                )
-            )
-            if kept:
-                self._held[endpoint["id"]] = renewed
-            else:
-                self._held.pop(endpoint["id"], None)
-            return kept
-        await self.db.run_write(self._record_failure, endpoint, delivery, held, done, attempt, at)
-        self._held.pop(endpoint["id"], None)
+            assert attempt.status is not None
+            group.append(store.Delivered(delivery, done, attempt.status, attempt.entry(at)))
+            if len(group) == 1:
+                self._group_started[webhook_id] = time.monotonic()
+            waited = time.monotonic() - self._group_started.get(webhook_id, 0.0)
+            if len(group) >= GROUP or waited >= GROUP_WAIT:
+                return await self._flush(webhook_id, held)
+            return True
+        self._groups[webhook_id] = []
+        await self.db.run_write(
+            self._record_failure, endpoint, group, delivery, held, done, attempt, at
+        )
+        self._held.pop(webhook_id, None)
         return False
+
+    async def _flush(self, webhook_id: int, held: datetime) -> bool:
+        """Write the endpoint's group of 2xx and renew its claim; False when the claim is lost."""
+        group, self._groups[webhook_id] = self._groups[webhook_id], []
+        renewed = self.clock.now() + self.lease
+        kept = await self.db.run_write(
+            partial(
+                store.record_delivered,
+                webhook_id=webhook_id,
+                held=held,
+                group=group,
+                renew_to=renewed,
+            )
+        )
+        if kept:
+            self._held[webhook_id] = renewed
+        else:
+            self._held.pop(webhook_id, None)
+        return kept
 
     def _record_failure(
         self,
         conn: Connection,
         endpoint: dict[str, Any],
+        group: list[store.Delivered],
         delivery: dict[str, Any],
         held: datetime,
         now: datetime,
         attempt: Attempt,
         started: datetime,
     ) -> None:
-        """Count the failed attempt, schedule the retry, and disable a long-failing endpoint."""
+        """Write the 2xx before it, count the failed attempt, schedule the retry, and disable
+        a long-failing endpoint (one transaction)."""
+        if group and not store.record_delivered(
+            conn, webhook_id=endpoint["id"], held=held, group=group, renew_to=held
+        ):
+            return
         error = attempt.error or "failed"
         since = store.record_failed(
             conn,

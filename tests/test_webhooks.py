@@ -22,6 +22,7 @@ from gateway.clock import FixedClock
 from storage import webhooks as store
 from storage.schema import consumer_offsets
 from storage.schema_webhooks import webhook_deliveries, webhooks
+from sync import webhook_delivery as delivery_module
 from sync.webhook_delivery import RetryPolicy, WebhookDelivery
 from sync.webhooks import WebhookFanout
 from tests.support.server import MailgateServer, wait_until
@@ -105,7 +106,7 @@ def api_events(api, types: set[str]) -> list[dict]:
 
 
 def deliveries(api, webhook_id: int) -> list[dict]:
-    r = api.get(f"/api/v1/webhooks/{webhook_id}/deliveries")
+    r = api.get(f"/api/v1/webhooks/{webhook_id}/deliveries", params={"limit": 1000})
     assert r.status_code == 200, r.text
     return r.json()["items"]
 
@@ -492,11 +493,13 @@ def test_a_dead_deliverers_claim_runs_out_and_its_late_outcome_is_not_written(
         server.db.run_write(
             partial(
                 store.record_delivered,
-                delivery={**delivery, "state": "pending"},
+                webhook_id=hook["id"],
                 held=dead["claimed_until"],
-                at=clock.now(),
-                status=200,
-                entry={"late": True},
+                group=[
+                    store.Delivered(
+                        {**delivery, "state": "pending"}, clock.now(), 200, {"late": True}
+                    )
+                ],
                 renew_to=clock.now() + lease,
             )
         )
@@ -541,3 +544,84 @@ def test_a_runner_stopped_mid_delivery_hands_back_and_the_event_is_sent_again(
     assert len({h.webhook_id for h in hits}) == 1 and all(h.verified for h in hits)
     (d,) = deliveries(api, hook["id"])
     assert d["state"] == "delivered" and d["attempts"] == 1
+
+
+def test_a_failure_after_some_2xx_records_them_with_it_and_the_rest_waits(server, receiver, clock):
+    """The 2xx posted before a failure in one turn are recorded with it, nothing lost."""
+    _, api = admin_api(server)
+    path = f"/mid/{uuid.uuid4().hex}"
+    receiver.script[path] = [200, 204, 503]
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    for n in range(4):
+        new_lead(api, n)
+    assert deliver(server) == 3  # two 2xx, then the failure ends the turn
+    items = deliveries(api, hook["id"])
+    assert [(d["state"], d["attempts"], d["last_status"]) for d in items] == [
+        ("delivered", 1, 200),
+        ("delivered", 1, 204),
+        ("pending", 1, 503),
+        ("pending", 0, None),
+    ]
+    assert [d["log"][0]["outcome"] for d in items[:3]] == ["delivered", "delivered", "rejected"]
+    clock.advance(timedelta(seconds=BASE))
+    assert deliver(server) == 2
+    expected = api_events(api, {"record.created"})[-4:]
+    assert [h.event for h in receiver.delivered(path)] == expected
+
+
+def test_more_deliveries_than_a_batch_and_a_group_go_out_once_each_in_order(
+    server, receiver, clock
+):
+    """Past one read batch and one written group (50 each), order and counts hold."""
+    _, api = admin_api(server)
+    path = f"/many/{uuid.uuid4().hex}"
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    for n in range(120):
+        new_lead(api, n)
+    assert deliver(server) == 120
+    items = deliveries(api, hook["id"])
+    assert len(items) == 120
+    assert all(d["state"] == "delivered" and d["attempts"] == 1 for d in items)
+    hits = receiver.delivered(path)
+    assert [h.event["id"] for h in hits] == [d["event_id"] for d in items]
+    assert len({h.webhook_id for h in hits}) == 120 and all(h.verified for h in hits)
+
+
+def test_a_stop_writes_the_2xx_posted_so_far_and_only_the_cut_one_is_sent_again(
+    server, receiver, clock, monkeypatch
+):
+    """The group of 2xx not yet written when a stop comes is written before the hand-back."""
+    monkeypatch.setattr(delivery_module, "GROUP_WAIT", 60.0)  # only the stop writes the group
+    _, api = admin_api(server)
+    path = f"/group/{uuid.uuid4().hex}"
+    hook = add_webhook(api, receiver, path, ["record.created"])
+    for n in range(3):
+        new_lead(api, n)
+    server.drain_consumers()
+    receiver.delays[path] = 0.4
+
+    async def start_then_stop() -> None:
+        runner = WebhookDelivery(server.db, clock=clock, allow_private=True, poll_interval=0.05)
+        await runner.start()
+        for _ in range(500):
+            if len(receiver.at(path)) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the third POST is in flight
+        await runner.stop(deadline=0.05)
+
+    try:
+        server.call(start_then_stop())
+    finally:
+        receiver.delays.clear()
+    items = deliveries(api, hook["id"])
+    assert [(d["state"], d["attempts"]) for d in items] == [
+        ("delivered", 1),
+        ("delivered", 1),
+        ("pending", 0),
+    ]
+    assert server.drain("webhook_delivery") == 1  # handed back: no lease to wait out
+    hits = wait_until(lambda: len(receiver.at(path)) == 4 and receiver.at(path))
+    sent = [h.webhook_id for h in hits]
+    assert len(set(sent[:3])) == 3 and sent[3] == sent[2]  # only the cut one again
+    assert deliveries(api, hook["id"])[2]["state"] == "delivered"
