@@ -67,11 +67,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LEADS = 10_000
 FILES = 20
 #: Seconds from the start (set-up included) for the consumers to reach the end of the log:
-#: every member written and every delivery queued (7-19 s measured).
-BUDGET = float(os.environ.get("SYNC_PROCESSES_BUDGET", "30"))
+#: every member written and every delivery queued (7-19 s measured).  Bounds are generous
+#: on purpose: they stop a hung test, they do not assert speed (bench/ measures that).
+BUDGET = float(os.environ.get("SYNC_PROCESSES_BUDGET", "90"))
 #: Further seconds for the webhook deliverer to post all 10,000, in order, one in flight
-#: (26-28 s measured quiet, 59 s with another suite on the cores).  With BUDGET: < 90 s.
-DELIVERY_BUDGET = float(os.environ.get("SYNC_PROCESSES_DELIVERY_BUDGET", "60"))
+#: (26-28 s measured quiet, 59 s with another suite on the cores).
+DELIVERY_BUDGET = float(os.environ.get("SYNC_PROCESSES_DELIVERY_BUDGET", "180"))
 
 #: Runs ``mailgate serve`` unchanged; only records, per process, what each committed round
 #: covered and which deliveries it recorded (a round whose transaction failed is not written).
