@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.inserts import insert_ignore
@@ -390,6 +390,12 @@ def mark_sending(conn: Connection, campaign_ids: Iterable[int]) -> None:
     conn.execute(stmt.values(status="sending"))
 
 
+def _started(now: datetime):
+    """A campaign whose send time has come (or that had none): one with nobody left to
+    compose (every member skipped) is ``sent`` then, not before its ``send_at``."""
+    return or_(campaigns.c.send_at.is_(None), campaigns.c.send_at <= now)
+
+
 def finish(conn: Connection, now: datetime, org_id: int | None = None) -> list[dict[str, Any]]:
     """Mark ``sent`` every live campaign without a pending recipient left; those rows.
 
@@ -397,7 +403,7 @@ def finish(conn: Connection, now: datetime, org_id: int | None = None) -> list[d
     """
     r = campaign_recipients.c
     pending = select(r.id).where(r.campaign_id == campaigns.c.id, r.status == "pending").exists()
-    cond = [campaigns.c.status.in_(LIVE), ~pending]
+    cond = [campaigns.c.status.in_(LIVE), ~pending, _started(now)]
     if org_id is not None:
         cond.append(campaigns.c.org_id == org_id)
     stmt = (
@@ -431,5 +437,5 @@ def has_work(conn: Connection, now: datetime) -> bool:
     if conn.execute(due).first() is not None:
         return True
     pending = select(r.id).where(r.campaign_id == campaigns.c.id, r.status == "pending").exists()
-    done = select(campaigns.c.id).where(live, ~pending).limit(1)
+    done = select(campaigns.c.id).where(live, ~pending, _started(now)).limit(1)
     return conn.execute(done).first() is not None

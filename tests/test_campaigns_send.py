@@ -353,6 +353,30 @@ def test_a_scheduled_campaign_waits_for_send_at_then_goes(mailgate, people, cloc
         clock.advance(timedelta(hours=-3))
 
 
+def test_a_scheduled_campaign_with_everyone_skipped_is_sent_at_send_at_not_before(
+    mailgate, people, clock
+):
+    org, _, api, _ = people
+    lst = make_list(mailgate, org, "all-skipped")
+    add_member(mailgate, org, lst, "gone@example.com", status="unsubscribed")
+    cid = draft(api, [lst])
+    at = clock.now() + timedelta(hours=2)
+    r = api.post(f"/api/v1/campaigns/{cid}/send", json={"send_at": at.isoformat()})
+    assert r.status_code == 202, r.text
+    assert (r.json()["recipients"], r.json()["skipped"]) == (
+        0,
+        [{"email": "gone@example.com", "reason": "unsubscribed"}],
+    )
+    mailgate.drain("campaigns")
+    assert api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "scheduled"
+    clock.advance(timedelta(hours=3))
+    try:
+        mailgate.drain("campaigns")
+        assert api.get(f"/api/v1/campaigns/{cid}").json()["status"] == "sent"
+    finally:
+        clock.advance(timedelta(hours=-3))
+
+
 def test_a_cancelled_campaign_composes_no_pending_recipient(mailgate, people, clock):
     org, _, api, _ = people
     lst = make_list(mailgate, org, "cancel")
