@@ -95,6 +95,14 @@ def _raw_payload(part: Message) -> bytes:
     return b""
 
 
+def _charset(part: Message) -> str | None:
+    try:
+        charset = part.get_param("charset")
+    except Exception:  # noqa: BLE001
+        return None
+    return charset if isinstance(charset, str) else None
+
+
 def _is_attachment(part: Message) -> bool:
     disposition = str(part.get("Content-Disposition") or "").strip().lower()
     return disposition.startswith("attachment")
@@ -141,13 +149,9 @@ def view(raw: bytes) -> MailView:
         if ctype in ("text/plain", "text/html") and not _is_attachment(part):
             slot = "html" if ctype == "text/html" else "text"
             if not getattr(out, slot) and data is not None:
-                charset = None
-                try:
-                    charset = part.get_param("charset")
-                    charset = charset if isinstance(charset, str) else None
-                except Exception:  # noqa: BLE001
-                    pass
-                setattr(out, slot, clean_text(decode_bytes(data, charset).replace("\x00", "")))
+                setattr(
+                    out, slot, clean_text(decode_bytes(data, _charset(part)).replace("\x00", ""))
+                )
                 continue
         if data is None:
             data, ctype = _raw_payload(part), UNKNOWN_TYPE
