@@ -229,7 +229,7 @@ def test_raw_is_the_stored_bytes_as_rfc822(mail):
     assert r.headers["content-type"].startswith("message/rfc822")
     assert r.headers["content-disposition"] == f'attachment; filename="message-{eid}.eml"'
     assert b"Subject: =?iso-2022-jp?" in r.content
-    assert "お世話になっております".encode("iso-2022-jp") in r.content
+    assert "お世話になっております".encode("iso-2022-jp")[:-3] in r.content  # no final ESC ( B
     stored = mail["mailgate"].call(_stored_raw(mail["mailgate"], eid))
     assert r.content == stored
 

@@ -8,6 +8,7 @@ see answers 404, as mail that does not exist does.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -27,9 +28,19 @@ from storage import filing, mailboxes
 ACTIVE_TYPES = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/xml")
 
 
+#: A media type safe to put in a header (malformed mail brings anything).
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
+
 def download_type(content_type: str) -> str:
+    """A type that cannot render active content, and only a well-formed one."""
     ctype = content_type.lower()
-    if ctype in ACTIVE_TYPES or ctype.endswith(("+xml", "/xml")) or "javascript" in ctype:
+    if (
+        not _MEDIA_TYPE.fullmatch(ctype)
+        or ctype in ACTIVE_TYPES
+        or ctype.endswith(("+xml", "/xml"))
+        or "javascript" in ctype
+    ):
         return UNKNOWN_TYPE
     return ctype
 

@@ -55,7 +55,7 @@ def clean_text(value: str) -> str:
 
 def _content_type(part: Message) -> str:
     try:
-        return part.get_content_type()
+        return clean_text(part.get_content_type())
     except Exception:  # noqa: BLE001 - a broken Content-Type header
         return UNKNOWN_TYPE
 
