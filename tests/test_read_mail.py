@@ -285,3 +285,36 @@ def test_malformed_corpus_messages_answer_200_without_a_crash(mail):
         for item in body["attachments"]:
             get(mail["api"], f"/api/v1/emails/{eid}/attachments/{item['index']}")
         get(mail["api"], f"/api/v1/emails/{eid}/raw")
+
+
+# -- the MIME walk alone (pure), on the traps the project card names --------------------
+
+
+def test_empty_message_id_and_undecodable_parts_never_raise():
+    from gateway.mailview.parts import view
+
+    raw = (
+        b"From: a@acme.co.jp\r\nMessage-Id: <>\r\n"
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n"
+        b'--x\r\nContent-Type: application/pdf; name="\xe8\xa6\x8b\xe7\xa9\x8d\xe6\x9b\xb8.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64@@\r\n"
+        b"--x\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\n\xff\xfe text\r\n--x--\r\n"
+    )
+    mail = view(raw)
+    assert "text" in mail.text
+    assert [a.filename for a in mail.attachments] == ["見積書.pdf"]  # raw UTF-8 bytes in a header
+
+
+def test_every_corpus_message_gives_encodable_text_and_names():
+    import json
+
+    from gateway.mailview.html import sanitise
+    from gateway.mailview.parts import view
+
+    files = sorted(CORPORA.glob("**/*.eml"))
+    assert len(files) > 100
+    for path in files:
+        mail = view(path.read_bytes())
+        safe = sanitise(mail.html, images=False, cid_url=lambda cid: None)
+        listing = [a.listing() for a in mail.attachments]
+        json.dumps([mail.text, safe.html, listing], ensure_ascii=False).encode("utf-8")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 from gateway.ingest.charsets import decode_bytes, decode_header_value
-from gateway.ingest.parse import message_of
+from gateway.ingest.parse import message_of, raw_values
 
 UNKNOWN_TYPE = "application/octet-stream"
 #: Nesting deeper than this is an attack or a loop, not mail.
@@ -60,20 +60,35 @@ def _content_type(part: Message) -> str:
         return UNKNOWN_TYPE
 
 
+def _latin1_headers(part: Message) -> Message:
+    """Content-Disposition and Content-Type as latin-1 text, one character per byte.
+
+    compat32 hands 8-bit header values out as lossy ``Header`` objects (every
+    byte a U+FFFD), so the parameters are read from the raw bytes instead and
+    decoded after, by :mod:`gateway.ingest.charsets`.
+    """
+    view = Message()
+    for name in ("Content-Disposition", "Content-Type"):
+        for value in raw_values(part, name)[:1]:
+            view[name] = value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return view
+
+
 def filename_of(part: Message) -> str:
     """RFC 2231 (``filename*=``) or RFC 2047 (``=?…?=``) or raw 8-bit: decoded, never raises."""
     try:
-        value = part.get_param("filename", header="content-disposition")
+        headers = _latin1_headers(part)
+        value = headers.get_param("filename", header="content-disposition")
         if value is None:
-            value = part.get_param("name")
+            value = headers.get_param("name")
         if value is None:
             return ""
         if isinstance(value, tuple):  # RFC 2231: (charset, language, %-decoded latin-1 text)
             charset, _, text = value
-            raw = text.encode("latin-1", "surrogateescape")
-            name = decode_bytes(raw, charset or None)
+            name = decode_bytes(text.encode("latin-1", "replace"), charset or None)
         else:
-            name = decode_header_value(str(value).strip('"'))
+            raw = str(value).strip('"').encode("latin-1", "replace")
+            name = decode_header_value(raw.decode("ascii", "surrogateescape"))
     except Exception:  # noqa: BLE001 - the parser is not total on hostile parameters
         return ""
     return clean_text(_CONTROL.sub("", name)).strip()[:255]
