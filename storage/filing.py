@@ -290,3 +290,21 @@ async def emails_for_record(
             or_(messages.c.user_id.is_(None), messages.c.user_id.notin_(sorted(hidden_owners)))
         )
     return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def email_with_records(
+    conn: AsyncConnection, org_id: int, email_id: int
+) -> dict[str, Any] | None:
+    """One filed message of the org (with ``raw``) and the records it is filed on."""
+    q = select(*LIST_COLUMNS, messages.c.raw).where(
+        messages.c.org_id == org_id, messages.c.id == email_id
+    )
+    row = (await conn.execute(q)).mappings().first()
+    if row is None:
+        return None
+    links = select(message_links.c.module, message_links.c.record_id).where(
+        message_links.c.org_id == org_id, message_links.c.message_id == email_id
+    )
+    out = dict(row)
+    out["records"] = [{"module": m, "id": r} for m, r in sorted((await conn.execute(links)).all())]
+    return out

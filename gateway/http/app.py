@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from gateway.clock import Clock
 from gateway.http.campaigns import CampaignsApi
+from gateway.http.emails import EmailsApi
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.http.events import EventsApi
 from gateway.http.lists import ListsApi
@@ -116,6 +117,7 @@ def create_app(services: Services) -> Starlette:
         CampaignsApi(db, clock=clock, wake_runner=partial(services.wake, "campaigns")),
         SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
         WebhooksApi(db, clock=clock, allow_private=services.settings.allow_private_targets),
+        EmailsApi(db),  # before RecordsApi's /{module}/{id} routes
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
     )

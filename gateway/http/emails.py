@@ -1,0 +1,139 @@
+"""One filed email: its headers and bodies for display, its raw bytes, its attachments.
+
+Who may read it is decided once, by :func:`_visible_email`, with the same
+sharing rule the record email lists and ``/api/v1/sends/{id}`` use
+(:func:`gateway.receive.mailboxes.sharing.sees_mail`): mail the asker may not
+see answers 404, as mail that does not exist does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.http.errors import JSON, ApiError
+from gateway.http.jsonutil import path_id
+from gateway.http.resource import Resource
+from gateway.mailview import html as safe_html
+from gateway.mailview.parts import UNKNOWN_TYPE, clean_text, view
+from gateway.receive.mailboxes import sharing
+from storage import filing, mailboxes
+
+#: Types a browser could run or render as a document: served as opaque bytes.
+ACTIVE_TYPES = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/xml")
+
+
+#: A media type safe to put in a header (malformed mail brings anything).
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
+
+def download_type(content_type: str) -> str:
+    """A type that cannot render active content, and only a well-formed one."""
+    ctype = content_type.lower()
+    if (
+        not _MEDIA_TYPE.fullmatch(ctype)
+        or ctype in ACTIVE_TYPES
+        or ctype.endswith(("+xml", "/xml"))
+        or "javascript" in ctype
+    ):
+        return UNKNOWN_TYPE
+    return ctype
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus ``filename*=UTF-8''…`` for the real name."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename)
+    encoded = quote(filename.encode("utf-8", "replace"), safe="")
+    return f"attachment; filename=\"{fallback or 'attachment'}\"; filename*=UTF-8''{encoded}"
+
+
+def attachment_url(email_id: int, index: int) -> str:
+    return f"/api/v1/emails/{email_id}/attachments/{index}"
+
+
+class EmailsApi(Resource):
+    """``/api/v1/emails/{id}`` (display), ``/raw`` and ``/attachments/{n}``."""
+
+    def routes(self) -> list[Route]:
+        e = "/api/v1/emails/{id}"
+        return [
+            Route(e, self.get_email, methods=["GET"]),
+            Route(e + "/raw", self.get_raw, methods=["GET"]),
+            Route(e + "/attachments/{n}", self.get_attachment, methods=["GET"]),
+        ]
+
+    async def _visible_email(self, request: Request) -> dict[str, Any]:
+        """The email with its records, or 404 when absent, another org's or not shared."""
+        user = await self.user(request)
+        async with self.db.connect() as conn:
+            row = await filing.email_with_records(conn, user["org_id"], path_id(request))
+            if row is None:
+                raise ApiError(404, "not_found", "no such email")
+            modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
+        records = {(r["module"], r["id"]) for r in row["records"]}
+        if not sharing.sees_mail(user["id"], row["user_id"], records, modes, shares):
+            raise ApiError(404, "not_found", "no such email")
+        return row
+
+    async def get_email(self, request: Request) -> Response:
+        row = await self._visible_email(request)
+        images = request.query_params.get("images") in ("1", "true", "yes")
+        mail = view(bytes(row["raw"]))
+        content_ids = {a.content_id: a.index for a in mail.attachments if a.content_id}
+        safe = safe_html.sanitise(
+            mail.html,
+            images=images,
+            cid_url=safe_html.cid_resolver(content_ids, lambda i: attachment_url(row["id"], i)),
+        )
+        return JSON(
+            {
+                "id": row["id"],
+                "message_id": row["message_id"],
+                "subject": clean_text(row["subject"]),
+                "from": row["from_addr"],
+                "from_name": clean_text(row["from_name"]),
+                "to": [a["email"] for a in row["to_addrs"]],
+                "cc": [a["email"] for a in row["cc_addrs"]],
+                "date": row["date"],
+                "direction": row["direction"],
+                "source": row["source"],
+                "records": row["records"],
+                "text": mail.text,
+                "html": safe.html,
+                "images_blocked": safe.images_blocked,
+                "attachments": [a.listing() for a in mail.attachments],
+            }
+        )
+
+    async def get_raw(self, request: Request) -> Response:
+        row = await self._visible_email(request)
+        return Response(
+            bytes(row["raw"]),
+            media_type="message/rfc822",
+            headers={
+                "Content-Disposition": f'attachment; filename="message-{row["id"]}.eml"',
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    async def get_attachment(self, request: Request) -> Response:
+        row = await self._visible_email(request)
+        n = request.path_params["n"]
+        attachments = view(bytes(row["raw"])).attachments
+        if not (n.isascii() and n.isdigit()) or len(n) > 6 or int(n) >= len(attachments):
+            raise ApiError(404, "not_found", "no such attachment")
+        part = attachments[int(n)]
+        return Response(
+            part.data,
+            media_type=download_type(part.content_type),
+            headers={
+                "Content-Disposition": content_disposition(part.filename or f"attachment-{n}"),
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+            },
+        )
