@@ -79,16 +79,23 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object, refusing oversized, malformed or unstorable bodies clearly."""
+async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The request body, refused (413) once it is known to exceed ``limit`` bytes: by its
+    declared length before reading, else as soon as the stream passes it."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
-        raise ApiError(413, "too_large", f"request body over {MAX_JSON_BYTES} bytes")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"{what} over {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise ApiError(413, "too_large", f"request body over {MAX_JSON_BYTES} bytes")
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"{what} over {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object, refusing oversized, malformed or unstorable bodies clearly."""
+    body = await read_body(request, MAX_JSON_BYTES)
     if not body:
         return {}
     try:

@@ -23,7 +23,7 @@ from gateway.campaigns.members import (
 from gateway.clock import Clock
 from gateway.http.auth import choice_param, int_param, page
 from gateway.http.errors import JSON, ApiError
-from gateway.http.jsonutil import path_id, read_json
+from gateway.http.jsonutil import path_id, read_body, read_json
 from gateway.http.resource import Resource
 from gateway.records.validation import name_problem
 from storage import campaigns as store
@@ -92,19 +92,6 @@ def list_values(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
             raise ApiError(422, "invalid_field", "register must be true or false")
         out["register"] = body["register"]
     return out
-
-
-async def read_csv(request: Request) -> bytes:
-    """The request body, refusing one over :data:`MAX_CSV_BYTES` (413) before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_CSV_BYTES:
-        raise ApiError(413, "too_large", f"CSV body over {MAX_CSV_BYTES} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_CSV_BYTES:
-            raise ApiError(413, "too_large", f"CSV body over {MAX_CSV_BYTES} bytes")
-    return bytes(body)
 
 
 class ListsApi(Resource):
@@ -206,7 +193,7 @@ class ListsApi(Resource):
         user = await self.user(request)
         list_id = path_id(request)
         await self._list(user["org_id"], list_id)
-        data = await read_csv(request)
+        data = await read_body(request, MAX_CSV_BYTES, "CSV body")
         try:
             parsed = parse_members_csv(data)
         except CsvRefused as exc:
