@@ -8,6 +8,7 @@ see answers 404, as mail that does not exist does.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +21,7 @@ from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id
 from gateway.http.resource import Resource
 from gateway.mailview import html as safe_html
-from gateway.mailview.parts import UNKNOWN_TYPE, clean_text, view
+from gateway.mailview.parts import UNKNOWN_TYPE, MailView, clean_text, view
 from gateway.receive.mailboxes import sharing
 from storage import filing, mailboxes
 
@@ -50,6 +51,12 @@ def content_disposition(filename: str) -> str:
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename)
     encoded = quote(filename.encode("utf-8", "replace"), safe="")
     return f"attachment; filename=\"{fallback or 'attachment'}\"; filename*=UTF-8''{encoded}"
+
+
+async def _view(row: dict[str, Any]) -> MailView:
+    """The stored message taken apart, in a thread: a 25 MB message's MIME walk and
+    decoding must not hold the event loop (tracking and the API share it)."""
+    return await asyncio.to_thread(view, bytes(row["raw"]))
 
 
 def attachment_url(email_id: int, index: int) -> str:
@@ -83,7 +90,7 @@ class EmailsApi(Resource):
     async def get_email(self, request: Request) -> Response:
         row = await self._visible_email(request)
         images = request.query_params.get("images") in ("1", "true", "yes")
-        mail = view(bytes(row["raw"]))
+        mail = await _view(row)
         content_ids = {a.content_id: a.index for a in mail.attachments if a.content_id}
         safe = safe_html.sanitise(
             mail.html,
@@ -124,7 +131,7 @@ class EmailsApi(Resource):
     async def get_attachment(self, request: Request) -> Response:
         row = await self._visible_email(request)
         n = request.path_params["n"]
-        attachments = view(bytes(row["raw"])).attachments
+        attachments = (await _view(row)).attachments
         if not (n.isascii() and n.isdigit()) or len(n) > 6 or int(n) >= len(attachments):
             raise ApiError(404, "not_found", "no such attachment")
         part = attachments[int(n)]
