@@ -35,6 +35,7 @@ taken last, as :func:`storage.events.append_sync` asks).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -44,7 +45,6 @@ from sqlalchemy import Connection
 
 from gateway.records.validation import address_problem, name_problem
 from storage import campaign_results as store
-from storage import events
 from storage.events import Event, EventType, NewEvent
 from storage.payloads import SEND_TYPES, record_created, record_event
 from sync.consumer import Consumer
@@ -68,8 +68,6 @@ from sync.registration import (
 
 #: ``source`` of the records this consumer creates and the changes it makes.
 SOURCE = "campaigns"
-#: Where a round keeps the events its applies made (``Connection.info``).
-_PENDING = "campaigns_to_crm.new_events"
 
 
 class _History(StrEnum):
@@ -96,18 +94,14 @@ class CampaignsToCrm(Consumer):
     name = "campaigns_to_crm"
     types = SEND_TYPES
 
-    def _round(self, conn: Connection) -> int:
-        """The base round, with the events its applies made appended once, last."""
-        pending: list[NewEvent] = []
-        conn.info[_PENDING] = pending
-        try:
-            applied = super()._round(conn)
-            events.append_sync(conn, pending)
-        finally:
-            conn.info.pop(_PENDING, None)
-        return applied
+    def apply_batch(self, conn: Connection, batch: Sequence[Event]) -> list[NewEvent]:
+        """Each event in turn; the record events they cause, for the round to append last."""
+        new: list[NewEvent] = []
+        for event in batch:
+            self._apply(conn, event, new)
+        return new
 
-    def apply(self, conn: Connection, event: Event) -> None:
+    def _apply(self, conn: Connection, event: Event, new: list[NewEvent]) -> None:
         """One send event of a campaign: recipient, registration, CRM records, members.
 
         Events of no campaign, machine hits, and events no recipient of the org answers
@@ -125,7 +119,6 @@ class CampaignsToCrm(Consumer):
             return
         recipient, campaign = found
         now = self.clock.now()
-        new: list[NewEvent] = []
         before = dict(recipient)
         status = self._move_recipient(conn, recipient, activity, event.at)
         news = recipient != before  # False: the event was applied already (a replay)
@@ -158,7 +151,6 @@ class CampaignsToCrm(Consumer):
                 replaces=weaker_members(member),
                 at=event.at,
             )
-        _publish(conn, new)
 
     # -- the recipient ----------------------------------------------------------------
 
@@ -347,20 +339,6 @@ def _created(org_id: int, module: str, rid: int, values: dict[str, Any], now: da
     return record_created(
         org_id, module=module, record_id=rid, source=SOURCE, values=values, at=now
     )
-
-
-def _publish(conn: Connection, new: list[NewEvent]) -> None:
-    """Queue ``new`` for the end of the round; appended at once when applied outside one.
-
-    The queue lives on the round's connection, not on the consumer: two rounds of one
-    consumer (the loop and a ``drain``) may be in flight together, one waiting for the
-    other's offset lock.
-    """
-    pending = conn.info.get(_PENDING)
-    if pending is None:
-        events.append_sync(conn, new)
-    else:
-        pending.extend(new)
 
 
 def _person(recipient: dict[str, Any]) -> Person:

@@ -2,7 +2,9 @@
 
 A consumer names itself (the key of its ``consumer_offsets`` row), the event
 types it wants, and what applying one event does (:meth:`Consumer.apply`,
-plain synchronous SQL on the round's connection).  Each round runs in one
+plain synchronous SQL on the round's connection) — or, when a round needs
+state across its events (what it touched, a cache, the events it causes),
+what applying a whole batch does (:meth:`Consumer.apply_batch`).  Each round runs in one
 transaction (:func:`storage.consumers.hold` … :func:`storage.consumers.advance`):
 the effects and the moved offset commit together, so a crash never applies
 an event twice or skips one, and two copies of a consumer never both apply a
@@ -15,7 +17,7 @@ logged once): the consumer stalls where it is, visibly, rather than skip.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection
 
@@ -23,7 +25,7 @@ from gateway.clock import Clock
 from gateway.runner import LoopRunner
 from storage import consumers, events
 from storage.db import Database
-from storage.events import Event, EventType
+from storage.events import Event, EventType, NewEvent
 
 
 class Consumer(LoopRunner):
@@ -54,6 +56,19 @@ class Consumer(LoopRunner):
         """Make ``event``'s effects on ``conn`` (the round's transaction)."""
         raise NotImplementedError
 
+    def apply_batch(self, conn: Connection, batch: Sequence[Event]) -> Sequence[NewEvent]:
+        """Make the round's effects; the events they cause, which the round appends last.
+
+        By default each event is applied on its own.  A consumer whose round
+        keeps state across its events keeps it here, local to the call, so two
+        rounds (two processes, a drain beside the loop) never share it.  New
+        events are returned rather than appended: appending takes the log's
+        lock (:func:`storage.events.append`), the last step of the round.
+        """
+        for event in batch:
+            self.apply(conn, event)
+        return ()
+
     async def run_once(self) -> int:
         """Apply the next batch of wanted events; how many were applied.
 
@@ -78,10 +93,11 @@ class Consumer(LoopRunner):
         batch = events.read_after_sync(
             conn, after=start, upto=high, limit=self.batch, types=self.types
         )
-        for event in batch:
-            self.apply(conn, event)
+        caused = self.apply_batch(conn, batch)
         end = batch[-1].id if len(batch) == self.batch else high
         consumers.advance(conn, self.name, expected=start, to=end, now=now)
+        if caused:
+            events.append_sync(conn, list(caused))
         return len(batch)
 
 

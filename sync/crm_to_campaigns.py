@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.addresses import normalise
 from storage import crm, events
 from storage import syncs as store
-from storage.events import Event, EventType
+from storage.events import Event, EventType, NewEvent
 from storage.payloads import sync_run
 from sync.consumer import Consumer
 from sync.mirror import Decision, Member, Module, Outcome, Rules, Source, Tally, decide
@@ -88,12 +88,6 @@ class CrmToCampaigns(Consumer):
     # "Immediately on change" (seed 002): a record reaches its list within a second or so.
     poll_interval = 0.5
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        #: What each round in progress has noted, by its connection: a test's drain() may
-        #: run a round beside the loop's (on PostgreSQL both interleave on one event loop).
-        self._rounds: dict[int, Touched] = {}
-
     # -- rounds of changes --------------------------------------------------------------
 
     async def run_once(self) -> int:
@@ -105,19 +99,14 @@ class CrmToCampaigns(Consumer):
             handled += await self.db.run_write(self._full_run, sync_id, requested_at)
         return handled
 
-    def apply(self, conn: Connection, event: Event) -> None:
-        self._rounds[id(conn)].note(event)
-
-    def _round(self, conn: Connection) -> int:
-        touched = self._rounds[id(conn)] = Touched()
-        try:
-            applied = super()._round(conn)
-        finally:
-            del self._rounds[id(conn)]
+    def apply_batch(self, conn: Connection, batch: Sequence[Event]) -> list[NewEvent]:
+        """Note what the batch touched, then sync each touched org once: one run per sync."""
+        touched = Touched()
+        for event in batch:
+            touched.note(event)
         now = self.clock.now()
         runs = [run for org_id in touched.orgs() for run in self._apply_org(conn, org_id, touched)]
-        events.append_sync(conn, [run_event(r, now) for r in runs])
-        return applied
+        return [run_event(r, now) for r in runs]
 
     def _apply_org(self, conn: Connection, org_id: int, touched: Touched) -> list[Finished]:
         lead_ids = touched.records.get((org_id, Module.LEADS), set())
@@ -352,7 +341,7 @@ def record_run(
     return Finished(run_id, rules, kind, tally)
 
 
-def run_event(done: Finished, at: datetime) -> events.NewEvent:
+def run_event(done: Finished, at: datetime) -> NewEvent:
     t = done.tally
     return sync_run(
         done.rules.org_id,

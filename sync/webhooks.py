@@ -18,12 +18,12 @@ enabled again.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from sqlalchemy import Connection
 
 from storage import webhooks as store
-from storage.events import Event, EventType
+from storage.events import Event, EventType, NewEvent
 from sync.consumer import Consumer
 
 
@@ -42,23 +42,19 @@ class WebhookFanout(Consumer):
     name = store.FANOUT
     types = frozenset(EventType)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._endpoints: dict[int, list[tuple[int, dict[str, int]]]] = {}
-
-    def _round(self, conn: Connection) -> int:
+    def apply_batch(self, conn: Connection, batch: Sequence[Event]) -> Sequence[NewEvent]:
         # Endpoints are read once per org per round (the round's transaction holds the
         # offset row that creating an endpoint also takes, so none appears mid-round).
-        self._endpoints = {}
-        try:
-            return super()._round(conn)
-        finally:
-            self._endpoints = {}
+        endpoints: dict[int, list[tuple[int, dict[str, int]]]] = {}
+        for event in batch:
+            if event.org_id not in endpoints:
+                endpoints[event.org_id] = store.active_endpoints(conn, event.org_id)
+            self._queue(conn, event, endpoints[event.org_id])
+        return ()
 
-    def apply(self, conn: Connection, event: Event) -> None:
-        endpoints = self._endpoints.get(event.org_id)
-        if endpoints is None:
-            endpoints = self._endpoints[event.org_id] = store.active_endpoints(conn, event.org_id)
+    def _queue(
+        self, conn: Connection, event: Event, endpoints: list[tuple[int, dict[str, int]]]
+    ) -> None:
         now = self.clock.now()
         store.queue(
             conn,
