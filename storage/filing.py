@@ -37,7 +37,7 @@ class FilingContext:
     orgs: dict[int, dict[str, Any]]
     users: dict[int, dict[str, Any]]
     own: dict[int, set[str]]  # user → their address + allowed senders
-    excluded: dict[int, list[str]]  # org → domains never filed
+    excluded: dict[int, list[str]]  # org → domains excluded from sharing
 
 
 def load_context(
@@ -117,7 +117,12 @@ def existing(
 def records_by_email(
     conn: Connection, org_id: int, emails: Iterable[str]
 ) -> dict[str, list[tuple[str, int]]]:
-    """email_norm → [(module, id)] over leads (not converted) and contacts."""
+    """email_norm → [(module, id)] over leads (not converted) and contacts.
+
+    Both modules are read; a user who searches only one (``dropbox_search``) is
+    served by filtering the result (see the ``match`` step), so a batch of many
+    users' mail stays one look-up per org.
+    """
     wanted = sorted(set(emails))
     found: dict[str, list[tuple[str, int]]] = {}
     if not wanted:
@@ -163,6 +168,7 @@ _MESSAGE_COLUMNS = (
     "send_id",
     "seen",
     "raw",
+    "shared",
     "created_at",
 )
 # ``inline``: no RETURNING; the ids are read back by content hash (see insert_messages).
@@ -211,6 +217,7 @@ def insert_messages(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[in
             r.get("send_id"),
             r.get("seen", False),
             r["raw"],
+            r.get("shared", True),
             at,
         )
         for r in rows

@@ -23,7 +23,7 @@ from storage.schema import inbound
 from storage.types import utcnow
 
 #: The channels the ingest runner files (bounce mail goes to the bounce worker).
-INGEST_CHANNELS = ("dropbox", "imap")
+INGEST_CHANNELS = ("dropbox", "imap", "pop")
 
 LIST_COLUMNS = (
     inbound.c.id,
@@ -244,7 +244,7 @@ def kept_for_mailbox(conn: Connection, user_id: int, mailbox_id: int) -> list[di
         )
         .where(
             inbound.c.user_id == user_id,
-            inbound.c.channel == "imap",
+            inbound.c.channel.in_(("imap", "pop")),
             or_(
                 inbound.c.state.in_(("failed", "refused")),
                 (inbound.c.state == "pending") & inbound.c.failed_stage.is_not(None),

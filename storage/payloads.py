@@ -69,9 +69,13 @@ def email_filed(
     subject: str,
     records: Iterable[tuple[str, int]],
     send_id: int | None = None,
+    shared: bool = True,
     at: datetime | None = None,
 ) -> NewEvent:
-    """A message was stored and linked to ``records`` ((module, id) pairs)."""
+    """A message was stored and linked to ``records`` ((module, id) pairs).
+
+    ``shared`` false: it involves an excluded domain, so only its owner sees it.
+    """
     data: dict[str, Any] = {
         "message_id": message_pk,
         "header_message_id": header_message_id,
@@ -80,6 +84,7 @@ def email_filed(
         "source": source,
         "subject": (subject or "")[:SUBJECT_LIMIT],
         "records": [{"module": m, "id": r} for m, r in records],
+        "shared": shared,
     }
     if send_id is not None:
         data["send_id"] = send_id
@@ -87,10 +92,16 @@ def email_filed(
 
 
 def email_received(
-    org_id: int, *, message_pk: int, user_id: int | None, sender: str, at: datetime | None = None
+    org_id: int,
+    *,
+    message_pk: int,
+    user_id: int | None,
+    sender: str,
+    shared: bool = True,
+    at: datetime | None = None,
 ) -> NewEvent:
     """Incoming mail was filed (a polled mailbox's INBOX, or mail from a record)."""
-    data = {"message_id": message_pk, "user_id": user_id, "from": sender}
+    data = {"message_id": message_pk, "user_id": user_id, "from": sender, "shared": shared}
     return NewEvent(org_id, EventType.EMAIL_RECEIVED, data, at=at)
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 
 from storage.types import ID, Blob, JSONType, UTCDateTime, utcnow
@@ -56,6 +57,8 @@ orgs = Table(
     Column("domains", JSONType, nullable=False, default=list),
     # Links to these domains (and subdomains) are sent untracked; NULL: none.
     Column("tracking_skip_domains", JSONType, nullable=True),
+    # SalesInbox: keep polled mail whose sender is not in the CRM (migration 0013).
+    Column("inbox_keep_unknown", Boolean, nullable=False, default=True, server_default=true()),
     _created(),
 )
 
@@ -72,6 +75,10 @@ users = Table(
     Column("dropbox_token", String(64), nullable=False, unique=True),
     # What an unknown recipient of dropbox mail becomes: lead, contact or none.
     Column("dropbox_setting", String(10), nullable=False, default="lead"),
+    # Which records dropbox mail is matched against: leads, contacts or both (0013).
+    Column("dropbox_search", String(10), nullable=False, default="both", server_default="both"),
+    # When the user was deactivated (``active`` false): their seat no longer counts (0013).
+    Column("deactivated_at", UTCDateTime()),
     _created(),
     UniqueConstraint("org_id", "email_norm", name="uq_users_org_email"),
 )
@@ -201,8 +208,13 @@ messages = Table(
     Column("send_id", ID),
     Column("seen", Boolean, nullable=False, default=False),
     Column("raw", Blob, nullable=False),
+    # False: it involves one of the org's excluded domains, so only its owner sees it
+    # (seed 004: excluded from sharing, not from filing; migration 0013).
+    Column("shared", Boolean, nullable=False, default=True, server_default=true()),
     _created(),
     UniqueConstraint("org_id", "message_id", name="uq_messages_org_message_id"),
+    # A user's own mail, newest first (SalesInbox, the live signals).
+    Index("ix_messages_user", "user_id", "id"),
     UniqueConstraint("org_id", "content_hash", name="uq_messages_org_content_hash"),
 )
 
@@ -212,7 +224,7 @@ message_links = Table(
     Column("id", ID, primary_key=True),
     Column("org_id", ID, ForeignKey("orgs.id", ondelete="CASCADE"), nullable=False),
     Column("message_id", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
-    Column("module", String(10), nullable=False),  # leads | contacts
+    Column("module", String(10), nullable=False),  # leads | contacts | deals
     Column("record_id", ID, nullable=False),
     UniqueConstraint("message_id", "module", "record_id", name="uq_message_links_msg_rec"),
     Index("ix_message_links_record", "org_id", "module", "record_id"),

@@ -30,6 +30,8 @@ mailboxes = Table(
     Column("id", ID, primary_key=True),
     Column("org_id", ID, ForeignKey("orgs.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # imap | pop3: which client polls it (migration 0013).
+    Column("protocol", String(6), nullable=False, default="imap", server_default="imap"),
     Column("host", String(255), nullable=False),
     Column("port", Integer, nullable=False),
     Column("login", String(320), nullable=False),
@@ -78,6 +80,18 @@ mailbox_messages = Table(
         "mailbox_id", "folder", "uidvalidity", "uid", name="uq_mailbox_messages_location"
     ),
     Index("ix_mailbox_messages_message", "message_pk"),
+)
+
+# POP3 has no UIDVALIDITY or flags: what a POP3 mailbox has seen is its set of UIDLs.
+# The row is written in the spool transaction that stores the message, so a restart
+# neither refetches nor skips (migration 0013).
+mailbox_pop_seen = Table(
+    "mailbox_pop_seen",
+    metadata,
+    Column("mailbox_id", ID, ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False),
+    Column("uidl", String(70), nullable=False),
+    Column("seen_at", UTCDateTime(), nullable=False, default=utcnow),
+    PrimaryKeyConstraint("mailbox_id", "uidl", name="pk_mailbox_pop_seen"),
 )
 
 # A user's sharing mode; no row means "public" (what the dropbox always did).

@@ -76,6 +76,12 @@ sends = Table(
     Column("message_id", String(998), nullable=False),  # our Message-ID header
     Column("verp_token", String(64), nullable=False, unique=True),
     Column("links", JSONType, nullable=False, default=list),  # tracked URLs by index
+    # Carbon copies (addresses): one message to To and CC, counted as 1 + len(cc) (0013).
+    Column("cc_emails", JSONType, nullable=False, default=list, server_default="[]"),
+    # Reply in thread: the filed message (messages.id) this send answers (0013).
+    Column("reply_to_pk", ID),
+    # Sent from a deal: the deal the copy is also filed on (0013).
+    Column("deal_id", ID),
     Column("raw", Blob),  # the composed message, kept until delivered
     # queue state: queued | sending | sent | deferred | failed | cancelled
     Column("state", String(10), nullable=False, default="queued"),

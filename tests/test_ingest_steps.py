@@ -103,25 +103,32 @@ def test_inbox_mail_from_someone_else_is_incoming_from_them():
     assert (d.direction, d.counterparts) == ("incoming", ["hanako@client.example"])
 
 
-def test_excluded_domains_drop_counterparts_and_ignore_mail_with_nobody_left():
-    d = delivery(mail(to="a@client.example, b@private.example"))
-    classify_direction.classify(d, OWN)
-    assert classify_direction.exclude_counterparts(d, ["private.example"]) is False
-    assert d.counterparts == ["a@client.example"]
+def test_mail_with_an_excluded_domain_is_kept_but_not_shared():
+    mixed = delivery(mail(to="a@client.example, b@private.example"))
     only = delivery(mail(to="b@private.example"))
-    batch = Batch([only], DOMAIN, NOW, own_addresses={7: OWN}, excluded={1: ["private.example"]})
+    other = delivery(mail(to="a@client.example"))
+    batch = Batch(
+        [mixed, only, other], DOMAIN, NOW, own_addresses={7: OWN}, excluded={1: ["private.example"]}
+    )
     classify_direction.run(None, batch)
-    assert (only.outcome, only.stage) == (Outcome.IGNORED, "classify")
+    assert [d.outcome for d in (mixed, only, other)] == [None, None, None]
+    assert [d.shared for d in (mixed, only, other)] == [False, False, True]
+    assert mixed.counterparts == ["a@client.example", "b@private.example"]
 
 
 def test_colleagues_role_mailboxes_and_our_domain_never_become_records():
     def ok(address: str) -> bool:
         return create_records.creatable(
-            address, own=OWN, org_domains=["acme.co.jp"], mail_domain=DOMAIN
+            address,
+            own=OWN,
+            org_domains=["acme.co.jp"],
+            mail_domain=DOMAIN,
+            excluded=["private.example"],
         )
 
     assert ok("ken@prospect.example")
     for address in (
+        "b@private.example",
         "taro@acme.co.jp",
         "boss@sub.acme.co.jp",
         "info@prospect.example",

@@ -16,6 +16,9 @@ from typing import Any
 from gateway.ingest.parse import ParsedMail
 from storage.events import NewEvent
 
+#: Channels of mail fetched from a user's own mailbox.
+POLLED_CHANNELS = ("imap", "pop")
+
 
 class Outcome(enum.Enum):
     """What became of one message; ``inbound list`` and the metrics use these words."""
@@ -24,7 +27,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"
     UNKNOWN_DROPBOX = "unknown_dropbox"  # the address was regenerated or its user deactivated
     SENDER_REFUSED = "sender_refused"  # envelope sender or a From address not allowed
-    IGNORED = "ignored"  # IMAP mail with no CRM counterpart: not ours to keep
+    IGNORED = "ignored"  # polled mail not ours to keep (no CRM counterpart, org setting)
     FAILED = "failed"  # a step raised; the row keeps the step's name and the error
 
     @property
@@ -44,7 +47,7 @@ class Delivery:
     """One message for one mailbox owner, from the dropbox or a polled mailbox."""
 
     raw: bytes
-    channel: str  # dropbox | imap
+    channel: str  # dropbox | imap | pop
     org_id: int
     user_id: int
     mail_from: str = ""
@@ -58,12 +61,19 @@ class Delivery:
     direction: str = "outgoing"
     counterparts: list[str] = field(default_factory=list)
     records: list[tuple[str, int]] = field(default_factory=list)
+    #: False when a counterpart is in an excluded domain: filed, seen by its owner only.
+    shared: bool = True
     outcome: Outcome | None = None
     message_pk: int | None = None
     #: Why it was refused or failed (shown by ``mailgate inbound list``).
     reason: str = ""
     #: The step that refused or failed it.
     stage: str | None = None
+
+    @property
+    def polled(self) -> bool:
+        """Fetched from a connected mailbox (IMAP or POP3), not sent to the dropbox."""
+        return self.channel in POLLED_CHANNELS
 
     @property
     def folder_kind(self) -> str | None:
@@ -75,6 +85,7 @@ class Delivery:
     def reset(self) -> None:
         """Forget what the in-transaction steps decided (their savepoint was rolled back)."""
         self.direction, self.counterparts, self.records = "outgoing", [], []
+        self.shared = True
         self.outcome, self.message_pk, self.reason, self.stage = None, None, "", None
 
 
@@ -88,7 +99,7 @@ class Batch:
     orgs: dict[int, dict[str, Any]] = field(default_factory=dict)
     users: dict[int, dict[str, Any]] = field(default_factory=dict)
     own_addresses: dict[int, set[str]] = field(default_factory=dict)  # user → allowed senders
-    excluded: dict[int, list[str]] = field(default_factory=dict)  # org → domains never filed
+    excluded: dict[int, list[str]] = field(default_factory=dict)  # org → not shared
     known: dict[int, dict[str, list[tuple[str, int]]]] = field(default_factory=dict)
     new_events: list[NewEvent] = field(default_factory=list)
 

@@ -2,8 +2,10 @@
 
 Dropbox mail and a mailbox's Sent folder are outgoing (the counterparts are To
 and Cc); anything else is incoming unless the user sent it (the counterpart is
-the sender).  Counterparts in the org's excluded domains are dropped, and mail
-that only involves excluded domains is ignored altogether.
+the sender).  Mail with a counterpart in one of the org's excluded domains is
+still filed, but not shared: seed 004 excludes those domains from *sharing*,
+so the owner sees it and colleagues do not.  Those counterparts never become
+new records (see ``create``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from gateway.addresses import in_domains
-from gateway.ingest.context import Batch, Delivery, Flow, Outcome
+from gateway.ingest.context import Batch, Delivery, Flow
 
 NAME = "classify"
 
@@ -27,17 +29,13 @@ def classify(d: Delivery, own: set[str]) -> None:
         d.counterparts = [sender] if sender else []
 
 
-def exclude_counterparts(d: Delivery, excluded: list[str]) -> bool:
-    """Drop counterparts in ``excluded`` domains; True when nobody is left."""
-    if not excluded or not d.counterparts:
-        return False
-    d.counterparts = [a for a in d.counterparts if not in_domains(a, excluded)]
-    return not d.counterparts
+def involves_excluded(d: Delivery, excluded: list[str]) -> bool:
+    """Does any counterpart sit in one of the org's ``excluded`` domains?"""
+    return bool(excluded) and any(in_domains(a, excluded) for a in d.counterparts)
 
 
 def run(conn: Connection | None, batch: Batch) -> Flow:
     for d in batch.live():
         classify(d, batch.own_addresses.get(d.user_id, set()))
-        if exclude_counterparts(d, batch.excluded.get(d.org_id, [])):
-            d.decide(Outcome.IGNORED, NAME, "only excluded domains")
+        d.shared = not involves_excluded(d, batch.excluded.get(d.org_id, []))
     return batch.flow()

@@ -1,8 +1,8 @@
 """Step ``create``: dropbox mail to someone not yet in the CRM creates a lead (or contact).
 
 What the user chose decides (``dropbox_setting``: lead, contact, or none).
-Colleagues, role mailboxes (info@, noreply@ …) and our own addresses never
-become records.  A record created for one message is linked to every later
+Colleagues, role mailboxes (info@, noreply@ …), the org's excluded domains and
+our own addresses never become records.  A record created for one message is linked to every later
 message of the batch that involves the same address.  Each creation is a
 ``record.created`` event carrying the record's id and the fields it was created
 with.
@@ -15,6 +15,7 @@ leads while every other org's mail waits behind it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -28,10 +29,18 @@ from storage.payloads import record_created
 NAME = "create"
 
 
-def creatable(address: str, *, own: set[str], org_domains: list[str], mail_domain: str) -> bool:
+def creatable(
+    address: str,
+    *,
+    own: set[str],
+    org_domains: list[str],
+    mail_domain: str,
+    excluded: Sequence[str] = (),
+) -> bool:
     return not (
         address in own
         or in_domains(address, org_domains)
+        or in_domains(address, list(excluded))
         or in_domains(address, [mail_domain])
         or is_role_address(address)
     )
@@ -86,7 +95,11 @@ def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORD
                 linked.update(dict.fromkeys(known[address]))  # matched, or created earlier
                 continue
             if not creatable(
-                address, own=own, org_domains=org["domains"], mail_domain=batch.mail_domain
+                address,
+                own=own,
+                org_domains=org["domains"],
+                mail_domain=batch.mail_domain,
+                excluded=batch.excluded.get(d.org_id, ()),
             ):
                 continue
             if names is None:  # once per message: a scan per address is quadratic

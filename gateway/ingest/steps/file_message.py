@@ -42,6 +42,7 @@ def message_row(d: Delivery) -> dict[str, Any]:
         "defects": p.defects,
         "size": len(d.raw),
         "raw": d.raw,
+        "shared": d.shared,
     }
 
 
@@ -67,13 +68,19 @@ def run(conn: Connection, batch: Batch) -> Flow:
                 source=d.channel,
                 subject=d.parsed.subject,
                 records=d.records,
+                shared=d.shared,
                 at=batch.now,
             )
         )
         if d.direction == "incoming":
             batch.new_events.append(
                 email_received(
-                    d.org_id, message_pk=pk, user_id=d.user_id, sender=sender, at=batch.now
+                    d.org_id,
+                    message_pk=pk,
+                    user_id=d.user_id,
+                    sender=sender,
+                    shared=d.shared,
+                    at=batch.now,
                 )
             )
     filing.insert_links(conn, links)

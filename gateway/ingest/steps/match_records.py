@@ -4,16 +4,20 @@ One look-up per org for the whole batch, in chunks (a message may name
 100,000 addresses; one ``IN`` list that long is refused by both databases).
 A message is linked to at most ``max_records`` records, the first found in
 header order: past that, its addresses stay on the message unlinked, so one
-mass mailing cannot hold the batch (every org's filing) for minutes.  Polled
-(IMAP) mail with no CRM counterpart is not ours to keep and is ignored here;
-dropbox mail goes on to ``create``.
+mass mailing cannot hold the batch (every org's filing) for minutes.
+
+Dropbox mail is matched only against the modules its user searches
+(``dropbox_search``: leads, contacts or both) and goes on to ``create``.
+Polled (IMAP, POP3) mail with no CRM counterpart is kept for the SalesInbox
+when it is incoming and the org keeps unknown senders (``inbox_keep_unknown``,
+the default); otherwise it is not ours to keep and is ignored here.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from gateway.ingest.context import Batch, Flow, Outcome
+from gateway.ingest.context import Batch, Delivery, Flow, Outcome
 from storage import filing
 
 NAME = "match"
@@ -32,6 +36,21 @@ def lookup(conn: Connection, org_id: int, emails: set[str]) -> dict[str, list[tu
     return found
 
 
+#: ``dropbox_search`` → the modules dropbox mail is matched against.
+SEARCHED = {"leads": ("leads",), "contacts": ("contacts",), "both": ("leads", "contacts")}
+
+
+def searched(d: Delivery, user: dict) -> tuple[str, ...]:
+    if d.channel != "dropbox":
+        return SEARCHED["both"]
+    return SEARCHED.get(user.get("dropbox_search") or "both", SEARCHED["both"])
+
+
+def keeps_unknown(d: Delivery, org: dict) -> bool:
+    """Polled incoming mail from someone not in the CRM, in an org that keeps it."""
+    return d.direction == "incoming" and bool(org.get("inbox_keep_unknown", True))
+
+
 def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORDS) -> Flow:
     by_org: dict[int, set[str]] = {}
     for d in batch.live():
@@ -40,13 +59,14 @@ def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORD
     for d in batch.live():
         found = batch.known.get(d.org_id, {})
         own = batch.own_addresses.get(d.user_id, set())
+        modules = searched(d, batch.users.get(d.user_id, {}))
         records: dict[tuple[str, int], None] = {}
         for address in d.counterparts:
             if address not in own:
-                records.update(dict.fromkeys(found.get(address, ())))
+                records.update(dict.fromkeys(r for r in found.get(address, ()) if r[0] in modules))
             if len(records) >= max_records:
                 break
         d.records = list(records)[:max_records]
-        if d.channel == "imap" and not d.records:
+        if d.polled and not d.records and not keeps_unknown(d, batch.orgs.get(d.org_id, {})):
             d.decide(Outcome.IGNORED, NAME, "no CRM record for its counterparts")
     return batch.flow()

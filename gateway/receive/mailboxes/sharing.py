@@ -10,8 +10,15 @@ user it was filed for) is shared by that user's mode:
 A user always sees their own mail, and mail with no owner (our own sends
 without a user) is visible to all.  Admins follow the same rules: privacy
 is the point of "private".  The mode is set by an org admin; a user may
-change their own only when the admin delegated it.  Mail with the org's
-excluded domains is never filed, so it is never shared either.
+change their own only when the admin delegated it.
+
+Two exceptions, both from seed 004:
+
+* mail sent from the CRM itself (the send API, campaigns: ``source`` in
+  :data:`CRM_SOURCES`) is public mail (公開メール): everyone who can see the
+  record sees it, whatever its sender's mode;
+* mail with a counterpart in one of the org's excluded domains is filed but
+  not shared (``shared`` false): only its owner sees it, whatever the mode.
 
 The rules hold on every read path that shows mail: a record's emails, one
 send (``/api/v1/sends/{id}``) and the event log (``email.*`` events carry the
@@ -26,6 +33,21 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 MAIL_EVENT_PREFIX = "email."
+#: ``messages.source`` of mail sent from the CRM: public to everyone who sees the record.
+CRM_SOURCES = ("api", "campaign")
+#: Event types that are only ever about one of our sends (so CRM-sent, so public).
+SEND_EVENT_TYPES = frozenset(
+    {
+        "email.sent",
+        "email.deferred",
+        "email.failed",
+        "email.opened",
+        "email.clicked",
+        "email.bounced",
+        "email.complained",
+        "email.unsubscribed",
+    }
+)
 MODES = ("private", "custom", "public")
 DEFAULT_MODE = "public"
 
@@ -85,9 +107,19 @@ def sees_mail(
     records: set[tuple[str, int]],
     settings: Mapping[int, Mapping[str, Any]],
     shares: Mapping[int, set[tuple[str, int]]],
+    *,
+    shared: bool = True,
+    crm_sent: bool = False,
 ) -> bool:
-    """May the viewer see one piece of mail of ``owner_id`` that concerns ``records``?"""
-    if owner_id is None:
+    """May the viewer see one piece of mail of ``owner_id`` that concerns ``records``?
+
+    ``shared`` false (an excluded domain): its owner only.  ``crm_sent``: public.
+    """
+    if owner_id is None or owner_id == viewer_id:
+        return True
+    if not shared:
+        return False
+    if crm_sent:
         return True
     mode = mode_of(settings, owner_id)
     return can_see(viewer_id, owner_id, mode, bool(records & shares.get(owner_id, set())))
@@ -104,6 +136,15 @@ def sees_event(
     if not event_type.startswith(MAIL_EVENT_PREFIX):
         return True
     owner = data.get("user_id")
+    crm_sent = event_type in SEND_EVENT_TYPES or (
+        event_type == "email.filed" and data.get("source") in CRM_SOURCES
+    )
     return sees_mail(
-        viewer_id, owner if isinstance(owner, int) else None, event_records(data), settings, shares
+        viewer_id,
+        owner if isinstance(owner, int) else None,
+        event_records(data),
+        settings,
+        shares,
+        shared=data.get("shared") is not False,
+        crm_sent=crm_sent,
     )
