@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.inserts import insert_ignore
 from storage.schema import deals, messages
 from storage.schema_mailboxes import (
     excluded_domains,
@@ -133,29 +134,21 @@ def remember_uidls(
 ) -> None:
     """Remember ``(uidl, skipped reason or None)``; runs in the spool transaction.
 
-    UIDLs remembered before (an explicit backfill fetches them again) are left as
-    they are, so the statement cannot fail on the primary key.
+    A UIDL remembered before (an explicit backfill fetches it again, or a
+    second node's poller got there first) is left as it is: the insert ignores
+    the primary key conflict, so the batch's mail is still stored.
     """
-    if not rows:
-        return
-    existing: set[str] = set()
-    wanted = sorted({u for u, _ in rows})
-    for i in range(0, len(wanted), 500):
-        existing.update(
-            conn.execute(
-                select(mailbox_pop_seen.c.uidl).where(
-                    mailbox_pop_seen.c.mailbox_id == mailbox_id,
-                    mailbox_pop_seen.c.uidl.in_(wanted[i : i + 500]),
-                )
-            ).scalars()
-        )
-    fresh, done = [], set(existing)
+    fresh: dict[str, str | None] = {}
     for uidl, reason in rows:
-        if uidl not in done:
-            done.add(uidl)
-            fresh.append({"mailbox_id": mailbox_id, "uidl": uidl, "seen_at": at, "skipped": reason})
+        fresh.setdefault(uidl, reason)
     if fresh:
-        conn.execute(insert(mailbox_pop_seen), fresh)
+        conn.execute(
+            insert_ignore(mailbox_pop_seen, conn.dialect.name),
+            [
+                {"mailbox_id": mailbox_id, "uidl": u, "seen_at": at, "skipped": r}
+                for u, r in fresh.items()
+            ],
+        )
 
 
 def forget_uidls(conn: Connection, mailbox_id: int, uidls: Sequence[str]) -> None:

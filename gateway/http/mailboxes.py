@@ -28,7 +28,7 @@ from storage.db import Database
 def protocol_of(body: dict[str, Any], values: dict[str, Any]) -> str:
     """``imap`` (the default) or ``pop3``; a POP3 mailbox has no Sent folder to name."""
     protocol = body.get("protocol", "imap")
-    if protocol not in PROTOCOLS:
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
         raise InvalidMailbox("invalid_field", "protocol must be imap or pop3")
     if protocol == "pop3" and values["sent_folder"] is not None:
         raise InvalidMailbox("invalid_field", "a POP3 mailbox has no sent_folder (only an inbox)")

@@ -483,7 +483,7 @@ class MailboxSupervisor(LoopRunner):
     def __init__(self, service: MailboxService, refresh: float = 1.0) -> None:
         super().__init__(poll_interval=refresh)
         self.service = service
-        self.tasks: dict[int, tuple[int, asyncio.Task[None], asyncio.Event]] = {}
+        self.tasks: dict[int, tuple[tuple[Any, ...], asyncio.Task[None], asyncio.Event]] = {}
 
     async def run_once(self) -> int:
         """Start and stop pollers to match the stored mailboxes; how many changed."""
@@ -493,7 +493,7 @@ class MailboxSupervisor(LoopRunner):
         for mid in list(self.tasks):
             version, task, ev = self.tasks[mid]
             row = rows.get(mid)
-            if row is None or row["version"] != version or task.done():
+            if row is None or generation(row) != version or task.done():
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
                     log.error("mailbox %s poller failed: %r", mid, exc)
@@ -510,7 +510,7 @@ class MailboxSupervisor(LoopRunner):
             if mid not in self.tasks:
                 ev = asyncio.Event()
                 task = asyncio.create_task(self.service.run(row, ev), name=f"imap-{mid}")
-                self.tasks[mid] = (row["version"], task, ev)
+                self.tasks[mid] = (generation(row), task, ev)
                 changed += 1
         return changed
 
@@ -536,6 +536,13 @@ class MailboxSupervisor(LoopRunner):
         for task in pollers:
             with contextlib.suppress(BaseException):
                 await task
+
+
+def generation(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a poller stale: an edit bumps ``version``; a mailbox removed and added
+    again may get the same id back (SQLite reuses the highest id), so its creation time
+    and sealed password count too."""
+    return (row["version"], row["created_at"], row["password_enc"])
 
 
 async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:
