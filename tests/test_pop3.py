@@ -216,6 +216,21 @@ def test_unknown_senders_are_not_kept_when_the_org_turns_the_salesinbox_off(gate
     assert rep.filed() == 1 and len(rep.lead_emails()) == 1
 
 
+def test_mail_deleted_on_the_server_by_another_client_is_forgotten_not_refetched(gate, dovecot):
+    rep = Rep(gate, dovecot)
+    dovecot.seed(rep.login, "INBOX", rep.incoming(3))
+    rep.connect_mailbox()
+    rep.until_filed(3)
+    wait_until(lambda: rep.remembered() == 3, timeout=10)
+    box = dovecot.maildir(rep.login)
+    [first, *_] = sorted((box / "cur").iterdir()) or sorted((box / "new").iterdir())
+    first.unlink()  # the rep's phone took it with "delete from server"
+    wait_until(lambda: rep.remembered() == 2, timeout=10)
+    time.sleep(0.7)
+    assert rep.filed() == 3  # what was filed stays filed
+    assert sum(r for r, _ in rep.sessions()) == 3
+
+
 def test_a_restarted_runner_files_nothing_twice_and_fetches_only_new_mail(gate, dovecot):
     rep = Rep(gate, dovecot)
     dovecot.seed(rep.login, "INBOX", rep.incoming(5))
