@@ -376,7 +376,8 @@ class Script(socketserver.ThreadingTCPServer):
 
     ``drop_in_retr``: (session, message number) pairs where it sends half the
     message and hangs up; ``sizes``: what LIST claims; ``uidl=False``: no
-    UIDL; ``endless``: the UIDL answer is one line without an end.
+    UIDL; ``endless``: the UIDL answer is one line without an end; ``greeting``: the
+    first line it sends.
     """
 
     allow_reuse_address = True
@@ -391,10 +392,12 @@ class Script(socketserver.ThreadingTCPServer):
         sizes: dict[int, int] | None = None,
         endless: bool = False,
         capa: bytes | None = None,
+        greeting: bytes = b"+OK scripted POP3 ready\r\n",
     ) -> None:
         super().__init__(("127.0.0.1", 0), _ScriptHandler)
         self.messages, self.uidl, self.drop_in_retr = messages, uidl, drop_in_retr
         self.sizes, self.endless, self.capa = sizes or {}, endless, capa
+        self.greeting = greeting
         self.sessions = 0
         self.retrieved: list[tuple[int, int]] = []
         self.commands: list[bytes] = []
@@ -412,7 +415,7 @@ class _ScriptHandler(socketserver.StreamRequestHandler):
         srv.sessions += 1
         session = srv.sessions
         send = self.wfile.write
-        send(b"+OK scripted POP3 ready\r\n")
+        send(srv.greeting)
         for line in self.rfile:
             srv.commands.append(line.strip())
             words = line.strip().split(b" ")
@@ -496,8 +499,10 @@ def test_a_message_longer_than_listed_is_skipped_and_the_rest_is_filed(gate):
     [
         ({"uidl": False}, "does not support UIDL"),
         ({"endless": True}, "not understood"),
+        ({"greeting": b"* OK [CAPABILITY IMAP4rev1] an IMAP server\r\n"}, "not understood"),
+        ({"greeting": b"+OK " + b"x" * 100_000 + b"\r\n"}, "not understood"),
     ],
-    ids=["no-uidl", "endless-line"],
+    ids=["no-uidl", "endless-line", "imap-greeting", "huge-greeting"],
 )
 def test_a_server_that_cannot_be_trusted_is_a_clear_error_not_a_crash(gate, behaviour, words):
     rep = Rep(gate, None)

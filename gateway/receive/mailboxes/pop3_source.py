@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
+
+from sqlalchemy import Connection
 
 from gateway.clock import Clock
 from gateway.receive.imap import MailboxError
@@ -62,8 +64,9 @@ def plan_batches(
         yield batch
 
 
-def too_large(size: int, limit: int, *, said: int | None = None) -> str:
-    """The recorded reason a message was not filed (what status shows)."""
+def too_large(limit: int, *, size: int | None = None, said: int | None = None) -> str:
+    """The recorded reason a message was not filed (what status shows): ``size`` as
+    LIST gave it, or ``said`` when LIST claimed less than the server then sent."""
     if said is not None:
         return f"too large: listed as {said} bytes but longer than the {limit}-byte limit"
     return f"too large: {size} bytes, over the {limit}-byte limit"
@@ -113,12 +116,12 @@ class PopMailSource:
             broken: MailboxError | None = None
             for item in chunk:
                 if item.size > self.max_size:
-                    skipped[item.uidl] = too_large(item.size, self.max_size)
+                    skipped[item.uidl] = too_large(self.max_size, size=item.size)
                     continue
                 try:
                     raw = await self.session.retrieve(item.number, self.max_size, self.retr_timeout)
                 except TooLarge:
-                    skipped[item.uidl] = too_large(0, self.max_size, said=item.size)
+                    skipped[item.uidl] = too_large(self.max_size, said=item.size)
                     if not self.session.connected:
                         broken = MailboxError(
                             "disconnected",
@@ -127,14 +130,12 @@ class PopMailSource:
                         break
                     continue
                 messages.append(PolledMessage(raw, {"uidl": item.uidl}))
-            if broken is not None:  # what was read is stored; the rest waits for the next poll
-                chunk = [m for m in chunk if m.uidl in skipped or m.uidl in _uidls(messages)]
             for uidl, why in skipped.items():
                 log.warning("mailbox %s: message %s not filed: %s", mid, uidl, why)
             await on_batch(
                 PolledBatch(FOLDER, FolderKind.INBOX, messages, self._remember(messages, skipped))
             )
-            done += len(chunk)
+            done += len(messages) + len(skipped)  # after a break: the rest waits for next poll
             count += len(messages)
             on_progress(FOLDER, done, total)
             if broken is not None:
@@ -145,11 +146,14 @@ class PopMailSource:
                 await self.db.run_write(store.forget_uidls, mid, sorted(gone))
         return count
 
-    def _remember(self, messages: list[PolledMessage], skipped: dict[str, str]):
+    def _remember(
+        self, messages: list[PolledMessage], skipped: dict[str, str]
+    ) -> Callable[[Connection], None]:
+        """What the batch covers, written in its spool transaction: every UIDL it took."""
         mid, now = self.row["id"], self.clock.now()
         rows = [(m.where["uidl"], None) for m in messages] + list(skipped.items())
 
-        def remember(conn) -> None:
+        def remember(conn: Connection) -> None:
             store.remember_uidls(conn, mid, rows, now)
 
         return remember
@@ -163,10 +167,6 @@ class PopMailSource:
 
     async def close(self) -> None:
         await self.session.quit()
-
-
-def _uidls(messages: list[PolledMessage]) -> set[str]:
-    return {m.where["uidl"] for m in messages}
 
 
 __all__ = ["PopMailSource", "plan_batches", "too_large"]
