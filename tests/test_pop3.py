@@ -309,9 +309,9 @@ def test_a_message_over_the_size_limit_is_skipped_with_its_reason_and_not_retrie
     assert rep.stat() == 2
 
 
-def test_a_large_first_poll_is_stored_in_committed_batches(gate, dovecot):
+def test_a_10000_message_first_poll_is_stored_in_committed_batches(gate, dovecot):
     rep = Rep(gate, dovecot)
-    total = 1200
+    total = 10_000
     dovecot.seed(rep.login, "INBOX", rep.incoming(total))
     rep.connect_mailbox()
     # Batches commit one by one: some are remembered while the backfill is still going.
@@ -321,6 +321,9 @@ def test_a_large_first_poll_is_stored_in_committed_batches(gate, dovecot):
     status = wait_until(lambda: (s := rep.status())["state"] == "ok" and s, timeout=30)
     assert status["progress"]["INBOX"] == {"done": total, "total": total}
     assert rep.remembered() == total
+    before = len(rep.sessions())
+    wait_until(lambda: len(rep.sessions()) >= before + 1, timeout=15)
+    assert sum(r for r, _ in rep.sessions()) == total  # later polls retrieve nothing
 
 
 def test_pop3s_and_stls_are_spoken_with_a_checked_certificate():
