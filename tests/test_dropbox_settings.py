@@ -179,3 +179,34 @@ def test_an_admin_changes_a_reps_dropbox_settings_a_rep_cannot_change_anothers(m
     assert rep["api"].get("/api/v1/me/dropbox").json()["search"] == "leads"
     r = rep["api"].patch(f"/api/v1/users/{rid}/dropbox", json={"search": "both"})
     assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PATCH", "/api/v1/me/dropbox", '{"setting": %s}'),
+        ("PATCH", "/api/v1/users/{rid}/dropbox", '{"search": %s}'),
+        ("PUT", "/api/v1/me/dropbox/senders", '{"senders": [%s]}'),
+    ],
+)
+@pytest.mark.parametrize("value", ['"\\ud800"', '"a\\u0000b"', str(2**63)])
+def test_hostile_json_on_the_dropbox_endpoints_is_a_4xx(mailgate, rep, method, path, body, value):
+    api = rep["admin"] if "users" in path else rep["api"]
+    r = api.request(method, path.format(rid=rep["user"]["id"]), content=body % value)
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]["code"] == "invalid_field"
+    assert rep["api"].get("/api/v1/me/dropbox").json()["setting"] == "lead"
+
+
+@pytest.mark.parametrize("big", [str(2**63), "1" + "0" * 30])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/users/{id}/deactivate"),
+        ("POST", "/api/v1/users/{id}/activate"),
+        ("PATCH", "/api/v1/users/{id}/dropbox"),
+    ],
+)
+def test_a_user_id_beyond_64_bits_is_a_404(mailgate, rep, method, path, big):
+    r = rep["admin"].request(method, path.format(id=big), content="{}")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
