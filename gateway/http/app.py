@@ -32,6 +32,7 @@ from gateway.http.sending import SendingApi
 from gateway.http.syncs import SyncsApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
+from gateway.http.users import UsersApi
 from gateway.http.webhooks import WebhooksApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
@@ -105,6 +106,7 @@ def create_app(services: Services) -> Starlette:
         Operations(db, clock, services.settings.metrics_token),
         EventsApi(db),
         TokensApi(db),
+        UsersApi(db, clock=clock, mail_domain=services.settings.mail_domain),
         # Before the generic ``/{module}`` routes of records.
         TemplatesApi(db),
         SendingApi(
