@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import queue
+import smtplib
 import socket
 import threading
 import time
@@ -23,14 +24,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from gateway.bounces import verp_address
+from gateway.clock import FixedClock
 from gateway.http.stream import SignalHub
 from storage.schema_sending import sends
 from tests.support import smtp_sink
 from tests.support.dovecot import start_or_skip
 from tests.support.sends import flush
-from tests.support.server import MailgateServer, wait_until
+from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
 
 pytestmark = pytest.mark.skipif(
     not smtp_sink.available(), reason="Postfix smtp-sink not installed (apt-get install postfix)"
@@ -356,6 +359,67 @@ def test_signals_reach_the_sender_and_the_records_owner_and_nobody_else(gate):
     finally:
         for s in streams.values():
             s.close()
+
+
+def verp_token_of(gate: MailgateServer, send_id: int) -> str:
+    async def go() -> str:
+        async with gate.db.connect() as conn:
+            q = select(sends.c.verp_token).where(sends.c.id == send_id)
+            return (await conn.execute(q)).scalar_one()
+
+    return gate.call(go())
+
+
+def dsn(to: str, recipient: str) -> bytes:
+    """A remote MTA's delivery status notification (RFC 3464): the mailbox does not exist."""
+    return (
+        "From: MAILER-DAEMON@mx.customer.example.com\r\n"
+        f"To: {to}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"Date: {format_datetime(datetime.now(UTC))}\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@mx.customer.example.com>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.customer.example.com\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n--b1--\r\n"
+    ).encode()
+
+
+def test_a_bounce_of_the_reps_mail_is_a_bounced_signal(gate):
+    team = Team(gate)
+    rep = team.reps[0]
+    lead = new_lead(rep)
+    send = send_to(rep, lead, subject="ご案内")
+    with Stream(gate, rep) as stream:
+        return_path = verp_address(verp_token_of(gate, send["id"]), MAIL_DOMAIN)
+        with smtplib.SMTP("127.0.0.1", gate.smtp_port, timeout=30) as smtp:
+            smtp.sendmail("", [return_path], dsn(return_path, lead["email"]))
+        signal = stream.signal(timeout=20)
+    assert signal["kind"] == "bounced" and signal["bounce_type"] == "hard"
+    assert (signal["send_id"], signal["counterpart"]) == (send["id"], lead["email"])
+    assert signal["record"]["id"] == lead["id"] and signal["subject"] == "ご案内"
+
+
+def test_a_replay_reaches_back_seven_days_at_most(gate):
+    team = Team(gate)
+    rep = team.reps[0]
+    send = send_to(rep, new_lead(rep))
+    with Stream(gate, rep) as stream:
+        human_open(gate, send["id"])
+        seen = stream.signal()
+    human_open(gate, send["id"])  # missed
+    services = gate.running.services
+    real = services.clock
+    services.clock = FixedClock(real.now() + timedelta(days=7, minutes=1))
+    try:
+        with Stream(gate, rep, headers={"Last-Event-ID": str(seen["id"] - 1)}) as late:
+            assert late.quiet(0.6)  # both are more than seven days old now
+    finally:
+        services.clock = real
+    with Stream(gate, rep, headers={"Last-Event-ID": str(seen["id"] - 1)}) as in_time:
+        assert in_time.signal()["id"] == seen["id"]
+        assert in_time.signal()["id"] > seen["id"]
 
 
 # -- mail polled from a mailbox: received, replied, private ------------------------------

@@ -54,6 +54,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.routing import Route
@@ -100,9 +101,15 @@ class SignalKind(StrEnum):
     BOUNCED = "bounced"
 
 
+#: Signals about one of our sends (``send_id`` names it).
 _SEND_KINDS = frozenset(
     {SignalKind.REPLIED, SignalKind.OPENED, SignalKind.CLICKED, SignalKind.BOUNCED}
 )
+#: Signals about a filed message (``message_id`` is its ``messages`` id, not a header).
+_FILED_KINDS = frozenset({SignalKind.RECEIVED, SignalKind.REPLIED})
+#: What :func:`record_keys` falls back to before the details are read: the event's own names.
+_NO_DETAILS = signals.Details()
+RecordKey = tuple[str, int]
 
 
 def kind_of(event_type: str, data: Mapping[str, Any]) -> SignalKind | None:
@@ -125,8 +132,15 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def record_keys(kind: SignalKind, data: Mapping[str, Any], details: signals.Details) -> list:
-    """The (module, id) records a signal is about, in the order it shows them."""
+def record_keys(
+    kind: SignalKind, data: Mapping[str, Any], details: signals.Details
+) -> list[RecordKey]:
+    """The (module, id) records a signal is about, in the order it shows them.
+
+    Received mail: the records it was filed on.  A send's signal: the send's
+    record (the event's ``module``/``record_id`` when the send row is gone) and
+    the deal it was sent from.
+    """
     if kind is SignalKind.RECEIVED:
         found = [
             (r["module"], r["id"])
@@ -135,7 +149,7 @@ def record_keys(kind: SignalKind, data: Mapping[str, Any], details: signals.Deta
         ]
         return list(dict.fromkeys(found))
     send = details.sends.get(_int(data.get("send_id")) or -1)
-    found = []
+    found: list[RecordKey] = []
     if send is not None and send["module"] and send["record_id"] is not None:
         found.append((send["module"], send["record_id"]))
     elif isinstance(data.get("module"), str) and _int(data.get("record_id")) is not None:
@@ -147,17 +161,16 @@ def record_keys(kind: SignalKind, data: Mapping[str, Any], details: signals.Deta
 
 def audience(kind: SignalKind, data: Mapping[str, Any], details: signals.Details) -> set[int]:
     """Users a signal concerns, before sharing: the mail's owner(s) and the records' owners."""
-    users = {_int(data.get("user_id"))}
+    found: list[int | None] = [_int(data.get("user_id"))]
     if kind in _SEND_KINDS:
         send = details.sends.get(_int(data.get("send_id")) or -1)
         if send is not None:
-            users.add(send["user_id"])
+            found.append(send["user_id"])
     for key in record_keys(kind, data, details):
         record = details.records.get(key)
         if record is not None:
-            users.add(record["owner_id"])
-    users.discard(None)
-    return users  # type: ignore[return-value]
+            found.append(record["owner_id"])
+    return {uid for uid in found if uid is not None}
 
 
 def record_name(module: str, row: Mapping[str, Any], locale: str) -> str:
@@ -205,10 +218,6 @@ def payload(event: Event, kind: SignalKind, details: signals.Details) -> dict[st
     return body
 
 
-_FILED_KINDS = frozenset({SignalKind.RECEIVED, SignalKind.REPLIED})
-_NO_DETAILS = signals.Details()
-
-
 @dataclass(frozen=True, slots=True)
 class Signal:
     """One signal, with the users (of its org) allowed to receive it."""
@@ -224,8 +233,13 @@ class Signal:
         return ServerSentEvent(data=data, event=str(self.kind), id=str(self.id))
 
 
-async def build_signals(conn: Any, org_id: int, found: Iterable[Event]) -> list[Signal]:
-    """The signals among one org's events (in their order), each with who may see it."""
+async def build_signals(conn: AsyncConnection, org_id: int, found: Iterable[Event]) -> list[Signal]:
+    """The signals among one org's events (in their order), each with who may see it.
+
+    Three statements at most (sends, messages, records) plus the org's sharing
+    rules, and only when the events hold a candidate: the common tick, opens
+    judged machine and mail going out, reads nothing more.
+    """
     candidates = [(e, k) for e in found if (k := kind_of(e.type, e.data)) is not None]
     if not candidates:
         return []
@@ -321,7 +335,8 @@ class SignalHub(LoopRunner):
         self.cursor = 0
         self._by_org: dict[int, set[Subscription]] = {}
         self._per_user: Counter[int] = Counter()
-        #: Statements run by polls (``/metrics``-free introspection for tests and the README).
+        #: Polls run and log statements they made (the README's measurement; a test checks
+        #: the statements do not grow with the number of streams).
         self.polls = 0
         self.statements = 0
 
