@@ -248,7 +248,7 @@ def hub(gate: MailgateServer) -> SignalHub:
 
 def no_streams_of(gate: MailgateServer, *reps: Rep) -> None:
     """Closed streams give their slots back (the server notices the disconnect)."""
-    wait_until(lambda: all(hub(gate)._per_user.get(r.id, 0) == 0 for r in reps), timeout=5)
+    wait_until(lambda: all(hub(gate).streams_of(r.id) == 0 for r in reps), timeout=5)
 
 
 # -- the signals -----------------------------------------------------------------------
@@ -293,11 +293,11 @@ def test_machine_opens_and_clicks_never_arrive_a_human_click_does(gate):
         age(gate, send["id"])
         hit(gate, f"/t/c/{click_token(gate, send['id'])}")
         flush(gate)
-        first = stream.signal()
         # A click implies an open; both are human, and nothing machine came first.
-        kinds = [first["kind"], stream.signal()["kind"]]
-        assert sorted(kinds) == ["clicked", "opened"]
-        assert all(e["id"] < first["id"] for e in machine)
+        got = {s["kind"]: s for s in (stream.signal(), stream.signal())}
+        assert sorted(got) == ["clicked", "opened"]
+        assert got["clicked"]["url"] == "https://shop.example.co.jp/item/1"
+        assert all(e["id"] < min(s["id"] for s in got.values()) for e in machine)
         assert stream.quiet(0.6)
 
 
@@ -515,7 +515,7 @@ def test_bad_tokens_garbage_ids_and_a_sixth_stream_are_refused(gate):
         assert sixth.status == 429
         assert sixth.error_body["error"]["code"] == "too_many_streams"
         five.pop().close()
-        wait_until(lambda: hub(gate)._per_user.get(rep.id) == 4, timeout=5)
+        wait_until(lambda: hub(gate).streams_of(rep.id) == 4, timeout=5)
         five.append(Stream(gate, rep))
         assert five[-1].status == 200
     finally:

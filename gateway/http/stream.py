@@ -342,9 +342,9 @@ class SignalHub(LoopRunner):
 
     # -- streams ----------------------------------------------------------------
 
-    @property
-    def open_streams(self) -> int:
-        return sum(len(s) for s in self._by_org.values())
+    def streams_of(self, user_id: int) -> int:
+        """Open streams of one user in this process (the per-user limit counts these)."""
+        return self._per_user.get(user_id, 0)
 
     async def subscribe(self, user_id: int, org_id: int) -> Subscription:
         async with self._round_lock:
