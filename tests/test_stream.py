@@ -259,12 +259,19 @@ def test_a_human_open_reaches_the_senders_stream_within_a_second(gate):
     rep = team.reps[0]
     lead = new_lead(rep)
     send = send_to(rep, lead, subject="お見積りの件")
+    took, seen = [], []
     with Stream(gate, rep) as stream:
-        hit(gate, f"/t/o/{open_token(gate, send['id'])}")
-        flush(gate)  # the verdict is written (email.opened, human) when this returns
-        written = time.monotonic()
-        arrived, signal = stream.next(timeout=5)
-    assert arrived - written < 1.0, f"took {arrived - written:.2f} s"
+        # Three opens (the lead reads it again): the median is the claim, since this
+        # machine's two cores are shared and one sample may catch a stall of seconds.
+        for _ in range(3):
+            hit(gate, f"/t/o/{open_token(gate, send['id'])}")
+            flush(gate)  # the verdict is written (email.opened, human) when this returns
+            written = time.monotonic()
+            arrived, signal = stream.next(timeout=5)
+            took.append(arrived - written)
+            seen.append(signal)
+    assert sorted(took)[1] < 1.0 and max(took) < 3.0, [f"{t:.2f} s" for t in took]
+    signal = seen[0]
     assert signal["kind"] == "opened"
     assert signal["send_id"] == send["id"]
     assert signal["record"] == {"module": "leads", "id": lead["id"], "name": "山田 太郎"}
@@ -272,8 +279,8 @@ def test_a_human_open_reaches_the_senders_stream_within_a_second(gate):
     assert signal["counterpart"] == lead["email"]
     assert signal["user_id"] == rep.id
     events = rep.api.get("/api/v1/events", params={"limit": 1000}).json()["items"]
-    opened = [e for e in events if e["type"] == "email.opened"]
-    assert [e["id"] for e in opened] == [signal["id"]]  # id: is the event log's id
+    opened = [e["id"] for e in events if e["type"] == "email.opened"]
+    assert opened == [s["id"] for s in seen]  # id: is the event log's id
 
 
 def test_machine_opens_and_clicks_never_arrive_a_human_click_does(gate):
@@ -458,7 +465,9 @@ def mail_from(lead: dict[str, Any], rep: Rep, subject: str, extra: str = "") -> 
     ).encode()
 
 
-def test_a_reply_polled_from_imap_is_a_replied_signal_and_private_mail_stays_private(gate, dovecot):
+def test_a_reply_polled_from_imap_is_a_replied_signal_and_private_or_excluded_mail_stays_its_owners(
+    gate, dovecot
+):
     team = Team(gate, size=2)
     owner, rep = team.reps  # the owner's lead writes to the rep's private mailbox
     lead = new_lead(owner)
@@ -489,6 +498,13 @@ def test_a_reply_polled_from_imap_is_a_replied_signal_and_private_mail_stays_pri
                 "追加の質問",
                 rep.id,
             )
+        # Mail with an excluded domain is filed but shared with nobody: the rep's alone.
+        r = owner.api.put("/api/v1/excluded-domains", json={"domains": ["customer.example.com"]})
+        assert r.status_code == 200, r.text
+        dovecot.seed(login, "INBOX", [mail_from(lead, rep, "社外秘")])
+        got = mine.signal(timeout=30)
+        assert (got["kind"], got["subject"]) == ("received", "社外秘")
+        assert owners.quiet(0.6)
 
 
 # -- hostile and operational ---------------------------------------------------------
