@@ -29,6 +29,7 @@ from gateway.http.record_campaigns import RecordCampaignsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
+from gateway.http.stream import StreamApi
 from gateway.http.syncs import SyncsApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
@@ -105,6 +106,7 @@ def create_app(services: Services) -> Starlette:
     resources = (
         Operations(db, clock, services.settings.metrics_token),
         EventsApi(db),
+        StreamApi(db, hub=services.runner("signals")),
         TokensApi(db),
         UsersApi(db, clock=clock, mail_domain=services.settings.mail_domain),
         # Before the generic ``/{module}`` routes of records.
