@@ -167,6 +167,18 @@ class SendRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CcRecipient:
+    """One CC address every message of the request carries."""
+
+    email: str  # as written (or as the record has it)
+    name: str | None
+    norm: str
+    #: Named as a record: the copy is filed there too (a deal: the deal and its contact),
+    #: as the dropbox files mail on every To and Cc record.
+    records: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CcSkipped:
     """A CC entry that gets no copy, and why (the API's ``cc_skipped``)."""
 
@@ -245,8 +257,8 @@ class Submission:
     skipped: list[Skipped] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
     deals: dict[int, dict[str, Any]] = field(default_factory=dict)  # deal id → deal (+ contact)
-    #: The CC every message carries: (address as written, display name, normalised).
-    cc: list[tuple[str, str | None, str]] = field(default_factory=list)
+    #: The CC every message carries.
+    cc: list[CcRecipient] = field(default_factory=list)
     cc_skipped: list[CcSkipped] = field(default_factory=list)
     #: Attachment parts, built once for every message of the request.
     attachment_parts: list[bytes] = field(default_factory=list)
@@ -429,11 +441,16 @@ def check_cc(sub: Submission, to_addresses: set[str]) -> None:
     seen = set(to_addresses)
     for entry in sub.request.cc:
         name: str | None = entry.name
+        records: tuple[tuple[str, int], ...] = ()
         if entry.module is not None:
             record = sub.records.get((entry.module, entry.record_id or 0))
+            if record is not None:
+                records = ((entry.module, record["id"]),)
             if entry.module == "deals":
                 deal = sub.deals.get(entry.record_id or 0)
                 record = deal["contact"] if deal else None
+                if deal is not None:
+                    records = (("deals", deal["id"]), ("contacts", record["id"]))
             if record is None or not record.get("email_norm"):
                 reason = SkipReason.NOT_FOUND if record is None else SkipReason.NO_EMAIL
                 sub.cc_skipped.append(CcSkipped(entry, reason))
@@ -463,7 +480,7 @@ def check_cc(sub: Submission, to_addresses: set[str]) -> None:
             sub.cc_skipped.append(CcSkipped(entry, reason, detail=detail, email=email))
             continue
         seen.add(norm)
-        sub.cc.append((email, name or None, norm))
+        sub.cc.append(CcRecipient(email, name or None, norm, records))
 
 
 # -- reserve quota -------------------------------------------------------------------
@@ -580,7 +597,7 @@ def create_sends(conn: Connection, sub: Submission) -> Flow:
             "message_id": make_message_id(sub.signer.mail_domain)[1:-1],
             "verp_token": new_verp_token(),
             "links": [],
-            "cc_emails": [email for email, _, _ in sub.cc],
+            "cc_emails": [c.email for c in sub.cc],
             "reply_to_pk": req.reply.pk if req.reply else None,
             "deal_id": out.deal["id"] if out.deal else None,
             "state": "queued",
@@ -682,7 +699,7 @@ def compose_and_sign(conn: Connection | None, sub: Submission) -> Flow:
             list_unsubscribe=(mailto, https),
             one_click=req.kind == "mass" and https.startswith("https://"),
             date=sub.now,
-            cc=[(email, name) for email, name, _ in sub.cc],
+            cc=[(c.email, c.name) for c in sub.cc],
             in_reply_to=in_reply_to,
             references=references,
             attachments=sub.attachment_parts,
@@ -716,12 +733,14 @@ def thread_headers(reply: ReplyTarget | None) -> tuple[str | None, list[str]]:
 
 
 def filed_on(sub: Submission, out: Outgoing) -> list[tuple[str, int]]:
-    """The records a copy is filed on: its deal, its recipient, and the original's records
-    when it is a reply — each once, in that order."""
+    """The records a copy is filed on: its deal, its recipient, the CC records, and the
+    original's records when it is a reply — each once, in that order."""
     records: list[tuple[str, int]] = []
     if out.deal is not None:
         records.append(("deals", out.deal["id"]))
     records.append((out.module, out.record_id))
+    for cc in sub.cc:
+        records += cc.records
     if sub.request.reply is not None:
         records += sub.request.reply.records
     return list(dict.fromkeys(records))
@@ -740,7 +759,7 @@ def filed_copy(sub: Submission, out: Outgoing) -> dict[str, Any]:
         "from_addr": req.from_email.lower(),
         "from_name": req.from_name,
         "to_addrs": [{"name": out.to_name, "email": out.record["email_norm"]}],
-        "cc_addrs": [{"name": name, "email": norm} for _, name, norm in sub.cc],
+        "cc_addrs": [{"name": c.name, "email": c.norm} for c in sub.cc],
         "date": sub.now,
         "direction": "outgoing",
         "source": req.source,

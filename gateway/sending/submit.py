@@ -42,7 +42,7 @@ def accepted(sub: Submission) -> Accepted:
             "message_id": f"<{out.row['message_id']}>",
         }
         if sub.cc:
-            item["cc"] = [email for email, _, _ in sub.cc]
+            item["cc"] = [c.email for c in sub.cc]
         if out.scheduled:
             item["send_at"] = out.day.starts_at.isoformat()
         sends.append(item)
