@@ -353,3 +353,17 @@ def test_cc_and_attachments_are_for_individual_mail_only(server):
     )
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "not_for_mass"
+
+
+def test_a_bounce_naming_only_a_cc_never_bounces_the_to():
+    from gateway.bounces import BouncedRecipient, BounceKind, BounceReport
+    from gateway.bounces.process import cc_bounce
+
+    send = {"to_email": "yamada@client.example.jp", "cc_emails": ["Typo@Client.example.jp"]}
+    typo = BounceReport(BounceKind.HARD, [BouncedRecipient("typo@client.example.jp", "hard")])
+    assert cc_bounce(typo, send) == "typo@client.example.jp"
+    to = BounceReport(BounceKind.HARD, [BouncedRecipient("yamada@client.example.jp", "hard")])
+    assert cc_bounce(to, send) is None
+    nobody = BounceReport(BounceKind.HARD, [])
+    assert cc_bounce(nobody, send) is None  # falls back to the To, as before
+    assert cc_bounce(typo, {**send, "cc_emails": []}) is None

@@ -151,5 +151,4 @@ def test_another_orgs_deal_is_not_found(server):
     assert r.json() == {
         "sends": [],
         "skipped": [{"to": {"module": "deals", "id": deal}, "reason": "not_found"}],
-        "cc_skipped": [],
     }

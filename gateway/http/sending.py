@@ -338,7 +338,7 @@ class SendingApi(Resource):
         if accepted.sends:
             self.wake_relay()
         out = {"sends": accepted.sends, "skipped": accepted.skipped}
-        if kind == "individual":
+        if cc:  # only requests with a CC have CC to report
             out["cc_skipped"] = accepted.cc_skipped
         return JSON(out, status_code=202)
 
