@@ -152,3 +152,32 @@ def test_another_orgs_deal_is_not_found(server):
         "sends": [],
         "skipped": [{"to": {"module": "deals", "id": deal}, "reason": "not_found"}],
     }
+
+
+def test_a_deal_in_cc_copies_its_contact_and_files_on_the_deal_one_without_a_contact_is_skipped(
+    server, relay
+):
+    org, user, api = team(server)
+    lead = record(api, "leads", last_name="森", email="mori@client.example.jp")
+    contact = record(api, "contacts", last_name="林", email="hayashi@partner.example.jp")
+    deal = record(api, "deals", name="共同提案", contact_id=contact)
+    lonely = record(api, "deals", name="連絡先なし")
+    r = api.post(
+        "/api/v1/emails",
+        json={
+            "to": [{"module": "leads", "id": lead}],
+            "cc": [{"module": "deals", "id": deal}, {"module": "deals", "id": lonely}],
+            "subject": "共同提案の件",
+            "text": "本文",
+        },
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["cc_skipped"] == [
+        {"cc": {"module": "deals", "id": lonely}, "reason": "no_email"}
+    ]
+    send = r.json()["sends"][0]
+    rcpts, raw = delivered(relay, send)
+    assert rcpts == ["mori@client.example.jp", "hayashi@partner.example.jp"]
+    assert parsed(raw)["Cc"].addresses[0].addr_spec == "hayashi@partner.example.jp"
+    copy = filed_copy(api, "leads", lead, send["id"])
+    assert links_of(server, copy["id"]) == {("leads", lead), ("deals", deal), ("contacts", contact)}

@@ -289,8 +289,12 @@ def look_up_recipients(conn: Connection, sub: Submission) -> Flow:
         if ids:
             for rid, row in crm.records_by_ids(conn, module, org_id, ids).items():
                 sub.records[(module, rid)] = row
+    to_deals = {rid for m, rid in req.to if m == "deals"}
     for deal_id, deal in sub.deals.items():
         contact = sub.records.get(("contacts", deal["contact_id"] or 0))
+        deal["contact"] = contact
+        if deal_id not in to_deals:  # a CC deal that cannot be mailed is only skipped
+            continue
         if contact is None:
             raise RecipientProblem(
                 "deal_without_contact", f"deal {deal_id} has no contact to send the mail to"
@@ -300,7 +304,6 @@ def look_up_recipients(conn: Connection, sub: Submission) -> Flow:
                 "deal_contact_without_email",
                 f"the contact of deal {deal_id} (contact {contact['id']}) has no email address",
             )
-        deal["contact"] = contact
     _attach_accounts(conn, org_id, [r for (m, _), r in sub.records.items() if m == "contacts"])
     _attach_accounts(conn, org_id, list(sub.deals.values()))
     emails = [r["email_norm"] for r in sub.records.values() if r.get("email_norm")]
@@ -446,11 +449,10 @@ def check_cc(sub: Submission, to_addresses: set[str]) -> None:
             record = sub.records.get((entry.module, entry.record_id or 0))
             if record is not None:
                 records = ((entry.module, record["id"]),)
-            if entry.module == "deals":
-                deal = sub.deals.get(entry.record_id or 0)
-                record = deal["contact"] if deal else None
-                if deal is not None:
-                    records = (("deals", deal["id"]), ("contacts", record["id"]))
+            deal = sub.deals.get(entry.record_id or 0) if entry.module == "deals" else None
+            if deal is not None:  # mailed at its contact, filed on both
+                record = deal["contact"] or {}
+                records = (("deals", deal["id"]), ("contacts", record.get("id", 0)))
             if record is None or not record.get("email_norm"):
                 reason = SkipReason.NOT_FOUND if record is None else SkipReason.NO_EMAIL
                 sub.cc_skipped.append(CcSkipped(entry, reason))
