@@ -196,3 +196,36 @@ def test_a_reply_lands_in_the_thread_in_dovecot_and_is_filed_on_the_originals_re
         json={"to": [{"module": "leads", "id": lead}], "in_reply_to": filed["id"], "text": "x"},
     )
     assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize(
+    ("original", "reply"),
+    [
+        ("ご提案の件", "Re: ご提案の件"),
+        ("Re: ご提案の件", "Re: ご提案の件"),
+        ("RE: Re: ご提案の件", "Re: ご提案の件"),
+        ("Re：ご提案の件", "Re: ご提案の件"),  # a full-width colon
+        ("Ｒｅ：ご提案の件", "Re: ご提案の件"),  # full-width letters
+        ("Re[2]: お見積り", "Re: お見積り"),
+        ("AW: Re: Angebot", "Re: Angebot"),
+        ("返信: 打ち合わせ", "Re: 打ち合わせ"),
+        ("Reminder: 納期", "Re: Reminder: 納期"),  # a word starting with "Re" is no prefix
+        ("Fwd: 資料", "Re: Fwd: 資料"),
+        ("", "Re:"),
+    ],
+)
+def test_reply_subjects_never_stack_prefixes(original, reply):
+    from gateway.sending.extras import reply_subject
+
+    assert reply_subject(original) == reply
+
+
+def test_references_keep_the_root_and_the_latest_and_drop_ids_a_header_cannot_carry():
+    from gateway.sending.extras import MAX_REFERENCES, thread_references
+
+    refs = [f"m{i}@x.jp" for i in range(40)]
+    out = thread_references(refs, "parent@x.jp")
+    assert len(out) == MAX_REFERENCES
+    assert out[0] == "m0@x.jp" and out[-1] == "parent@x.jp" and out[-2] == "m39@x.jp"
+    hostile = ["a b@x.jp", "<c@x.jp>", "日本@x.jp", "no-at-sign", "ok@x.jp", "ok@x.jp"]
+    assert thread_references(hostile, None) == ["ok@x.jp"]

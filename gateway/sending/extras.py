@@ -47,8 +47,12 @@ MAX_REFERENCE_CHARS = 250
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _B64_SPACE = re.compile(r"\s+")
+#: Reply prefixes mail clients write, stacked or counted (``Re[2]:``), in ASCII or full width
+#: (IGNORECASE folds ``Ｒｅ`` like ``Re``): German ``AW``, Nordic ``SV``, Dutch ``Antw``, Japanese
+#: and Chinese clients' ``返信``/``回复``/``答复``.
 _REPLY_PREFIX = re.compile(
-    r"^\s*(?:(?:re|aw|sv|antw|返信|回复|答复)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
+    r"^[\s\u3000]*(?:(?:[rｒ][eｅ]|[aａ][wｗ]|sv|antw|返信|回复|答复)[\s\u3000]*"
+    r"(?:[\[［(（][0-9０-９]+[\]］)）])?[\s\u3000]*[:：][\s\u3000]*)+",
     re.IGNORECASE,
 )
 _MSG_ID = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII, no < > or spaces
