@@ -152,3 +152,45 @@ def test_a_private_reps_send_is_public_to_colleagues_and_absent_for_another_org(
     r = stranger.get(f"/api/v1/sends/{send['id']}")
     assert r.status_code == 404, r.text
     assert "内々" not in r.text
+
+
+def test_a_send_to_an_excluded_domain_stays_its_senders_own(server, relay):
+    from sqlalchemy import select
+
+    from storage.schema import messages
+
+    org, boss, rep, peer, rep_id = office(server)
+    r = boss.put("/api/v1/excluded-domains", json={"domains": ["private-bank.example.jp"]})
+    assert r.status_code == 200, r.text
+    lead = record(rep, "leads", last_name="秘密", email="ceo@private-bank.example.jp")
+    other = record(rep, "leads", last_name="普通", email="open@client.example.jp")
+    sent = {}
+    for name, rid, cc in (("excluded", lead, []), ("cc", other, ["cfo@private-bank.example.jp"])):
+        body = {
+            "to": [{"module": "leads", "id": rid}],
+            "subject": "融資の件",
+            "text": "x",
+            "cc": cc,
+        }
+        r = rep.post("/api/v1/emails", json=body)
+        assert r.status_code == 202, r.text
+        sent[name] = r.json()["sends"][0]["id"]
+    r = rep.post(
+        "/api/v1/emails",
+        json={"to": [{"module": "leads", "id": other}], "subject": "ご案内", "text": "x"},
+    )
+    sent["open"] = r.json()["sends"][0]["id"]
+    for name, sid in sent.items():
+        assert rep.get(f"/api/v1/sends/{sid}").status_code == 200
+        expected = 200 if name == "open" else 404
+        assert peer.get(f"/api/v1/sends/{sid}").status_code == expected, name
+
+    async def shared_flags():
+        async with server.db.connect() as conn:
+            q = select(messages.c.send_id, messages.c.shared).where(
+                messages.c.send_id.in_(list(sent.values()))
+            )
+            return dict((await conn.execute(q)).all())
+
+    flags = server.call(shared_flags())
+    assert flags == {sent["excluded"]: False, sent["cc"]: False, sent["open"]: True}

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.addresses import normalise
+from gateway.addresses import in_domains, normalise
 from gateway.clock import Clock
 from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
@@ -222,6 +222,14 @@ def _extras_of(body: dict[str, Any], kind: str, recipients: int):
     return cc, attachments
 
 
+def involves_excluded(send: dict[str, Any], excluded: list[str]) -> bool:
+    """Does the send's To or a CC sit in one of the org's excluded domains?"""
+    if not excluded:
+        return False
+    addresses = [send["to_email"], *(send["cc_emails"] or [])]
+    return any(in_domains(n, excluded) for a in addresses if (n := normalise(a)))
+
+
 def tracking_detail(send: dict[str, Any], hits: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-recipient tracking of one send: when it went out, its human opens and clicks.
 
@@ -355,14 +363,17 @@ class SendingApi(Resource):
             if row is None:  # another org's send is as absent as one that does not exist
                 raise ApiError(404, "not_found", "no such send")
             modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
+            excluded = await mailboxes.list_excluded(conn, user["org_id"])
             # Mail sent from the CRM is public (seed 004: 公開メール), whatever the
-            # sender's sharing mode: every user of the org sees its sends.
+            # sender's sharing mode: every user of the org sees its sends.  Mail to an
+            # excluded domain is not shared at all: its sender's only.
             if not sharing.sees_mail(
                 user["id"],
                 row["user_id"],
                 {(row["module"], row["record_id"])},
                 modes,
                 shares,
+                shared=not involves_excluded(row, excluded),
                 crm_sent=True,
             ):
                 raise ApiError(404, "not_found", "no such send")

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
-from gateway.addresses import normalise
+from gateway.addresses import in_domains, normalise
 from gateway.bounces.verp import verp_address
 from gateway.ingest.parse import content_hash
 from gateway.org.plans import daily_limit
@@ -39,7 +39,7 @@ from gateway.sending.compose import attachment_part, compose, make_message_id
 from gateway.sending.dkim import sign as dkim_sign
 from gateway.sending.extras import Attachment, CcEntry, thread_references, usable_id
 from gateway.sending.tokens import new_verp_token
-from storage import crm, filing, orgs, quotas, sends
+from storage import crm, filing, mailboxes, orgs, quotas, sends
 from storage.events import EventType, NewEvent, append_sync
 from storage.payloads import email_filed, quota_event
 from storage.suppressions import suppressed_among
@@ -748,7 +748,20 @@ def filed_on(sub: Submission, out: Outgoing) -> list[tuple[str, int]]:
     return list(dict.fromkeys(records))
 
 
-def filed_copy(sub: Submission, out: Outgoing) -> dict[str, Any]:
+def shared_copy(sub: Submission, out: Outgoing, excluded: list[str]) -> bool:
+    """False when the To or a CC sits in one of the org's excluded domains.
+
+    Seed 004 excludes those domains from sharing, not from filing, and that
+    outranks "mail sent from the CRM is public": only the sender sees the copy
+    (and the send), as ingest files such mail from the dropbox or a mailbox.
+    """
+    if not excluded:
+        return True
+    to = out.record.get("email_norm") or normalise(out.record.get("email")) or ""
+    return not any(in_domains(a, excluded) for a in (to, *(c.norm for c in sub.cc)) if a)
+
+
+def filed_copy(sub: Submission, out: Outgoing, shared: bool = True) -> dict[str, Any]:
     """The ``messages`` row of the copy filed on the record (untracked HTML)."""
     req = sub.request
     in_reply_to, references = thread_headers(req.reply)
@@ -773,6 +786,7 @@ def filed_copy(sub: Submission, out: Outgoing) -> dict[str, Any]:
         "size": len(out.raw),
         "send_id": out.send_id,
         "raw": out.raw,
+        "shared": shared,
     }
 
 
@@ -787,7 +801,11 @@ def file_copies(conn: Connection, sub: Submission) -> Flow:
         conn, [(out.send_id, out.row["subject"], out.raw, out.links) for out in sub.outgoing]
     )
     linked = [out for out in sub.outgoing if out.module and out.record_id is not None]
-    pks = filing.insert_messages(conn, [filed_copy(sub, out) for out in linked])
+    excluded = mailboxes.excluded_by_org(conn, [org_id]).get(org_id, []) if linked else []
+    shared = [shared_copy(sub, out, excluded) for out in linked]
+    pks = filing.insert_messages(
+        conn, [filed_copy(sub, out, s) for out, s in zip(linked, shared, strict=True)]
+    )
     records = [filed_on(sub, out) for out in linked]
     filing.insert_links(
         conn,
@@ -808,9 +826,10 @@ def file_copies(conn: Connection, sub: Submission) -> Flow:
             subject=out.row["subject"],
             records=on,
             send_id=out.send_id,
+            shared=is_shared,
             at=sub.now,
         )
-        for pk, out, on in zip(pks, linked, records, strict=True)
+        for pk, out, on, is_shared in zip(pks, linked, records, shared, strict=True)
     ]
     return Flow.CONTINUE
 
