@@ -212,6 +212,7 @@ def test_a_reply_lands_in_the_thread_in_dovecot_and_is_filed_on_the_originals_re
         ("Reminder: 納期", "Re: Reminder: 納期"),  # a word starting with "Re" is no prefix
         ("Fwd: 資料", "Re: Fwd: 資料"),
         ("", "Re:"),
+        ("Re: 件名\r\nBcc: evil@example.com", "Re: 件名 Bcc: evil@example.com"),
     ],
 )
 def test_reply_subjects_never_stack_prefixes(original, reply):

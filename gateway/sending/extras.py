@@ -208,8 +208,13 @@ def _attachment(item: Any, where: str, room: int) -> Attachment:
 
 
 def reply_subject(original: str | None) -> str:
-    """``Re: <subject>`` with any reply prefixes the original had taken off first."""
-    rest = _REPLY_PREFIX.sub("", original or "", count=1).strip()
+    """``Re: <subject>`` with any reply prefixes the original had taken off first.
+
+    Filed mail brings anything: line breaks and control characters become
+    spaces, so the subject can never add a header.
+    """
+    rest = " ".join(_CONTROL.sub(" ", original or "").split())
+    rest = _REPLY_PREFIX.sub("", rest, count=1).strip()
     return f"Re: {rest}" if rest else "Re:"
 
 
