@@ -367,3 +367,36 @@ def test_a_bounce_naming_only_a_cc_never_bounces_the_to():
     nobody = BounceReport(BounceKind.HARD, [])
     assert cc_bounce(nobody, send) is None  # falls back to the To, as before
     assert cc_bounce(typo, {**send, "cc_emails": []}) is None
+
+
+def test_a_cc_the_relay_refuses_is_left_out_and_named_while_the_to_gets_the_mail(server, relay):
+    org, user, api = team(server)
+    lead = record(api, "leads", last_name="中村", email="nakamura@client.example.jp")
+    gone = f"gone{org['id']}@client.example.jp"
+    relay.rcpt[gone] = f"550 5.1.1 <{gone}>: Recipient address rejected: User unknown"
+    try:
+        r = api.post(
+            "/api/v1/emails",
+            json={
+                "to": [{"module": "leads", "id": lead}],
+                "cc": [gone, "ok@client.example.jp"],
+                "subject": "ご確認",
+                "text": "x",
+            },
+        )
+        assert r.status_code == 202, r.text
+        send = r.json()["sends"][0]
+        rcpts, _ = delivered(relay, send)
+    finally:
+        del relay.rcpt[gone]
+    assert rcpts == ["nakamura@client.example.jp", "ok@client.example.jp"]
+    state = send_state(api, send["id"])
+    assert state["status"] == "sent"  # the To got it: no failure, no bounce
+    assert f"cc refused: {gone} (550" in state["last_reply"]
+    sent = [
+        e
+        for e in api.get("/api/v1/events", params={"limit": 1000}).json()["items"]
+        if e["type"] == "email.sent" and e["data"]["send_id"] == send["id"]
+    ]
+    assert sent[0]["data"]["cc"] == ["ok@client.example.jp"]
+    assert api.get("/api/v1/suppressions").json()["items"] == []

@@ -77,6 +77,8 @@ class Delivery:
     reply: str
     code: int | None = None
     stage: Stage | None = None
+    #: The CC addresses the relay accepted (None: not known, take the send's ``cc_emails``).
+    cc: list[str] | None = None
 
     @property
     def permanent(self) -> bool:
@@ -207,7 +209,7 @@ def apply(
         send = d.send
         if d.verdict is Verdict.SENT:
             sent.append((send["id"], d.reply))
-            cc = list(send.get("cc_emails") or ())
+            cc = d.cc if d.cc is not None else list(send.get("cc_emails") or ())
             new.append(send_event(EventType.EMAIL_SENT, send, at=now, reply=d.reply, cc=cc))
             continue
         if d.refused_us:

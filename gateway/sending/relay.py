@@ -145,10 +145,11 @@ class _Connection:
             to = carried_address(send["to_email"])
             if to is None:
                 return Delivery(send, Verdict.FAILED, "not sent: the address cannot be encoded")
-            cc = [a for c in send.get("cc_emails") or () if (a := carried_address(c))]
+            carried = {c: a for c in send.get("cc_emails") or () if (a := carried_address(c))}
+            cc = list(carried.values())
             if _PLAIN_ADDRESS.match(sender) and all(map(_PLAIN_ADDRESS.match, [to, *cc])):
                 message, refused = await _transaction(smtp, sender, to, send["raw"], cc)
-                return Delivery(send, Verdict.SENT, _sent_reply(message, refused), 250)
+                return _sent(send, message, refused, carried)
             elif not to.isascii() and not smtp.supports_extension("smtputf8"):
                 # Only this send fails (no bounce, no suppression): the relay cannot carry it.
                 return Delivery(
@@ -164,7 +165,7 @@ class _Connection:
                     reply = f"{code} {text}"
                     return Delivery(send, verdict_for(code), reply, code, Stage.RECIPIENT)
                 refused = [(a, f"{c} {t}") for a, (c, t) in errors.items()]
-                return Delivery(send, Verdict.SENT, _sent_reply(message, refused), 250)
+                return _sent(send, message, refused, carried)
             return Delivery(send, Verdict.SENT, f"250 {message}".strip(), 250)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
@@ -235,12 +236,20 @@ def _size(raw: bytes) -> int:
     return len(raw) + (0 if raw.endswith(b"\r\n") else 2)
 
 
-def _sent_reply(message: str, refused_cc: list[tuple[str, str]]) -> str:
-    """The relay's final reply, with any CC it refused named after it."""
+def _sent(
+    send: dict[str, Any],
+    message: str,
+    refused_cc: list[tuple[str, str]],
+    carried: dict[str, str],
+) -> Delivery:
+    """Accepted for the To: the relay's reply with any CC it refused named after it, and
+    the CC addresses (as the send has them) that did go out."""
     reply = f"250 {message}".strip()
     if refused_cc:
         reply += "; cc refused: " + ", ".join(f"{a} ({r})" for a, r in refused_cc)
-    return reply
+    refused = {a for a, _ in refused_cc}
+    cc = [c for c, a in carried.items() if a not in refused]
+    return Delivery(send, Verdict.SENT, reply, 250, cc=cc)
 
 
 async def _transaction(
