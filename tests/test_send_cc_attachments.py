@@ -400,3 +400,35 @@ def test_a_cc_the_relay_refuses_is_left_out_and_named_while_the_to_gets_the_mail
     ]
     assert sent[0]["data"]["cc"] == ["ok@client.example.jp"]
     assert api.get("/api/v1/suppressions").json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "a" * 120 + ".pdf",  # long ASCII: RFC 2231 continuations
+        'q"uote\\back.txt',
+        "見積" * 100 + ".pdf",  # 600 bytes of UTF-8, split between escapes
+        "=?utf-8?B?abc?=.txt",  # looks encoded: must not be decoded by readers
+        "100%_sure;name=x.txt",
+        "スペース 入り ファイル.xlsx",
+    ],
+)
+def test_attachment_file_names_read_back_exactly_in_short_lines(filename):
+    from gateway.mailview.parts import view
+    from gateway.sending.compose import attachment_part, compose
+
+    raw = compose(
+        from_addr="a@sender.example.jp",
+        from_name=None,
+        to_addr="c@client.example.jp",
+        to_name=None,
+        subject="s",
+        html=None,
+        text="t",
+        message_id="<1@sender.example.jp>",
+        attachments=[attachment_part(filename, "application/octet-stream", b"x")],
+    )
+    [part] = parsed(raw).iter_attachments()
+    assert part.get_filename() == filename
+    assert [a.filename for a in view(raw).attachments] == [filename]
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78

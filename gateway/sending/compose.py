@@ -161,7 +161,7 @@ def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
 
 #: RFC 2231 attribute-char: what may stand unencoded in ``filename*=``.
 _ATTR_SAFE = "!#$&+-.^_`|~"
-_PARAM_CHUNK = 60
+_PARAM_CHUNK = 56
 
 
 def attachment_part(filename: str, content_type: str, data: bytes) -> bytes:
