@@ -194,3 +194,26 @@ def test_a_send_to_an_excluded_domain_stays_its_senders_own(server, relay):
 
     flags = server.call(shared_flags())
     assert flags == {sent["excluded"]: False, sent["cc"]: False, sent["open"]: True}
+
+
+def test_clicks_on_one_url_linked_twice_are_one_entry_and_unknown_links_stay_visible():
+    from gateway.http.sending import tracking_detail
+
+    t = [datetime(2026, 11, 26, 10, m) for m in range(6)]
+    send = {"links": [CATALOGUE, PRICES, CATALOGUE], "sent_at": t[0]}
+    hits = [
+        {"kind": "click", "link_index": 0, "count": 1, "first": t[2], "last": t[2]},
+        {"kind": "click", "link_index": 1, "count": 2, "first": t[3], "last": t[5]},
+        {"kind": "click", "link_index": 2, "count": 1, "first": t[1], "last": t[4]},
+        {"kind": "click", "link_index": 9, "count": 1, "first": t[4], "last": t[4]},
+        {"kind": "open", "link_index": None, "count": 3, "first": t[1], "last": t[5]},
+    ]
+    detail = tracking_detail(send, hits)
+    assert detail["opens"] == {"first": t[1], "last": t[5], "count": 3}
+    clicks = detail["clicks"]
+    assert (clicks["count"], clicks["first"], clicks["last"]) == (5, t[1], t[5])
+    assert clicks["links"] == [
+        {"url": CATALOGUE, "count": 2, "first": t[1], "last": t[4]},
+        {"url": PRICES, "count": 2, "first": t[3], "last": t[5]},
+        {"url": None, "count": 1, "first": t[4], "last": t[4]},
+    ]

@@ -33,6 +33,8 @@ from gateway.receive.mailboxes import sharing
 from gateway.sending.extras import (
     MAX_ATTACHED_COPIES_BYTES,
     MAX_ATTACHMENT_BYTES,
+    Attachment,
+    CcEntry,
     RequestProblem,
     parse_attachments,
     parse_cc,
@@ -196,7 +198,9 @@ async def reply_target(conn, user: dict[str, Any], message_pk: int) -> ReplyTarg
     raise ApiError(404, "not_found", f"in_reply_to: no such email {message_pk}")
 
 
-def _extras_of(body: dict[str, Any], kind: str, recipients: int):
+def _extras_of(
+    body: dict[str, Any], kind: str, recipients: int
+) -> tuple[list[CcEntry], list[Attachment]]:
     """CC entries and attachments of the request, checked (individual mail only)."""
     if kind != "individual":
         given = [k for k in INDIVIDUAL_ONLY if body.get(k) is not None]
@@ -239,19 +243,26 @@ def tracking_detail(send: dict[str, Any], hits: list[dict[str, Any]]) -> dict[st
     """
     links = list(send["links"] or [])
     opens: dict[str, Any] = {"first": None, "last": None, "count": 0}
-    clicks: dict[str, Any] = {"first": None, "last": None, "count": 0, "links": []}
+    clicks: dict[str, Any] = {"first": None, "last": None, "count": 0}
+    by_url: dict[str | None, dict[str, Any]] = {}  # one entry per URL, in the message's order
     for hit in hits:
         into = opens if hit["kind"] == "open" else clicks
-        into["count"] += hit["count"]
-        into["first"] = min(t for t in (into["first"], hit["first"]) if t is not None)
-        into["last"] = max(t for t in (into["last"], hit["last"]) if t is not None)
+        _count(into, hit)
         if hit["kind"] == "click":
             i = hit["link_index"]
             url = links[i] if i is not None and 0 <= i < len(links) else None
-            clicks["links"].append(
-                {"url": url, "count": hit["count"], "first": hit["first"], "last": hit["last"]}
+            _count(
+                by_url.setdefault(url, {"url": url, "count": 0, "first": None, "last": None}), hit
             )
+    clicks["links"] = list(by_url.values())
     return {"sent_at": send["sent_at"], "opens": opens, "clicks": clicks}
+
+
+def _count(into: dict[str, Any], hit: dict[str, Any]) -> None:
+    """Add one group of hits to a tally: the count, and the earliest and latest."""
+    into["count"] += hit["count"]
+    into["first"] = min(t for t in (into["first"], hit["first"]) if t is not None)
+    into["last"] = max(t for t in (into["last"], hit["last"]) if t is not None)
 
 
 def quota_refusal(exc: QuotaExceeded) -> ApiError:
