@@ -678,7 +678,9 @@ def track_links(conn: Connection | None, sub: Submission) -> Flow:
 def compose_and_sign(conn: Connection | None, sub: Submission) -> Flow:
     """Build each message's bytes (one-click unsubscribe for mass mail) and DKIM-sign them.
 
-    A header the composer refuses raises ``ValueError`` (the API answers 422).
+    A header the composer refuses raises ``ValueError`` (the API answers 422); a
+    message over the deployment's maximum size (attachments and signature
+    included) raises :class:`MessageTooLarge` (413), and nothing is kept.
     """
     req, signer = sub.request, sub.signer
     if req.attachments and not sub.attachment_parts:
@@ -706,17 +708,17 @@ def compose_and_sign(conn: Connection | None, sub: Submission) -> Flow:
             references=references,
             attachments=sub.attachment_parts,
         )
-        if req.max_message_size is not None and len(raw) > req.max_message_size:
-            raise MessageTooLarge(
-                f"the message would be {len(raw)} bytes, over the maximum message size "
-                f"of {req.max_message_size} bytes (attachments included)"
-            )
         if signer.dkim_key and signer.dkim_domain and signer.dkim_selector:
             raw = dkim_sign(
                 raw,
                 selector=signer.dkim_selector,
                 domain=signer.dkim_domain,
                 private_key_pem=signer.dkim_key,
+            )
+        if req.max_message_size is not None and len(raw) > req.max_message_size:
+            raise MessageTooLarge(
+                f"the message would be {len(raw)} bytes, over the maximum message size "
+                f"of {req.max_message_size} bytes (attachments included)"
             )
         out.raw = raw
     return Flow.CONTINUE
