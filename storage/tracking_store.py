@@ -243,6 +243,32 @@ def send_for_unsubscribe(conn: Connection, send_id: int) -> dict[str, Any] | Non
     return dict(row) if row else None
 
 
+async def human_hits(conn: AsyncConnection, org_id: int, send_id: int) -> list[dict[str, Any]]:
+    """One send's human opens and clicks, per kind and link: ``count``, ``first``, ``last``.
+
+    Machine hits (prefetching proxies, scanners: :mod:`tracking.verdicts`) are left
+    out, as every report leaves them out.  Clicks come per ``link_index``; opens
+    have none.
+    """
+    q = (
+        select(
+            tracking_hits.c.kind,
+            tracking_hits.c.link_index,
+            func.count().label("count"),
+            func.min(tracking_hits.c.at).label("first"),
+            func.max(tracking_hits.c.at).label("last"),
+        )
+        .where(
+            tracking_hits.c.org_id == org_id,
+            tracking_hits.c.send_id == send_id,
+            tracking_hits.c.verdict == "human",
+        )
+        .group_by(tracking_hits.c.kind, tracking_hits.c.link_index)
+        .order_by(tracking_hits.c.kind, tracking_hits.c.link_index)
+    )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
 # Reports -----------------------------------------------------------------------------
 
 _KEYS = {

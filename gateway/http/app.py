@@ -112,7 +112,11 @@ def create_app(services: Services) -> Starlette:
         # Before the generic ``/{module}`` routes of records.
         TemplatesApi(db),
         SendingApi(
-            db, clock=clock, signer=services.signer, wake_relay=partial(services.wake, "relay")
+            db,
+            clock=clock,
+            signer=services.signer,
+            wake_relay=partial(services.wake, "relay"),
+            max_message_size=services.settings.max_message_size,
         ),
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
