@@ -26,10 +26,11 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
+    Select,
     and_,
     case,
-    exists,
     false,
     func,
     literal_column,
@@ -112,8 +113,22 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _colleague(org_id: int, domains: Sequence[str]) -> ColumnElement[bool]:
-    sender = messages.c.from_addr
+def _found(*where: ColumnElement[bool]) -> ColumnElement[bool]:
+    """``(SELECT 1 … LIMIT 1) IS NOT NULL``: a row exists, looked up per message.
+
+    Not ``EXISTS``: PostgreSQL turns a top-level ``[NOT] EXISTS`` into a join
+    whose shape follows its statistics, and without them yet (right after an
+    import) it scanned every contact and deal of the org once per message —
+    minutes for 10,000 messages.  A scalar subquery is never turned into a
+    join: each message costs one probe of ``(org_id, email_norm)`` (and of
+    ``(org_id, contact_id)`` for deals), whatever the statistics say.
+    """
+    return select(literal_column("1")).where(*where).limit(1).scalar_subquery().is_not(None)
+
+
+def _colleague(
+    org_id: int, sender: ColumnElement[str], domains: Sequence[str]
+) -> ColumnElement[bool]:
     in_domain = [
         cond
         for d in domains
@@ -122,76 +137,72 @@ def _colleague(org_id: int, domains: Sequence[str]) -> ColumnElement[bool]:
             sender.like(f"%.{_like_escape(d)}", escape="\\"),
         )
     ]
-    a_user = exists().where(users.c.org_id == org_id, users.c.email_norm == sender)
+    a_user = _found(users.c.org_id == org_id, users.c.email_norm == sender)
     return or_(*in_domain, a_user)
 
 
-def _open_deal(org_id: int, closing: tuple[date, date] | None = None) -> ColumnElement[bool]:
-    """The sender is a contact with an open deal (closing within ``closing``, if given)."""
+def _open_deal(
+    org_id: int, sender: ColumnElement[str], closing: tuple[date, date] | None = None
+) -> ColumnElement[bool]:
+    """The sender is a contact with an open deal (closing within ``closing``, if given).
+
+    Nested: the sender's contacts by ``(org_id, email_norm)``, then only their
+    deals by ``(org_id, contact_id)``, never the org's deals at large.
+    """
     conds = [
-        contacts.c.org_id == org_id,
-        contacts.c.email_norm == messages.c.from_addr,
         deals.c.org_id == org_id,
         deals.c.contact_id == contacts.c.id,
         open_stage(deals.c.stage),
     ]
     if closing is not None:
         conds += [deals.c.closing_date >= closing[0], deals.c.closing_date < closing[1]]
-    return (
-        exists()
-        .select_from(contacts.join(deals, deals.c.contact_id == contacts.c.id))
-        .where(*conds)
-    )
+    return _found(contacts.c.org_id == org_id, contacts.c.email_norm == sender, _found(*conds))
 
 
-def _record(org_id: int) -> ColumnElement[bool]:
-    sender = messages.c.from_addr
-    contact = exists().where(contacts.c.org_id == org_id, contacts.c.email_norm == sender)
-    lead = exists().where(
+def _record(org_id: int, sender: ColumnElement[str]) -> ColumnElement[bool]:
+    contact = _found(contacts.c.org_id == org_id, contacts.c.email_norm == sender)
+    lead = _found(
         leads.c.org_id == org_id, leads.c.email_norm == sender, leads.c.converted_at.is_(None)
     )
     return or_(contact, lead)
 
 
-def column_filter(column: InboxColumn, org_id: int, domains: Sequence[str]) -> ColumnElement[bool]:
-    """The column's messages, exclusive of the columns before it in the module's order."""
-    colleague, deal, record = _colleague(org_id, domains), _open_deal(org_id), _record(org_id)
-    match column:
-        case InboxColumn.COLLEAGUES:
-            return colleague
-        case InboxColumn.DEALS:
-            return and_(not_(colleague), deal)
-        case InboxColumn.RECORDS:
-            return and_(not_(colleague), not_(deal), record)
-        case InboxColumn.NOT_IN_CRM:
-            return and_(not_(colleague), not_(deal), not_(record))
+#: Columns as small integers in SQL (no text to bind or compare per row).
+CODES = {c: i for i, c in enumerate(InboxColumn)}
 
 
-# --------------------------------------------------------------------------- reading a column
+def _code(column: InboxColumn) -> ColumnElement[int]:
+    return literal_column(str(CODES[column]))
 
 
-async def column_page(
-    conn: AsyncConnection,
-    org_id: int,
-    user_id: int,
-    column: InboxColumn,
-    *,
-    domains: Sequence[str],
-    this_month: tuple[date, date],
-    limit: int,
-    before: Cursor | None = None,
-) -> Page:
-    """One page of a column, newest filed first (deals closing this month before the rest).
+def classify(org_id: int, domains: Sequence[str]) -> ColumnElement[int]:
+    """The column code of a message, from its sender: the first that holds, in order."""
+    sender = messages.c.from_addr
+    return case(
+        (_colleague(org_id, sender, domains), _code(InboxColumn.COLLEAGUES)),
+        (_open_deal(org_id, sender), _code(InboxColumn.DEALS)),
+        (_record(org_id, sender), _code(InboxColumn.RECORDS)),
+        else_=_code(InboxColumn.NOT_IN_CRM),
+    )
 
-    One statement: the column's messages with their rank and the column's total
-    (a window count, taken before the cursor narrows the rows), then the page.
+
+def _polled_of(org_id: int, user_id: int) -> ColumnElement[bool]:
+    """The user's own polled incoming mail."""
+    return and_(
+        messages.c.org_id == org_id,
+        messages.c.user_id == user_id,
+        messages.c.direction == "incoming",
+        messages.c.source.in_(POLLED_SOURCES),
+    )
+
+
+def _classified(org_id: int, user_id: int, domains: Sequence[str]) -> CTE:
+    """The user's polled mail with each message's column, decided once per message.
+
+    ``MATERIALIZED``: inlined, PostgreSQL would repeat the look-ups wherever the
+    column is used (filter, partition, rank).
     """
-    if column is InboxColumn.DEALS:
-        closing = _open_deal(org_id, this_month)
-        rank = case((closing, literal_column("1")), else_=literal_column("0"))
-    else:
-        rank = literal_column("0")
-    inner = (
+    return (
         select(
             messages.c.id,
             messages.c.subject,
@@ -200,46 +211,106 @@ async def column_page(
             messages.c.date,
             messages.c.seen,
             messages.c.created_at,
-            rank.label("rank"),
-            func.count().over().label("total"),
+            classify(org_id, domains).label("col"),
         )
-        .where(
-            messages.c.org_id == org_id,
-            messages.c.user_id == user_id,
-            messages.c.direction == "incoming",
-            messages.c.source.in_(POLLED_SOURCES),
-            column_filter(column, org_id, domains),
-        )
-        .subquery("col")
+        .where(_polled_of(org_id, user_id))
+        .cte("classified")
+        .prefix_with("MATERIALIZED")
     )
-    q = select(inner)
+
+
+# --------------------------------------------------------------------------- reading columns
+
+
+def inbox_query(
+    org_id: int,
+    user_id: int,
+    columns: Sequence[InboxColumn],
+    *,
+    domains: Sequence[str],
+    this_month: tuple[date, date],
+    limit: int,
+    before: Cursor | None = None,
+) -> Select[Any]:
+    """Up to ``limit`` + 1 rows of each of ``columns``, each row with its column's total.
+
+    One statement for any number of columns: every message is classified once;
+    deals closing this month get rank 1; each column is counted (before the
+    cursor narrows it) and numbered in its order, rank first, newest filed first.
+    """
+    classified = _classified(org_id, user_id, domains)
+    closing = _open_deal(org_id, classified.c.from_addr, this_month)
+    is_deal = classified.c.col == _code(InboxColumn.DEALS)
+    rank = case((and_(is_deal, closing), literal_column("1")), else_=literal_column("0"))
+    counted = (
+        select(
+            classified,
+            rank.label("rank"),
+            func.count().over(partition_by=classified.c.col).label("total"),
+        )
+        .where(classified.c.col.in_([_code(c) for c in columns]))
+        .subquery("counted")
+    )
+    order = (counted.c.rank.desc(), counted.c.id.desc())
+    paged = select(
+        counted, func.row_number().over(partition_by=counted.c.col, order_by=order).label("rn")
+    )
     if before is not None:
-        q = q.where(
+        paged = paged.where(
             or_(
-                inner.c.rank < before.rank,
-                and_(inner.c.rank == before.rank, inner.c.id < before.id),
+                counted.c.rank < before.rank,
+                and_(counted.c.rank == before.rank, counted.c.id < before.id),
             )
         )
-    q = q.order_by(inner.c.rank.desc(), inner.c.id.desc()).limit(limit + 1)
-    rows = [dict(r) for r in (await conn.execute(q)).mappings()]
-    count = rows[0]["total"] if rows else await _count(conn, org_id, user_id, column, domains)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = Cursor(rows[-1]["rank"], rows[-1]["id"]) if more else None
-    return Page(column, int(count), rows, nxt)
+    pages = paged.subquery("paged")
+    return select(pages).where(pages.c.rn <= limit + 1).order_by(pages.c.col, pages.c.rn)
+
+
+async def read_columns(
+    conn: AsyncConnection,
+    org_id: int,
+    user_id: int,
+    columns: Sequence[InboxColumn],
+    *,
+    domains: Sequence[str],
+    this_month: tuple[date, date],
+    limit: int,
+    before: Cursor | None = None,
+) -> list[Page]:
+    """A page of each of ``columns``, in the order given."""
+    q = inbox_query(
+        org_id,
+        user_id,
+        columns,
+        domains=domains,
+        this_month=this_month,
+        limit=limit,
+        before=before,
+    )
+    by_code: dict[int, list[dict[str, Any]]] = {}
+    for r in (await conn.execute(q)).mappings():
+        by_code.setdefault(int(r["col"]), []).append(dict(r))
+    pages = []
+    for column in columns:
+        rows = by_code.get(CODES[column], [])
+        if rows:
+            count = int(rows[0]["total"])
+        elif before is not None:  # a cursor past the column's end: count it alone
+            count = await _count(conn, org_id, user_id, column, domains)
+        else:
+            count = 0
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = Cursor(int(rows[-1]["rank"]), rows[-1]["id"]) if more else None
+        pages.append(Page(column, count, rows, nxt))
+    return pages
 
 
 async def _count(
     conn: AsyncConnection, org_id: int, user_id: int, column: InboxColumn, domains: Sequence[str]
 ) -> int:
-    """The column's total when the page came back empty (a cursor past its end)."""
-    q = select(func.count()).where(
-        messages.c.org_id == org_id,
-        messages.c.user_id == user_id,
-        messages.c.direction == "incoming",
-        messages.c.source.in_(POLLED_SOURCES),
-        column_filter(column, org_id, domains),
-    )
+    classified = _classified(org_id, user_id, domains)
+    q = select(func.count()).select_from(classified).where(classified.c.col == _code(column))
     return int((await conn.execute(q)).scalar() or 0)
 
 

@@ -183,6 +183,8 @@ deals = Table(
     Column("closing_date", Date),
     _created(),
     _updated(),
+    # A contact's deals within the org (the SalesInbox asks per sender; 0014).
+    Index("ix_deals_org_contact", "org_id", "contact_id"),
 )
 
 messages = Table(

@@ -139,19 +139,16 @@ class InboxApi(Resource):
                     "(PUT /api/v1/inbox-settings)",
                 )
             this_month = month_of(self.clock.now(), org.timezone)
-            pages = [
-                await inbox.column_page(
-                    conn,
-                    org_id,
-                    user["id"],
-                    c,
-                    domains=org.domains,
-                    this_month=this_month,
-                    limit=limit,
-                    before=cursor,
-                )
-                for c in ([column] if column else shown)
-            ]
+            pages = await inbox.read_columns(
+                conn,
+                org_id,
+                user["id"],
+                [column] if column else shown,
+                domains=org.domains,
+                this_month=this_month,
+                limit=limit,
+                before=cursor,
+            )
             senders = [r["from_addr"] for p in pages for r in p.rows]
             records = await inbox.sender_records(conn, org_id, senders)
             deal_pages = [p for p in pages if p.column is InboxColumn.DEALS]
