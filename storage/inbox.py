@@ -3,10 +3,11 @@
 Which column a message is in depends on its sender (``messages.from_addr``,
 normalised at filing) and the CRM *as it is now*, never on what was linked at
 filing: a sender added to the CRM later moves to the right column at once, and
-one deleted falls back to "not in the CRM".  Each column is one statement over
-the user's own mail (``ix_messages_user``) with ``EXISTS`` look-ups on the
-indexed ``email_norm`` of contacts, leads and users; its total comes from a
-window count in the same statement.
+one deleted falls back to "not in the CRM".  One statement answers any number
+of columns (:func:`inbox_query`): the user's own mail (``ix_messages_user``)
+is classified once per message by look-ups of its sender on the indexed
+``(org_id, email_norm)`` of users, contacts and leads (and ``(org_id,
+contact_id)`` of deals); window functions count and page each column.
 
 A sender is in exactly one column, decided in this order:
 

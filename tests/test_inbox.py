@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.http.inbox import month_of
 from tests.support.dovecot import Dovecot, start_or_skip
 from tests.support.server import MailgateServer, wait_until
 
@@ -444,3 +445,16 @@ def test_ten_thousand_messages_are_sorted_into_columns_quickly(gate, dovecot, ca
             f"\nSalesInbox over 10,000 messages ({engine}): "
             + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items())
         )
+
+
+@pytest.mark.parametrize(
+    "now, month",
+    [
+        (datetime(2026, 11, 30, 14, 59, tzinfo=UTC), (date(2026, 11, 1), date(2026, 12, 1))),
+        # 01:00 on 1 December in Tokyo: December's deals are "this month".
+        (datetime(2026, 11, 30, 16, 0, tzinfo=UTC), (date(2026, 12, 1), date(2027, 1, 1))),
+        (datetime(2027, 1, 1, 0, 0, tzinfo=UTC), (date(2027, 1, 1), date(2027, 2, 1))),
+    ],
+)
+def test_this_month_is_the_orgs_month(now, month):
+    assert month_of(now, "Asia/Tokyo") == month
