@@ -22,6 +22,7 @@ from gateway.http.campaigns import CampaignsApi
 from gateway.http.emails import EmailsApi
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.http.events import EventsApi
+from gateway.http.inbox import InboxApi
 from gateway.http.lists import ListsApi
 from gateway.http.mailboxes import MailboxesApi
 from gateway.http.org_settings import OrgSettingsApi
@@ -126,6 +127,7 @@ def create_app(services: Services) -> Starlette:
         SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
         WebhooksApi(db, clock=clock, allow_private=services.settings.allow_private_targets),
         EmailsApi(db),  # before RecordsApi's /{module}/{id} routes
+        InboxApi(db, clock),  # before RecordsApi's /{module} routes
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -48,6 +50,18 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in HIDDEN}
 
 
+def _closing_date(value: Any) -> date | None:
+    """A deal's ``closing_date``: ``YYYY-MM-DD`` or null (the SalesInbox sorts by it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ApiError(422, "invalid_field", "closing_date must be a date, YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_field", f"closing_date {value!r} is not a date") from exc
+
+
 async def _validate(
     conn, module: str, org_id: int, body: dict[str, Any], *, partial: bool
 ) -> dict[str, Any]:
@@ -73,6 +87,8 @@ async def _validate(
             if not isinstance(value, bool):
                 raise ApiError(422, "invalid_field", "do_not_mail must be true or false")
             values[key] = value
+        elif key == "closing_date":
+            values[key] = _closing_date(value)
         elif key == "amount":
             if value is None:
                 values[key] = None
