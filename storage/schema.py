@@ -179,11 +179,11 @@ deals = Table(
     Column("stage", String(50), nullable=False, default="qualification"),
     Column("amount", Numeric(16, 2)),
     Column("owner_id", ID, ForeignKey("users.id", ondelete="SET NULL")),
-    # When the deal is expected to close: the SalesInbox puts this month's first (0014).
+    # When the deal is expected to close: the SalesInbox puts this month's first (migration 0013).
     Column("closing_date", Date),
     _created(),
     _updated(),
-    # A contact's deals within the org (the SalesInbox asks per sender; 0014).
+    # A contact's deals within the org (the SalesInbox asks per sender; migration 0013).
     Index("ix_deals_org_contact", "org_id", "contact_id"),
 )
 
