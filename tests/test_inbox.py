@@ -271,6 +271,7 @@ def test_org_setting_off_stops_keeping_strangers_mail_and_hides_the_column(gate,
     assert r.status_code == 200 and r.json() == {"keep_unknown": False}
     assert member.get("/api/v1/inbox-settings").json() == {"keep_unknown": False}
     dropped = rep.receive("late@stranger.example", "sent while off")
+    colleague_mid = rep.receive(f"member-{rep.tag}@{rep.domain}", "colleague while off")
     sentinel = rep.receive("known@client.example", "lead while off")
     rep.wait_filed(sentinel)  # polled and filed after the stranger's mail
     gate.settle()
@@ -279,6 +280,9 @@ def test_org_setting_off_stops_keeping_strangers_mail_and_hides_the_column(gate,
     assert "not_in_crm" not in overview["columns"] and overview["keep_unknown"] is False
     assert column_of(overview, "lead mail") is None
     assert column_of(overview, "lead while off") == "records"
+    # The setting is about senders outside the org: a colleague's mail is still kept.
+    assert rep.filed(colleague_mid) is not None
+    assert column_of(overview, "colleague while off") == "colleagues"
     r = rep.api.get("/api/v1/inbox", params={"column": "not_in_crm"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "column_off"
     # What was kept before stays filed: its sender, added to the CRM, brings it back.
