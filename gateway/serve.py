@@ -27,6 +27,7 @@ import uvicorn
 import sync
 from gateway.config import Settings
 from gateway.http.app import create_app
+from gateway.http.stream import end_streams
 from gateway.receive.smtp import DropboxHandler, start_smtp
 from gateway.services import Services
 
@@ -88,6 +89,7 @@ async def listen_http(services: Services, running: Running) -> StopListening:
 
     async def stop(deadline: float) -> None:
         server.should_exit = True  # stop accepting; requests in progress finish
+        end_streams(services)  # open event streams end now instead of holding the stop
         try:
             await asyncio.wait_for(asyncio.shield(task), deadline)
         except TimeoutError:
@@ -120,7 +122,7 @@ class Role:
 #: (``tracking``), a ``worker`` judges them (``verdicts``).
 ROLE_TABLE: dict[str, Role] = {
     "smtp": Role(listener=listen_smtp, runners=("spool",)),
-    "http": Role(listener=listen_http, runners=("tracking",)),
+    "http": Role(listener=listen_http, runners=("tracking", "signals")),
     "worker": Role(runners=("ingest", "relay", "bounces", "verdicts", "campaigns")),
     "imap": Role(runners=("spool", "mailboxes")),
     "sync": Role(runners=(*(consumer.name for consumer in sync.CONSUMERS), "webhook_delivery")),

@@ -223,6 +223,12 @@ def _webhook_delivery(services: Services) -> LoopRunner:
     )
 
 
+def _signals(services: Services) -> LoopRunner:
+    from gateway.http.stream import SignalHub
+
+    return SignalHub(services.db, clock=services.follow_clock)
+
+
 #: Every runner a process can run, by name: the workers, then one per event-log
 #: consumer in ``sync.CONSUMERS`` (under the consumer's own ``name``).
 RUNNERS: dict[str, RunnerFactory] = {
@@ -235,5 +241,6 @@ RUNNERS: dict[str, RunnerFactory] = {
     "mailboxes": _mailboxes,
     "campaigns": _campaigns,
     "webhook_delivery": _webhook_delivery,
+    "signals": _signals,
     **{consumer.name: _consumer(consumer) for consumer in sync.CONSUMERS},
 }

@@ -27,6 +27,7 @@ SEND_COLUMNS = (
     sends.c.template_version,
     sends.c.message_id,
     sends.c.campaign_id,
+    sends.c.cc_emails,
 )
 
 

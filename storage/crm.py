@@ -32,7 +32,7 @@ WRITABLE: dict[str, tuple[str, ...]] = {
     ),
     "contacts": ("first_name", "last_name", "email", "account_id", "phone", "title", "do_not_mail"),
     "accounts": ("name",),
-    "deals": ("name", "account_id", "contact_id", "stage", "amount"),
+    "deals": ("name", "account_id", "contact_id", "stage", "amount", "closing_date"),
 }
 
 

@@ -7,11 +7,23 @@ Reading a record's mail (the API) is async.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    exists,
+    insert,
+    or_,
+    select,
+    true,
+    tuple_,
+    union_all,
+)
 from sqlalchemy import literal as sa_literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -259,8 +271,76 @@ LIST_COLUMNS = (
     messages.c.send_id,
     messages.c.user_id,
     messages.c.seen,
+    messages.c.shared,
     messages.c.created_at,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """Whose mail one viewer may see, as plain values (the rules live in the gateway's
+    ``sharing`` module, which builds this; here it only becomes SQL).
+
+    ``hidden``: owners none of whose mail shows; ``partial``: owners whose mail shows
+    only when it is filed on one of the given (module, id) records;
+    ``public_sources``: ``messages.source`` values everyone sees (mail sent from the
+    CRM).  Unshared mail (``shared`` false) is its owner's only, whatever the rest says.
+    """
+
+    viewer_id: int
+    hidden: frozenset[int] = frozenset()
+    partial: Mapping[int, frozenset[tuple[str, int]]] = field(default_factory=dict)
+    public_sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MailFilter:
+    """A record list's optional filters (None: any): sources, one direction, one owner."""
+
+    sources: tuple[str, ...] | None = None
+    direction: str | None = None
+    user_id: int | None = None
+
+
+def _visible(org_id: int, seen: Visibility) -> ColumnElement[bool]:
+    """The WHERE term of :class:`Visibility` over ``messages``."""
+    owner = messages.c.user_id
+    others = [messages.c.source.in_(seen.public_sources)] if seen.public_sources else []
+    restricted = sorted(seen.hidden | set(seen.partial))
+    others.append(owner.not_in(restricted) if restricted else true())
+    if seen.partial:
+        elsewhere = message_links.alias("elsewhere")
+        others.append(
+            exists().where(
+                elsewhere.c.org_id == org_id,
+                elsewhere.c.message_id == messages.c.id,
+                or_(
+                    *(
+                        and_(
+                            owner == uid,
+                            tuple_(elsewhere.c.module, elsewhere.c.record_id).in_(sorted(recs)),
+                        )
+                        for uid, recs in sorted(seen.partial.items())
+                    )
+                ),
+            )
+        )
+    return or_(
+        owner.is_(None),
+        owner == seen.viewer_id,
+        and_(messages.c.shared == true(), or_(*others)),
+    )
+
+
+def _filtered(wanted: MailFilter) -> list[ColumnElement[bool]]:
+    terms = []
+    if wanted.sources is not None:
+        terms.append(messages.c.source.in_(wanted.sources))
+    if wanted.direction is not None:
+        terms.append(messages.c.direction == wanted.direction)
+    if wanted.user_id is not None:
+        terms.append(messages.c.user_id == wanted.user_id)
+    return terms
 
 
 async def emails_for_record(
@@ -269,14 +349,17 @@ async def emails_for_record(
     module: str,
     rid: int,
     *,
+    seen: Visibility,
+    wanted: MailFilter | None = None,
     after: int,
     limit: int,
-    hidden_owners: set[int] | frozenset[int] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """Mail filed against a record (deals: resolve to their contact first), newest last.
+    """Mail filed on a record that ``seen``'s viewer may see, matching ``wanted``, oldest first.
 
-    ``hidden_owners``: users whose mail the asker may not see (sharing rules).
-    Our own sends carry their recipient status (sent, opened, clicked, bounced …).
+    A deal's mail is the mail filed on the deal itself, not its contact's.  Our
+    own sends carry their recipient status (sent, opened, clicked, bounced …).
+    The record's links come through ``ix_message_links_record``; sharing and the
+    filters are checks on that record's rows, never a scan of the org's mail.
     """
     send = and_(sends.c.id == messages.c.send_id, sends.c.org_id == org_id)
     q = (
@@ -287,15 +370,14 @@ async def emails_for_record(
             message_links.c.org_id == org_id,
             message_links.c.module == module,
             message_links.c.record_id == rid,
+            messages.c.org_id == org_id,
             messages.c.id > after,
+            _visible(org_id, seen),
+            *_filtered(wanted or MailFilter()),
         )
         .order_by(messages.c.id)
         .limit(limit)
     )
-    if hidden_owners:
-        q = q.where(
-            or_(messages.c.user_id.is_(None), messages.c.user_id.notin_(sorted(hidden_owners)))
-        )
     return [dict(r) for r in (await conn.execute(q)).mappings()]
 
 

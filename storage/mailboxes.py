@@ -417,3 +417,20 @@ async def resolve_record(
     q = select(deals.c.contact_id).where(deals.c.org_id == org_id, deals.c.id == rid)
     contact_id = (await conn.execute(q)).scalar()
     return None if contact_id is None else ("contacts", contact_id)
+
+
+async def pollable_mailboxes(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every mailbox whose owner is active: a deactivated user's mailboxes stop polling.
+
+    The supervisor's question (all orgs: it runs one poller per mailbox);
+    reactivating the user starts them again from their checkpoints.
+    """
+    from storage.schema import users
+
+    q = (
+        select(mailboxes)
+        .join(users, (users.c.id == mailboxes.c.user_id) & (users.c.org_id == mailboxes.c.org_id))
+        .where(users.c.active)
+        .order_by(mailboxes.c.id)
+    )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]

@@ -201,3 +201,72 @@ async def remove_sender(conn: AsyncConnection, user_id: int, email_norm: str) ->
         )
     )
     return res.rowcount or 0
+
+
+# -- users of an org: listing, (de)activation, dropbox settings -----------------------------
+
+
+async def list_users(conn: AsyncConnection, org_id: int) -> list[dict[str, Any]]:
+    """The org's users, active or not, in id order (an org has a handful, not thousands)."""
+    q = select(users).where(users.c.org_id == org_id).order_by(users.c.id)
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def get_org_user(conn: AsyncConnection, org_id: int, user_id: int) -> dict[str, Any] | None:
+    """One user of ``org_id``; another org's user is None, as if it did not exist."""
+    q = select(users).where(users.c.org_id == org_id, users.c.id == user_id)
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+def user_for_update(conn: Connection, user_id: int) -> dict[str, Any] | None:
+    """A user by id, for a write that decides on it (run under the org lock)."""
+    row = conn.execute(select(users).where(users.c.id == user_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def active_admins(conn: Connection, org_id: int) -> int:
+    """Active admins of the org: the last one may not be deactivated."""
+    q = (
+        select(func.count())
+        .select_from(users)
+        .where(users.c.org_id == org_id, users.c.active, users.c.is_admin)
+    )
+    return conn.execute(q).scalar_one()
+
+
+def set_active(conn: Connection, org_id: int, user_id: int, *, active: bool, at: Any) -> None:
+    """(De)activate a user; ``deactivated_at`` records when, and is cleared on reactivation."""
+    conn.execute(
+        update(users)
+        .where(users.c.org_id == org_id, users.c.id == user_id)
+        .values(active=active, deactivated_at=None if active else at)
+    )
+
+
+async def set_dropbox_options(
+    conn: AsyncConnection, org_id: int, user_id: int, **values: str
+) -> None:
+    """``dropbox_setting`` and/or ``dropbox_search`` (the caller validates them)."""
+    q = update(users).where(users.c.org_id == org_id, users.c.id == user_id).values(**values)
+    await conn.execute(q)
+
+
+async def replace_senders(conn: AsyncConnection, user_id: int, emails: list[str]) -> None:
+    """The user's extra dropbox senders become exactly ``emails`` (normalised, deduplicated)."""
+    await conn.execute(delete(user_senders).where(user_senders.c.user_id == user_id))
+    if emails:
+        await conn.execute(
+            insert(user_senders), [{"user_id": user_id, "email_norm": e} for e in emails]
+        )
+
+
+async def update_org(conn: AsyncConnection, org_id: int, **values: Any) -> None:
+    """Plan and add-on changes (``gateway.org.admin.update_org`` checks them first)."""
+    await conn.execute(update(orgs).where(orgs.c.id == org_id).values(**values))
+
+
+def org_row(conn: Connection, org_id: int) -> dict[str, Any] | None:
+    """:func:`get_org` for a synchronous write (``Database.run_write``)."""
+    row = conn.execute(select(orgs).where(orgs.c.id == org_id)).mappings().first()
+    return dict(row) if row else None

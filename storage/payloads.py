@@ -112,9 +112,13 @@ def email_replied(
     message_pk: int | None,
     user_id: int | None,
     sender: str,
+    shared: bool = True,
     at: datetime | None = None,
 ) -> NewEvent:
-    """Mail answering one of our sends arrived (``send`` needs id, module, record_id)."""
+    """Mail answering one of our sends arrived (``send`` needs id, module, record_id).
+
+    ``shared`` is the reply's own (false: it involves an excluded domain).
+    """
     data = {
         "send_id": send["id"],
         "message_id": message_pk,
@@ -122,6 +126,7 @@ def email_replied(
         "from": sender,
         "module": send["module"],
         "record_id": send["record_id"],
+        "shared": shared,
     }
     return NewEvent(org_id, EventType.EMAIL_REPLIED, data, at=at)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -178,8 +179,12 @@ deals = Table(
     Column("stage", String(50), nullable=False, default="qualification"),
     Column("amount", Numeric(16, 2)),
     Column("owner_id", ID, ForeignKey("users.id", ondelete="SET NULL")),
+    # When the deal is expected to close: the SalesInbox puts this month's first (migration 0013).
+    Column("closing_date", Date),
     _created(),
     _updated(),
+    # A contact's deals within the org (the SalesInbox asks per sender; migration 0013).
+    Index("ix_deals_org_contact", "org_id", "contact_id"),
 )
 
 messages = Table(

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, case, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.schema import message_links, messages
 from storage.schema_sending import sends
 from storage.types import UTCDateTime
 
@@ -36,6 +37,7 @@ CLAIM_COLUMNS = (
     sends.c.campaign_id,
     sends.c.verp_token,
     sends.c.raw,
+    sends.c.cc_emails,
     sends.c.attempts,
     sends.c.created_at,
 )
@@ -235,3 +237,30 @@ async def get(conn: AsyncConnection, org_id: int, send_id: int) -> dict[str, Any
     q = select(sends).where(sends.c.org_id == org_id, sends.c.id == send_id)
     row = (await conn.execute(q)).mappings().first()
     return dict(row) if row else None
+
+
+async def reply_target(
+    conn: AsyncConnection, org_id: int, message_pk: int
+) -> dict[str, Any] | None:
+    """A filed message of the org that a send may answer: its thread headers, subject,
+    owner, sharing and the records it is filed on (``records``: (module, id) pairs)."""
+    q = select(
+        messages.c.id,
+        messages.c.user_id,
+        messages.c.message_id,
+        messages.c.references,
+        messages.c.subject,
+        messages.c.source,
+        messages.c.shared,
+    ).where(messages.c.org_id == org_id, messages.c.id == message_pk)
+    row = (await conn.execute(q)).mappings().first()
+    if row is None:
+        return None
+    links = (
+        select(message_links.c.module, message_links.c.record_id)
+        .where(message_links.c.org_id == org_id, message_links.c.message_id == message_pk)
+        .order_by(message_links.c.id)
+    )
+    out = dict(row)
+    out["records"] = [(m, r) for m, r in (await conn.execute(links)).all()]
+    return out

@@ -10,7 +10,7 @@ event log — through ``ix_sends_org_sent``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,10 +22,8 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
-    or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -245,6 +243,32 @@ def send_for_unsubscribe(conn: Connection, send_id: int) -> dict[str, Any] | Non
     return dict(row) if row else None
 
 
+async def human_hits(conn: AsyncConnection, org_id: int, send_id: int) -> list[dict[str, Any]]:
+    """One send's human opens and clicks, per kind and link: ``count``, ``first``, ``last``.
+
+    Machine hits (prefetching proxies, scanners: :mod:`tracking.verdicts`) are left
+    out, as every report leaves them out.  Clicks come per ``link_index``; opens
+    have none.
+    """
+    q = (
+        select(
+            tracking_hits.c.kind,
+            tracking_hits.c.link_index,
+            func.count().label("count"),
+            func.min(tracking_hits.c.at).label("first"),
+            func.max(tracking_hits.c.at).label("last"),
+        )
+        .where(
+            tracking_hits.c.org_id == org_id,
+            tracking_hits.c.send_id == send_id,
+            tracking_hits.c.verdict == "human",
+        )
+        .group_by(tracking_hits.c.kind, tracking_hits.c.link_index)
+        .order_by(tracking_hits.c.kind, tracking_hits.c.link_index)
+    )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
 # Reports -----------------------------------------------------------------------------
 
 _KEYS = {
@@ -381,15 +405,12 @@ def no_response(
     end: datetime,
     *,
     limit: int,
-    hidden_owners: Iterable[int] = (),
-    shared: Mapping[int, set[tuple[str, int]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Leads/contacts sent mail in [start, end) with no human open, click or reply since.
 
     Bounced-only recipients are included (they did not respond either); the
-    ``bounced`` count tells them apart.  Sends of ``hidden_owners`` are left out
-    (the viewer may not see their mail), except those to the records in
-    ``shared[owner]`` (a custom sharer's chosen records).
+    ``bounced`` count tells them apart.  Every send of the org counts, whoever
+    sent it: sends are mail sent from the CRM, which sharing modes do not hide.
     """
     responded = func.count(sends.c.opened_at) + func.count(sends.c.clicked_at)
     responded = responded + func.count(sends.c.replied_at)
@@ -408,7 +429,6 @@ def no_response(
             sends.c.sent_at < end,
             sends.c.module.in_(("leads", "contacts")),
             sends.c.record_id.is_not(None),
-            *_visible_sends(hidden_owners, shared or {}),
         )
         .group_by(sends.c.module, sends.c.record_id)
         .having(responded == 0)
@@ -418,19 +438,6 @@ def no_response(
     rows = [dict(r) for r in conn.execute(q).mappings()]
     _add_names(conn, org_id, rows)
     return rows
-
-
-def _visible_sends(hidden: Iterable[int], shared: Mapping[int, set[tuple[str, int]]]) -> list:
-    """The WHERE terms that keep ``hidden`` owners' sends out, but for their shared records."""
-    hidden = sorted(set(hidden))
-    if not hidden:
-        return []
-    allowed = [
-        and_(sends.c.user_id == owner, tuple_(sends.c.module, sends.c.record_id).in_(sorted(recs)))
-        for owner, recs in shared.items()
-        if owner in hidden and recs
-    ]
-    return [or_(sends.c.user_id.is_(None), sends.c.user_id.not_in(hidden), *allowed)]
 
 
 def _add_names(conn: Connection, org_id: int, rows: list[dict[str, Any]]) -> None:

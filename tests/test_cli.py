@@ -134,6 +134,10 @@ def write(path: Path, data: bytes) -> Path:
         ["user", "create"],
         ["user", "dropbox"],
         ["user", "senders"],
+        ["user", "list"],
+        ["user", "deactivate"],
+        ["user", "activate"],
+        ["org", "update"],
         ["import"],
         ["demo"],
     ],
@@ -455,3 +459,68 @@ def test_mass_addon_is_capped_at_2250_mass_mails_a_day(mailgate_cli):
             "org", "create", "Neg", "--plan", "standard", "--mass-addon", "-1"
         ).error_line()
     )
+
+
+# --- users deactivated, dropbox options, the free plan's mass mail (issue #12) ---------
+
+
+def test_the_free_plan_refuses_a_mass_addon_however_it_is_set(any_db_cli):
+    mg = any_db_cli
+    line = mg("org", "create", "Tiny", "--plan", "free", "--mass-addon", "10").error_line()
+    assert "free plan has no mass mail" in line
+    tiny = mg("org", "create", "Tiny", "--plan", "free").json()
+    assert tiny["mass_addon"] == 0
+    line = mg("org", "update", "Tiny", "--mass-addon", "5").error_line()
+    assert "free plan has no mass mail" in line
+
+    mg("org", "create", "Paid", "--plan", "standard", "--mass-addon", "500").json()
+    # Down to free with the add-on still bought: refused until the add-on goes too.
+    assert (
+        "free plan has no mass mail" in mg("org", "update", "Paid", "--plan", "free").error_line()
+    )
+    changed = mg("org", "update", "Paid", "--plan", "free", "--mass-addon", "0").json()
+    assert (changed["plan"], changed["mass_addon"]) == ("free", 0)
+    assert "unknown plan" in mg("org", "update", "Paid", "--plan", "gold").error_line()
+    assert "no organization" in mg("org", "update", "Nope", "--plan", "free").error_line()
+    assert "--plan" in mg("org", "update", "Paid").error_line()
+
+
+def test_deactivating_frees_a_free_plan_seat_and_reactivating_past_the_cap_is_refused(any_db_cli):
+    mg = any_db_cli
+    mg("org", "create", "Tiny", "--plan", "free").json()
+    for i in range(4):
+        mg("user", "create", "--org", "Tiny", f"u{i}@tiny.jp", "--name", "U").json()
+    gone = mg("user", "deactivate", "u1@tiny.jp").json()
+    assert gone["active"] is False and gone["deactivated_at"]
+    mg("user", "create", "--org", "Tiny", "u4@tiny.jp", "--name", "U").json()
+    line = mg("user", "activate", "u1@tiny.jp").error_line()
+    assert "at most 4 active users" in line
+    listed = {u["email"]: u["active"] for u in mg("user", "list", "--org", "Tiny").json()}
+    assert listed == {f"u{i}@tiny.jp": i != 1 for i in range(5)}
+    # Deactivating twice (or activating an active user) changes nothing and is no error.
+    assert mg("user", "deactivate", "u1@tiny.jp").json()["active"] is False
+    assert "no user" in mg("user", "deactivate", "ghost@tiny.jp").error_line()
+
+
+def test_the_last_active_admin_cannot_be_deactivated(mailgate_cli):
+    mg = mailgate_cli
+    mg("org", "create", "Acme", "--plan", "standard").json()
+    mg("user", "create", "--org", "Acme", "boss@acme.jp", "--name", "B", "--admin").json()
+    assert "last active admin" in mg("user", "deactivate", "boss@acme.jp").error_line()
+    mg("user", "create", "--org", "Acme", "vice@acme.jp", "--name", "V", "--admin").json()
+    assert mg("user", "deactivate", "boss@acme.jp").json()["active"] is False
+
+
+def test_user_dropbox_changes_what_unknown_recipients_become_and_what_is_searched(mailgate_cli):
+    mg = mailgate_cli
+    mg("org", "create", "Acme", "--plan", "standard").json()
+    mg("user", "create", "--org", "Acme", "taro@acme.jp", "--name", "T").json()
+    shown = mg("user", "dropbox", "taro@acme.jp").json()
+    assert (shown["setting"], shown["search"]) == ("lead", "both")
+    changed = mg(
+        "user", "dropbox", "taro@acme.jp", "--setting", "contact", "--search", "contacts"
+    ).json()
+    assert (changed["setting"], changed["search"]) == ("contact", "contacts")
+    assert changed["dropbox_address"] == shown["dropbox_address"]
+    line = mg("user", "dropbox", "taro@acme.jp", "--search", "deals").error_line()
+    assert "search must be one of leads, contacts, both" in line

@@ -216,32 +216,32 @@ def test_reports_refuse_bad_parameters_and_other_orgs(mailgate, org):
         assert anon.get("/api/v1/reports/emails").status_code == 401
 
 
-def test_no_response_shows_a_private_reps_recipients_only_to_that_rep(mailgate):
-    """Who a rep mailed is mail content: with sharing set to private, a colleague's (and an
-    admin's) no-response report leaves those recipients out; a custom sharer's chosen record
-    stays visible."""
+def test_no_response_shows_a_private_reps_recipients_to_everyone(mailgate):
+    """Sends are mail sent from the CRM, public whatever the sender's sharing mode
+    (seed 004, 公開メール): a private or custom rep's unanswered records are in every
+    colleague's (and the admin's) no-response report."""
     o = mailgate.org(f"reports-{secrets.token_hex(4)}", timezone="Asia/Tokyo")
     admin_user = mailgate.user(o, f"boss{secrets.token_hex(3)}@example.co.jp", admin=True)
     rep = mailgate.user(o, f"rep{secrets.token_hex(3)}@example.co.jp")
     colleague = mailgate.user(o, f"col{secrets.token_hex(3)}@example.co.jp")
     boss = mailgate.api(admin_user)
-    secret = boss.post("/api/v1/leads", json={"last_name": "秘密", "email": "s@x.jp"}).json()
-    shared = boss.post("/api/v1/leads", json={"last_name": "共有", "email": "sh@x.jp"}).json()
-    _send(mailgate, o, rep, T0, module="leads", record_id=secret["id"])
-    _send(mailgate, o, rep, T0, module="leads", record_id=shared["id"])
+    first = boss.post("/api/v1/leads", json={"last_name": "一", "email": "s@x.jp"}).json()
+    second = boss.post("/api/v1/leads", json={"last_name": "二", "email": "sh@x.jp"}).json()
+    _send(mailgate, o, rep, T0, module="leads", record_id=first["id"])
+    _send(mailgate, o, rep, T0, module="leads", record_id=second["id"])
     period = {"from": "2026-11-01", "to": "2026-11-30"}
+    both = {first["id"], second["id"]}
 
     def seen_by(user) -> set[int]:
         r = mailgate.api(user).get("/api/v1/reports/no-response", params=period)
         assert r.status_code == 200, r.text
         return {i["id"] for i in r.json()["items"]}
 
-    assert seen_by(colleague) == {secret["id"], shared["id"]}  # public by default
-    r = boss.put(f"/api/v1/users/{rep['id']}/sharing", json={"mode": "private"})
-    assert r.status_code == 200, r.text
-    assert seen_by(colleague) == set()
-    assert seen_by(admin_user) == set()
-    assert seen_by(rep) == {secret["id"], shared["id"]}
-    body = {"mode": "custom", "records": [{"module": "leads", "id": shared["id"]}]}
-    assert boss.put(f"/api/v1/users/{rep['id']}/sharing", json=body).status_code == 200
-    assert seen_by(colleague) == {shared["id"]}
+    for body in (
+        {"mode": "public"},
+        {"mode": "private"},
+        {"mode": "custom", "records": [{"module": "leads", "id": second["id"]}]},
+    ):
+        r = boss.put(f"/api/v1/users/{rep['id']}/sharing", json=body)
+        assert r.status_code == 200, r.text
+        assert seen_by(colleague) == seen_by(admin_user) == seen_by(rep) == both, body

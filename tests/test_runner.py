@@ -207,11 +207,12 @@ def test_roles_start_each_runner_once_in_table_order():
         "spool",
         "mailboxes",
     ]
-    assert runners_for(parse_roles("smtp,http")) == ["spool", "tracking"]
+    assert runners_for(parse_roles("smtp,http")) == ["spool", "tracking", "signals"]
     assert set(runners_for(parse_roles(None))) == {
         "spool",
         "ingest",
         "tracking",
+        "signals",
         "relay",
         "bounces",
         "verdicts",

@@ -1,4 +1,10 @@
-"""Sharing: who sees whose filed mail (private / custom / public, excluded domains)."""
+"""Sharing: who sees whose filed mail, by seed 004's rules.
+
+Private / custom / public per user; mail sent from the CRM is public whatever its
+sender's mode (公開メール); mail with an excluded domain is filed but only its
+owner sees it.  Every read path is checked: a record's emails, one email by id
+(with ``/raw``) and the event log.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +36,33 @@ def test_mail_with_no_owner_is_visible_to_all():
     assert sharing.can_see(2, None, "private", shares_record=False)
 
 
-def test_hidden_owners_lists_only_those_the_viewer_may_not_see():
+def test_a_record_list_hides_private_owners_and_scopes_custom_ones_to_their_records():
     modes = {1: {"mode": "private"}, 2: {"mode": "custom"}, 3: {"mode": "public"}}
-    assert sharing.hidden_owners(9, modes, custom_sharers={2}) == {1}
-    assert sharing.hidden_owners(9, modes, custom_sharers=set()) == {1, 2}
-    assert sharing.hidden_owners(1, modes, custom_sharers=set()) == {2}
+    modes[4] = {"mode": "custom"}  # chose no record: nothing of theirs is shared
+    scope = sharing.record_scope(9, modes, {2: {("leads", 5)}, 4: set()})
+    assert scope.viewer_id == 9
+    assert scope.hidden == {1, 4}
+    assert scope.partial == {2: frozenset({("leads", 5)})}
+    assert set(scope.public_sources) == {"api", "campaign"}
+    own = sharing.record_scope(1, modes, {2: {("leads", 5)}})
+    assert 1 not in own.hidden and 1 not in own.partial
+
+
+def test_crm_sent_mail_is_public_and_unshared_mail_is_its_owners_only():
+    modes = {1: {"mode": "private"}, 2: {"mode": "custom"}}
+    shares = {2: {("leads", 5)}}
+    lead = {("leads", 5)}
+    assert not sharing.sees_mail(9, 1, lead, modes, shares)
+    assert sharing.sees_mail(9, 1, lead, modes, shares, crm_sent=True)
+    assert sharing.sees_mail(9, 2, {("leads", 6), ("leads", 5)}, modes, shares)
+    assert not sharing.sees_mail(9, 2, {("leads", 6)}, modes, shares)
+    assert sharing.sees_mail(9, 2, {("leads", 6)}, modes, shares, crm_sent=True)
+    # An excluded domain wins over every mode, the public default included.
+    for owner in (1, 2, 3):
+        assert not sharing.sees_mail(9, owner, lead, modes, shares, shared=False)
+        assert sharing.sees_mail(owner, owner, lead, modes, shares, shared=False)
+    assert sharing.is_crm_sent("api") and sharing.is_crm_sent("campaign")
+    assert not any(sharing.is_crm_sent(s) for s in ("dropbox", "imap", "pop", None))
 
 
 def test_only_admins_or_delegated_users_change_sharing():
@@ -143,22 +171,89 @@ def test_bad_sharing_settings_get_422(team, body):
     assert r.status_code == 422, r.text
 
 
-def test_mail_with_an_excluded_domain_is_never_filed(team):
-    mg, api = team["mailgate"], team["api"]
-    r = api.put("/api/v1/excluded-domains", json={"domains": ["Secret.example.org"]})
-    assert r.status_code == 200 and r.json()["domains"] == ["secret.example.org"]
-    lead = api.post("/api/v1/leads", json={"last_name": "x", "email": "x@secret.example.org"})
-    lead = lead.json()
-    user = team["people"]["public"]
-    msg = MIMEText("confidential")
+def dropbox(mg, user: dict, to: list[str], subject: str) -> None:
+    """``user`` BCCs their dropbox on mail to ``to`` (From: their own address)."""
+    msg = MIMEText(f"本文: {subject}")
     msg["From"] = mg.call(_email_of(mg, user["id"]))
-    msg["To"] = "x@secret.example.org"
-    msg["Subject"] = "excluded"
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@example.jp>"
     with smtplib.SMTP("127.0.0.1", mg.smtp_port, timeout=30) as s:
         s.sendmail(msg["From"], [user["dropbox_address"]], msg.as_bytes())
-    assert subjects(api, lead) == set()
-    r = mg.api(team["people"]["private"]).put("/api/v1/excluded-domains", json={"domains": []})
+
+
+def items(api, module: str, rid: int, **params) -> list[dict]:
+    r = api.get(f"/api/v1/{module}/{rid}/emails", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+def test_mail_with_an_excluded_domain_is_filed_for_its_owner_and_shared_with_nobody(team):
+    mg, api, people = team["mailgate"], team["api"], team["people"]
+    r = api.put("/api/v1/excluded-domains", json={"domains": ["Secret.example.org"]})
+    assert r.status_code == 200 and r.json()["domains"] == ["secret.example.org"]
+    tag = uuid.uuid4().hex[:6]
+    secret = api.post(
+        "/api/v1/leads", json={"last_name": "x", "email": f"x{tag}@secret.example.org"}
+    )
+    other = api.post(
+        "/api/v1/leads", json={"last_name": "y", "email": f"y{tag}@client.example.com"}
+    )
+    secret, other = secret.json(), other.json()
+    owner = people["public"]  # public mode: only the exclusion can hide this mail
+    dropbox(mg, owner, [secret["email"], other["email"]], f"excluded {tag}")
+    mine = mg.api(owner)
+    filed = wait_until(lambda: items(mine, "leads", secret["id"]))
+    assert [e["subject"] for e in filed] == [f"excluded {tag}"]
+    assert filed[0]["shared"] is False and filed[0]["source"] == "dropbox"
+    eid = filed[0]["id"]
+    # The whole message is unshared: on its other record too.
+    assert [e["id"] for e in items(mine, "leads", other["id"])] == [eid]
+    body = mine.get(f"/api/v1/emails/{eid}").json()
+    assert body["shared"] is False and "本文" in body["text"]
+    assert mine.get(f"/api/v1/emails/{eid}/raw").status_code == 200
+    assert any(
+        e["type"] == "email.filed" and e["data"]["message_id"] == eid for e in event_log(mine)
+    )
+    for colleague in (api, mg.api(people["custom"])):  # an admin included
+        assert items(colleague, "leads", secret["id"]) == []
+        assert items(colleague, "leads", other["id"]) == []
+        for path in ("", "/raw", "/attachments/0"):
+            r = colleague.get(f"/api/v1/emails/{eid}{path}")
+            assert r.status_code == 404 and tag not in r.text, path
+        log = event_log(colleague)
+        assert all(e["data"].get("message_id") != eid for e in log if e["type"] == "email.filed")
+        assert all(tag not in str(e["data"]) for e in log if e["type"].startswith("email."))
+    r = mg.api(people["private"]).put("/api/v1/excluded-domains", json={"domains": []})
     assert r.status_code == 403
+    assert api.put("/api/v1/excluded-domains", json={"domains": []}).status_code == 200
+
+
+def test_custom_mail_is_shared_on_every_record_it_is_filed_on(team):
+    """A message to a chosen record and another one is shared mail: it shows on both,
+    as it opens by id (the list and the email agree)."""
+    mg, api, people = team["mailgate"], team["api"], team["people"]
+    tag = uuid.uuid4().hex[:6]
+    chosen, other = (
+        api.post(
+            "/api/v1/leads", json={"last_name": n, "email": f"{n}{tag}@client.example.com"}
+        ).json()
+        for n in ("chosen", "other")
+    )
+    custom = people["custom"]
+    dropbox(mg, custom, [chosen["email"], other["email"]], f"both {tag}")
+    dropbox(mg, custom, [other["email"]], f"other only {tag}")
+    wait_until(lambda: len(items(mg.api(custom), "leads", other["id"])) == 2)
+    body = {"mode": "custom", "records": [{"module": "leads", "id": chosen["id"]}]}
+    assert api.put(f"/api/v1/users/{custom['id']}/sharing", json=body).status_code == 200
+    try:
+        seen = {e["subject"]: e["id"] for e in items(api, "leads", other["id"])}
+        assert set(seen) == {f"both {tag}"}
+        assert api.get(f"/api/v1/emails/{seen[f'both {tag}']}").status_code == 200
+        assert [e["subject"] for e in items(api, "leads", chosen["id"])] == [f"both {tag}"]
+    finally:
+        body = {"mode": "custom", "records": [{"module": "leads", "id": team["leads"][0]["id"]}]}
+        api.put(f"/api/v1/users/{custom['id']}/sharing", json=body)
 
 
 async def _email_of(mg, user_id: int) -> str:
@@ -168,7 +263,7 @@ async def _email_of(mg, user_id: int) -> str:
         return (await orgs.get_user(conn, user_id))["email"]
 
 
-# -- every read path: the event log and single sends -------------------------------------
+# -- every read path: the event log ------------------------------------------------------
 
 
 def event_log(api) -> list[dict]:
@@ -201,30 +296,36 @@ def test_the_event_log_hides_a_private_colleagues_mail(team):
     assert {"private->one", "private->two"} <= own
 
 
-def test_a_private_colleagues_send_is_not_found_nor_in_the_log(team):
+def test_a_private_reps_send_from_the_crm_is_public_and_their_other_mail_stays_hidden(team):
     mg, people, api = team["mailgate"], team["people"], team["api"]
-    r = api.put(f"/api/v1/users/{people['private']['id']}/sharing", json={"mode": "private"})
+    rep_user = people["private"]
+    r = api.put(f"/api/v1/users/{rep_user['id']}/sharing", json={"mode": "private"})
     assert r.status_code == 200, r.text
-    rep = mg.api(people["private"])
+    rep = mg.api(rep_user)
     lead = team["leads"][0]
     r = rep.post(
         "/api/v1/emails",
-        json={"to": [{"module": "leads", "id": lead["id"]}], "subject": "内密の提案", "text": "x"},
+        json={"to": [{"module": "leads", "id": lead["id"]}], "subject": "公開の提案", "text": "x"},
     )
     assert r.status_code == 202, r.text
     sid = r.json()["sends"][0]["id"]
-    assert rep.get(f"/api/v1/sends/{sid}").json()["subject"] == "内密の提案"
+    own = {e["subject"]: e for e in items(rep, "leads", lead["id"])}
+    dropbox_id = own["private->one"]["id"]
     for colleague in (api, mg.api(people["public"])):
-        r = colleague.get(f"/api/v1/sends/{sid}")
-        assert r.status_code == 404, r.text
-        assert "内密" not in r.text
-        assert all("内密" not in str(e["data"]) for e in event_log(colleague))
-        assert all(e["data"].get("send_id") != sid for e in event_log(colleague))
-    assert any(e["data"].get("send_id") == sid for e in event_log(rep))
-    # Made public again, the same send is readable by all.
-    r = api.put(f"/api/v1/users/{people['private']['id']}/sharing", json={"mode": "public"})
-    assert api.get(f"/api/v1/sends/{sid}").status_code == 200
-    api.put(f"/api/v1/users/{people['private']['id']}/sharing", json={"mode": "private"})
+        seen = {e["subject"]: e for e in items(colleague, "leads", lead["id"])}
+        copy = seen["公開の提案"]
+        assert copy["send_id"] == sid and copy["user_id"] == rep_user["id"]
+        assert copy["source"] == "api" and copy["crm_sent"] is True and copy["shared"] is True
+        assert colleague.get(f"/api/v1/emails/{copy['id']}").json()["subject"] == "公開の提案"
+        log = event_log(colleague)
+        assert any(e["type"] == "email.filed" and e["data"].get("send_id") == sid for e in log)
+        # The same rep's dropbox mail on the same record is still theirs alone.
+        assert "private->one" not in seen
+        assert colleague.get(f"/api/v1/emails/{dropbox_id}").status_code == 404
+        assert all(e["data"].get("message_id") != dropbox_id for e in log)
+        assert [e["subject"] for e in items(colleague, "leads", lead["id"], source="crm")] == [
+            "公開の提案"
+        ]
 
 
 def test_event_visibility_rules_are_pure():
@@ -233,7 +334,22 @@ def test_event_visibility_rules_are_pure():
     filed = {"user_id": 2, "records": [{"module": "leads", "id": 5}], "subject": "s"}
     assert sharing.sees_event(9, "email.filed", filed, modes, shares)
     assert not sharing.sees_event(9, "email.filed", {**filed, "records": []}, modes, shares)
-    assert not sharing.sees_event(9, "email.sent", {"user_id": 1, "module": "leads"}, modes, {})
+    # Mail sent from the CRM is public: a private rep's send and its filed copy.
+    assert sharing.sees_event(9, "email.sent", {"user_id": 1, "module": "leads"}, modes, {})
+    assert sharing.sees_event(9, "email.opened", {"user_id": 1}, modes, {})
+    crm_copy = {"user_id": 1, "source": "api", "records": [], "shared": True}
+    assert sharing.sees_event(9, "email.filed", crm_copy, modes, {})
+    # A private rep's own mail (dropbox, IMAP) and the replies to it are not.
+    assert not sharing.sees_event(9, "email.filed", {**crm_copy, "source": "imap"}, modes, {})
+    assert not sharing.sees_event(9, "email.received", {"user_id": 1}, modes, {})
+    assert not sharing.sees_event(9, "email.replied", {"user_id": 1, "module": "leads"}, modes, {})
+    # An excluded domain: its owner only, whatever the mode or source.
+    public_owner = {"user_id": 3, "records": [], "source": "dropbox", "shared": False}
+    assert not sharing.sees_event(9, "email.filed", public_owner, modes, {})
+    assert not sharing.sees_event(9, "email.received", public_owner, modes, {})
+    assert sharing.sees_event(3, "email.filed", public_owner, modes, {})
+    # Events written before 0013 carry no ``shared``: shared, as all mail then was.
+    assert sharing.sees_event(9, "email.received", {"user_id": 3}, modes, {})
     assert sharing.sees_event(1, "email.sent", {"user_id": 1}, modes, {})
     assert sharing.sees_event(9, "record.created", {"user_id": 1}, modes, {})
     assert sharing.sees_event(9, "email.sent", {"user_id": None}, modes, {})

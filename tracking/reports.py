@@ -14,7 +14,6 @@ days, given as ISO date-times they are exact instants (``to`` exclusive).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -175,29 +174,11 @@ def email_report(conn, org_id: int, period: Period, group: str, by: str | None) 
     }
 
 
-def no_response_report(
-    conn,
-    org_id: int,
-    period: Period,
-    limit: int,
-    hidden_owners: Iterable[int] = (),
-    shared: Mapping[int, set[tuple[str, int]]] | None = None,
-) -> dict[str, Any]:
-    """Records mailed in the period that did not respond, as the viewer may see them.
-
-    ``hidden_owners`` are the users whose mail the viewer may not see (their sharing
-    mode), ``shared`` the records custom sharers opened to everyone.
-    """
+def no_response_report(conn, org_id: int, period: Period, limit: int) -> dict[str, Any]:
+    """Records mailed in the period that did not respond (the whole org's: sends are
+    mail sent from the CRM, public to everyone who sees the record)."""
     zone = _zone(period.tz)
-    rows = tracking_store.no_response(
-        conn,
-        org_id,
-        period.start,
-        period.end,
-        limit=limit + 1,
-        hidden_owners=hidden_owners,
-        shared=shared,
-    )
+    rows = tracking_store.no_response(conn, org_id, period.start, period.end, limit=limit + 1)
     items = [
         {
             "module": r["module"],

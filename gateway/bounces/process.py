@@ -180,6 +180,21 @@ def target(report: BounceReport, send: dict[str, Any]) -> tuple[str, BouncedReci
     return email, entry
 
 
+def cc_bounce(report: BounceReport, send: dict[str, Any]) -> str | None:
+    """The CC address a report is about, when it names only CC recipients of the send.
+
+    One message goes to the To and every CC under the send's one VERP address,
+    so a CC's bounce comes back to it too.  It must not bounce (and suppress)
+    the To: :func:`target` falls back to the To for reports that name nobody
+    it knows, so a report naming only the send's CC addresses is set aside.
+    """
+    cc = {comparable(c) for c in send.get("cc_emails") or ()}
+    named = {comparable(r.email) for r in report.recipients if r.email}
+    if cc and named and comparable(send["to_email"]) not in named and named <= cc:
+        return sorted(named)[0]
+    return None
+
+
 def _mailto_unsubscribe(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcome | None:
     """A recipient used the ``mailto:`` of List-Unsubscribe (subject "unsubscribe")."""
     subject = parse(row["raw"]).subject.lower()
@@ -209,6 +224,9 @@ def process_one(conn: Connection, row: dict[str, Any], policy: Policy) -> Outcom
     if send is None:
         note = f"{report.kind.value} without a valid VERP token; untrusted hints: "
         return Outcome("held", _clean(note + untrusted_hints(report))[:500])
+    cc = cc_bounce(report, send)
+    if cc is not None:  # the To got the message; its send is not bounced
+        return Outcome("done", f"{report.kind.value} of cc {cc} (send {send['id']}): not recorded")
     email, r = target(report, send)
     if report.kind == BounceKind.COMPLAINT:
         kind = "complaint"

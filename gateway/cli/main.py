@@ -199,6 +199,20 @@ def org_create(
     )
 
 
+@org_app.command("update")
+def org_update(
+    org: Annotated[str, typer.Argument(help="Org id or name.")],
+    plan: Annotated[str | None, typer.Option(help="|".join(PLAN_NAMES))] = None,
+    mass_addon: Annotated[
+        int | None, typer.Option(help="Extra mass mails per day bought (not on free).")
+    ] = None,
+) -> None:
+    """Change an org's plan or mass add-on; checked as `org create` checks them."""
+    if plan is None and mass_addon is None:
+        fail("name --plan and/or --mass-addon")
+    out(run_db(lambda db, s: admin.update_org(db, org, plan=plan, mass_addon=mass_addon)))
+
+
 @org_app.command("addresses")
 def org_addresses(
     org: Annotated[str, typer.Argument(help="Org id or name.")],
@@ -298,11 +312,27 @@ def user_dropbox(
         bool, typer.Option(help="New address; the old one stops at once.")
     ] = False,
     vcard: Annotated[Path | None, typer.Option(help="Write a vCard of the address here.")] = None,
+    setting: Annotated[
+        str | None, typer.Option(help="Unknown recipients become: lead|contact|none.")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option(help="Match dropbox mail against: leads|contacts|both.")
+    ] = None,
 ) -> None:
-    """Show (or regenerate) a user's dropbox address."""
-    info = run_db(
-        lambda db, s: admin.dropbox(db, user, regenerate=regenerate, mail_domain=s.mail_domain)
-    )
+    """Show (or regenerate) a user's dropbox address; --setting/--search change its options."""
+
+    async def go(db: Database, s: Settings) -> dict[str, Any]:
+        if setting is not None or search is not None:
+            async with db.connect() as conn:
+                found = await admin.find_user(conn, user)
+            if found is None:
+                raise admin.AdminError(f"no user {user!r}")
+            await admin.set_dropbox_options(
+                db, found["org_id"], found["id"], setting=setting, search=search
+            )
+        return await admin.dropbox(db, user, regenerate=regenerate, mail_domain=s.mail_domain)
+
+    info = run_db(go)
     if vcard is not None:
         try:
             # Bytes: vCard lines end in CRLF on every platform, untranslated.
@@ -322,6 +352,38 @@ def user_senders(
     """Manage the (at most 5) extra addresses allowed to write to a user's dropbox."""
     check_list_action(action, email)
     out({"senders": run_db(lambda db, s: admin.senders(db, user, action, email))})
+
+
+@user_app.command("list")
+def user_list(org: Annotated[str, typer.Option(help="Org id or name.")]) -> None:
+    """The org's users: active or not, since when, their dropbox options."""
+
+    async def go(db: Database, s: Settings) -> list[dict[str, Any]]:
+        from storage import orgs
+
+        async with db.connect() as conn:
+            found = await orgs.find_org(conn, org)
+        if found is None:
+            raise admin.AdminError(f"no organization {org!r}")
+        return await admin.list_users(db, found["id"])
+
+    out(run_db(go))
+
+
+@user_app.command("deactivate")
+def user_deactivate(user: Annotated[str, typer.Argument(help="User id or email.")]) -> None:
+    """Deactivate a user: tokens and dropbox stop, the seat is freed, filed mail stays."""
+    from storage.types import utcnow
+
+    out(run_db(lambda db, s: admin.set_active(db, None, user, active=False, now=utcnow())))
+
+
+@user_app.command("activate")
+def user_activate(user: Annotated[str, typer.Argument(help="User id or email.")]) -> None:
+    """Reactivate a user, if the org's plan has a free seat."""
+    from storage.types import utcnow
+
+    out(run_db(lambda db, s: admin.set_active(db, None, user, active=True, now=utcnow())))
 
 
 @app.command("import")

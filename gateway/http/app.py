@@ -22,6 +22,7 @@ from gateway.http.campaigns import CampaignsApi
 from gateway.http.emails import EmailsApi
 from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
 from gateway.http.events import EventsApi
+from gateway.http.inbox import InboxApi
 from gateway.http.lists import ListsApi
 from gateway.http.mailboxes import MailboxesApi
 from gateway.http.org_settings import OrgSettingsApi
@@ -29,9 +30,11 @@ from gateway.http.record_campaigns import RecordCampaignsApi
 from gateway.http.records import RecordsApi
 from gateway.http.reports import ReportsApi
 from gateway.http.sending import SendingApi
+from gateway.http.stream import StreamApi
 from gateway.http.syncs import SyncsApi
 from gateway.http.templates import TemplatesApi, configure_limits
 from gateway.http.tokens import TokensApi
+from gateway.http.users import UsersApi
 from gateway.http.webhooks import WebhooksApi
 from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
@@ -104,11 +107,17 @@ def create_app(services: Services) -> Starlette:
     resources = (
         Operations(db, clock, services.settings.metrics_token),
         EventsApi(db),
+        StreamApi(db, hub=services.runner("signals")),
         TokensApi(db),
+        UsersApi(db, clock=clock, mail_domain=services.settings.mail_domain),
         # Before the generic ``/{module}`` routes of records.
         TemplatesApi(db),
         SendingApi(
-            db, clock=clock, signer=services.signer, wake_relay=partial(services.wake, "relay")
+            db,
+            clock=clock,
+            signer=services.signer,
+            wake_relay=partial(services.wake, "relay"),
+            max_message_size=services.settings.max_message_size,
         ),
         MailboxesApi(db, mailboxes),
         OrgSettingsApi(db),
@@ -118,6 +127,7 @@ def create_app(services: Services) -> Starlette:
         SyncsApi(db, clock, wake=partial(services.wake, "crm_to_campaigns")),
         WebhooksApi(db, clock=clock, allow_private=services.settings.allow_private_targets),
         EmailsApi(db),  # before RecordsApi's /{module}/{id} routes
+        InboxApi(db, clock),  # before RecordsApi's /{module} routes
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
     )

@@ -2,8 +2,10 @@
 
 Who may read it is decided once, by :func:`_visible_email`, with the same
 sharing rule the record email lists and ``/api/v1/sends/{id}`` use
-(:func:`gateway.receive.mailboxes.sharing.sees_mail`): mail the asker may not
-see answers 404, as mail that does not exist does.
+(:func:`gateway.receive.mailboxes.sharing.sees_mail`): mail sent from the CRM
+is public, mail with an excluded domain (``shared`` false) is its owner's
+only, the rest follows its owner's mode.  Mail the asker may not see answers
+404, as mail that does not exist does.
 """
 
 from __future__ import annotations
@@ -83,7 +85,15 @@ class EmailsApi(Resource):
                 raise ApiError(404, "not_found", "no such email")
             modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
         records = {(r["module"], r["id"]) for r in row["records"]}
-        if not sharing.sees_mail(user["id"], row["user_id"], records, modes, shares):
+        if not sharing.sees_mail(
+            user["id"],
+            row["user_id"],
+            records,
+            modes,
+            shares,
+            shared=row["shared"],
+            crm_sent=sharing.is_crm_sent(row["source"]),
+        ):
             raise ApiError(404, "not_found", "no such email")
         return row
 
@@ -109,6 +119,8 @@ class EmailsApi(Resource):
                 "date": row["date"],
                 "direction": row["direction"],
                 "source": row["source"],
+                "crm_sent": sharing.is_crm_sent(row["source"]),
+                "shared": row["shared"],
                 "records": row["records"],
                 "text": mail.text,
                 "html": safe.html,

@@ -1,8 +1,12 @@
 """``GET /api/v1/events``: the org's event log, read from an offset (``after``).
 
-Mail events follow the sharing rules: a colleague's private mail is left out
-of the page (:func:`gateway.receive.mailboxes.sharing.sees_event`).  ``next``
-is the last id *read*, so a page thinned by sharing still moves the reader on.
+Mail events follow the sharing rules of the mail they are about
+(:func:`gateway.receive.mailboxes.sharing.sees_event`): a colleague's private
+mail, and mail with an excluded domain (``shared`` false), are left out of the
+page; the events of mail sent from the CRM (a send's ``email.sent`` …
+``email.unsubscribed``, the ``email.filed`` of its copy) are everyone's.
+``next`` is the last id *read*, so a page thinned by sharing still moves the
+reader on.
 
 :func:`event_body` is the one serialisation of an event: a page's items and
 a webhook delivery's body are the same bytes for the same event.

@@ -93,9 +93,12 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
     return bytes(body)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object, refusing oversized, malformed or unstorable bodies clearly."""
-    body = await read_body(request, MAX_JSON_BYTES)
+async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The request's JSON object, refusing oversized, malformed or unstorable bodies clearly.
+
+    ``limit``: a larger body for the one endpoint that carries files (a send's attachments).
+    """
+    body = await read_body(request, limit)
     if not body:
         return {}
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -17,7 +19,7 @@ from gateway.http.resource import Resource
 from gateway.receive.mailboxes import sharing
 from gateway.records.changes import changed_fields, deleted_fields
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
-from storage import crm, events, filing, mailboxes
+from storage import crm, events, filing, mailboxes, orgs
 from storage.events import EventType
 from storage.payloads import record_converted, record_created, record_event
 
@@ -48,6 +50,18 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in HIDDEN}
 
 
+def _closing_date(value: Any) -> date | None:
+    """A deal's ``closing_date``: ``YYYY-MM-DD`` or null (the SalesInbox sorts by it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ApiError(422, "invalid_field", "closing_date must be a date, YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_field", f"closing_date {value!r} is not a date") from exc
+
+
 async def _validate(
     conn, module: str, org_id: int, body: dict[str, Any], *, partial: bool
 ) -> dict[str, Any]:
@@ -73,6 +87,8 @@ async def _validate(
             if not isinstance(value, bool):
                 raise ApiError(422, "invalid_field", "do_not_mail must be true or false")
             values[key] = value
+        elif key == "closing_date":
+            values[key] = _closing_date(value)
         elif key == "amount":
             if value is None:
                 values[key] = None
@@ -130,6 +146,8 @@ def email_item(row: dict[str, Any]) -> dict[str, Any]:
         "date": row["date"],
         "direction": row["direction"],
         "source": row["source"],
+        "crm_sent": sharing.is_crm_sent(row["source"]),
+        "shared": row["shared"],
         "send_id": row["send_id"],
         "status": row.get("send_status"),
         "user_id": row["user_id"],
@@ -138,20 +156,40 @@ def email_item(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _visible_emails(
-    conn, user: dict[str, Any], module: str, rid: int, *, after: int, limit: int
-) -> list[dict[str, Any]]:
-    """The record's mail the asking user may see (gateway.receive.mailboxes.sharing)."""
-    target = await mailboxes.resolve_record(conn, user["org_id"], module, rid)
-    if target is None:
-        return []
-    module, rid = target
-    modes = await mailboxes.sharing_modes(conn, user["org_id"])
-    custom = [uid for uid, row in modes.items() if row["mode"] == "custom"]
-    sharers = await mailboxes.custom_sharers(conn, custom, module, rid)
-    hidden = sharing.hidden_owners(user["id"], modes, sharers)
-    return await filing.emails_for_record(
-        conn, user["org_id"], module, rid, hidden_owners=hidden, after=after, limit=limit
+#: ``?source=`` of a record's email list (seed 004's related-list filter "sent from the
+#: CRM", plus each channel): the ``messages.source`` values each one stands for.
+SOURCE_FILTERS: dict[str, tuple[str, ...]] = {
+    "crm": sharing.CRM_SOURCES,
+    **{s: (s,) for s in (*sharing.CRM_SOURCES, "dropbox", "imap", "pop")},
+}
+DIRECTIONS = ("incoming", "outgoing")
+
+
+def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    """An optional filter that must be one of ``choices``: 422 naming them otherwise."""
+    value = request.query_params.get(name) or None
+    if value is not None and value not in choices:
+        raise ApiError(
+            422, "invalid_filter", f"{name} must be one of {', '.join(choices)}, not {value!r}"
+        )
+    return value
+
+
+async def _mail_filter(conn, request: Request, org_id: int) -> filing.MailFilter:
+    """``?source=``, ``?direction=``, ``?user=`` (a user of the asker's org) of a record's list."""
+    source = _choice(request, "source", tuple(SOURCE_FILTERS))
+    direction = _choice(request, "direction", DIRECTIONS)
+    raw_user = request.query_params.get("user") or None
+    user_id = None
+    if raw_user is not None:
+        if not (raw_user.isascii() and raw_user.isdigit()) or not 0 < int(raw_user) <= MAX_ID:
+            raise ApiError(422, "invalid_filter", "user must be a user id of your organization")
+        colleague = await orgs.get_user(conn, int(raw_user))
+        if colleague is None or colleague["org_id"] != org_id:
+            raise ApiError(422, "invalid_filter", f"no user {raw_user} in your organization")
+        user_id = colleague["id"]
+    return filing.MailFilter(
+        sources=SOURCE_FILTERS[source] if source else None, direction=direction, user_id=user_id
     )
 
 
@@ -382,13 +420,24 @@ class RecordsApi(Resource):
         )
 
     async def record_emails(self, request: Request) -> Response:
+        """The mail filed on the record that the asker may see (sharing rules), filtered.
+
+        A deal's list is the mail filed on the deal (a send to the deal), not every
+        mail of its contact.
+        """
         user = await self.user(request)
         module = _module(request)
         rid = path_id(request)
         limit = int_param(request, "limit", 100, lo=1, hi=500)
         after = int_param(request, "cursor", 0)
+        org_id = user["org_id"]
         async with self.db.connect() as conn:
-            if await crm.get(conn, module, user["org_id"], rid) is None:
+            if await crm.get(conn, module, org_id, rid) is None:
                 raise ApiError(404, "not_found", f"no such {module[:-1]}")
-            rows = await _visible_emails(conn, user, module, rid, after=after, limit=limit + 1)
+            wanted = await _mail_filter(conn, request, org_id)
+            modes, shares = await mailboxes.sharing_rules(conn, org_id)
+            seen = sharing.record_scope(user["id"], modes, shares)
+            rows = await filing.emails_for_record(
+                conn, org_id, module, rid, seen=seen, wanted=wanted, after=after, limit=limit + 1
+            )
         return JSON(page(rows, limit, email_item))

@@ -4,6 +4,13 @@
 is the mass path (one template or content to many records, counted against
 the mass quota, ``List-Unsubscribe-Post`` one-click).  Both answer 202 only
 after the sends, their quota and their filed copies are committed.
+
+Individual mail may carry CC, attachments and ``in_reply_to`` (a filed email
+the sender may see: the reply threads under it and is filed where it is), and
+may name deals (mailed at the deal's contact): :mod:`gateway.sending.extras`
+checks the request's values.  ``GET /api/v1/sends/{id}`` shows one send to any
+user of the org -- mail sent from the CRM is public (seed 004: 公開メール) --
+with its per-recipient tracking detail (human hits only).
 """
 
 from __future__ import annotations
@@ -15,23 +22,54 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.addresses import normalise
+from gateway.addresses import in_domains, normalise
 from gateway.clock import Clock
 from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
-from gateway.http.jsonutil import path_id, read_json
+from gateway.http.jsonutil import MAX_JSON_BYTES, path_id, read_json
 from gateway.http.resource import Resource
 from gateway.http.templates import MAX_PART, template_problem
 from gateway.receive.mailboxes import sharing
-from gateway.sending.steps import Content, QuotaExceeded, SendRequest, Signer
+from gateway.sending.extras import (
+    MAX_ATTACHED_COPIES_BYTES,
+    MAX_ATTACHMENT_BYTES,
+    Attachment,
+    CcEntry,
+    RequestProblem,
+    parse_attachments,
+    parse_cc,
+    reply_subject,
+)
+from gateway.sending.steps import (
+    Content,
+    MessageTooLarge,
+    QuotaExceeded,
+    RecipientProblem,
+    ReplyTarget,
+    SendRequest,
+    Signer,
+)
 from gateway.sending.submit import enqueue
 from gateway.sending.usage import org_quota
-from storage import events, mailboxes, org_addresses, orgs, sends, suppressions, templates_store
+from storage import (
+    events,
+    mailboxes,
+    org_addresses,
+    orgs,
+    sends,
+    suppressions,
+    templates_store,
+    tracking_store,
+)
 from storage.db import Database
 from storage.payloads import suppression_lifted
 from templates.render import TemplateProblem, compile_template
 
 MAX_RECIPIENTS = {"individual": 100, "mass": 5000}
+#: A send request may carry its attachments as base64 (4/3 of their size) besides the body.
+MAX_SEND_JSON_BYTES = MAX_ATTACHMENT_BYTES * 4 // 3 + MAX_JSON_BYTES
+#: What only individual mail may carry (a mass send is one template to many records).
+INDIVIDUAL_ONLY = ("cc", "attachments", "in_reply_to")
 
 
 # --------------------------------------------------------------------------- sending
@@ -56,7 +94,9 @@ def _recipients(body: dict[str, Any], kind: str) -> list[tuple[str, int]]:
     return out
 
 
-async def content_of(conn, org_id: int, body: dict[str, Any]) -> Content:
+async def content_of(
+    conn, org_id: int, body: dict[str, Any], *, subject_optional: bool = False
+) -> Content:
     tid = body.get("template_id")
     if tid is not None:
         if not isinstance(tid, int) or isinstance(tid, bool):
@@ -77,7 +117,9 @@ async def content_of(conn, org_id: int, body: dict[str, Any]) -> Content:
             template_version=row["version"],
         )
     subject, html, text = body.get("subject"), body.get("html"), body.get("text")
-    if not isinstance(subject, str) or not subject.strip():
+    if subject is None and subject_optional:  # a reply: "Re: …" replaces it
+        subject = ""
+    elif not isinstance(subject, str) or not subject.strip():
         raise ApiError(422, "missing_field", "subject (or template_id) is required")
     if html is None and text is None:
         raise ApiError(422, "missing_field", "html or text is required")
@@ -90,7 +132,7 @@ async def content_of(conn, org_id: int, body: dict[str, Any]) -> Content:
 def check_inline(content: Content, modules: set[str]) -> None:
     if content.template_id is not None:
         return
-    for module in sorted(modules & {"leads", "contacts"}):
+    for module in sorted(modules & {"leads", "contacts", "deals"}):
         try:
             compile_template(content.subject, content.html, content.text, None, None, module)
         except TemplateProblem as exc:
@@ -121,6 +163,108 @@ async def from_address(conn, user: dict[str, Any], given: Any) -> tuple[str, str
     return norm, name if name is not None else row["name"]
 
 
+def _in_reply_to(body: dict[str, Any]) -> int | None:
+    value = body.get("in_reply_to")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ApiError(422, "invalid_field", "in_reply_to must be the id of a filed email")
+    return value
+
+
+async def reply_target(conn, user: dict[str, Any], message_pk: int) -> ReplyTarget:
+    """The filed email a send answers, when the sender may see it; 404 as if absent otherwise
+    (another org's, or a colleague's private or unshared mail)."""
+    row = await sends.reply_target(conn, user["org_id"], message_pk)
+    if row is not None:
+        modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
+        visible = sharing.sees_mail(
+            user["id"],
+            row["user_id"],
+            set(row["records"]),
+            modes,
+            shares,
+            shared=row["shared"],
+            crm_sent=row["source"] in sharing.CRM_SOURCES,
+        )
+        if visible:
+            return ReplyTarget(
+                pk=row["id"],
+                message_id=row["message_id"],
+                references=tuple(r for r in row["references"] or () if isinstance(r, str)),
+                subject=row["subject"] or "",
+                records=tuple(row["records"]),
+            )
+    raise ApiError(404, "not_found", f"in_reply_to: no such email {message_pk}")
+
+
+def _extras_of(
+    body: dict[str, Any], kind: str, recipients: int
+) -> tuple[list[CcEntry], list[Attachment]]:
+    """CC entries and attachments of the request, checked (individual mail only)."""
+    if kind != "individual":
+        given = [k for k in INDIVIDUAL_ONLY if body.get(k) is not None]
+        if given:
+            raise ApiError(
+                422,
+                "not_for_mass",
+                f"{', '.join(given)}: individual mail only (POST /api/v1/emails)",
+            )
+        return [], []
+    try:
+        cc = parse_cc(body.get("cc"))
+        attachments = parse_attachments(body.get("attachments"))
+    except RequestProblem as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    if sum(len(a.data) for a in attachments) * recipients > MAX_ATTACHED_COPIES_BYTES:
+        raise ApiError(
+            413,
+            "attachments_too_large",
+            f"attachments times recipients exceed {MAX_ATTACHED_COPIES_BYTES // 2**20} MiB: "
+            "send fewer recipients per request",
+        )
+    return cc, attachments
+
+
+def involves_excluded(send: dict[str, Any], excluded: list[str]) -> bool:
+    """Does the send's To or a CC sit in one of the org's excluded domains?"""
+    if not excluded:
+        return False
+    addresses = [send["to_email"], *(send["cc_emails"] or [])]
+    return any(in_domains(n, excluded) for a in addresses if (n := normalise(a)))
+
+
+def tracking_detail(send: dict[str, Any], hits: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-recipient tracking of one send: when it went out, its human opens and clicks.
+
+    ``hits`` are :func:`storage.tracking_store.human_hits` rows.  One message
+    carries one set of tracking tokens, so a CC recipient's open or click
+    counts here as the To recipient's: they cannot be told apart.
+    """
+    links = list(send["links"] or [])
+    opens: dict[str, Any] = {"first": None, "last": None, "count": 0}
+    clicks: dict[str, Any] = {"first": None, "last": None, "count": 0}
+    by_url: dict[str | None, dict[str, Any]] = {}  # one entry per URL, in the message's order
+    for hit in hits:
+        into = opens if hit["kind"] == "open" else clicks
+        _count(into, hit)
+        if hit["kind"] == "click":
+            i = hit["link_index"]
+            url = links[i] if i is not None and 0 <= i < len(links) else None
+            _count(
+                by_url.setdefault(url, {"url": url, "count": 0, "first": None, "last": None}), hit
+            )
+    clicks["links"] = list(by_url.values())
+    return {"sent_at": send["sent_at"], "opens": opens, "clicks": clicks}
+
+
+def _count(into: dict[str, Any], hit: dict[str, Any]) -> None:
+    """Add one group of hits to a tally: the count, and the earliest and latest."""
+    into["count"] += hit["count"]
+    into["first"] = min(t for t in (into["first"], hit["first"]) if t is not None)
+    into["last"] = max(t for t in (into["last"], hit["last"]) if t is not None)
+
+
 def quota_refusal(exc: QuotaExceeded) -> ApiError:
     """The 429 of a send (or campaign) that does not fit the day's quota."""
     return ApiError(
@@ -139,10 +283,18 @@ class SendingApi(Resource):
     """Sends (individual and bulk), their status, the org's quota and suppression list."""
 
     def __init__(
-        self, db: Database, *, clock: Clock, signer: Signer, wake_relay: Callable[[], None]
+        self,
+        db: Database,
+        *,
+        clock: Clock,
+        signer: Signer,
+        wake_relay: Callable[[], None],
+        max_message_size: int | None = None,
     ) -> None:
         super().__init__(db)
         self.clock, self.signer, self.wake_relay = clock, signer, wake_relay
+        #: What the SMTP receiver accepts: a composed send (attachments included) must fit it.
+        self.max_message_size = max_message_size
 
     def routes(self) -> list[Route]:
         return [
@@ -156,15 +308,21 @@ class SendingApi(Resource):
 
     async def _send(self, request: Request, kind: str) -> Response:
         user = await self.user(request)
-        body = await read_json(request)
+        limit = MAX_SEND_JSON_BYTES if kind == "individual" else MAX_JSON_BYTES
+        body = await read_json(request, limit)
         if kind == "individual" and body.get("kind") == "mass":
             kind = "mass"
         defer = body.get("defer_excess", False)
         if not isinstance(defer, bool):
             raise ApiError(422, "invalid_field", "defer_excess must be true or false")
         to = _recipients(body, kind)
+        cc, attachments = _extras_of(body, kind, len(to))
+        reply_pk = _in_reply_to(body) if kind == "individual" else None
         async with self.db.connect() as conn:
-            content = await content_of(conn, user["org_id"], body)
+            reply = await reply_target(conn, user, reply_pk) if reply_pk else None
+            content = await content_of(
+                conn, user["org_id"], body, subject_optional=reply is not None
+            )
             from_email, from_name = await from_address(conn, user, body.get("from"))
             org = await orgs.get_org(conn, user["org_id"])
         check_inline(content, {m for m, _ in to})
@@ -177,6 +335,12 @@ class SendingApi(Resource):
             from_email=from_email,
             from_name=from_name,
             defer_excess=defer,
+            cc=cc,
+            attachments=attachments,
+            reply=reply,
+            # A reply keeps the thread's subject ("Re: …") unless the caller wrote one.
+            subject=reply_subject(reply.subject) if reply and not body.get("subject") else None,
+            max_message_size=self.max_message_size,
         )
         try:
             accepted = await self.db.run_write(enqueue, req, self.signer, self.clock.now())
@@ -184,11 +348,18 @@ class SendingApi(Resource):
             raise quota_refusal(exc) from None
         except TemplateProblem as exc:
             raise template_problem(exc) from None
+        except RecipientProblem as exc:
+            raise ApiError(422, exc.code, str(exc)) from None
+        except MessageTooLarge as exc:
+            raise ApiError(413, "message_too_large", str(exc)) from None
         except ValueError as exc:  # a header the composer refused (e.g. a line break in a name)
             raise ApiError(422, "cannot_compose", str(exc)) from None
         if accepted.sends:
             self.wake_relay()
-        return JSON({"sends": accepted.sends, "skipped": accepted.skipped}, status_code=202)
+        out = {"sends": accepted.sends, "skipped": accepted.skipped}
+        if cc:  # only requests with a CC have CC to report
+            out["cc_skipped"] = accepted.cc_skipped
+        return JSON(out, status_code=202)
 
     async def send_emails(self, request: Request) -> Response:
         return await self._send(request, "individual")
@@ -200,19 +371,35 @@ class SendingApi(Resource):
         user = await self.user(request)
         async with self.db.connect() as conn:
             row = await sends.get(conn, user["org_id"], path_id(request))
+            if row is None:  # another org's send is as absent as one that does not exist
+                raise ApiError(404, "not_found", "no such send")
             modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
-        # A colleague's private send is as absent as one that does not exist.
-        if row is None or not sharing.sees_mail(
-            user["id"], row["user_id"], {(row["module"], row["record_id"])}, modes, shares
-        ):
-            raise ApiError(404, "not_found", "no such send")
+            excluded = await mailboxes.list_excluded(conn, user["org_id"])
+            # Mail sent from the CRM is public (seed 004: 公開メール), whatever the
+            # sender's sharing mode: every user of the org sees its sends.  Mail to an
+            # excluded domain is not shared at all: its sender's only.
+            if not sharing.sees_mail(
+                user["id"],
+                row["user_id"],
+                {(row["module"], row["record_id"])},
+                modes,
+                shares,
+                shared=not involves_excluded(row, excluded),
+                crm_sent=True,
+            ):
+                raise ApiError(404, "not_found", "no such send")
+            hits = await tracking_store.human_hits(conn, user["org_id"], row["id"])
         keys = (
-            "id", "kind", "module", "record_id", "to_email", "from_email", "subject", "template_id",
-            "template_version", "message_id", "state", "status", "attempts", "next_attempt_at",
-            "last_reply", "sent_at", "bounced_at", "bounce_type", "created_at",
+            "id", "kind", "module", "record_id", "deal_id", "to_email", "from_email", "subject",
+            "template_id", "template_version", "message_id", "state", "status", "attempts",
+            "next_attempt_at", "last_reply", "sent_at", "bounced_at", "bounce_type", "replied_at",
+            "created_at",
         )  # fmt: skip
         out = {k: row[k] for k in keys}
         out["message_id"] = f"<{row['message_id']}>"
+        out["cc"] = list(row["cc_emails"] or [])
+        out["in_reply_to"] = row["reply_to_pk"]
+        out["tracking"] = tracking_detail(row, hits)
         return JSON(out)
 
     async def get_quota(self, request: Request) -> Response:

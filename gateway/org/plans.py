@@ -21,12 +21,20 @@ class Plan:
     mass_per_day: int
     #: Active users the plan allows (None: no limit).
     max_users: int | None = None
+    #: Whether mass mail may be bought on top (seed 004: the free plan has no mass mail).
+    mass_addon_allowed: bool = True
 
 
 PLANS: dict[str, Plan] = {
     p.name: p
     for p in (
-        Plan("free", individual_per_user=50, mass_per_day=0, max_users=4),
+        Plan(
+            "free",
+            individual_per_user=50,
+            mass_per_day=0,
+            max_users=4,
+            mass_addon_allowed=False,
+        ),
         Plan("standard", individual_per_user=300, mass_per_day=250),
         Plan("professional", individual_per_user=300, mass_per_day=500),
         Plan("enterprise", individual_per_user=300, mass_per_day=1000),
@@ -65,13 +73,40 @@ def daily_limit(kind: str, plan_name: str, active_users: int, mass_addon: int = 
         per_user = p.individual_per_user if p else PLANS["standard"].individual_per_user
         return per_user * active_users
     if kind == "mass":
-        return min((p.mass_per_day if p else 0) + max(mass_addon, 0), MASS_CAP)
+        # An add-on stored on a plan that allows none (a row edited by hand, a plan
+        # changed in SQL) buys nothing: the free plan sends no mass mail, whatever the row says.
+        addon = max(mass_addon, 0) if p is None or p.mass_addon_allowed else 0
+        return min((p.mass_per_day if p else 0) + addon, MASS_CAP)
     raise ValueError(f"unknown quota kind {kind!r}")
 
 
 def max_mass_addon(plan_name: str) -> int:
-    """The largest add-on that keeps ``plan_name`` within :data:`MASS_CAP`."""
-    return MASS_CAP - plan(plan_name).mass_per_day
+    """The largest add-on that keeps ``plan_name`` within :data:`MASS_CAP` (0: none allowed)."""
+    p = plan(plan_name)
+    return MASS_CAP - p.mass_per_day if p.mass_addon_allowed else 0
+
+
+def mass_addon_refusal(plan_name: str, mass_addon: int) -> str | None:
+    """Why ``mass_addon`` extra mass mails a day cannot go with ``plan_name``; None when they can.
+
+    The one check every way of setting an add-on runs (``org create``, ``org update``):
+    negative, on a plan without mass mail (free), or past :data:`MASS_CAP`.
+    Raises :class:`UnknownPlan` for a plan outside the catalogue.
+    """
+    p = plan(plan_name)
+    if mass_addon < 0:
+        return "--mass-addon cannot be negative"
+    if mass_addon and not p.mass_addon_allowed:
+        return (
+            f"the {plan_name} plan has no mass mail, so no mass add-on can be bought for it; "
+            "choose a paid plan (standard, professional, enterprise) first"
+        )
+    if p.mass_per_day + mass_addon > MASS_CAP:
+        return (
+            f"--mass-addon {mass_addon} takes the {plan_name} plan over {MASS_CAP} "
+            f"mass mails a day; at most {max_mass_addon(plan_name)}"
+        )
+    return None
 
 
 def shared_address_limit(active_users: int) -> int:
@@ -82,3 +117,12 @@ def user_cap_reached(plan_name: str, active_users: int) -> bool:
     """True when the plan allows no further active user."""
     cap = plan(plan_name).max_users
     return cap is not None and active_users >= cap
+
+
+def user_cap_message(plan_name: str) -> str:
+    """The refusal when :func:`user_cap_reached`: deactivating a user frees a seat."""
+    cap = plan(plan_name).max_users
+    return (
+        f"the {plan_name} plan allows at most {cap} active users; "
+        "deactivate one (mailgate user deactivate) or change plan first"
+    )

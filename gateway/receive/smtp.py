@@ -23,6 +23,7 @@ import asyncio
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,7 +39,26 @@ from storage.db import Database
 
 log = logging.getLogger("mailgate.smtp")
 
+#: How long an accepted dropbox owner is answered from memory.  A change made in this
+#: process (deactivation, regenerate, senders) evicts it at once (:func:`forget_dropbox`);
+#: one made elsewhere (the CLI, another node) is seen within this bound, and mail accepted
+#: meanwhile is parked as refused by the ingest runner's authoritative check, never filed.
 OWNER_CACHE_SECONDS = 5.0
+
+#: Every live receiver of this process, so a change to a dropbox reaches their caches.
+_HANDLERS: weakref.WeakSet[DropboxHandler] = weakref.WeakSet()
+
+
+def forget_dropbox(token: str) -> None:
+    """Drop ``token``'s cached owner from every receiver in this process.
+
+    Called after a change to who may write to that dropbox commits: the user
+    deactivated, the address regenerated, a sender removed.  The next RCPT
+    reads the database, so the change is answered at once (``550``).
+    """
+    for handler in list(_HANDLERS):
+        handler._owners.pop(token, None)
+
 
 DROPBOX_PREFIX = "dropbox-"
 
@@ -109,6 +129,7 @@ class DropboxHandler:
         self.wake_bounces = bounces
         self.mail_domain = mail_domain.lower()
         self._owners: dict[str, tuple[float, tuple[dict, set[str]] | None]] = {}
+        _HANDLERS.add(self)
 
     async def handle_RCPT(
         self,

@@ -16,6 +16,13 @@ Two things the email package gets wrong for us and this module gets right:
 
 Any CR or LF in a header value raises :class:`ValueError`: a merge value must
 never be able to add a header (``Bcc:``) to a message.
+
+Attachments make the message ``multipart/mixed`` around the same body part
+(the text part, or the alternative of text and HTML).  Each attachment part
+is built once per request (:func:`attachment_part`) and reused for every
+recipient's message; its file name is RFC 2231 encoded (``filename*=``, split
+into continuations on long names) with an RFC 2047 ``name=`` beside it for
+the mail clients that only read that.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ import binascii
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from urllib.parse import quote
 
-__all__ = ["compose", "make_message_id"]
+__all__ = ["attachment_part", "compose", "make_message_id"]
 
 _MAX_LINE = 78  # RFC 5322 "SHOULD"; 998 is the hard limit
 _ATEXT_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*")
@@ -40,7 +48,7 @@ _RESERVED = frozenset(
     {
         "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version",
         "content-type", "content-transfer-encoding", "list-unsubscribe",
-        "list-unsubscribe-post",
+        "list-unsubscribe-post", "in-reply-to", "references",
     }
 )  # fmt: skip
 
@@ -78,23 +86,38 @@ def compose(
     list_unsubscribe: tuple[str | None, str | None] | None = None,
     one_click: bool = False,
     date: datetime | None = None,
+    cc: Sequence[tuple[str, str | None]] = (),
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+    attachments: Sequence[bytes] = (),
 ) -> bytes:
     """The complete message as CRLF-terminated bytes, ready for SMTP DATA.
 
     ``list_unsubscribe`` is ``(mailto_uri, https_uri)``, either may be None;
     ``one_click`` adds ``List-Unsubscribe-Post`` (RFC 8058) and needs the
     https URI.  ``headers`` adds extra headers (e.g. ``X-Mailgate-Send``);
-    they may not replace the ones this function writes.
+    they may not replace the ones this function writes.  ``cc`` is
+    ``(address, name)`` pairs; ``in_reply_to`` and ``references`` are
+    Message-IDs (bare or bracketed); ``attachments`` are parts made by
+    :func:`attachment_part`.
     """
     _no_newline("subject", subject)
     lines = [
         "Date: " + (format_datetime(date) if date is not None else _now()),
         _header("From", _mailbox(from_addr, from_name, len("From: "))),
         _header("To", _mailbox(to_addr, to_name, len("To: "))),
+    ]
+    if cc:
+        lines.append("Cc: " + ",\r\n ".join(_mailbox(a, n, 1) for a, n in cc))
+    lines += [
         "Subject: " + _unstructured(subject, len("Subject: ")),
         "Message-ID: " + _message_id(message_id),
-        "MIME-Version: 1.0",
     ]
+    if in_reply_to:
+        lines.append("In-Reply-To: " + _message_id(in_reply_to))
+    if references:
+        lines.append("References: " + "\r\n ".join(_message_id(r) for r in references))
+    lines.append("MIME-Version: 1.0")
     for name, value in (headers or {}).items():
         if not _FIELD_NAME.fullmatch(name) or name.lower() in _RESERVED:
             raise ValueError(f"header name {name!r} is not allowed here")
@@ -107,27 +130,89 @@ def compose(
     elif one_click:
         raise ValueError("one-click unsubscribe needs a List-Unsubscribe https URI")
 
-    text_part = _part("text/plain", text)
-    if html is None:
-        head = "\r\n".join(lines).encode("ascii")
-        return head + b"\r\n" + text_part
-    boundary = "=_mg" + secrets.token_hex(12)  # "=_" never occurs in QP or base64
-    lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = "\r\n".join(lines).encode("ascii")
+    text_part = _part("text/plain", text)
+    entity = (
+        text_part
+        if html is None
+        else _multipart("alternative", [text_part, _part("text/html", html)])
+    )
+    if attachments:
+        entity = _multipart("mixed", [entity, *attachments])
+    return head + b"\r\n" + entity
+
+
+_PREAMBLE = b"\r\nThis is a multi-part message in MIME format.\r\n"
+
+
+def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
+    """A ``multipart/<subtype>`` entity (its Content-Type header, a blank line, the parts)."""
+    boundary = "=_mg" + secrets.token_hex(12)  # "=_" never occurs in QP or base64
     delimiter = b"\r\n--" + boundary.encode("ascii")
-    return b"".join(
-        (
-            head,
-            b"\r\n\r\nThis is a multi-part message in MIME format.\r\n",
-            delimiter[2:],
-            b"\r\n",
-            text_part,
-            delimiter,
-            b"\r\n",
-            _part("text/html", html),
-            delimiter,
-            b"--\r\n",
-        )
+    out = [f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n'.encode("ascii")]
+    out.append(_PREAMBLE)
+    for i, part in enumerate(parts):
+        out += [delimiter[2:] if i == 0 else delimiter, b"\r\n", part]
+    out += [delimiter, b"--\r\n"]
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------- attachments
+
+#: RFC 2231 attribute-char: what may stand unencoded in ``filename*=``.
+_ATTR_SAFE = "!#$&+-.^_`|~"
+_PARAM_CHUNK = 56
+
+
+def attachment_part(filename: str, content_type: str, data: bytes) -> bytes:
+    """One ``Content-Disposition: attachment`` part, base64; the file name RFC 2231 encoded.
+
+    ``content_type`` must already be a bare, validated media type
+    (:func:`gateway.sending.extras.parse_attachments`); a line break in it
+    or in the name raises :class:`ValueError` all the same.
+    """
+    _no_newline("attachment file name", filename)
+    _no_newline("attachment content type", content_type)
+    if not _CONTENT_TYPE.fullmatch(content_type):
+        raise ValueError(f"attachment content type {content_type!r} is not a media type")
+    b64 = binascii.b2a_base64(data, newline=False)
+    body = b"\r\n".join(_B64_LINE.findall(b64)) + b"\r\n" if data else b""
+    head = (
+        f"Content-Type: {content_type};\r\n name={_name_param(filename)}\r\n"
+        f"Content-Disposition: attachment;\r\n {_filename_param(filename)}\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_QUOTABLE = re.compile(r"[ -~]{1,60}")
+
+
+def _name_param(filename: str) -> str:
+    """``name=`` of Content-Type: quoted ASCII, else RFC 2047 words (what Outlook reads)."""
+    if _QUOTABLE.fullmatch(filename) and "=?" not in filename:
+        return '"' + filename.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + "\r\n ".join(_encoded_words(filename, 56)) + '"'
+
+
+def _filename_param(filename: str) -> str:
+    """``filename=`` as a quoted string when short ASCII, else RFC 2231 ``filename*``."""
+    if _QUOTABLE.fullmatch(filename) and "=?" not in filename:
+        return 'filename="' + filename.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    encoded = quote(filename.encode("utf-8"), safe=_ATTR_SAFE)
+    if len(encoded) <= _PARAM_CHUNK:
+        return f"filename*=utf-8''{encoded}"
+    chunks: list[str] = []
+    i = 0
+    while i < len(encoded):  # never split a %XX escape between continuations
+        end = min(i + _PARAM_CHUNK, len(encoded))
+        while end < len(encoded) and "%" in encoded[end - 2 : end]:
+            end -= 1
+        chunks.append(encoded[i:end])
+        i = end
+    return ";\r\n ".join(
+        f"filename*{n}*=" + ("utf-8''" if n == 0 else "") + chunk for n, chunk in enumerate(chunks)
     )
 
 

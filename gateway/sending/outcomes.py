@@ -77,6 +77,8 @@ class Delivery:
     reply: str
     code: int | None = None
     stage: Stage | None = None
+    #: The CC addresses the relay accepted (None: not known, take the send's ``cc_emails``).
+    cc: list[str] | None = None
 
     @property
     def permanent(self) -> bool:
@@ -114,13 +116,15 @@ def claim(
         by_org.setdefault(row["org_id"], []).append(row)
     stopped: dict[int, str] = {}
     for org_id, org_rows in by_org.items():
-        found = suppressions.suppressed_among(
-            conn, org_id, {comparable(r["to_email"]) for r in org_rows}
-        )
+        addresses = {comparable(r["to_email"]) for r in org_rows}
+        addresses |= {comparable(c) for r in org_rows for c in r.get("cc_emails") or ()}
+        found = suppressions.suppressed_among(conn, org_id, addresses)
         for row in org_rows:
             reason = found.get(comparable(row["to_email"]))
             if reason is not None:
                 stopped[row["id"]] = f"not sent: the address is suppressed ({reason})"
+            elif row.get("cc_emails"):  # a CC suppressed since: left out, the rest goes
+                row["cc_emails"] = [c for c in row["cc_emails"] if comparable(c) not in found]
     if stopped:
         sends.mark_suppressed(conn, list(stopped.items()))
         append_sync(
@@ -205,7 +209,8 @@ def apply(
         send = d.send
         if d.verdict is Verdict.SENT:
             sent.append((send["id"], d.reply))
-            new.append(send_event(EventType.EMAIL_SENT, send, at=now, reply=d.reply))
+            cc = d.cc if d.cc is not None else list(send.get("cc_emails") or ())
+            new.append(send_event(EventType.EMAIL_SENT, send, at=now, reply=d.reply, cc=cc))
             continue
         if d.refused_us:
             refusals.setdefault((send["org_id"], d.stage, d.reply), []).append(d)

@@ -17,6 +17,7 @@ their unit tests pass ``None``.  The steps that read or write call
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,15 +29,17 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
+from gateway.addresses import in_domains, normalise
 from gateway.bounces.verp import verp_address
 from gateway.ingest.parse import content_hash
 from gateway.org.plans import daily_limit
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 from gateway.sending import quota as rules
-from gateway.sending.compose import compose, make_message_id
+from gateway.sending.compose import attachment_part, compose, make_message_id
 from gateway.sending.dkim import sign as dkim_sign
+from gateway.sending.extras import Attachment, CcEntry, thread_references, usable_id
 from gateway.sending.tokens import new_verp_token
-from storage import crm, filing, orgs, quotas, sends
+from storage import crm, filing, mailboxes, orgs, quotas, sends
 from storage.events import EventType, NewEvent, append_sync
 from storage.payloads import email_filed, quota_event
 from storage.suppressions import suppressed_among
@@ -52,6 +55,8 @@ from tracking.tokens import TokenSigner
 
 #: Modules whose records carry an address we can send to.
 RECIPIENT_MODULES = ("leads", "contacts")
+#: Modules a request may name: a deal is mailed at its contact (the copy is filed on both).
+REQUEST_MODULES = (*RECIPIENT_MODULES, "deals")
 #: How many local days ahead ``defer_excess`` may book a bulk send.
 MAX_DEFER_DAYS = 31
 
@@ -68,6 +73,18 @@ class SkipReason(StrEnum):
     MODULE_MISMATCH = "module_mismatch"
     ADDRESS_NOT_DELIVERABLE = "address_not_deliverable"
     DUPLICATE = "duplicate"
+
+
+class RecipientProblem(ValueError):
+    """A recipient the request cannot mean (a deal without a contact): the whole request is 422."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MessageTooLarge(ValueError):
+    """The composed message exceeds the deployment's maximum message size (the API's 413)."""
 
 
 class Flow(Enum):
@@ -117,6 +134,17 @@ class Signer:
     dkim_key: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """The filed message a send answers (``in_reply_to``), as the sender may see it."""
+
+    pk: int
+    message_id: str | None  # bare, as filed; None when it had none we can quote
+    references: tuple[str, ...]
+    subject: str
+    records: tuple[tuple[str, int], ...]  # where it is filed; the reply is filed there too
+
+
 @dataclass
 class SendRequest:
     org: dict[str, Any]
@@ -129,6 +157,42 @@ class SendRequest:
     defer_excess: bool = False
     source: str = "api"  # api | campaign (how the filed copy is labelled)
     campaign_id: int | None = None
+    cc: list[CcEntry] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    reply: ReplyTarget | None = None
+    #: A literal subject replacing the rendered one (a reply's ``Re: …``); never a template.
+    subject: str | None = None
+    #: The deployment's maximum message size; a larger composed message is refused.
+    max_message_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CcRecipient:
+    """One CC address every message of the request carries."""
+
+    email: str  # as written (or as the record has it)
+    name: str | None
+    norm: str
+    #: Named as a record: the copy is filed there too (a deal: the deal and its contact),
+    #: as the dropbox files mail on every To and Cc record.
+    records: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CcSkipped:
+    """A CC entry that gets no copy, and why (the API's ``cc_skipped``)."""
+
+    entry: CcEntry
+    reason: SkipReason
+    detail: str | None = None
+    email: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        cc = self.entry.as_json()
+        if self.email:
+            cc["email"] = self.email
+        reason = f"{self.reason}:{self.detail}" if self.detail else str(self.reason)
+        return {"cc": cc, "reason": reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +236,8 @@ class Outgoing:
     unsubscribe: tuple[str, str] = ("", "")  # (mailto, https)
     raw: bytes = b""
     to_name: str = ""
+    #: Sent to a deal: the deal (with its ``account``); ``record`` is then its contact.
+    deal: dict[str, Any] | None = None
 
     @property
     def send_id(self) -> int:
@@ -190,6 +256,12 @@ class Submission:
     outgoing: list[Outgoing] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
+    deals: dict[int, dict[str, Any]] = field(default_factory=dict)  # deal id → deal (+ contact)
+    #: The CC every message carries.
+    cc: list[CcRecipient] = field(default_factory=list)
+    cc_skipped: list[CcSkipped] = field(default_factory=list)
+    #: Attachment parts, built once for every message of the request.
+    attachment_parts: list[bytes] = field(default_factory=list)
 
 
 Step = Callable[[Connection, Submission], Flow]
@@ -199,24 +271,55 @@ Step = Callable[[Connection, Submission], Flow]
 
 
 def look_up_recipients(conn: Connection, sub: Submission) -> Flow:
-    """Load the named records (with a contact's account) and which addresses are suppressed."""
-    org_id, to = sub.request.org["id"], sub.request.to
+    """Load the named records (To and CC; a deal with its contact; accounts) and which
+    of their addresses, and the CC's, are suppressed.
+
+    A deal without a contact, or whose contact has no address, cannot be mailed:
+    :class:`RecipientProblem` refuses the request (the caller named it on purpose).
+    """
+    req = sub.request
+    org_id = req.org["id"]
+    named = [*req.to, *((c.module, c.record_id) for c in req.cc if c.module)]
+    deal_ids = [rid for m, rid in named if m == "deals"]
+    if deal_ids:
+        sub.deals = crm.records_by_ids(conn, "deals", org_id, deal_ids)
+        named += [("contacts", d["contact_id"]) for d in sub.deals.values() if d["contact_id"]]
     for module in RECIPIENT_MODULES:
-        ids = [rid for m, rid in to if m == module]
+        ids = [rid for m, rid in named if m == module]
         if ids:
             for rid, row in crm.records_by_ids(conn, module, org_id, ids).items():
                 sub.records[(module, rid)] = row
-    account_ids = {
-        r["account_id"] for (m, _), r in sub.records.items() if m == "contacts" and r["account_id"]
-    }
-    if account_ids:
-        accounts = crm.records_by_ids(conn, "accounts", org_id, account_ids)
-        for (m, _), r in sub.records.items():
-            if m == "contacts" and r["account_id"]:
-                r["account"] = accounts.get(r["account_id"])
+    to_deals = {rid for m, rid in req.to if m == "deals"}
+    for deal_id, deal in sub.deals.items():
+        contact = sub.records.get(("contacts", deal["contact_id"] or 0))
+        deal["contact"] = contact
+        if deal_id not in to_deals:  # a CC deal that cannot be mailed is only skipped
+            continue
+        if contact is None:
+            raise RecipientProblem(
+                "deal_without_contact", f"deal {deal_id} has no contact to send the mail to"
+            )
+        if not contact.get("email_norm"):
+            raise RecipientProblem(
+                "deal_contact_without_email",
+                f"the contact of deal {deal_id} (contact {contact['id']}) has no email address",
+            )
+    _attach_accounts(conn, org_id, [r for (m, _), r in sub.records.items() if m == "contacts"])
+    _attach_accounts(conn, org_id, list(sub.deals.values()))
     emails = [r["email_norm"] for r in sub.records.values() if r.get("email_norm")]
+    emails += [n for c in req.cc if c.email and (n := normalise(c.email))]
     sub.suppressed = suppressed_among(conn, org_id, emails)
     return Flow.CONTINUE
+
+
+def _attach_accounts(conn: Connection, org_id: int, rows: list[dict[str, Any]]) -> None:
+    """Put each row's account (``account_id``) on it as ``account`` (merge fields reach it)."""
+    ids = {r["account_id"] for r in rows if r.get("account_id")}
+    if ids:
+        accounts = crm.records_by_ids(conn, "accounts", org_id, ids)
+        for r in rows:
+            if r.get("account_id"):
+                r["account"] = accounts.get(r["account_id"])
 
 
 def deliverable(email: str) -> bool:
@@ -287,26 +390,99 @@ def skip_detail(
     return None
 
 
+def _deal_catalogue(content_module: str | None) -> str | None:
+    """The merge fields a deal's mail renders with: a deals template (or inline content)
+    as the deal, a contacts template as its contact; None: any other template does not fit."""
+    if content_module in (None, "deals"):
+        return "deals"
+    return "contacts" if content_module == "contacts" else None
+
+
 def check_recipients(conn: Connection | None, sub: Submission) -> Flow:
-    """Keep each deliverable, unsuppressed recipient once, in the order given; skip the rest."""
+    """Keep each deliverable, unsuppressed recipient once, in the order given; skip the rest.
+
+    A deal is checked as its contact (suppression, address, duplicates).
+    """
     seen: set[str] = set()
+    content_module = sub.request.content.module
     for module, rid in sub.request.to:
-        record = sub.records.get((module, rid))
+        deal = sub.deals.get(rid) if module == "deals" else None
+        catalogue = ""
+        if deal is not None:
+            record, check_module = deal["contact"], "contacts"
+            catalogue = _deal_catalogue(content_module) or ""
+            fits = None if catalogue else content_module
+        else:
+            record, check_module, fits = sub.records.get((module, rid)), module, content_module
+            if module == "deals":  # a deal that does not exist (in this org)
+                check_module = "contacts"
         reason = skip_reason(
-            module,
-            record,
-            suppressed=sub.suppressed,
-            content_module=sub.request.content.module,
-            seen=seen,
+            check_module, record, suppressed=sub.suppressed, content_module=fits, seen=seen
         )
+        if deal is not None and not catalogue and reason is None:
+            reason = SkipReason.MODULE_MISMATCH
         if reason is None:
             seen.add(record["email_norm"])
-            sub.outgoing.append(Outgoing(module, rid, record))
+            out = Outgoing(check_module, record["id"] if deal else rid, record, catalogue=catalogue)
+            out.deal = deal
+            sub.outgoing.append(out)
             continue
         detail = skip_detail(reason, record, sub.suppressed) if record else None
         email = (record or {}).get("email")
         sub.skipped.append(Skipped(module, rid, reason, detail=detail, email=email))
+    if sub.outgoing:
+        check_cc(sub, seen)
     return Flow.CONTINUE if sub.outgoing else Flow.DONE
+
+
+def check_cc(sub: Submission, to_addresses: set[str]) -> None:
+    """The CC every message carries: each address once, not a To address, not suppressed.
+
+    A CC that cannot be mailed is dropped and named in ``cc_skipped``; the
+    message still goes to everyone else.
+    """
+    seen = set(to_addresses)
+    for entry in sub.request.cc:
+        name: str | None = entry.name
+        records: tuple[tuple[str, int], ...] = ()
+        if entry.module is not None:
+            record = sub.records.get((entry.module, entry.record_id or 0))
+            if record is not None:
+                records = ((entry.module, record["id"]),)
+            deal = sub.deals.get(entry.record_id or 0) if entry.module == "deals" else None
+            if deal is not None:  # mailed at its contact, filed on both
+                record = deal["contact"] or {}
+                records = (("deals", deal["id"]), ("contacts", record.get("id", 0)))
+            if record is None or not record.get("email_norm"):
+                reason = SkipReason.NOT_FOUND if record is None else SkipReason.NO_EMAIL
+                sub.cc_skipped.append(CcSkipped(entry, reason))
+                continue
+            email, norm = record["email"], record["email_norm"]
+            name = full_name(
+                record.get("first_name"), record.get("last_name"), sub.request.org["locale"]
+            )
+        else:
+            email, norm = entry.email or "", normalise(entry.email) or ""
+        reason = None
+        if norm in sub.suppressed:
+            reason = SkipReason.SUPPRESSED
+        elif address_problem(email):
+            reason = SkipReason.INVALID_ADDRESS
+        elif name and name_problem(name):
+            reason = SkipReason.INVALID_NAME
+        elif not deliverable(email):
+            reason = SkipReason.ADDRESS_NOT_DELIVERABLE
+        elif norm in seen:
+            reason = SkipReason.DUPLICATE
+        if reason is not None:
+            detail = {
+                SkipReason.SUPPRESSED: sub.suppressed.get(norm),
+                SkipReason.INVALID_ADDRESS: address_problem(email),
+            }.get(reason)
+            sub.cc_skipped.append(CcSkipped(entry, reason, detail=detail, email=email))
+            continue
+        seen.add(norm)
+        sub.cc.append(CcRecipient(email, name or None, norm, records))
 
 
 # -- reserve quota -------------------------------------------------------------------
@@ -363,16 +539,19 @@ def reserve_quota(conn: Connection, sub: Submission) -> Flow:
     """
     req = sub.request
     today = rules.quota_day(sub.now, ZoneInfo(req.org["timezone"]))
+    # Each CC recipient counts as a To recipient does: one message to 1 To + 2 CC books 3.
+    per_message = 1 + len(sub.cc)
     schedule = book_quota(
         conn,
         req.org,
         req.kind,
         sub.now,
-        len(sub.outgoing),
+        len(sub.outgoing) * per_message,
         defer_excess=req.defer_excess,
         events=sub.events,
     )
-    for out, booked in zip(sub.outgoing, schedule, strict=True):
+    for i, out in enumerate(sub.outgoing):
+        booked = schedule[(i + 1) * per_message - 1]  # due once all its recipients are booked
         out.day, out.scheduled = booked, booked.day != today.day
     return Flow.CONTINUE
 
@@ -420,6 +599,9 @@ def create_sends(conn: Connection, sub: Submission) -> Flow:
             "message_id": make_message_id(sub.signer.mail_domain)[1:-1],
             "verp_token": new_verp_token(),
             "links": [],
+            "cc_emails": [c.email for c in sub.cc],
+            "reply_to_pk": req.reply.pk if req.reply else None,
+            "deal_id": out.deal["id"] if out.deal else None,
             "state": "queued",
             "attempts": 0,
             "status": "queued",
@@ -457,15 +639,17 @@ def render(conn: Connection | None, sub: Submission) -> Flow:
                 c.subject, c.html, c.text, c.header, c.footer, module
             )
         out.unsubscribe = unsubscribe_targets(sub.signer, out.send_id, out.row["verp_token"])
+        if module == "deals" and out.deal is not None:
+            record = out.deal
+            related = {"account": out.deal.get("account"), "contact": out.record}
+        else:
+            record, related = out.record, {"account": out.record.get("account")}
         context = build_context(
-            module,
-            out.record,
-            {"account": out.record.get("account")},
-            req.user,
-            req.org,
-            unsubscribe_url=out.unsubscribe[1],
+            module, record, related, req.user, req.org, unsubscribe_url=out.unsubscribe[1]
         )
         out.rendered = compiled[module].render(context, deadline=deadline)
+        if req.subject is not None:  # a reply's "Re: …": literal, never a template
+            out.rendered = dataclasses.replace(out.rendered, subject=req.subject)
         out.sent_html = out.rendered.html
         out.row["subject"] = out.rendered.subject
         out.to_name = full_name(
@@ -494,9 +678,16 @@ def track_links(conn: Connection | None, sub: Submission) -> Flow:
 def compose_and_sign(conn: Connection | None, sub: Submission) -> Flow:
     """Build each message's bytes (one-click unsubscribe for mass mail) and DKIM-sign them.
 
-    A header the composer refuses raises ``ValueError`` (the API answers 422).
+    A header the composer refuses raises ``ValueError`` (the API answers 422); a
+    message over the deployment's maximum size (attachments and signature
+    included) raises :class:`MessageTooLarge` (413), and nothing is kept.
     """
     req, signer = sub.request, sub.signer
+    if req.attachments and not sub.attachment_parts:
+        sub.attachment_parts = [
+            attachment_part(a.filename, a.content_type, a.data) for a in req.attachments
+        ]
+    in_reply_to, references = thread_headers(req.reply)
     for out in sub.outgoing:
         mailto, https = out.unsubscribe
         raw = compose(
@@ -512,6 +703,10 @@ def compose_and_sign(conn: Connection | None, sub: Submission) -> Flow:
             list_unsubscribe=(mailto, https),
             one_click=req.kind == "mass" and https.startswith("https://"),
             date=sub.now,
+            cc=[(c.email, c.name) for c in sub.cc],
+            in_reply_to=in_reply_to,
+            references=references,
+            attachments=sub.attachment_parts,
         )
         if signer.dkim_key and signer.dkim_domain and signer.dkim_selector:
             raw = dkim_sign(
@@ -520,16 +715,58 @@ def compose_and_sign(conn: Connection | None, sub: Submission) -> Flow:
                 domain=signer.dkim_domain,
                 private_key_pem=signer.dkim_key,
             )
+        if req.max_message_size is not None and len(raw) > req.max_message_size:
+            raise MessageTooLarge(
+                f"the message would be {len(raw)} bytes, over the maximum message size "
+                f"of {req.max_message_size} bytes (attachments included)"
+            )
         out.raw = raw
     return Flow.CONTINUE
+
+
+def thread_headers(reply: ReplyTarget | None) -> tuple[str | None, list[str]]:
+    """(In-Reply-To, References) of a reply, bare ids; nothing when there is no quotable id."""
+    if reply is None:
+        return None, []
+    refs = thread_references(list(reply.references), reply.message_id)
+    parent = reply.message_id if usable_id(reply.message_id) else None
+    return parent, refs
 
 
 # -- file copies, emit ---------------------------------------------------------------
 
 
-def filed_copy(sub: Submission, out: Outgoing) -> dict[str, Any]:
+def filed_on(sub: Submission, out: Outgoing) -> list[tuple[str, int]]:
+    """The records a copy is filed on: its deal, its recipient, the CC records, and the
+    original's records when it is a reply — each once, in that order."""
+    records: list[tuple[str, int]] = []
+    if out.deal is not None:
+        records.append(("deals", out.deal["id"]))
+    records.append((out.module, out.record_id))
+    for cc in sub.cc:
+        records += cc.records
+    if sub.request.reply is not None:
+        records += sub.request.reply.records
+    return list(dict.fromkeys(records))
+
+
+def shared_copy(sub: Submission, out: Outgoing, excluded: list[str]) -> bool:
+    """False when the To or a CC sits in one of the org's excluded domains.
+
+    Seed 004 excludes those domains from sharing, not from filing, and that
+    outranks "mail sent from the CRM is public": only the sender sees the copy
+    (and the send), as ingest files such mail from the dropbox or a mailbox.
+    """
+    if not excluded:
+        return True
+    to = out.record.get("email_norm") or normalise(out.record.get("email")) or ""
+    return not any(in_domains(a, excluded) for a in (to, *(c.norm for c in sub.cc)) if a)
+
+
+def filed_copy(sub: Submission, out: Outgoing, shared: bool = True) -> dict[str, Any]:
     """The ``messages`` row of the copy filed on the record (untracked HTML)."""
     req = sub.request
+    in_reply_to, references = thread_headers(req.reply)
     return {
         "org_id": req.org["id"],
         "user_id": req.user["id"],
@@ -539,18 +776,19 @@ def filed_copy(sub: Submission, out: Outgoing) -> dict[str, Any]:
         "from_addr": req.from_email.lower(),
         "from_name": req.from_name,
         "to_addrs": [{"name": out.to_name, "email": out.record["email_norm"]}],
-        "cc_addrs": [],
+        "cc_addrs": [{"name": c.name, "email": c.norm} for c in sub.cc],
         "date": sub.now,
         "direction": "outgoing",
         "source": req.source,
-        "in_reply_to": None,
-        "references": [],
+        "in_reply_to": in_reply_to,
+        "references": references,
         "text_body": out.rendered.text,
         "html_body": out.rendered.html,
         "defects": [],
         "size": len(out.raw),
         "send_id": out.send_id,
         "raw": out.raw,
+        "shared": shared,
     }
 
 
@@ -565,12 +803,18 @@ def file_copies(conn: Connection, sub: Submission) -> Flow:
         conn, [(out.send_id, out.row["subject"], out.raw, out.links) for out in sub.outgoing]
     )
     linked = [out for out in sub.outgoing if out.module and out.record_id is not None]
-    pks = filing.insert_messages(conn, [filed_copy(sub, out) for out in linked])
+    excluded = mailboxes.excluded_by_org(conn, [org_id]).get(org_id, []) if linked else []
+    shared = [shared_copy(sub, out, excluded) for out in linked]
+    pks = filing.insert_messages(
+        conn, [filed_copy(sub, out, s) for out, s in zip(linked, shared, strict=True)]
+    )
+    records = [filed_on(sub, out) for out in linked]
     filing.insert_links(
         conn,
         [
-            {"org_id": org_id, "message_id": pk, "module": out.module, "record_id": out.record_id}
-            for pk, out in zip(pks, linked, strict=True)
+            {"org_id": org_id, "message_id": pk, "module": module, "record_id": rid}
+            for pk, on in zip(pks, records, strict=True)
+            for module, rid in on
         ],
     )
     sub.events += [
@@ -582,11 +826,12 @@ def file_copies(conn: Connection, sub: Submission) -> Flow:
             direction="outgoing",
             source=req.source,
             subject=out.row["subject"],
-            records=[(out.module, out.record_id)],
+            records=on,
             send_id=out.send_id,
+            shared=is_shared,
             at=sub.now,
         )
-        for pk, out in zip(pks, linked, strict=True)
+        for pk, out, on, is_shared in zip(pks, linked, records, shared, strict=True)
     ]
     return Flow.CONTINUE
 

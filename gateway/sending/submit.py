@@ -24,22 +24,33 @@ class Accepted:
 
     sends: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: CC entries dropped (suppressed, no address, a To's address …), each with its reason.
+    cc_skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def accepted(sub: Submission) -> Accepted:
     """What the caller is told: ids, addresses, and when a deferred send is due."""
     sends = []
     for out in sub.outgoing:
+        to: dict[str, Any] = {"module": out.module, "id": out.record_id}
+        if out.deal is not None:  # named as asked, with the contact it went to
+            to = {"module": "deals", "id": out.deal["id"], "contact_id": out.record_id}
         item: dict[str, Any] = {
             "id": out.send_id,
-            "to": {"module": out.module, "id": out.record_id, "email": out.record["email"]},
+            "to": {**to, "email": out.record["email"]},
             "status": "scheduled" if out.scheduled else "queued",
             "message_id": f"<{out.row['message_id']}>",
         }
+        if sub.cc:
+            item["cc"] = [c.email for c in sub.cc]
         if out.scheduled:
             item["send_at"] = out.day.starts_at.isoformat()
         sends.append(item)
-    return Accepted(sends=sends, skipped=[s.as_json() for s in sub.skipped])
+    return Accepted(
+        sends=sends,
+        skipped=[s.as_json() for s in sub.skipped],
+        cc_skipped=[s.as_json() for s in sub.cc_skipped],
+    )
 
 
 def enqueue(

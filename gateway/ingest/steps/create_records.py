@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 
 from gateway.addresses import in_domains, is_role_address
 from gateway.ingest.context import Batch, Flow
-from gateway.ingest.steps.match_records import DEFAULT_MAX_RECORDS
+from gateway.ingest.steps.match_records import DEFAULT_MAX_RECORDS, searched
 from storage import filing
 from storage.payloads import record_created
 
@@ -74,6 +74,9 @@ def split_name(display: str) -> tuple[str, str]:
 
 
 def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORDS) -> Flow:
+    # Records this round created, by (org, address): a later message of the batch links
+    # to them instead of creating the same lead twice, whatever its user searches.
+    created: dict[tuple[int, str], tuple[str, int]] = {}
     for d in batch.live():
         if d.channel != "dropbox":
             continue
@@ -81,6 +84,9 @@ def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORD
         if setting == "none":
             continue
         module = "contacts" if setting == "contact" else "leads"
+        # Only records of the modules the user searches count as known (``dropbox_search``):
+        # with "contacts", an address that is only a lead is new, as ``match`` saw it.
+        modules = searched(d, batch.users[d.user_id])
         own = batch.own_addresses.get(d.user_id, set())
         org = batch.orgs[d.org_id]
         known = batch.known.setdefault(d.org_id, {})
@@ -91,8 +97,13 @@ def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORD
                 break  # the rest stay addresses on the message (see the module's doc)
             if address in own:
                 continue
-            if address in known:
-                linked.update(dict.fromkeys(known[address]))  # matched, or created earlier
+            made = created.get((d.org_id, address))
+            if made is not None:
+                linked[made] = None  # created by an earlier message of this batch
+                continue
+            hits = [r for r in known.get(address, ()) if r[0] in modules]
+            if hits:
+                linked.update(dict.fromkeys(hits))  # matched
                 continue
             if not creatable(
                 address,
@@ -106,7 +117,8 @@ def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORD
                 names = {a.email: a.name for a in reversed((*d.parsed.to, *d.parsed.cc))}
             values = new_record(address, names.get(address, ""), d.user_id)
             rid = filing.create_record(conn, module, d.org_id, values)
-            known[address] = [(module, rid)]
+            known.setdefault(address, []).append((module, rid))
+            created[(d.org_id, address)] = (module, rid)
             linked[(module, rid)] = None
             batch.new_events.append(
                 record_created(

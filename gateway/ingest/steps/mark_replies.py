@@ -31,6 +31,7 @@ def run(conn: Connection, batch: Batch) -> Flow:
                     message_pk=d.message_pk,
                     user_id=d.user_id,
                     sender=sender,
+                    shared=d.shared,
                     at=batch.now,
                 )
             )

@@ -9,14 +9,16 @@ mass mailing cannot hold the batch (every org's filing) for minutes.
 Dropbox mail is matched only against the modules its user searches
 (``dropbox_search``: leads, contacts or both) and goes on to ``create``.
 Polled (IMAP, POP3) mail with no CRM counterpart is kept for the SalesInbox
-when it is incoming and the org keeps unknown senders (``inbox_keep_unknown``,
-the default); otherwise it is not ours to keep and is ignored here.
+when it is incoming and either comes from a colleague (the org's own domains)
+or the org keeps unknown senders (``inbox_keep_unknown``, the default);
+otherwise it is not ours to keep and is ignored here.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection
 
+from gateway.addresses import in_domains
 from gateway.ingest.context import Batch, Delivery, Flow, Outcome
 from storage import filing
 
@@ -47,8 +49,17 @@ def searched(d: Delivery, user: dict) -> tuple[str, ...]:
 
 
 def keeps_unknown(d: Delivery, org: dict) -> bool:
-    """Polled incoming mail from someone not in the CRM, in an org that keeps it."""
-    return d.direction == "incoming" and bool(org.get("inbox_keep_unknown", True))
+    """Polled incoming mail with no CRM record that the SalesInbox shows.
+
+    A colleague's mail (the org's own domains) is always kept: it is the inbox's
+    colleagues column, which ``inbox_keep_unknown`` does not turn off.  Anyone
+    else's is kept when the org keeps mail from senders not in the CRM.
+    """
+    if d.direction != "incoming":
+        return False
+    if bool(org.get("inbox_keep_unknown", True)):
+        return True
+    return any(in_domains(a, org.get("domains") or []) for a in d.counterparts)
 
 
 def run(conn: Connection, batch: Batch, *, max_records: int = DEFAULT_MAX_RECORDS) -> Flow:

@@ -488,7 +488,7 @@ class MailboxSupervisor(LoopRunner):
     async def run_once(self) -> int:
         """Start and stop pollers to match the stored mailboxes; how many changed."""
         async with self.service.db.connect() as conn:
-            rows = {r["id"]: r for r in await store.list_mailboxes(conn)}
+            rows = {r["id"]: r for r in await store.pollable_mailboxes(conn)}
         changed = 0
         for mid in list(self.tasks):
             version, task, ev = self.tasks[mid]

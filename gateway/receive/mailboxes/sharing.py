@@ -20,17 +20,30 @@ Two exceptions, both from seed 004:
 * mail with a counterpart in one of the org's excluded domains is filed but
   not shared (``shared`` false): only its owner sees it, whatever the mode.
 
+Custom sharing is about the *mail*, not the page it is read on: a message is
+shared when any record it is filed on is one its owner chose, so it shows on
+each of its records and opens by id alike (:func:`sees_mail`, and
+:func:`record_scope` for a record's list, where it becomes one query).
+
 The rules hold on every read path that shows mail: a record's emails, one
-send (``/api/v1/sends/{id}``) and the event log (``email.*`` events carry the
+email (``/api/v1/emails/{id}``, ``/raw``, ``/attachments/{n}``), one send
+(``/api/v1/sends/{id}``) and the event log (``email.*`` events carry the
 owner's ``user_id`` and the subject, recipient or sender).  An event names its
 records itself; one that names none (``email.received``) counts as shared on
 no record, so a custom sharer's colleagues see it through ``email.filed``.
+
+The reports (``/api/v1/reports/*``) are not a read path of mail content: they
+count sends (CRM-sent, so public) and incoming mail (a number, no sender or
+subject), and the no-response list names records mailed from the CRM, so they
+cover the whole org for everyone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
+
+from storage.filing import Visibility
 
 MAIL_EVENT_PREFIX = "email."
 #: ``messages.source`` of mail sent from the CRM: public to everyone who sees the record.
@@ -68,20 +81,34 @@ def can_see(viewer_id: int, owner_id: int | None, mode: str, shares_record: bool
     return False
 
 
-def hidden_owners(
-    viewer_id: int, settings: Mapping[int, Mapping[str, Any]], custom_sharers: Iterable[int]
-) -> set[int]:
-    """Users whose mail on this record the viewer must not see.
+def is_crm_sent(source: str | None) -> bool:
+    """Was this mail sent from the CRM itself (public, 公開メール)?"""
+    return source in CRM_SOURCES
 
-    Only users with a non-public mode can be hidden, so the set is small and
-    becomes one ``NOT IN`` in the query.
+
+def record_scope(
+    viewer_id: int,
+    settings: Mapping[int, Mapping[str, Any]],
+    shares: Mapping[int, set[tuple[str, int]]],
+) -> Visibility:
+    """:func:`sees_mail` for every message of a record's list, as plain values for one query.
+
+    Private owners (and custom ones who chose no record) are hidden; a custom
+    owner's mail shows when it is filed on one of their chosen records.  The
+    query adds the two exceptions: CRM-sent mail is public, unshared mail is its
+    owner's only.
     """
-    sharers = set(custom_sharers)
-    return {
-        uid
-        for uid, row in settings.items()
-        if not can_see(viewer_id, uid, row["mode"], uid in sharers)
-    }
+    hidden: set[int] = set()
+    partial: dict[int, frozenset[tuple[str, int]]] = {}
+    for uid, row in settings.items():
+        if uid == viewer_id or row["mode"] == "public":
+            continue
+        chosen = shares.get(uid, set()) if row["mode"] == "custom" else set()
+        if chosen:
+            partial[uid] = frozenset(chosen)
+        else:
+            hidden.add(uid)
+    return Visibility(viewer_id, frozenset(hidden), partial, CRM_SOURCES)
 
 
 def may_change(actor: Mapping[str, Any], target_id: int, delegated: bool) -> bool:
@@ -113,7 +140,8 @@ def sees_mail(
 ) -> bool:
     """May the viewer see one piece of mail of ``owner_id`` that concerns ``records``?
 
-    ``shared`` false (an excluded domain): its owner only.  ``crm_sent``: public.
+    ``shared`` false (an excluded domain): its owner only, even when CRM-sent,
+    since the exclusion is the admin's explicit word.  ``crm_sent``: public.
     """
     if owner_id is None or owner_id == viewer_id:
         return True

@@ -3,8 +3,10 @@
 ``messages.shared`` (mail with an excluded domain is filed but seen only by its
 owner), an index on a user's own mail, sends with CC / reply-in-thread / deal,
 POP3 mailboxes (``mailboxes.protocol`` and the UIDLs each has seen), the
-SalesInbox org setting, and users' dropbox search scope and deactivation time.
-Existing rows: shared, IMAP, keep unknown senders, search both.
+SalesInbox org setting with a deal's expected closing date (its "closing this
+month" ordering) and an index from a contact to its deals, and users' dropbox
+search scope and deactivation time.  Existing rows: shared, IMAP, keep unknown
+senders, search both, no closing date.
 
 Revision ID: 0013_rep_mail
 Revises: 0012_campaigns
@@ -62,9 +64,13 @@ def upgrade() -> None:
         "users",
         sa.Column("deactivated_at", storage.types.UTCDateTime(timezone=True), nullable=True),
     )
+    op.add_column("deals", sa.Column("closing_date", sa.Date(), nullable=True))
+    op.create_index("ix_deals_org_contact", "deals", ["org_id", "contact_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deals_org_contact", table_name="deals")
+    op.drop_column("deals", "closing_date")
     op.drop_column("users", "deactivated_at")
     op.drop_column("users", "dropbox_search")
     op.drop_column("orgs", "inbox_keep_unknown")
