@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     #: Mailbox hosts and webhook URLs on loopback, private or link-local addresses (tests,
     #: single-host set-ups); off, so a user cannot probe the server's network.
     allow_private_targets: bool = False
+    #: Seconds between polls of a POP3 mailbox (POP3 has no IDLE; each poll is a new login).
+    pop_interval: float = Field(default=60.0, gt=0)
     #: Webhooks: first retry delay (seconds) after a failed delivery; doubles per attempt
     #: up to ``webhook_retry_cap``.
     webhook_retry_base: float = Field(default=10.0, gt=0)

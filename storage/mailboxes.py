@@ -1,4 +1,5 @@
-"""SQL of the IMAP integration: mailboxes, checkpoints, UID locations, sharing.
+"""SQL of the mailbox integration: mailboxes, IMAP checkpoints and UID locations, POP3
+UIDLs, sharing.
 
 Functions over a plain ``Connection`` run inside the spool's transaction (a
 fetched batch and its checkpoint commit together) or the ingest runner's
@@ -9,16 +10,19 @@ poller's status reports.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.inserts import insert_ignore
 from storage.schema import deals, messages
 from storage.schema_mailboxes import (
     excluded_domains,
     mailbox_folders,
     mailbox_messages,
+    mailbox_pop_seen,
     mailboxes,
     sharing,
     sharing_records,
@@ -67,8 +71,10 @@ async def folder_states(conn: AsyncConnection, mailbox_id: int) -> dict[str, dic
 
 
 async def reset_folders(conn: AsyncConnection, mailbox_id: int) -> None:
-    """Forget every checkpoint: the next poll backfills again (dedupe keeps it harmless)."""
+    """Forget every checkpoint (and POP3 UIDL): the next poll backfills again (dedupe
+    keeps it harmless)."""
     await conn.execute(delete(mailbox_folders).where(mailbox_folders.c.mailbox_id == mailbox_id))
+    await conn.execute(delete(mailbox_pop_seen).where(mailbox_pop_seen.c.mailbox_id == mailbox_id))
 
 
 def _upsert_folder(conn: Connection, mailbox_id: int, folder: str, **values: Any) -> None:
@@ -109,6 +115,74 @@ def store_progress(conn: Connection, mailbox_id: int, progress: dict[str, Any], 
         .where(mailboxes.c.id == mailbox_id)
         .values(progress=progress, state=state, error_kind=None, error_message=None)
     )
+
+
+# -- POP3: the UIDLs a mailbox has seen ------------------------------------------------
+
+
+def pop_seen_uidls(conn: Connection, mailbox_id: int) -> set[str]:
+    """Every UIDL of the mailbox stored for filing or skipped: what a poll must not fetch."""
+    q = select(mailbox_pop_seen.c.uidl).where(mailbox_pop_seen.c.mailbox_id == mailbox_id)
+    return set(conn.execute(q).scalars())
+
+
+def remember_uidls(
+    conn: Connection,
+    mailbox_id: int,
+    rows: Sequence[tuple[str, str | None]],
+    at: datetime,
+) -> None:
+    """Remember ``(uidl, skipped reason or None)``; runs in the spool transaction.
+
+    A UIDL remembered before (an explicit backfill fetches it again, or a
+    second node's poller got there first) is left as it is: the insert ignores
+    the primary key conflict, so the batch's mail is still stored.
+    """
+    fresh: dict[str, str | None] = {}
+    for uidl, reason in rows:
+        fresh.setdefault(uidl, reason)
+    if fresh:
+        conn.execute(
+            insert_ignore(mailbox_pop_seen, conn.dialect.name),
+            [
+                {"mailbox_id": mailbox_id, "uidl": u, "seen_at": at, "skipped": r}
+                for u, r in fresh.items()
+            ],
+        )
+
+
+def forget_uidls(conn: Connection, mailbox_id: int, uidls: Sequence[str]) -> None:
+    """Drop UIDLs no longer on the server (deleted there by another mail client)."""
+    for i in range(0, len(uidls), 500):
+        conn.execute(
+            delete(mailbox_pop_seen).where(
+                mailbox_pop_seen.c.mailbox_id == mailbox_id,
+                mailbox_pop_seen.c.uidl.in_(list(uidls[i : i + 500])),
+            )
+        )
+
+
+async def pop_summary(conn: AsyncConnection, mailbox_id: int) -> dict[str, Any]:
+    """How many UIDLs were stored for filing, and the last skipped ones with their reason."""
+    from sqlalchemy import func
+
+    base = mailbox_pop_seen.c.mailbox_id == mailbox_id
+    stored = (
+        await conn.execute(select(func.count()).where(base, mailbox_pop_seen.c.skipped.is_(None)))
+    ).scalar_one()
+    skipped_q = (
+        select(mailbox_pop_seen.c.uidl, mailbox_pop_seen.c.skipped, mailbox_pop_seen.c.seen_at)
+        .where(base, mailbox_pop_seen.c.skipped.is_not(None))
+        .order_by(mailbox_pop_seen.c.seen_at.desc(), mailbox_pop_seen.c.uidl)
+        .limit(20)
+    )
+    skipped = [dict(r) for r in (await conn.execute(skipped_q)).mappings()]
+    count = (
+        await conn.execute(
+            select(func.count()).where(base, mailbox_pop_seen.c.skipped.is_not(None))
+        )
+    ).scalar_one()
+    return {"stored": stored, "skipped_count": count, "skipped": skipped}
 
 
 # -- where each filed message sits on the server ------------------------------------

@@ -91,6 +91,8 @@ mailbox_pop_seen = Table(
     Column("mailbox_id", ID, ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False),
     Column("uidl", String(70), nullable=False),
     Column("seen_at", UTCDateTime(), nullable=False, default=utcnow),
+    # NULL: stored for filing; else why it was passed over (too large; migration 0014).
+    Column("skipped", String(200)),
     PrimaryKeyConstraint("mailbox_id", "uidl", name="pk_mailbox_pop_seen"),
 )
 

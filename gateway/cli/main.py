@@ -45,6 +45,10 @@ app.add_typer(token_app, name="token")
 
 imap_app = typer.Typer(no_args_is_help=True, help="Connected IMAP mailboxes.")
 app.add_typer(imap_app, name="imap")
+pop_app = typer.Typer(
+    no_args_is_help=True, help="Connected POP3 mailboxes (mail stays on the server)."
+)
+app.add_typer(pop_app, name="pop")
 
 _state: dict[str, Any] = {}
 
@@ -639,6 +643,58 @@ def imap_status(user: Annotated[str, typer.Argument(help="User id or email.")]) 
                 f"{parked['replay']}",
                 err=True,
             )
+
+
+@pop_app.command("add")
+def pop_add(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    host: Annotated[str, typer.Option(help="POP3 server host name.")],
+    port: Annotated[int, typer.Option(help="POP3 port (995 for tls, 110 for starttls).")],
+    login: Annotated[str, typer.Option(help="Login name on the POP3 server.")],
+    password_env: Annotated[
+        str, typer.Option(help="Environment variable holding the password (never argv).")
+    ],
+    security: Annotated[str, typer.Option(help="tls|starttls|none")] = "tls",
+) -> None:
+    """Connect a POP3 mailbox: the login is tried first; mail is never deleted from it.
+
+    `mailgate imap status USER` shows it with the user's other mailboxes.
+    """
+    import os
+
+    from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values
+
+    password = os.environ.get(password_env)
+    if not password:
+        fail(f"environment variable {password_env} is not set or empty")
+    try:
+        values = mailbox_values(
+            {"host": host, "port": port, "login": login, "password": password, "security": security}
+        )
+    except InvalidMailbox as exc:
+        fail(str(exc))
+    values["protocol"] = "pop3"
+
+    async def add(db: Database, s: Settings) -> dict[str, Any]:
+        from gateway.receive.mailboxes.service import error_words
+        from gateway.receive.mailboxes.validate import config_from
+
+        async with db.connect() as conn:
+            owner = await admin.find_user(conn, user)
+        if owner is None:
+            raise admin.AdminError(f"no user {user!r}")
+        service = MailboxService(db, None, s)  # type: ignore[arg-type]
+        problem = await service.check(config_from(values, password), protocol="pop3")
+        if problem is not None:
+            raise admin.AdminError(f"cannot connect: {error_words(problem)}")
+        try:
+            return await service.add(owner["org_id"], owner["id"], values)
+        except SQLAlchemyError as exc:
+            if "uq_mailboxes" in str(exc) or "UNIQUE" in str(exc):
+                raise admin.AdminError("this mailbox is already connected") from exc
+            raise
+
+    out(run_db(add))
 
 
 @app.command()

@@ -1,5 +1,5 @@
-"""`/api/v1/mailboxes` (connect, list, status, remove, backfill), a message's read state,
-and the sharing settings that decide who sees whose mail.
+"""`/api/v1/mailboxes` (connect an IMAP or POP3 mailbox, list, status, remove, backfill),
+a message's read state, and the sharing settings that decide who sees whose mail.
 
 The password is write-only: accepted on ``POST``, sealed at once, never in
 any answer or log line.
@@ -18,10 +18,21 @@ from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
 from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values, sharing
+from gateway.receive.mailboxes.service import PROTOCOLS
 from gateway.receive.mailboxes.validate import resolve_target
 from storage import crm, orgs
 from storage import mailboxes as store
 from storage.db import Database
+
+
+def protocol_of(body: dict[str, Any], values: dict[str, Any]) -> str:
+    """``imap`` (the default) or ``pop3``; a POP3 mailbox has no Sent folder to name."""
+    protocol = body.get("protocol", "imap")
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise InvalidMailbox("invalid_field", "protocol must be imap or pop3")
+    if protocol == "pop3" and values["sent_folder"] is not None:
+        raise InvalidMailbox("invalid_field", "a POP3 mailbox has no sent_folder (only an inbox)")
+    return protocol
 
 
 class MailboxesApi(Resource):
@@ -59,7 +70,8 @@ class MailboxesApi(Resource):
         user = await self.user(request)
         body = await read_json(request)
         try:
-            values = mailbox_values(body, extra={"user_id"})
+            values = mailbox_values(body, extra={"user_id", "protocol"})
+            values["protocol"] = protocol_of(body, values)
             # Refused before anything connects, so the answer says nothing about ports.
             await resolve_target(
                 values["host"],

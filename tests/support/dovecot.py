@@ -1,4 +1,4 @@
-"""A throwaway Dovecot IMAP server for tests and benchmarks.
+"""A throwaway Dovecot IMAP and POP3 server for tests and benchmarks.
 
 Real IMAP behaviour (literals, SPECIAL-USE, IDLE, UIDVALIDITY, ``* BYE`` on a
 kick) cannot be faked convincingly, so the IMAP tests talk to Debian's
@@ -40,7 +40,8 @@ base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = imap
+protocols = imap pop3
+pop3_uidl_format = %08Xu%08Xv
 listen = 127.0.0.1
 {ssl}
 disable_plaintext_auth = no
@@ -78,6 +79,17 @@ service imap-login {{
   inet_listener imaps {{
     address = 127.0.0.1
     port = {tls_port}
+  }}
+}}
+service pop3-login {{
+  chroot =
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {pop3s_port}
   }}
 }}
 service anvil {{
@@ -121,6 +133,9 @@ class Dovecot:
         self.host = "127.0.0.1"
         self.port = 0
         self.tls_port = 0
+        #: POP3 (plain/STLS) and POP3S listeners of the same server, same users and mail.
+        self.pop3_port = 0
+        self.pop3s_port = 0
         self.ca_file: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._users: dict[str, str] = {}
@@ -148,10 +163,13 @@ class Dovecot:
 
         With ``tls`` the server gets a fresh self-signed certificate for 127.0.0.1
         (``self.ca_file``), offers STARTTLS on ``port`` and implicit TLS on
-        ``tls_port``.
+        ``tls_port``.  POP3 listens on ``pop3_port`` (STLS with ``tls``) and, with
+        ``tls``, POP3S on ``pop3s_port``; UIDLs are ``%08Xu%08Xv`` (UID, UIDVALIDITY).
         """
         self.port = port or free_port()
         self.tls_port = free_port() if tls else 0
+        self.pop3_port = free_port()
+        self.pop3s_port = free_port() if tls else 0
         ssl_setting = "ssl = no"
         if tls:
             self.ca_file = self.root / "cert.pem"
@@ -169,6 +187,8 @@ class Dovecot:
                 gid=self.gid,
                 port=self.port,
                 tls_port=self.tls_port,
+                pop3_port=self.pop3_port,
+                pop3s_port=self.pop3s_port,
                 ssl=ssl_setting,
             )
         )
@@ -314,8 +334,13 @@ class Dovecot:
             check=False,
         )
 
+    def count(self, user: str, folder: str = "INBOX") -> int:
+        """Messages in ``folder`` as files (``new/`` + ``cur/``): what a DELE would lower."""
+        box = self.maildir(user, folder)
+        return len(os.listdir(box / "new")) + len(os.listdir(box / "cur"))
+
     def kick(self, user: str) -> None:
-        """Drop every IMAP connection of ``user``; the server says ``* BYE`` first."""
+        """Drop every IMAP (and POP3) connection of ``user``; IMAP says ``* BYE`` first."""
         done = self.doveadm("kick", user)
         if done.returncode not in (0, 68):  # 68: nobody to kick
             raise DovecotError(f"doveadm kick failed: {done.stderr.strip()}")

@@ -93,7 +93,10 @@ def locate(conn: Connection, batch: Batch) -> None:
     polled = [
         d
         for d in batch.items
-        if d.origin and d.outcome in (Outcome.FILED, Outcome.DUPLICATE) and d.parsed is not None
+        if d.origin
+        and "uid" in d.origin  # POP3 mail has no server location to keep read state at
+        and d.outcome in (Outcome.FILED, Outcome.DUPLICATE)
+        and d.parsed is not None
     ]
     for mailbox_id in sorted({d.origin["mailbox_id"] for d in polled}):
         mine = [d for d in polled if d.origin["mailbox_id"] == mailbox_id]

@@ -1,10 +1,15 @@
-"""Connected mailboxes: add, poll forever, backfill, report status, and push \\Seen.
+"""Connected mailboxes (IMAP and POP3): add, poll forever, backfill, report status.
 
 Every polled message goes through the one ingest path: each fetched batch is
 stored in the durable spool (:class:`~gateway.ingest.spool.Spool`) *in the same
-transaction* as the folder checkpoint and the mailbox's progress, and the
-ingest runner files it afterwards (recording each message's UID location).  A
+transaction* as what the batch covers (an IMAP folder checkpoint, POP3 UIDLs)
+and the mailbox's progress, and the ingest runner files it afterwards.  A
 crash or a kick re-fetches at most one batch, and filing never files twice.
+
+What differs between the protocols sits behind one small interface,
+:class:`~gateway.receive.mailboxes.source.MailSource`; this module picks one by
+``mailboxes.protocol`` and owns the rest (state, errors, backoff, passwords,
+progress, ``last_ok_at``, one poller per mailbox).
 """
 
 from __future__ import annotations
@@ -20,20 +25,19 @@ from typing import Any
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.ingest.spool import Spool
+from gateway.receive import pop3
 from gateway.receive.imap import (
     Backoff,
-    Checkpoint,
-    FetchBatch,
     ImapSession,
     MailboxConfig,
     MailboxError,
     MailboxSource,
     connect,
-    discover_folders,
-    poll_once,
-    wait_for_new,
 )
 from gateway.receive.mailboxes.crypto import PasswordBox, PasswordUnreadable
+from gateway.receive.mailboxes.imap_source import ImapMailSource
+from gateway.receive.mailboxes.pop3_source import PopMailSource
+from gateway.receive.mailboxes.source import MailSource, PolledBatch
 from gateway.receive.mailboxes.validate import (
     PrivateTarget,
     UnresolvableHost,
@@ -70,6 +74,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "user_id": row["user_id"],
+        "protocol": row.get("protocol") or "imap",
         "host": row["host"],
         "port": row["port"],
         "login": row["login"],
@@ -133,6 +138,10 @@ def parked_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: ``mailboxes.protocol`` values, and the channel each one's mail is filed under.
+PROTOCOLS = {"imap": "imap", "pop3": "pop"}
+
+
 class MailboxService:
     def __init__(
         self,
@@ -153,6 +162,10 @@ class MailboxService:
         self.allow_private_targets = settings.allow_private_targets
         self.connect_timeout = 30.0
         self.idle_timeout = 120.0
+        #: MAILGATE_POP_INTERVAL: seconds between POP3 polls (POP3 has no IDLE).
+        self.pop_interval = settings.pop_interval
+        #: POP3 messages larger than the SMTP receiver's limit are skipped, not fetched.
+        self.max_message_size = settings.max_message_size
 
     # -- records ---------------------------------------------------------------
 
@@ -179,19 +192,26 @@ class MailboxService:
                 return None
             folders = await store.folder_states(conn, mailbox_id)
             filed = await store.count_locations(conn, mailbox_id)
+            pop = await store.pop_summary(conn, mailbox_id) if row["protocol"] == "pop3" else None
         out = public(row)
         out["folders"] = {
             name: {"uidvalidity": f["uidvalidity"], "last_uid": f["last_uid"]}
             for name, f in folders.items()
         }
         out["messages"] = filed
+        if pop is not None:
+            out["messages"] = pop["stored"]
+            out["skipped"] = {
+                "count": pop["skipped_count"],
+                "items": [{"uidl": s["uidl"], "reason": s["skipped"]} for s in pop["skipped"]],
+            }
         out["parked"] = parked_summary(
             await self.db.run_read(inbound_store.kept_for_mailbox, row["user_id"], mailbox_id)
         )
         return out
 
-    async def open_session(self, config: MailboxConfig, timeout: float) -> ImapSession:
-        """Connect and log in, to the address the host was just checked to have.
+    async def _checked(self, config: MailboxConfig) -> MailboxConfig:
+        """``config`` with the address its host was just checked to have.
 
         Every connection goes through here: the host is resolved and each of
         its addresses checked (``validate.resolve_target``) right before, and
@@ -205,15 +225,48 @@ class MailboxService:
             raise MailboxError("private_host", str(exc)) from exc
         except UnresolvableHost as exc:
             raise MailboxError("unreachable", str(exc)) from exc
-        return await connect(replace(config, address=address), timeout)
+        return replace(config, address=address)
 
-    async def check(self, config: MailboxConfig, timeout: float = 10.0) -> MailboxError | None:
+    async def open_session(self, config: MailboxConfig, timeout: float) -> ImapSession:
+        """Connect and log in over IMAP, to the checked address (see :meth:`_checked`)."""
+        return await connect(await self._checked(config), timeout)
+
+    async def open_source(
+        self, row: dict[str, Any], config: MailboxConfig, timeout: float
+    ) -> MailSource:
+        """A logged-in :class:`MailSource` for the mailbox's protocol."""
+        checked = await self._checked(config)
+        if row.get("protocol") == "pop3":
+            session = await pop3.connect(checked, timeout)
+            return PopMailSource(
+                self.db,
+                row,
+                session,
+                max_size=self.max_message_size,
+                interval=self.pop_interval,
+                clock=self.clock,
+            )
+        imap = await connect(checked, timeout)
+        try:
+            return await ImapMailSource.open(self.db, row, imap, self.idle_timeout)
+        except BaseException:
+            await imap.logout()
+            raise
+
+    async def check(
+        self, config: MailboxConfig, timeout: float = 10.0, protocol: str = "imap"
+    ) -> MailboxError | None:
         """Log in once and out again: None when the account works."""
         try:
-            session = await self.open_session(config, timeout)
+            checked = await self._checked(config)
+            if protocol == "pop3":
+                session = await pop3.connect(checked, timeout)
+                await session.quit()
+            else:
+                imap = await connect(checked, timeout)
+                await imap.logout()
         except MailboxError as exc:
             return exc
-        await session.logout()
         return None
 
     async def record_error(self, mailbox_id: int, kind: str, message: str) -> None:
@@ -236,17 +289,10 @@ class MailboxService:
 
     # -- filing ----------------------------------------------------------------
 
-    async def _load_checkpoint(self, mailbox_id: int, folder: str) -> Checkpoint | None:
-        async with self.db.connect() as conn:
-            row = (await store.folder_states(conn, mailbox_id)).get(folder)
-        if row is None or not row["uidvalidity"]:
-            return None
-        return Checkpoint(row["uidvalidity"], row["last_uid"])
-
     async def file_batch(
-        self, row: dict[str, Any], batch: FetchBatch, kind: str, progress: dict[str, list[int]]
+        self, row: dict[str, Any], batch: PolledBatch, channel: str, progress: dict[str, list[int]]
     ) -> None:
-        """Store one fetched batch for filing, with its checkpoint, in one durable transaction."""
+        """Store one fetched batch for filing, with what it covers, in one transaction."""
         mid = row["id"]
         if row["bounce"]:  # the bounce worker finds the org from the send
             rows = [{"channel": "bounce", "raw": m.raw} for m in batch.messages]
@@ -255,25 +301,22 @@ class MailboxService:
                 {
                     "org_id": row["org_id"],
                     "user_id": row["user_id"],
-                    "channel": "imap",
+                    "channel": channel,
                     "raw": m.raw,
                     "origin": {
                         "mailbox_id": mid,
                         "folder": batch.folder,
-                        "kind": kind,
-                        "uidvalidity": batch.checkpoint.uidvalidity,
-                        "uid": m.uid,
-                        "seen": m.seen,
+                        "kind": str(batch.kind),
+                        **m.where,
                     },
                 }
                 for m in batch.messages
             ]
         state = "backfilling" if any(d < t for d, t in progress.values()) else "ok"
         snapshot = {k: list(v) for k, v in progress.items()}
-        cp = batch.checkpoint
 
         def after(conn) -> None:
-            store.store_checkpoint(conn, mid, batch.folder, cp.uidvalidity, cp.last_uid)
+            batch.remember(conn)
             store.store_progress(conn, mid, snapshot, state)
 
         # Not fsync'd: a power cut takes the checkpoint back with the rows, and the
@@ -281,6 +324,40 @@ class MailboxService:
         await self.spool.store(rows, after=after, durable=False)
         if rows and not row["bounce"] and self.ingest is not None:
             self.ingest.wake()
+
+    async def poll_source(
+        self,
+        row: dict[str, Any],
+        source: MailSource,
+        *,
+        since: date,
+        fresh: bool = False,
+        on_progress: ProgressFn | None = None,
+    ) -> int:
+        """One pass over what ``source`` has that is new; ``fresh`` ignores what was stored."""
+        progress: dict[str, list[int]] = {}
+
+        def track(folder: str, done: int, total: int) -> None:
+            progress[folder] = [done, total]
+            if on_progress is not None:
+                on_progress(folder, done, total)
+
+        # One batch is filed while the next is fetched.  Only one filing is ever in
+        # flight, so a checkpoint is never committed before the batches under it.
+        filing: asyncio.Future[None] | None = None
+
+        async def on_batch(batch: PolledBatch) -> None:
+            nonlocal filing
+            if filing is not None:
+                await filing
+            filing = asyncio.ensure_future(self.file_batch(row, batch, source.channel, progress))
+
+        try:
+            count = await source.fetch_new(on_batch, since=since, fresh=fresh, on_progress=track)
+        finally:
+            if filing is not None:
+                await filing
+        return count
 
     async def poll(
         self,
@@ -292,88 +369,18 @@ class MailboxService:
         fresh: bool = False,
         on_progress: ProgressFn | None = None,
     ) -> int:
-        """One pass over ``folders``; ``fresh`` ignores checkpoints (an explicit backfill)."""
-        progress: dict[str, list[int]] = {}
-        kinds = {f: ("inbox" if i == 0 else "sent") for i, f in enumerate(folders)}
-
-        def track(folder: str, done: int, total: int) -> None:
-            progress[folder] = [done, total]
-            if on_progress is not None:
-                on_progress(folder, done, total)
-
-        async def load(folder: str) -> Checkpoint | None:
-            return None if fresh else await self._load_checkpoint(row["id"], folder)
-
-        # One batch is filed while the next is fetched.  Only one filing is ever in
-        # flight, so a checkpoint is never committed before the batches under it.
-        filing: asyncio.Future[None] | None = None
-
-        async def on_batch(batch: FetchBatch) -> None:
-            nonlocal filing
-            if filing is not None:
-                await filing
-            filing = asyncio.ensure_future(
-                self.file_batch(row, batch, kinds[batch.folder], progress)
-            )
-
-        def on_error(exc: MailboxError) -> None:
-            log.warning("mailbox %s: folder skipped: %s", row["id"], exc.message)
-
-        try:
-            count = await poll_once(
-                source, folders, load, on_batch, since=since, on_progress=track, on_error=on_error
-            )
-        finally:
-            if filing is not None:
-                await filing
-        return count
+        """One IMAP pass over ``folders`` of an open session (tests and tools)."""
+        imap = ImapMailSource(self.db, row, source.session, folders, self.idle_timeout)
+        return await self.poll_source(row, imap, since=since, fresh=fresh, on_progress=on_progress)
 
     # -- flags -----------------------------------------------------------------
 
-    async def sync_flags(self, row: dict[str, Any], source: MailboxSource, folders: list[str]):
-        """Read/unread in the mail client → messages.seen (CONDSTORE: no FETCH when unchanged)."""
-        if not source.session.has_capability("CONDSTORE"):
-            return
-        async with self.db.connect() as conn:
-            states = await store.folder_states(conn, row["id"])
-        for folder in folders:
-            stored = states.get(folder)
-            since = stored["highestmodseq"] if stored else None
-            if since is None:
-                state = await source.session.examine(folder, condstore=True)
-                async with self.db.begin() as conn:
-                    await store.store_modseq(conn, row["id"], folder, state.highestmodseq)
-                continue
-            flags, modseq = await source.changed_flags(folder, since)
-            if modseq == since and not flags:
-                continue
-            uidvalidity = stored["uidvalidity"]
-            seen = {uid: "\\Seen" in f for uid, f in flags.items()}
-
-            def apply(conn, folder=folder, seen=seen, uidvalidity=uidvalidity) -> None:
-                store.apply_server_flags(conn, row["id"], folder, uidvalidity, seen)
-
-            await self.db.run_write(apply)
-            async with self.db.begin() as conn:
-                await store.store_modseq(conn, row["id"], folder, modseq)
-
-    async def push_seen(self, row: dict[str, Any], source: MailboxSource) -> int:
-        """Tell the server about messages read (or unread) in the CRM."""
-        async with self.db.connect() as conn:
-            pending = await store.pending_seen(conn, row["id"])
-        for item in pending:
-            await source.set_seen(item["folder"], item["uid"], bool(item["seen"]))
-        if pending:
-            async with self.db.begin() as conn:
-                await store.set_seen_pending(conn, [p["id"] for p in pending], False)
-        return len(pending)
-
     async def mark_read(self, org_id: int, message_pk: int, seen: bool) -> str:
-        """CRM read state → messages.seen, and \\Seen on every server holding the message.
+        """CRM read state → messages.seen, and \\Seen on every IMAP server holding the message.
 
         Returns ``updated`` (the server was told), ``pending`` (it could not be
         reached: the poller tells it on its next cycle) or ``none`` (the message
-        did not come from a connected mailbox).
+        did not come from a connected IMAP mailbox; POP3 keeps no read state).
         """
         async with self.db.begin() as conn:
             await conn.run_sync(store.set_seen_sync, [message_pk], seen)
@@ -399,7 +406,11 @@ class MailboxService:
     # -- the loops -------------------------------------------------------------
 
     async def run(self, row: dict[str, Any], stop: asyncio.Event) -> None:
-        """Keep one mailbox filed until ``stop``: catch up, IDLE, reconnect with backoff."""
+        """Keep one mailbox filed until ``stop``: catch up, wait for mail, reconnect with backoff.
+
+        IMAP waits in IDLE on one session; POP3 logs out, waits
+        ``MAILGATE_POP_INTERVAL`` and logs in again (see ``MailSource.wait_for_new``).
+        """
         mid = row["id"]
         backoff = Backoff(1.0, 300.0)
         since = self.clock.now().date() - timedelta(days=row["backfill_days"])
@@ -411,25 +422,17 @@ class MailboxService:
                 await _sleep_or_stop(300, stop)
                 continue
             try:
-                session = await self.open_session(config, self.connect_timeout)
+                source = await self.open_source(row, config, self.connect_timeout)
                 try:
-                    folders = await discover_folders(session, row["sent_folder"])
-                    source = MailboxSource(session)
                     while not stop.is_set():
-                        await self.push_seen(row, source)
-                        await self.sync_flags(row, source, folders)
-                        await self.poll(row, source, folders, since=since)
+                        await source.prepare()
+                        await self.poll_source(row, source, since=since)
                         await self._record_ok(mid)
                         backoff.reset()
-                        await wait_for_new(
-                            session,
-                            folders[0],
-                            self.idle_timeout,
-                            await self._load_checkpoint(mid, folders[0]),
-                            stop,
-                        )
+                        if not await source.wait_for_new(stop):
+                            break
                 finally:
-                    await session.logout()
+                    await source.close()
             except MailboxError as exc:
                 await self.record_error(mid, exc.kind, error_words(exc))
                 delay = backoff.next()
@@ -441,23 +444,23 @@ class MailboxService:
     async def backfill(
         self, row: dict[str, Any], days: int, on_progress: ProgressFn | None = None
     ) -> int:
-        """File the last ``days`` of INBOX and Sent now (what `imap backfill` runs)."""
+        """File the last ``days`` of INBOX and Sent now (what `imap backfill` runs).
+
+        POP3 has one folder and no dates: everything on the server is fetched again.
+        """
         try:
             config = self.config(row)
         except PasswordUnreadable as exc:
             raise MailboxError("protocol", str(exc)) from exc
         since = self.clock.now().date() - timedelta(days=days) if days else date.min
         try:
-            async with await self.open_session(config, self.connect_timeout) as session:
-                folders = await discover_folders(session, row["sent_folder"])
-                count = await self.poll(
-                    row,
-                    MailboxSource(session),
-                    folders,
-                    since=since,
-                    fresh=True,
-                    on_progress=on_progress,
+            source = await self.open_source(row, config, self.connect_timeout)
+            try:
+                count = await self.poll_source(
+                    row, source, since=since, fresh=True, on_progress=on_progress
                 )
+            finally:
+                await source.close()
         except MailboxError as exc:
             await self.record_error(row["id"], exc.kind, error_words(exc))
             raise
@@ -480,7 +483,7 @@ class MailboxSupervisor(LoopRunner):
     def __init__(self, service: MailboxService, refresh: float = 1.0) -> None:
         super().__init__(poll_interval=refresh)
         self.service = service
-        self.tasks: dict[int, tuple[int, asyncio.Task[None], asyncio.Event]] = {}
+        self.tasks: dict[int, tuple[tuple[Any, ...], asyncio.Task[None], asyncio.Event]] = {}
 
     async def run_once(self) -> int:
         """Start and stop pollers to match the stored mailboxes; how many changed."""
@@ -490,7 +493,7 @@ class MailboxSupervisor(LoopRunner):
         for mid in list(self.tasks):
             version, task, ev = self.tasks[mid]
             row = rows.get(mid)
-            if row is None or row["version"] != version or task.done():
+            if row is None or generation(row) != version or task.done():
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
                     log.error("mailbox %s poller failed: %r", mid, exc)
@@ -507,7 +510,7 @@ class MailboxSupervisor(LoopRunner):
             if mid not in self.tasks:
                 ev = asyncio.Event()
                 task = asyncio.create_task(self.service.run(row, ev), name=f"imap-{mid}")
-                self.tasks[mid] = (row["version"], task, ev)
+                self.tasks[mid] = (generation(row), task, ev)
                 changed += 1
         return changed
 
@@ -533,6 +536,13 @@ class MailboxSupervisor(LoopRunner):
         for task in pollers:
             with contextlib.suppress(BaseException):
                 await task
+
+
+def generation(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a poller stale: an edit bumps ``version``; a mailbox removed and added
+    again may get the same id back (SQLite reuses the highest id), so its creation time
+    and sealed password count too."""
+    return (row["version"], row["created_at"], row["password_enc"])
 
 
 async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:
