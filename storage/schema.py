@@ -59,7 +59,7 @@ orgs = Table(
     # Links to these domains (and subdomains) are sent untracked; NULL: none.
     Column("tracking_skip_domains", JSONType, nullable=True),
     # SalesInbox: keep polled mail whose sender is not in the CRM (migration 0013).
-    Column("inbox_keep_unknown", Boolean, nullable=False, default=True, server_default=true()),
+    Column("inbox_keep_unknown", Boolean, nullable=False, server_default=true()),
     _created(),
 )
 
@@ -77,7 +77,7 @@ users = Table(
     # What an unknown recipient of dropbox mail becomes: lead, contact or none.
     Column("dropbox_setting", String(10), nullable=False, default="lead"),
     # Which records dropbox mail is matched against: leads, contacts or both (0013).
-    Column("dropbox_search", String(10), nullable=False, default="both", server_default="both"),
+    Column("dropbox_search", String(10), nullable=False, server_default="both"),
     # When the user was deactivated (``active`` false): their seat no longer counts (0013).
     Column("deactivated_at", UTCDateTime()),
     _created(),
@@ -215,7 +215,7 @@ messages = Table(
     Column("raw", Blob, nullable=False),
     # False: it involves one of the org's excluded domains, so only its owner sees it
     # (seed 004: excluded from sharing, not from filing; migration 0013).
-    Column("shared", Boolean, nullable=False, default=True, server_default=true()),
+    Column("shared", Boolean, nullable=False, server_default=true()),
     _created(),
     UniqueConstraint("org_id", "message_id", name="uq_messages_org_message_id"),
     # A user's own mail, newest first (SalesInbox, the live signals).

@@ -31,7 +31,7 @@ mailboxes = Table(
     Column("org_id", ID, ForeignKey("orgs.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     # imap | pop3: which client polls it (migration 0013).
-    Column("protocol", String(6), nullable=False, default="imap", server_default="imap"),
+    Column("protocol", String(6), nullable=False, server_default="imap"),
     Column("host", String(255), nullable=False),
     Column("port", Integer, nullable=False),
     Column("login", String(320), nullable=False),
@@ -91,7 +91,7 @@ mailbox_pop_seen = Table(
     Column("mailbox_id", ID, ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False),
     Column("uidl", String(70), nullable=False),
     Column("seen_at", UTCDateTime(), nullable=False, default=utcnow),
-    # NULL: stored for filing; else why it was passed over (too large; migration 0014).
+    # NULL: stored for filing; else why it was passed over (too large).
     Column("skipped", String(200)),
     PrimaryKeyConstraint("mailbox_id", "uidl", name="pk_mailbox_pop_seen"),
 )

@@ -77,7 +77,7 @@ sends = Table(
     Column("verp_token", String(64), nullable=False, unique=True),
     Column("links", JSONType, nullable=False, default=list),  # tracked URLs by index
     # Carbon copies (addresses): one message to To and CC, counted as 1 + len(cc) (0013).
-    Column("cc_emails", JSONType, nullable=False, default=list, server_default="[]"),
+    Column("cc_emails", JSONType, nullable=False, server_default="[]"),
     # Reply in thread: the filed message (messages.id) this send answers (0013).
     Column("reply_to_pk", ID),
     # Sent from a deal: the deal the copy is also filed on (0013).

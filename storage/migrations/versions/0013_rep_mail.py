@@ -2,7 +2,8 @@
 
 ``messages.shared`` (mail with an excluded domain is filed but seen only by its
 owner), an index on a user's own mail, sends with CC / reply-in-thread / deal,
-POP3 mailboxes (``mailboxes.protocol`` and the UIDLs each has seen), the
+POP3 mailboxes (``mailboxes.protocol`` and the UIDLs each has seen, with why
+one was passed over), the
 SalesInbox org setting with a deal's expected closing date (its "closing this
 month" ordering) and an index from a contact to its deals, and users' dropbox
 search scope and deactivation time.  Existing rows: shared, IMAP, keep unknown
@@ -44,6 +45,7 @@ def upgrade() -> None:
         sa.Column("mailbox_id", _ID, nullable=False),
         sa.Column("uidl", sa.String(length=70), nullable=False),
         sa.Column("seen_at", storage.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("skipped", sa.String(length=200), nullable=True),
         sa.ForeignKeyConstraint(
             ["mailbox_id"],
             ["mailboxes.id"],
