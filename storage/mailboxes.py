@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.inserts import insert_ignore
-from storage.schema import deals, messages
+from storage.schema import messages, users
 from storage.schema_mailboxes import (
     excluded_domains,
     mailbox_folders,
@@ -347,20 +347,6 @@ async def shared_records(conn: AsyncConnection, user_id: int) -> list[tuple[str,
     return [(m, r) for m, r in (await conn.execute(q)).all()]
 
 
-async def custom_sharers(
-    conn: AsyncConnection, user_ids: Iterable[int], module: str, record_id: int
-) -> set[int]:
-    user_ids = sorted(set(user_ids))
-    if not user_ids:
-        return set()
-    q = select(sharing_records.c.user_id).where(
-        sharing_records.c.user_id.in_(user_ids),
-        sharing_records.c.module == module,
-        sharing_records.c.record_id == record_id,
-    )
-    return set((await conn.execute(q)).scalars())
-
-
 async def shares_by_user(
     conn: AsyncConnection, user_ids: Iterable[int]
 ) -> dict[int, set[tuple[str, int]]]:
@@ -408,25 +394,12 @@ async def set_sharing(
             )
 
 
-async def resolve_record(
-    conn: AsyncConnection, org_id: int, module: str, rid: int
-) -> tuple[str, int] | None:
-    """A deal's mail is its contact's."""
-    if module != "deals":
-        return module, rid
-    q = select(deals.c.contact_id).where(deals.c.org_id == org_id, deals.c.id == rid)
-    contact_id = (await conn.execute(q)).scalar()
-    return None if contact_id is None else ("contacts", contact_id)
-
-
 async def pollable_mailboxes(conn: AsyncConnection) -> list[dict[str, Any]]:
     """Every mailbox whose owner is active: a deactivated user's mailboxes stop polling.
 
     The supervisor's question (all orgs: it runs one poller per mailbox);
     reactivating the user starts them again from their checkpoints.
     """
-    from storage.schema import users
-
     q = (
         select(mailboxes)
         .join(users, (users.c.id == mailboxes.c.user_id) & (users.c.org_id == mailboxes.c.org_id))
