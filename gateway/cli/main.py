@@ -504,6 +504,22 @@ def imap_add(
     backfill_days: Annotated[int, typer.Option(help="Days fetched on first connection.")] = 30,
 ) -> None:
     """Connect a mailbox: the login is tried first; the password is stored encrypted."""
+    fields = {
+        "host": host,
+        "port": port,
+        "login": login,
+        "security": security,
+        "sent_folder": sent_folder,
+        "bounce": bounce_mailbox,
+        "backfill_days": backfill_days,
+    }
+    out(run_db(_connect_mailbox(user, password_env, fields, "imap")))
+
+
+def _connect_mailbox(user: str, password_env: str, fields: dict[str, Any], protocol: str):
+    """What `imap add` and `pop add` share: the password from its variable, validation,
+    a login tried before anything is stored, one clear line for a mailbox already connected.
+    """
     import os
 
     from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values
@@ -512,20 +528,11 @@ def imap_add(
     if not password:
         fail(f"environment variable {password_env} is not set or empty")
     try:
-        values = mailbox_values(
-            {
-                "host": host,
-                "port": port,
-                "login": login,
-                "password": password,
-                "security": security,
-                "sent_folder": sent_folder,
-                "bounce": bounce_mailbox,
-                "backfill_days": backfill_days,
-            }
-        )
+        values = mailbox_values({**fields, "password": password})
     except InvalidMailbox as exc:
         fail(str(exc))
+    if protocol != "imap":
+        values["protocol"] = protocol
 
     async def add(db: Database, s: Settings) -> dict[str, Any]:
         from gateway.receive.mailboxes.service import error_words
@@ -536,7 +543,7 @@ def imap_add(
         if owner is None:
             raise admin.AdminError(f"no user {user!r}")
         service = MailboxService(db, None, s)  # type: ignore[arg-type]
-        problem = await service.check(config_from(values, password))
+        problem = await service.check(config_from(values, password), protocol=protocol)
         if problem is not None:
             raise admin.AdminError(f"cannot connect: {error_words(problem)}")
         try:
@@ -546,7 +553,7 @@ def imap_add(
                 raise admin.AdminError("this mailbox is already connected") from exc
             raise
 
-    out(run_db(add))
+    return add
 
 
 def _user_mailboxes(db: Database, ref: str):
@@ -660,41 +667,8 @@ def pop_add(
 
     `mailgate imap status USER` shows it with the user's other mailboxes.
     """
-    import os
-
-    from gateway.receive.mailboxes import InvalidMailbox, MailboxService, mailbox_values
-
-    password = os.environ.get(password_env)
-    if not password:
-        fail(f"environment variable {password_env} is not set or empty")
-    try:
-        values = mailbox_values(
-            {"host": host, "port": port, "login": login, "password": password, "security": security}
-        )
-    except InvalidMailbox as exc:
-        fail(str(exc))
-    values["protocol"] = "pop3"
-
-    async def add(db: Database, s: Settings) -> dict[str, Any]:
-        from gateway.receive.mailboxes.service import error_words
-        from gateway.receive.mailboxes.validate import config_from
-
-        async with db.connect() as conn:
-            owner = await admin.find_user(conn, user)
-        if owner is None:
-            raise admin.AdminError(f"no user {user!r}")
-        service = MailboxService(db, None, s)  # type: ignore[arg-type]
-        problem = await service.check(config_from(values, password), protocol="pop3")
-        if problem is not None:
-            raise admin.AdminError(f"cannot connect: {error_words(problem)}")
-        try:
-            return await service.add(owner["org_id"], owner["id"], values)
-        except SQLAlchemyError as exc:
-            if "uq_mailboxes" in str(exc) or "UNIQUE" in str(exc):
-                raise admin.AdminError("this mailbox is already connected") from exc
-            raise
-
-    out(run_db(add))
+    fields = {"host": host, "port": port, "login": login, "security": security}
+    out(run_db(_connect_mailbox(user, password_env, fields, "pop3")))
 
 
 @app.command()
