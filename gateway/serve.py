@@ -83,6 +83,10 @@ async def listen_http(services: Services, running: Running) -> StopListening:
         server_header=False,
         timeout_graceful_shutdown=settings.stop_deadline,
     )
+    if settings.http_access_log:
+        # uvicorn set its access logger to ``log_level`` (warning) above, which would
+        # silence the INFO lines MAILGATE_HTTP_ACCESS_LOG asks for.
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
