@@ -226,7 +226,10 @@ async def test_the_poller_retries_an_unreachable_server_until_stopped():
             on_error=errors.append,
         )
     )
-    await asyncio.sleep(0.5)
+    # Three attempts take ~0.2 s; a loaded machine may need longer, never forever.
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(errors) < 3 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(poller, 2)
     assert len(errors) >= 3 and {e.kind for e in errors} == {"unreachable"}
