@@ -386,6 +386,22 @@ def user_activate(user: Annotated[str, typer.Argument(help="User id or email.")]
     out(run_db(lambda db, s: admin.set_active(db, None, user, active=True, now=utcnow())))
 
 
+@user_app.command("password")
+def user_password(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    password_env: Annotated[
+        str, typer.Option(help="Environment variable holding the password (never argv).")
+    ],
+) -> None:
+    """Set a user's dashboard password (Argon2id); their open dashboard sessions end."""
+    import os
+
+    password = os.environ.get(password_env)
+    if not password:
+        fail(f"environment variable {password_env} is not set or empty")
+    out(run_db(lambda db, s: admin.set_password(db, None, user, password)))
+
+
 @app.command("import")
 def import_records(
     module: Annotated[str, typer.Argument(help="leads|contacts")],
