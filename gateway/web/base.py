@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.clock import Clock
 from gateway.web import i18n, security
+from gateway.web.nav import NAV
 from storage import orgs, web
 from storage.db import Database
 
@@ -133,6 +134,7 @@ class WebResource:
             viewer=viewer,
             csrf=viewer.csrf if viewer else context.pop("csrf", ""),
             path=request.url.path,
+            nav=NAV,
             number=functools.partial(i18n.format_number, lang=lang),
             when=functools.partial(
                 i18n.format_datetime, tz=viewer.org["timezone"] if viewer else "UTC", lang=lang

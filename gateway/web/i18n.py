@@ -1,6 +1,7 @@
 """The dashboard's languages: one catalogue per language, negotiation, dates and numbers (pure).
 
-Every string a page shows comes from :data:`CATALOGUE` through ``t(key)``;
+Every string a page shows comes from :data:`CATALOGUE` through ``t(key)``
+(one module per area in ``gateway/web/texts/``);
 templates hold no prose of their own.  A key missing from a language falls
 back to English and then to the key itself, and ``tests/test_web_i18n.py``
 fails when the two catalogues do not have the same keys.
@@ -19,67 +20,26 @@ from zoneinfo import ZoneInfo
 LANGS = ("ja", "en")
 DEFAULT_LANG = "ja"
 
-CATALOGUE: dict[str, dict[str, str]] = {
-    "en": {
-        "app.name": "mailgate",
-        "nav.quotas": "Quotas",
-        "nav.logout": "Log out",
-        "nav.language": "Language",
-        "lang.ja": "日本語",
-        "lang.en": "English",
-        "login.title": "Log in",
-        "login.email": "Email",
-        "login.password": "Password",
-        "login.submit": "Log in",
-        "login.failed": "That email and password do not match.",
-        "login.throttled": "Too many failed attempts. Try again in {minutes} minutes.",
-        "error.csrf": "This form has expired or did not come from this site. Reload and try again.",
-        "error.not_found": "There is no such page, or you may not see it.",
-        "error.forbidden": "Only administrators may open this page.",
-        "error.unavailable": "The database cannot be reached. Try again shortly.",
-        "error.title": "Something is wrong",
-        "quotas.title": "Send quotas",
-        "quotas.kind.individual": "Individual mail",
-        "quotas.kind.mass": "Mass mail",
-        "quotas.used": "Used",
-        "quotas.limit": "Limit",
-        "quotas.remaining": "Remaining",
-        "quotas.resets_at": "Resets at",
-        "quotas.warn80": "{kind}: 80% of today's quota is used.",
-        "quotas.warn100": "{kind}: today's quota is used up; sends wait for the reset.",
-    },
-    "ja": {
-        "app.name": "mailgate",
-        "nav.quotas": "送信上限",
-        "nav.logout": "ログアウト",
-        "nav.language": "言語",
-        "lang.ja": "日本語",
-        "lang.en": "English",
-        "login.title": "ログイン",
-        "login.email": "メールアドレス",
-        "login.password": "パスワード",
-        "login.submit": "ログイン",
-        "login.failed": "メールアドレスまたはパスワードが正しくありません。",
-        "login.throttled": "失敗が続いたため、{minutes}分後にもう一度お試しください。",
-        "error.csrf": (
-            "このフォームは期限切れか、このサイトから送信されたものではありません。"
-            "再読み込みしてからお試しください。"
-        ),
-        "error.not_found": "ページが存在しないか、閲覧する権限がありません。",
-        "error.forbidden": "このページは管理者のみが開けます。",
-        "error.unavailable": "データベースに接続できません。しばらくしてからお試しください。",
-        "error.title": "エラー",
-        "quotas.title": "送信上限",
-        "quotas.kind.individual": "個別メール",
-        "quotas.kind.mass": "一括メール",
-        "quotas.used": "送信済み",
-        "quotas.limit": "上限",
-        "quotas.remaining": "残り",
-        "quotas.resets_at": "リセット日時",
-        "quotas.warn80": "{kind}：本日の上限の80%に達しました。",
-        "quotas.warn100": "{kind}：本日の上限に達しました。リセットまで送信は待機します。",
-    },
-}
+#: Each area of the dashboard keeps its strings in its own module of ``gateway.web.texts``
+#: (``EN`` and ``JA`` dicts); add a new area's module here.
+AREAS = ("core",)
+
+
+def _load() -> dict[str, dict[str, str]]:
+    import importlib
+
+    out: dict[str, dict[str, str]] = {"en": {}, "ja": {}}
+    for area in AREAS:
+        module = importlib.import_module(f"gateway.web.texts.{area}")
+        for lang, table in (("en", module.EN), ("ja", module.JA)):
+            clash = set(out[lang]) & set(table)
+            if clash:
+                raise ValueError(f"catalogue keys defined twice: {sorted(clash)}")
+            out[lang].update(table)
+    return out
+
+
+CATALOGUE: dict[str, dict[str, str]] = _load()
 
 
 def translate(lang: str, key: str, **values: object) -> str:
