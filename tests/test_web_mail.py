@@ -332,6 +332,21 @@ def test_record_filters_are_the_apis_and_a_bad_one_is_a_422_page(gate, mail):
     assert client.get(f"/records/widgets/{lead}").status_code == 404
 
 
+def test_a_long_list_pages_with_its_filters_kept(gate, mail, monkeypatch):
+    from gateway.web import mail as mail_pages
+
+    monkeypatch.setattr(mail_pages, "RECORD_PAGE", 2)
+    lead = mail["lead"]["id"]
+    client = login(gate, mail["owner"], **{"Accept-Language": "en"})
+    first = client.get(f"/records/leads/{lead}", params={"user": mail["owner"]["id"]})
+    assert "Mail of 佐藤 花子" in first.text  # English page, the org's (ja) name order
+    shown = re.findall(r'<tr data-email="(\d+)"', first.text)
+    more = re.search(r'<a class="more" href="([^"]+)"', first.text).group(1).replace("&amp;", "&")
+    assert len(shown) == 2 and f"user={mail['owner']['id']}" in more
+    rest = re.findall(r'<tr data-email="(\d+)"', client.get(f"/records/leads/{lead}{more}").text)
+    assert len(rest) == 1 and not set(rest) & set(shown)
+
+
 def test_the_inbox_is_the_viewers_own_and_the_stream_needs_a_session(gate, mail):
     owner = login(gate, mail["owner"])
     inbox = owner.get("/inbox")
