@@ -355,3 +355,31 @@ def test_replay_refuses_another_orgs_mail_a_missing_confirmation_and_a_failing_r
     assert r.status_code == 409 and "The replay did not succeed" in r.text
     assert f"message {mine} refused again at authorise" in r.text
     assert f'data-id="{mine}"' in r.text
+
+
+def test_a_replay_that_breaks_is_one_line_on_the_page_and_a_bounce_goes_back_to_its_queue(
+    gate, monkeypatch
+):
+    from gateway.web import dropbox as pages
+    from storage import inbound_store
+
+    org, admin_user = new_member(gate)
+    _, rep = new_member(gate, admin_user=False, org=org)
+    mine = keep(gate, org, rep, state="failed", failed_stage="file", last_error="boom")
+    bounce = keep(gate, org, None, channel="bounce", state="held", last_error="unrecognised")
+    client = login(gate, admin_user, **{"Accept-Language": "en"})
+    token = csrf_of(client.get("/attention").text)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pages, "replay_kept", broken)
+        r = client.post("/attention/replay", data={"csrf": token, "id": mine, "confirm": "yes"})
+    assert r.status_code == 409
+    assert f"replay of message {mine} broke: RuntimeError: disk on fire" in r.text
+    assert "second line" not in r.text
+    r = client.post("/attention/replay", data={"csrf": token, "id": bounce, "confirm": "yes"})
+    assert r.status_code == 303 and r.headers["location"] == f"/attention?done=replayed&id={bounce}"
+    row = gate.call(gate.db.run_read(inbound_store.get, bounce))
+    assert row["state"] in ("pending", "held")  # back in the bounce worker's queue

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -310,6 +311,14 @@ class DropboxPages(WebResource):
         except ReplayError as exc:
             return await self._attention_page(
                 request, viewer, error="attention.error.failed", detail=str(exc), status=409
+            )
+        except (OperationalError, DBAPIError, OSError):
+            raise  # storage down: the 503 page
+        except Exception as exc:  # noqa: BLE001 - one line, as `mailgate inbound replay` says it
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            detail = f"replay of message {raw_id} broke: {type(exc).__name__}: {first}"
+            return await self._attention_page(
+                request, viewer, error="attention.error.failed", detail=detail[:500], status=409
             )
         return RedirectResponse(f"/attention?done=replayed&id={raw_id}", status_code=303)
 
