@@ -40,6 +40,7 @@ from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
+from gateway.web.dropbox import DropboxPages
 from gateway.web.pages import DashboardPages
 from storage.db import Database
 from tracking import endpoints as tracking
@@ -133,6 +134,7 @@ def create_app(services: Services) -> Starlette:
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
         DashboardPages(db, clock, secure_cookies=secure),
+        DropboxPages(db, clock, settings=services.settings, secure_cookies=secure),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.
