@@ -40,7 +40,9 @@ from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
+from gateway.web.analytics import AnalyticsPages
 from gateway.web.pages import DashboardPages
+from gateway.web.quotas import QuotaPages
 from storage.db import Database
 from tracking import endpoints as tracking
 
@@ -133,6 +135,8 @@ def create_app(services: Services) -> Starlette:
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
         DashboardPages(db, clock, secure_cookies=secure),
+        QuotaPages(db, clock, secure_cookies=secure, operators=services.settings.operator_emails),
+        AnalyticsPages(db, clock, secure_cookies=secure),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.

@@ -7,4 +7,5 @@ from __future__ import annotations
 
 NAV: list[tuple[str, str, bool]] = [
     ("/", "nav.quotas", False),
+    ("/analytics", "nav.analytics", False),
 ]
