@@ -209,3 +209,11 @@ def test_the_analytics_page_needs_a_session_and_has_no_inline_style(gate, world)
     assert r.status_code == 303 and r.headers["location"].startswith("/login?next=/analytics")
     r = login(gate, world["rep"]).get("/analytics", params=RANGE)
     assert r.status_code == 200 and " style=" not in r.text and "<script>" not in r.text
+
+
+def test_an_org_without_mail_sees_zeros_and_a_note_not_an_empty_chart(gate):
+    _, user = new_member(gate)
+    r = login(gate, user, **{"Accept-Language": "en"}).get("/analytics")
+    assert r.status_code == 200
+    assert "No mail was sent in this period." in r.text and "<svg" not in r.text
+    assert 'class="num sent">0<' in r.text and "Everyone mailed in this period responded." in r.text
