@@ -14,7 +14,7 @@ from gateway.sending.usage import org_quota
 from storage import quotas
 from tests.support.browser import chromium_browser
 from tests.support.server import MailgateServer
-from tests.support.web import login, login_in_browser, new_member
+from tests.support.web import login, login_in_browser, new_member, with_password
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 OPERATOR = f"ops-{uuid.uuid4().hex[:6]}@operators.example.co.jp"
@@ -108,8 +108,6 @@ def test_operators_see_every_org_and_nobody_else_does(gate):
     _send_one(gate, rep_b)
     used_b = _status(gate, org_b)["individual"]
     operator = gate.user(org_a, OPERATOR.lower(), "運用 花子", admin=False)
-    from tests.support.web import with_password
-
     with_password(gate, operator)
     for outsider in (admin_a, rep_b):
         assert "all-orgs" not in login(gate, outsider).get("/").text
