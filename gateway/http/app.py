@@ -40,8 +40,10 @@ from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
+from gateway.web.analytics import AnalyticsPages
 from gateway.web.dropbox import DropboxPages
 from gateway.web.pages import DashboardPages
+from gateway.web.quotas import QuotaPages
 from storage.db import Database
 from tracking import endpoints as tracking
 
@@ -135,6 +137,8 @@ def create_app(services: Services) -> Starlette:
         RecordsApi(db),
         DashboardPages(db, clock, secure_cookies=secure),
         DropboxPages(db, clock, settings=services.settings, secure_cookies=secure),
+        QuotaPages(db, clock, secure_cookies=secure, operators=services.settings.operator_emails),
+        AnalyticsPages(db, clock, secure_cookies=secure),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.
