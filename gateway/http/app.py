@@ -40,6 +40,7 @@ from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
+from gateway.web.campaigns import CampaignPages
 from gateway.web.pages import DashboardPages
 from storage.db import Database
 from tracking import endpoints as tracking
@@ -133,6 +134,9 @@ def create_app(services: Services) -> Starlette:
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
         DashboardPages(db, clock, secure_cookies=secure),
+        CampaignPages(
+            db, clock, secure_cookies=secure, wake=partial(services.wake, "crm_to_campaigns")
+        ),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.

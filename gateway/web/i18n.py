@@ -22,7 +22,7 @@ DEFAULT_LANG = "ja"
 
 #: Each area of the dashboard keeps its strings in its own module of ``gateway.web.texts``
 #: (``EN`` and ``JA`` dicts); add a new area's module here.
-AREAS = ("core",)
+AREAS = ("core", "campaigns")
 
 
 def _load() -> dict[str, dict[str, str]]:

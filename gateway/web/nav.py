@@ -7,4 +7,6 @@ from __future__ import annotations
 
 NAV: list[tuple[str, str, bool]] = [
     ("/", "nav.quotas", False),
+    ("/campaigns", "nav.campaigns", False),
+    ("/syncs", "nav.syncs", False),
 ]
