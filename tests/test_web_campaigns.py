@@ -174,6 +174,11 @@ def test_pausing_a_sync_from_the_page_pauses_it_for_the_api_and_resume_works(gat
         assert skip.locator("td.email").inner_text() == "info@kokyaku.example.jp"
         assert skip.locator("td.reason").inner_text() == "role address"
         shot(page, "syncs_sync")
+        # The sync's own page has the button too, and comes back to itself.
+        page.click("form.change button")
+        page.wait_for_url(lambda url: f"/syncs/{sync_id}?done=pause" in url)
+        assert page.locator("dd.state").get_attribute("data-state") == "paused"
+        assert sync_state(gate, user, sync_id) == "paused"
 
 
 def test_consumer_lag_shows_each_consumer_for_admins(gate):

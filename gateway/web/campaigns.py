@@ -123,7 +123,8 @@ class CampaignPages(WebResource):
                 ),
                 CAMPAIGNS_PER_PAGE,
             )
-            found = [campaign_json(r, campaign_store.stats(conn, r["id"])) for r in rows]
+            stats = campaign_store.stats_of(conn, [r["id"] for r in rows]) if rows else {}
+            found = [campaign_json(r, stats[r["id"]]) for r in rows]
             return lists, found, next_lists, next_campaigns
 
         lists, campaigns, next_lists, next_campaigns = await self.db.run_read(read)
@@ -259,12 +260,13 @@ class CampaignPages(WebResource):
             run=found["run"],
             skips=[skip_json(s) for s in skips],
             next_skips=next_skips,
+            notice=request.query_params.get("done"),
         )
 
     async def _change(self, request: Request, action: str) -> Response:
         viewer = await self.viewer(request)
         sync_id = _path_id(request)
-        await self.form(request, viewer)
+        form = await self.form(request, viewer)
         change = pause_sync if action == "pause" else resume_sync
         try:
             await self.db.run_write(change, viewer.org["id"], sync_id, self.clock.now())
@@ -276,6 +278,8 @@ class CampaignPages(WebResource):
             raise
         if action == "resume":
             self.wake()
+        if form.get("back") == "sync":  # the button of the sync's own page
+            return RedirectResponse(f"/syncs/{sync_id}?done={action}", status_code=303)
         return RedirectResponse(f"/syncs?done={action}#sync-{sync_id}", status_code=303)
 
     @page_handler
