@@ -276,3 +276,37 @@ def test_anonymous_visitors_go_to_login(gate):
             r = client.get(path)
             assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
         assert client.post("/syncs/1/pause").status_code == 303
+
+
+def test_every_value_the_pages_name_has_words_in_both_languages():
+    """States, statuses, reasons and consumers are shown through keys built from their value."""
+    from gateway.http.campaigns import RECIPIENT_STATUSES
+    from gateway.http.lists import LIST_KINDS, MEMBER_STATUSES
+    from gateway.web.i18n import CATALOGUE
+    from sync.mirror import DoNotMail, Module, SkipReason, Subscription
+
+    keys = {
+        *(f"campaigns.state.{s}" for s in ("draft", "scheduled", "sending", "sent", "cancelled")),
+        *(f"campaigns.rstatus.{s}" for s in RECIPIENT_STATUSES),
+        *(f"campaigns.mstatus.{s}" for s in MEMBER_STATUSES),
+        *(f"campaigns.list.kind.{k}" for k in LIST_KINDS),
+        *(f"campaigns.module.{m}" for m in Module),
+        *(f"syncs.subscription.{s}" for s in Subscription),
+        *(f"syncs.do_not_mail.{d}" for d in DoNotMail),
+        *(f"syncs.reason.{r}" for r in SkipReason),
+        *(f"syncs.run.kind.{k}" for k in ("full", "change")),
+        *(f"syncs.state.{s}" for s in ("active", "paused")),
+        *(f"syncs.lag.consumer.{c.name}" for c in CONSUMERS),
+        *(
+            f"campaigns.reason.{r}"
+            for r in (
+                "already_in_crm",
+                "missing_fields",
+                "list_not_configured",
+                "no_activity",
+                "not_requested",
+            )
+        ),  # fmt: skip
+    }
+    for lang in ("en", "ja"):
+        assert not keys - set(CATALOGUE[lang]), (lang, keys - set(CATALOGUE[lang]))
