@@ -456,13 +456,13 @@ def inbound_replay(
     inbound_id: Annotated[int, typer.Argument(help="Id from `inbound list`.")],
 ) -> None:
     """Process a kept message again (after a fix, or once its send exists)."""
-    from gateway.ingest.pipeline import IN_TRANSACTION, with_record_cap
-    from gateway.ingest.runner import IngestRunner, ReplayError
+    from gateway.ingest.runner import ReplayError, replay_kept
 
     async def go(db: Database, s: Settings):
-        steps = with_record_cap(IN_TRANSACTION, s.max_records_per_message)
         try:
-            return await IngestRunner(db, mail_domain=s.mail_domain, steps=steps).replay(inbound_id)
+            return await replay_kept(
+                db, inbound_id, mail_domain=s.mail_domain, max_records=s.max_records_per_message
+            )
         except ReplayError as exc:
             raise admin.AdminError(str(exc)) from exc
         except (StorageUnavailable, OSError, SQLAlchemyError):

@@ -40,8 +40,11 @@ from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
+from gateway.web.analytics import AnalyticsPages
 from gateway.web.campaigns import CampaignPages
+from gateway.web.dropbox import DropboxPages
 from gateway.web.pages import DashboardPages
+from gateway.web.quotas import QuotaPages
 from storage.db import Database
 from tracking import endpoints as tracking
 
@@ -134,6 +137,9 @@ def create_app(services: Services) -> Starlette:
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
         DashboardPages(db, clock, secure_cookies=secure),
+        DropboxPages(db, clock, settings=services.settings, secure_cookies=secure),
+        QuotaPages(db, clock, secure_cookies=secure, operators=services.settings.operator_emails),
+        AnalyticsPages(db, clock, secure_cookies=secure),
         CampaignPages(
             db, clock, secure_cookies=secure, wake=partial(services.wake, "crm_to_campaigns")
         ),

@@ -22,7 +22,12 @@ DEFAULT_LANG = "ja"
 
 #: Each area of the dashboard keeps its strings in its own module of ``gateway.web.texts``
 #: (``EN`` and ``JA`` dicts); add a new area's module here.
-AREAS = ("core", "campaigns")
+AREAS = (
+    "core",
+    "analytics",
+    "dropbox",
+    "campaigns",
+)
 
 
 def _load() -> dict[str, dict[str, str]]:

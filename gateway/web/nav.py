@@ -7,6 +7,10 @@ from __future__ import annotations
 
 NAV: list[tuple[str, str, bool]] = [
     ("/", "nav.quotas", False),
+    ("/analytics", "nav.analytics", False),
+    ("/dropbox", "nav.dropbox", False),
+    ("/suppressions", "nav.suppressions", False),
+    ("/attention", "nav.attention", True),
     ("/campaigns", "nav.campaigns", False),
     ("/syncs", "nav.syncs", False),
 ]

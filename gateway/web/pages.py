@@ -1,5 +1,6 @@
-"""The dashboard's own routes: login and logout, the quotas landing page, static files,
-and the CSP report endpoint.  Other pages live in their own modules of ``gateway.web``.
+"""The dashboard's own routes: login and logout, static files and the CSP report endpoint
+(the quotas landing page is :mod:`gateway.web.quotas`).  Other pages live in their own
+modules of ``gateway.web``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.addresses import normalise
-from gateway.sending.usage import org_quota
 from gateway.web import security
 from gateway.web.base import (
     MAX_FORM_BYTES,
     PageError,
-    Viewer,
     WebResource,
     language,
     page_handler,
@@ -55,28 +54,12 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def quota_rows(viewer: Viewer, status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each kind's figures and its warning (80 % / 100 %), ready for the template."""
-    rows = []
-    for kind, q in status.items():
-        share = q["used"] / q["limit"] if q["limit"] else (1.0 if q["used"] else 0.0)
-        label = viewer.t(f"quotas.kind.{kind}")
-        warning = None
-        if q["limit"] and share >= 1:
-            warning = viewer.t("quotas.warn100", kind=label)
-        elif q["limit"] and share >= 0.8:
-            warning = viewer.t("quotas.warn80", kind=label)
-        rows.append({"kind": kind, "label": label, "share": share, "warning": warning, **q})
-    return rows
-
-
 class DashboardPages(WebResource):
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
-            Route("/", self.quotas, methods=["GET"]),
             Route("/csp-report", self.csp_report, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ]
@@ -183,15 +166,6 @@ class DashboardPages(WebResource):
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(security.SESSION_COOKIE)
         return response
-
-    # -- quotas (the landing page) ----------------------------------------------------------
-
-    @page_handler
-    async def quotas(self, request: Request) -> Response:
-        viewer = await self.viewer(request)
-        async with self.db.connect() as conn:
-            status = await conn.run_sync(org_quota, viewer.org, self.clock.now())
-        return self.render(request, "quotas.html", viewer, quotas=quota_rows(viewer, status))
 
     # -- CSP reports --------------------------------------------------------------------------
 
