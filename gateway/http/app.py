@@ -41,6 +41,7 @@ from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
 from gateway.web.analytics import AnalyticsPages
+from gateway.web.campaigns import CampaignPages
 from gateway.web.dropbox import DropboxPages
 from gateway.web.pages import DashboardPages
 from gateway.web.quotas import QuotaPages
@@ -139,6 +140,9 @@ def create_app(services: Services) -> Starlette:
         DropboxPages(db, clock, settings=services.settings, secure_cookies=secure),
         QuotaPages(db, clock, secure_cookies=secure, operators=services.settings.operator_emails),
         AnalyticsPages(db, clock, secure_cookies=secure),
+        CampaignPages(
+            db, clock, secure_cookies=secure, wake=partial(services.wake, "crm_to_campaigns")
+        ),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.
