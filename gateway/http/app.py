@@ -41,6 +41,7 @@ from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
 from gateway.web.analytics import AnalyticsPages
+from gateway.web.campaigns import CampaignPages
 from gateway.web.dropbox import DropboxPages
 from gateway.web.mail import MailPages
 from gateway.web.pages import DashboardPages
@@ -140,6 +141,9 @@ def create_app(services: Services) -> Starlette:
         DropboxPages(db, clock, settings=services.settings, secure_cookies=secure),
         QuotaPages(db, clock, secure_cookies=secure, operators=services.settings.operator_emails),
         AnalyticsPages(db, clock, secure_cookies=secure),
+        CampaignPages(
+            db, clock, secure_cookies=secure, wake=partial(services.wake, "crm_to_campaigns")
+        ),
         MailPages(db, clock, hub=services.runner("signals"), secure_cookies=secure),
     )
     app = Starlette(

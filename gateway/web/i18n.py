@@ -26,6 +26,7 @@ AREAS = (
     "core",
     "analytics",
     "dropbox",
+    "campaigns",
     "mail",
 )
 

@@ -12,4 +12,6 @@ NAV: list[tuple[str, str, bool]] = [
     ("/dropbox", "nav.dropbox", False),
     ("/suppressions", "nav.suppressions", False),
     ("/attention", "nav.attention", True),
+    ("/campaigns", "nav.campaigns", False),
+    ("/syncs", "nav.syncs", False),
 ]
