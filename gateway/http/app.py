@@ -43,6 +43,7 @@ from gateway.services import Services
 from gateway.web.analytics import AnalyticsPages
 from gateway.web.campaigns import CampaignPages
 from gateway.web.dropbox import DropboxPages
+from gateway.web.mail import MailPages
 from gateway.web.pages import DashboardPages
 from gateway.web.quotas import QuotaPages
 from storage.db import Database
@@ -143,6 +144,7 @@ def create_app(services: Services) -> Starlette:
         CampaignPages(
             db, clock, secure_cookies=secure, wake=partial(services.wake, "crm_to_campaigns")
         ),
+        MailPages(db, clock, hub=services.runner("signals"), secure_cookies=secure),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.

@@ -27,6 +27,7 @@ AREAS = (
     "analytics",
     "dropbox",
     "campaigns",
+    "mail",
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 NAV: list[tuple[str, str, bool]] = [
     ("/", "nav.quotas", False),
     ("/analytics", "nav.analytics", False),
+    ("/inbox", "nav.mail", False),
     ("/dropbox", "nav.dropbox", False),
     ("/suppressions", "nav.suppressions", False),
     ("/attention", "nav.attention", True),
