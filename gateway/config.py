@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     #: Bearer token Prometheus sends to scrape ``/metrics`` (its series name every org).
     #: Empty: only clients on loopback may read ``/metrics``.
     metrics_token: str = ""
+    #: Operators of the installation (comma-separated user emails): the dashboard's quota
+    #: page shows them every org at a glance.  Nobody else ever sees other orgs.
+    operators: str = ""
     #: Template rendering budget (templates.render.RenderLimits), per message rendered:
     #: loop iterations plus filter calls and joins; the longest string an expression may
     #: build; all characters produced; wall-clock seconds.  Over a limit: 422 or 413.
@@ -92,6 +95,10 @@ class Settings(BaseSettings):
     @cached_property
     def http_host_port(self) -> tuple[str, int]:
         return split_listen(self.http_listen)
+
+    @cached_property
+    def operator_emails(self) -> frozenset[str]:
+        return frozenset(e.strip().lower() for e in self.operators.split(",") if e.strip())
 
     def resolved_secret_keys(self) -> list[str]:
         """Signing key first, then the grace list; generated once into the data dir."""

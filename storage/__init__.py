@@ -13,5 +13,6 @@ from storage import (  # noqa: F401  (imported for their tables)
     schema_sending,
     schema_syncs,
     schema_tracking,
+    schema_web,
     schema_webhooks,
 )

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.inserts import insert_ignore
@@ -309,15 +309,23 @@ def insert_recipients(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 
 def stats(conn: Connection, campaign_id: int) -> dict[str, int]:
     """How many recipients have each ``*_at`` set; ``unopened`` = sent and not opened."""
+    return stats_of(conn, [campaign_id])[campaign_id]
+
+
+def stats_of(conn: Connection, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """:func:`stats` of several campaigns in one statement (a page of them)."""
     r = campaign_recipients.c
     cols = [func.count(r[f"{name}_at"]).label(name) for name in STAT_COLUMNS]
-    q = select(*cols).where(r.campaign_id == campaign_id)
-    row = dict(conn.execute(q).mappings().one())
-    q2 = select(func.count()).where(
-        r.campaign_id == campaign_id, r.sent_at.isnot(None), r.opened_at.is_(None)
+    unopened = func.count(case((r.opened_at.is_(None), r.sent_at))).label("unopened")
+    q = (
+        select(r.campaign_id, *cols, unopened)
+        .where(r.campaign_id.in_(list(campaign_ids)))
+        .group_by(r.campaign_id)
     )
-    row["unopened"] = conn.execute(q2).scalar_one()
-    return {k: int(v or 0) for k, v in row.items()}
+    out = {cid: dict.fromkeys((*STAT_COLUMNS, "unopened"), 0) for cid in campaign_ids}
+    for row in conn.execute(q).mappings():
+        out[row["campaign_id"]] = {k: int(row[k] or 0) for k in (*STAT_COLUMNS, "unopened")}
+    return out
 
 
 def recipients_page(

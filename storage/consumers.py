@@ -64,3 +64,11 @@ def advance(conn: Connection, consumer: str, *, expected: int, to: int, now: dat
     )
     if res.rowcount != 1:
         raise OffsetMoved(f"{consumer}: offset is no longer {expected}")
+
+
+def positions(conn: Connection) -> dict[str, tuple[int, datetime]]:
+    """Every stored offset: consumer → (position, when it last moved) (the dashboard's lag)."""
+    q = select(
+        consumer_offsets.c.consumer, consumer_offsets.c.position, consumer_offsets.c.updated_at
+    )
+    return {name: (pos, at) for name, pos, at in conn.execute(q)}

@@ -213,6 +213,27 @@ def list_state(conn: Connection, state: str, limit: int) -> list[dict[str, Any]]
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+#: What the dashboard's "mail needing attention" lists: parked mail and held bounce mail.
+ATTENTION_STATES = ("failed", "refused", "held")
+
+
+def kept_for_org(
+    conn: Connection, org_id: int, *, unowned_bounces: bool, limit: int
+) -> list[dict[str, Any]]:
+    """An org's parked mail (failed, refused) and held bounce mail, oldest first; with
+    ``unowned_bounces`` also the held bounce mail no org could be found for (``org_id`` NULL)."""
+    owner = inbound.c.org_id == org_id
+    if unowned_bounces:
+        owner = or_(owner, inbound.c.org_id.is_(None) & (inbound.c.channel == "bounce"))
+    q = (
+        select(*LIST_COLUMNS)
+        .where(inbound.c.state.in_(ATTENTION_STATES), owner)
+        .order_by(inbound.c.id)
+        .limit(limit)
+    )
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
 def get(conn: Connection, inbound_id: int) -> dict[str, Any] | None:
     row = conn.execute(select(inbound).where(inbound.c.id == inbound_id)).mappings().first()
     return dict(row) if row else None

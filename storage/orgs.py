@@ -45,6 +45,11 @@ def orgs_by_ref(conn: Connection, ref: str | None = None) -> list[dict[str, Any]
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+async def count_orgs(conn: AsyncConnection) -> int:
+    """How many orgs the installation holds (one: its unowned bounce mail can only be theirs)."""
+    return (await conn.execute(select(func.count()).select_from(orgs))).scalar_one()
+
+
 async def create_user(conn: AsyncConnection, **values: Any) -> int:
     res = await conn.execute(insert(users).values(**values).returning(users.c.id))
     return res.scalar_one()

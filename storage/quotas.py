@@ -95,3 +95,17 @@ def usage_for_day(conn: Connection, org_id: int, day: str) -> dict[str, int]:
         quota_usage.c.org_id == org_id, quota_usage.c.day == day
     )
     return {kind: n for kind, n in conn.execute(q).all()}
+
+
+def usage_history(
+    conn: Connection, org_id: int, first: str, last: str
+) -> dict[str, dict[str, int]]:
+    """Per kind, the count of each local day in ``[first, last]`` that has a row (ISO days
+    compare as strings)."""
+    q = select(quota_usage.c.kind, quota_usage.c.day, quota_usage.c.used).where(
+        quota_usage.c.org_id == org_id, quota_usage.c.day >= first, quota_usage.c.day <= last
+    )
+    out: dict[str, dict[str, int]] = {}
+    for kind, day, n in conn.execute(q).all():
+        out.setdefault(kind, {})[day] = n
+    return out

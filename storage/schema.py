@@ -80,6 +80,8 @@ users = Table(
     Column("dropbox_search", String(10), nullable=False, server_default="both"),
     # When the user was deactivated (``active`` false): their seat no longer counts (0013).
     Column("deactivated_at", UTCDateTime()),
+    # The dashboard password, Argon2id (``gateway.web.security``); NULL: no dashboard login.
+    Column("password_hash", String(200)),
     _created(),
     UniqueConstraint("org_id", "email_norm", name="uq_users_org_email"),
 )

@@ -9,8 +9,10 @@ from typing import Any
 from sqlalchemy import Connection, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage import events as event_log
 from storage.events import EventType
 from storage.inserts import insert_ignore
+from storage.payloads import suppression_lifted
 from storage.schema import events
 from storage.schema_sending import suppressions
 from storage.types import utcnow
@@ -95,3 +97,47 @@ async def lift(conn: AsyncConnection, org_id: int, email_norm: str) -> dict[str,
         return None
     await conn.execute(delete(suppressions).where(suppressions.c.id == row["id"]))
     return dict(row)
+
+
+async def lift_recorded(
+    conn: AsyncConnection, org_id: int, email_norm: str, user_id: int | None
+) -> dict[str, Any] | None:
+    """Lift a suppression and append ``suppression.lifted`` in the same transaction (the API's
+    ``DELETE /api/v1/suppressions/{email}`` and the dashboard); None when it was not there."""
+    removed = await lift(conn, org_id, email_norm)
+    if removed is not None:
+        await event_log.append(
+            conn,
+            [
+                suppression_lifted(
+                    org_id, email=email_norm, reason=removed["reason"], user_id=user_id
+                )
+            ],
+        )
+    return removed
+
+
+async def search(
+    conn: AsyncConnection,
+    org_id: int,
+    *,
+    email: str = "",
+    reason: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The org's suppressions, newest first: ``email`` is a part of the address, ``since`` and
+    ``until`` bound ``created_at`` (``until`` excluded)."""
+    q = select(suppressions).where(suppressions.c.org_id == org_id)
+    if email:
+        escaped = email.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        q = q.where(suppressions.c.email_norm.like(f"%{escaped}%", escape="\\"))
+    if reason:
+        q = q.where(suppressions.c.reason == reason)
+    if since is not None:
+        q = q.where(suppressions.c.created_at >= since)
+    if until is not None:
+        q = q.where(suppressions.c.created_at < until)
+    q = q.order_by(suppressions.c.created_at.desc(), suppressions.c.id.desc()).limit(limit)
+    return [dict(r) for r in (await conn.execute(q)).mappings()]

@@ -30,6 +30,7 @@ __all__ = [
     "period_label",
     "email_report",
     "no_response_report",
+    "summarise",
 ]
 
 GROUPS = ("day", "week", "month")
@@ -120,6 +121,17 @@ def _shape(counts: dict[str, int]) -> dict[str, Any]:
         "replied": {"n": counts["replied"], "pct": _pct(counts["replied"], delivered)},
         "received": counts.get("received"),
     }
+
+
+def summarise(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows of a report added up into one, percentages recomputed by the same rule."""
+    counts = dict.fromkeys((*_COUNTED, "received"), 0)
+    for item in items:
+        counts["sent"] += item["sent"]
+        for name in ("bounced", "opened", "clicked", "replied"):
+            counts[name] += item[name]["n"]
+        counts["received"] += item.get("received") or 0
+    return _shape(counts)
 
 
 def email_report(conn, org_id: int, period: Period, group: str, by: str | None) -> dict[str, Any]:

@@ -386,6 +386,22 @@ def user_activate(user: Annotated[str, typer.Argument(help="User id or email.")]
     out(run_db(lambda db, s: admin.set_active(db, None, user, active=True, now=utcnow())))
 
 
+@user_app.command("password")
+def user_password(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    password_env: Annotated[
+        str, typer.Option(help="Environment variable holding the password (never argv).")
+    ],
+) -> None:
+    """Set a user's dashboard password (Argon2id); their open dashboard sessions end."""
+    import os
+
+    password = os.environ.get(password_env)
+    if not password:
+        fail(f"environment variable {password_env} is not set or empty")
+    out(run_db(lambda db, s: admin.set_password(db, None, user, password)))
+
+
 @app.command("import")
 def import_records(
     module: Annotated[str, typer.Argument(help="leads|contacts")],
@@ -440,13 +456,13 @@ def inbound_replay(
     inbound_id: Annotated[int, typer.Argument(help="Id from `inbound list`.")],
 ) -> None:
     """Process a kept message again (after a fix, or once its send exists)."""
-    from gateway.ingest.pipeline import IN_TRANSACTION, with_record_cap
-    from gateway.ingest.runner import IngestRunner, ReplayError
+    from gateway.ingest.runner import ReplayError, replay_kept
 
     async def go(db: Database, s: Settings):
-        steps = with_record_cap(IN_TRANSACTION, s.max_records_per_message)
         try:
-            return await IngestRunner(db, mail_domain=s.mail_domain, steps=steps).replay(inbound_id)
+            return await replay_kept(
+                db, inbound_id, mail_domain=s.mail_domain, max_records=s.max_records_per_message
+            )
         except ReplayError as exc:
             raise admin.AdminError(str(exc)) from exc
         except (StorageUnavailable, OSError, SQLAlchemyError):

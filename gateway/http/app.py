@@ -40,6 +40,12 @@ from gateway.metrics import REGISTRY
 from gateway.receive.mailboxes import MailboxService
 from gateway.sending import metrics as sending_metrics
 from gateway.services import Services
+from gateway.web.analytics import AnalyticsPages
+from gateway.web.campaigns import CampaignPages
+from gateway.web.dropbox import DropboxPages
+from gateway.web.mail import MailPages
+from gateway.web.pages import DashboardPages
+from gateway.web.quotas import QuotaPages
 from storage.db import Database
 from tracking import endpoints as tracking
 
@@ -104,6 +110,7 @@ def create_app(services: Services) -> Starlette:
     mailboxes = MailboxService(
         db, services.spool, services.settings, ingest=services.runner("ingest"), clock=clock
     )
+    secure = services.settings.public_url.lower().startswith("https://")
     resources = (
         Operations(db, clock, services.settings.metrics_token),
         EventsApi(db),
@@ -130,6 +137,14 @@ def create_app(services: Services) -> Starlette:
         InboxApi(db, clock),  # before RecordsApi's /{module} routes
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
+        DashboardPages(db, clock, secure_cookies=secure),
+        DropboxPages(db, clock, settings=services.settings, secure_cookies=secure),
+        QuotaPages(db, clock, secure_cookies=secure, operators=services.settings.operator_emails),
+        AnalyticsPages(db, clock, secure_cookies=secure),
+        CampaignPages(
+            db, clock, secure_cookies=secure, wake=partial(services.wake, "crm_to_campaigns")
+        ),
+        MailPages(db, clock, hub=services.runner("signals"), secure_cookies=secure),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from gateway.mailview import html as safe_html
 from gateway.mailview.parts import UNKNOWN_TYPE, MailView, clean_text, view
 from gateway.receive.mailboxes import sharing
 from storage import filing, mailboxes
+from storage.db import Database
 
 #: Types a browser could run or render as a document: served as opaque bytes.
 ACTIVE_TYPES = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/xml")
@@ -65,6 +67,62 @@ def attachment_url(email_id: int, index: int) -> str:
     return f"/api/v1/emails/{email_id}/attachments/{index}"
 
 
+async def visible_email(db: Database, user: dict[str, Any], email_id: int) -> dict[str, Any] | None:
+    """The email with its records when ``user`` may read it (the one sharing rule of
+    the API and the dashboard); None when absent, another org's or not shared."""
+    async with db.connect() as conn:
+        row = await filing.email_with_records(conn, user["org_id"], email_id)
+        if row is None:
+            return None
+        modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
+    records = {(r["module"], r["id"]) for r in row["records"]}
+    if not sharing.sees_mail(
+        user["id"],
+        row["user_id"],
+        records,
+        modes,
+        shares,
+        shared=row["shared"],
+        crm_sent=sharing.is_crm_sent(row["source"]),
+    ):
+        return None
+    return row
+
+
+async def read_email(
+    row: dict[str, Any], *, images: bool, url_of: Callable[[int], str] | None = None
+) -> tuple[MailView, safe_html.SafeHtml]:
+    """The message taken apart and its HTML sanitised; ``cid:`` images point at
+    ``url_of(index)`` (the API's attachment URL unless told otherwise)."""
+    mail = await _view(row)
+    content_ids = {a.content_id: a.index for a in mail.attachments if a.content_id}
+    safe = safe_html.sanitise(
+        mail.html,
+        images=images,
+        cid_url=safe_html.cid_resolver(
+            content_ids, url_of or (lambda i: attachment_url(row["id"], i))
+        ),
+    )
+    return mail, safe
+
+
+async def attachment_response(row: dict[str, Any], n: str) -> Response | None:
+    """Attachment ``n`` as a download that cannot run (None when there is no such part)."""
+    attachments = (await _view(row)).attachments
+    if not (n.isascii() and n.isdigit()) or len(n) > 6 or int(n) >= len(attachments):
+        return None
+    part = attachments[int(n)]
+    return Response(
+        part.data,
+        media_type=download_type(part.content_type),
+        headers={
+            "Content-Disposition": content_disposition(part.filename or f"attachment-{n}"),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        },
+    )
+
+
 class EmailsApi(Resource):
     """``/api/v1/emails/{id}`` (display), ``/raw`` and ``/attachments/{n}``."""
 
@@ -79,34 +137,15 @@ class EmailsApi(Resource):
     async def _visible_email(self, request: Request) -> dict[str, Any]:
         """The email with its records, or 404 when absent, another org's or not shared."""
         user = await self.user(request)
-        async with self.db.connect() as conn:
-            row = await filing.email_with_records(conn, user["org_id"], path_id(request))
-            if row is None:
-                raise ApiError(404, "not_found", "no such email")
-            modes, shares = await mailboxes.sharing_rules(conn, user["org_id"])
-        records = {(r["module"], r["id"]) for r in row["records"]}
-        if not sharing.sees_mail(
-            user["id"],
-            row["user_id"],
-            records,
-            modes,
-            shares,
-            shared=row["shared"],
-            crm_sent=sharing.is_crm_sent(row["source"]),
-        ):
+        row = await visible_email(self.db, user, path_id(request))
+        if row is None:
             raise ApiError(404, "not_found", "no such email")
         return row
 
     async def get_email(self, request: Request) -> Response:
         row = await self._visible_email(request)
         images = request.query_params.get("images") in ("1", "true", "yes")
-        mail = await _view(row)
-        content_ids = {a.content_id: a.index for a in mail.attachments if a.content_id}
-        safe = safe_html.sanitise(
-            mail.html,
-            images=images,
-            cid_url=safe_html.cid_resolver(content_ids, lambda i: attachment_url(row["id"], i)),
-        )
+        mail, safe = await read_email(row, images=images)
         return JSON(
             {
                 "id": row["id"],
@@ -142,17 +181,7 @@ class EmailsApi(Resource):
 
     async def get_attachment(self, request: Request) -> Response:
         row = await self._visible_email(request)
-        n = request.path_params["n"]
-        attachments = (await _view(row)).attachments
-        if not (n.isascii() and n.isdigit()) or len(n) > 6 or int(n) >= len(attachments):
+        response = await attachment_response(row, request.path_params["n"])
+        if response is None:
             raise ApiError(404, "not_found", "no such attachment")
-        part = attachments[int(n)]
-        return Response(
-            part.data,
-            media_type=download_type(part.content_type),
-            headers={
-                "Content-Disposition": content_disposition(part.filename or f"attachment-{n}"),
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "default-src 'none'; sandbox",
-            },
-        )
+        return response

@@ -103,6 +103,63 @@ def _item(
     return item
 
 
+def _column(
+    page: Page,
+    records: dict[str, list[dict[str, Any]]],
+    deals: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    with_deals = deals if page.column is InboxColumn.DEALS else None
+    return {
+        "count": page.count,
+        "items": [_item(r, records, with_deals) for r in page.rows],
+        "next": cursor_text(page.next),
+    }
+
+
+async def read_inbox(
+    db: Database,
+    user: dict[str, Any],
+    now: datetime,
+    column: InboxColumn | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: Cursor | None = None,
+) -> dict[str, Any]:
+    """The overview (every shown column's first page) or, with ``column``, one page of one:
+    the one reading of the SalesInbox, for the API and the dashboard.  A column the org
+    turned off is a ``409 column_off`` :class:`ApiError`."""
+    org_id = user["org_id"]
+    async with db.connect() as conn:
+        org = await inbox.inbox_org(conn, org_id)
+        shown = [c for c in InboxColumn if org.keep_unknown or c is not InboxColumn.NOT_IN_CRM]
+        if column is not None and column not in shown:
+            raise ApiError(
+                409,
+                "column_off",
+                "the organization does not keep mail from senders not in the CRM "
+                "(PUT /api/v1/inbox-settings)",
+            )
+        this_month = month_of(now, org.timezone)
+        pages = await inbox.read_columns(
+            conn,
+            org_id,
+            user["id"],
+            [column] if column else shown,
+            domains=org.domains,
+            this_month=this_month,
+            limit=limit,
+            before=cursor,
+        )
+        senders = [r["from_addr"] for p in pages for r in p.rows]
+        records = await inbox.sender_records(conn, org_id, senders)
+        deal_pages = [p for p in pages if p.column is InboxColumn.DEALS]
+        in_deals = [r["from_addr"] for p in deal_pages for r in p.rows]
+        deals = await inbox.sender_deals(conn, org_id, in_deals)
+    shaped = {p.column.value: _column(p, records, deals) for p in pages}
+    if column is not None:
+        return {"column": column.value, **shaped[column.value]}
+    return {"columns": shaped, "keep_unknown": org.keep_unknown}
+
+
 class InboxApi(Resource):
     """``GET /api/v1/inbox`` (the columns), ``GET|PUT /api/v1/inbox-settings`` (the org's)."""
 
@@ -127,50 +184,7 @@ class InboxApi(Resource):
         if before is not None and column is None:
             raise _param_error("before pages one column: give column= too")
         cursor = parse_cursor(before) if before is not None else None
-        org_id = user["org_id"]
-        async with self.db.connect() as conn:
-            org = await inbox.inbox_org(conn, org_id)
-            shown = [c for c in InboxColumn if org.keep_unknown or c is not InboxColumn.NOT_IN_CRM]
-            if column is not None and column not in shown:
-                raise ApiError(
-                    409,
-                    "column_off",
-                    "the organization does not keep mail from senders not in the CRM "
-                    "(PUT /api/v1/inbox-settings)",
-                )
-            this_month = month_of(self.clock.now(), org.timezone)
-            pages = await inbox.read_columns(
-                conn,
-                org_id,
-                user["id"],
-                [column] if column else shown,
-                domains=org.domains,
-                this_month=this_month,
-                limit=limit,
-                before=cursor,
-            )
-            senders = [r["from_addr"] for p in pages for r in p.rows]
-            records = await inbox.sender_records(conn, org_id, senders)
-            deal_pages = [p for p in pages if p.column is InboxColumn.DEALS]
-            in_deals = [r["from_addr"] for p in deal_pages for r in p.rows]
-            deals = await inbox.sender_deals(conn, org_id, in_deals)
-        shaped = {p.column.value: self._column(p, records, deals) for p in pages}
-        if column is not None:
-            return JSON({"column": column.value, **shaped[column.value]})
-        return JSON({"columns": shaped, "keep_unknown": org.keep_unknown})
-
-    @staticmethod
-    def _column(
-        page: Page,
-        records: dict[str, list[dict[str, Any]]],
-        deals: dict[str, list[dict[str, Any]]],
-    ) -> dict[str, Any]:
-        with_deals = deals if page.column is InboxColumn.DEALS else None
-        return {
-            "count": page.count,
-            "items": [_item(r, records, with_deals) for r in page.rows],
-            "next": cursor_text(page.next),
-        }
+        return JSON(await read_inbox(self.db, user, self.clock.now(), column, limit, cursor))
 
     async def get_settings(self, request: Request) -> Response:
         user = await self.user(request)

@@ -20,6 +20,7 @@ from gateway.receive.mailboxes import sharing
 from gateway.records.changes import changed_fields, deleted_fields
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 from storage import crm, events, filing, mailboxes, orgs
+from storage.db import Database
 from storage.events import EventType
 from storage.payloads import record_converted, record_created, record_event
 
@@ -191,6 +192,32 @@ async def _mail_filter(conn, request: Request, org_id: int) -> filing.MailFilter
     return filing.MailFilter(
         sources=SOURCE_FILTERS[source] if source else None, direction=direction, user_id=user_id
     )
+
+
+async def record_mail(
+    db: Database,
+    request: Request,
+    user: dict[str, Any],
+    module: str,
+    rid: int,
+    *,
+    after: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to ``limit + 1`` emails filed on the record that ``user`` may see (sharing rules),
+    filtered by the request's ``source``/``direction``/``user``: the one reading of a
+    record's mail, for the API and the dashboard (404/422 as :class:`ApiError`)."""
+    org_id = user["org_id"]
+    async with db.connect() as conn:
+        record = await crm.get(conn, module, org_id, rid)
+        if record is None:
+            raise ApiError(404, "not_found", f"no such {module[:-1]}")
+        wanted = await _mail_filter(conn, request, org_id)
+        modes, shares = await mailboxes.sharing_rules(conn, org_id)
+        seen = sharing.record_scope(user["id"], modes, shares)
+        return await filing.emails_for_record(
+            conn, org_id, module, rid, seen=seen, wanted=wanted, after=after, limit=limit + 1
+        )
 
 
 class RecordsApi(Resource):
@@ -430,14 +457,5 @@ class RecordsApi(Resource):
         rid = path_id(request)
         limit = int_param(request, "limit", 100, lo=1, hi=500)
         after = int_param(request, "cursor", 0)
-        org_id = user["org_id"]
-        async with self.db.connect() as conn:
-            if await crm.get(conn, module, org_id, rid) is None:
-                raise ApiError(404, "not_found", f"no such {module[:-1]}")
-            wanted = await _mail_filter(conn, request, org_id)
-            modes, shares = await mailboxes.sharing_rules(conn, org_id)
-            seen = sharing.record_scope(user["id"], modes, shares)
-            rows = await filing.emails_for_record(
-                conn, org_id, module, rid, seen=seen, wanted=wanted, after=after, limit=limit + 1
-            )
+        rows = await record_mail(self.db, request, user, module, rid, after=after, limit=limit)
         return JSON(page(rows, limit, email_item))

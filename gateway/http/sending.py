@@ -52,7 +52,6 @@ from gateway.sending.steps import (
 from gateway.sending.submit import enqueue
 from gateway.sending.usage import org_quota
 from storage import (
-    events,
     mailboxes,
     org_addresses,
     orgs,
@@ -62,7 +61,6 @@ from storage import (
     tracking_store,
 )
 from storage.db import Database
-from storage.payloads import suppression_lifted
 from templates.render import TemplateProblem, compile_template
 
 MAX_RECIPIENTS = {"individual": 100, "mass": 5000}
@@ -434,15 +432,7 @@ class SendingApi(Resource):
         if norm is None:
             raise ApiError(404, "not_found", "not a suppressed address")
         async with self.db.begin() as conn:
-            removed = await suppressions.lift(conn, user["org_id"], norm)
-            if removed is None:
-                raise ApiError(404, "not_found", f"{norm} is not suppressed")
-            await events.append(
-                conn,
-                [
-                    suppression_lifted(
-                        user["org_id"], email=norm, reason=removed["reason"], user_id=user["id"]
-                    )
-                ],
-            )
+            removed = await suppressions.lift_recorded(conn, user["org_id"], norm, user["id"])
+        if removed is None:
+            raise ApiError(404, "not_found", f"{norm} is not suppressed")
         return Response(status_code=204)

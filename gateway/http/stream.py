@@ -504,30 +504,39 @@ class StreamApi(Resource):
 
     async def stream(self, request: Request) -> _Stream:
         user = await self.caller(request)
-        after = parse_event_id(request.headers.get("last-event-id"))
-        if after is None:
-            after = parse_event_id(request.query_params.get("after"))
         try:
-            sub = await self.hub.subscribe(user["id"], user["org_id"])
+            return await open_stream(self.hub, user, request)
         except TooManyStreams:
             raise ApiError(
                 429,
                 "too_many_streams",
                 f"at most {self.hub.max_streams_per_user} open streams per user; close one",
             ) from None
-        return _Stream(sub, self._messages(sub, after))
 
-    async def _messages(
-        self, sub: Subscription, after: int | None
-    ) -> AsyncIterator[ServerSentEvent]:
-        try:
-            last = sub.start
-            if after is not None and after < sub.start:
-                for signal in await self.hub.replay(sub, after):
-                    yield signal.message()
-            while (signal := await sub.next()) is not None:
-                if signal.id > last:
-                    last = signal.id
-                    yield signal.message()
-        finally:
-            sub.close()
+
+async def open_stream(hub: SignalHub, user: Mapping[str, Any], request: Request) -> _Stream:
+    """``user``'s signals as an event stream, resumed after ``Last-Event-ID`` (or
+    ``?after=``): the one stream of the API and the dashboard's feed, however the
+    caller was authenticated.  :class:`TooManyStreams` past the per-user limit; a
+    bad id is a ``400`` :class:`ApiError`."""
+    after = parse_event_id(request.headers.get("last-event-id"))
+    if after is None:
+        after = parse_event_id(request.query_params.get("after"))
+    sub = await hub.subscribe(user["id"], user["org_id"])
+    return _Stream(sub, _messages(hub, sub, after))
+
+
+async def _messages(
+    hub: SignalHub, sub: Subscription, after: int | None
+) -> AsyncIterator[ServerSentEvent]:
+    try:
+        last = sub.start
+        if after is not None and after < sub.start:
+            for signal in await hub.replay(sub, after):
+                yield signal.message()
+        while (signal := await sub.next()) is not None:
+            if signal.id > last:
+                last = signal.id
+                yield signal.message()
+    finally:
+        sub.close()

@@ -341,39 +341,14 @@ class SyncsApi(Resource):
         """Paused: record changes are passed over until resume (which catches up in full)."""
         user = await self.user(request)
         sync_id = path_id(request)
-        org_id, now = user["org_id"], self.clock.now()
-
-        def go(conn: Connection) -> None:
-            _found(conn, org_id, sync_id)
-            store.change(
-                conn,
-                org_id,
-                sync_id,
-                {"state": "paused", "full_requested_at": None, "updated_at": now},
-            )
-
-        await self.db.run_write(go)
+        await self.db.run_write(pause_sync, user["org_id"], sync_id, self.clock.now())
         return JSON({"id": sync_id, "state": "paused"})
 
     async def resume(self, request: Request) -> Response:
         """Active again, counted against the limits, with a full run to catch up."""
         user = await self.user(request)
         sync_id = path_id(request)
-        org_id, now = user["org_id"], self.clock.now()
-
-        def go(conn: Connection) -> None:
-            row = _found(conn, org_id, sync_id)
-            if row["state"] == "active":
-                return
-            _check_limits(conn, org_id, row["user_id"])
-            store.change(
-                conn,
-                org_id,
-                sync_id,
-                {"state": "active", "full_requested_at": now, "updated_at": now},
-            )
-
-        await self.db.run_write(go)
+        await self.db.run_write(resume_sync, user["org_id"], sync_id, self.clock.now())
         self.wake()
         return JSON({"id": sync_id, "state": "active"})
 
@@ -433,6 +408,27 @@ def skip_json(row: dict[str, Any]) -> dict[str, Any]:
         "email": row["email"],
         "reason": row["reason"],
     }
+
+
+def pause_sync(conn: Connection, org_id: int, sync_id: int, now: datetime) -> None:
+    """Pause a sync of the org (the API and the dashboard): changes are passed over until
+    resume; 404 ``ApiError`` for another org's or a missing sync."""
+    _found(conn, org_id, sync_id)
+    store.change(
+        conn, org_id, sync_id, {"state": "paused", "full_requested_at": None, "updated_at": now}
+    )
+
+
+def resume_sync(conn: Connection, org_id: int, sync_id: int, now: datetime) -> None:
+    """Make a sync active again, counted against the limits (409 ``sync_limit``), with a
+    full run asked for to catch up; an active sync is left as it is."""
+    row = _found(conn, org_id, sync_id)
+    if row["state"] == "active":
+        return
+    _check_limits(conn, org_id, row["user_id"])
+    store.change(
+        conn, org_id, sync_id, {"state": "active", "full_requested_at": now, "updated_at": now}
+    )
 
 
 def _found(conn: Connection, org_id: int, sync_id: int) -> dict[str, Any]:

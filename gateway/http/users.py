@@ -48,6 +48,7 @@ class UsersApi(Resource):
             Route(u + "/{id}/deactivate", self.deactivate, methods=["POST"]),
             Route(u + "/{id}/activate", self.activate, methods=["POST"]),
             Route(u + "/{id}/dropbox", self.patch_user_dropbox, methods=["PATCH"]),
+            Route(u + "/{id}/password", self.put_password, methods=["PUT"]),
             Route(me, self.get_dropbox, methods=["GET"]),
             Route(me, self.patch_dropbox, methods=["PATCH"]),
             Route(me + ".vcf", self.vcard, methods=["GET"]),
@@ -67,6 +68,22 @@ class UsersApi(Resource):
         """The org's users, active or not (``active``, ``deactivated_at``)."""
         caller = await self._admin(request)
         return JSON({"items": await admin.list_users(self.db, caller["org_id"]), "next": None})
+
+    async def put_password(self, request: Request) -> Response:
+        """``PUT {"password": "…"}`` (or null to remove it): an admin sets or resets a
+        user's dashboard password; the user's open dashboard sessions end."""
+        caller = await self._admin(request)
+        user_id = path_id(request)
+        body = await read_json(request)
+        _only(body, {"password"})
+        password = body.get("password")
+        if password is not None and not isinstance(password, str):
+            raise ApiError(422, "invalid_field", "password must be a string or null")
+        try:
+            view = await admin.set_password(self.db, caller["org_id"], str(user_id), password)
+        except admin.AdminError as exc:
+            raise _api_error(exc) from None
+        return JSON(view)
 
     async def _set_active(self, request: Request, active: bool) -> Response:
         caller = await self._admin(request)

@@ -36,7 +36,14 @@ from sqlalchemy import Connection
 
 from gateway.clock import Clock, SystemClock
 from gateway.ingest.context import Batch, Delivery, Outcome
-from gateway.ingest.pipeline import IN_TRANSACTION, Step, StepFailed, prepare, run_steps
+from gateway.ingest.pipeline import (
+    IN_TRANSACTION,
+    Step,
+    StepFailed,
+    prepare,
+    run_steps,
+    with_record_cap,
+)
 from gateway.metrics import FILED
 from gateway.runner import LoopRunner
 from storage import inbound_store
@@ -212,6 +219,15 @@ class IngestRunner(LoopRunner):
             conn,
             [{"id": d.inbound_id, "state": state, "failed_stage": d.stage, "last_error": d.reason}],
         )
+
+
+async def replay_kept(
+    db: Database, inbound_id: int, *, mail_domain: str, max_records: int
+) -> dict[str, Any]:
+    """Replay one kept message as an operator does (``mailgate inbound replay``, the dashboard's
+    mail needing attention): the in-transaction steps with the installation's record cap."""
+    steps = with_record_cap(IN_TRANSACTION, max_records)
+    return await IngestRunner(db, mail_domain=mail_domain, steps=steps).replay(inbound_id)
 
 
 def delivery_of(row: dict[str, Any]) -> Delivery:

@@ -534,3 +534,31 @@ async def set_active(
     if not active:
         forget_dropbox(row["dropbox_token"])
     return user_view(row)
+
+
+async def set_password(
+    db: Database, org_id: int | None, user_ref: str, password: str | None
+) -> dict[str, Any]:
+    """Set (or, with None, clear) a user's dashboard password; their open sessions end.
+
+    Hashed with Argon2id (``gateway.web.security``); the password itself is
+    never stored or logged.  ``org_id`` None: any org (the CLI).
+    """
+    from gateway.web.security import WeakPassword, hash_password
+    from storage import web
+
+    try:
+        hashed = hash_password(password) if password is not None else None
+    except WeakPassword as exc:
+        raise AdminError(str(exc)) from None
+    async with db.begin() as conn:
+        if org_id is None:
+            found = await find_user(conn, user_ref)
+        elif user_ref.isdigit():
+            found = await orgs.get_org_user(conn, org_id, int(user_ref))
+        else:
+            found = None
+        if found is None:
+            raise AdminError(f"no user {user_ref!r}", Refusal.NOT_FOUND)
+        await web.set_password(conn, found["id"], hashed)
+    return {"id": found["id"], "email": found["email"], "password_set": hashed is not None}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -44,3 +44,14 @@ def all_orgs(conn: Connection, now: datetime, org_ref: str | None = None) -> lis
         }
         for org in orgs.orgs_by_ref(conn, org_ref)
     ]
+
+
+def org_history(
+    conn: Connection, org: dict[str, Any], now: datetime, days: int = 30
+) -> dict[str, list[tuple[str, int]]]:
+    """Per kind, ``(local day, used)`` for the last ``days`` local days, oldest first, today
+    last; a day without sends is 0."""
+    today = date.fromisoformat(rules.quota_day(now, ZoneInfo(org["timezone"])).day)
+    span = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+    used = quotas.usage_history(conn, org["id"], span[0], span[-1])
+    return {kind: [(d, used.get(kind, {}).get(d, 0)) for d in span] for kind in QUOTA_KINDS}

@@ -1,0 +1,1 @@
+"""The dashboard's strings, one module per area (``EN`` and ``JA``); see ``gateway.web.i18n``."""
