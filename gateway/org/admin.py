@@ -489,6 +489,20 @@ async def list_users(db: Database, org_id: int) -> list[dict[str, Any]]:
         return [user_view(r) for r in await orgs.list_users(conn, org_id)]
 
 
+async def _named_user(conn, org_id: int | None, user_ref: str) -> dict[str, Any]:
+    """The user ``user_ref`` names: an id or email in any org (``org_id`` None, the CLI),
+    or an id within ``org_id`` (the API: another org's id names nobody)."""
+    if org_id is None:
+        found = await find_user(conn, user_ref)
+    elif user_ref.isdigit():
+        found = await orgs.get_org_user(conn, org_id, int(user_ref))
+    else:
+        found = None
+    if found is None:
+        raise AdminError(f"no user {user_ref!r}", Refusal.NOT_FOUND)
+    return found
+
+
 async def set_active(
     db: Database, org_id: int | None, user_ref: str, *, active: bool, now: datetime
 ) -> dict[str, Any]:
@@ -501,14 +515,7 @@ async def set_active(
     Decided under the org lock, so two requests cannot both take one seat.
     """
     async with db.connect() as conn:
-        if org_id is None:
-            found = await find_user(conn, user_ref)
-        elif user_ref.isdigit():
-            found = await orgs.get_org_user(conn, org_id, int(user_ref))
-        else:
-            found = None
-    if found is None:
-        raise AdminError(f"no user {user_ref!r}", Refusal.NOT_FOUND)
+        found = await _named_user(conn, org_id, user_ref)
 
     def write(conn) -> dict[str, Any]:
         org_addresses.lock_org(conn, found["org_id"])
@@ -552,13 +559,6 @@ async def set_password(
     except WeakPassword as exc:
         raise AdminError(str(exc)) from None
     async with db.begin() as conn:
-        if org_id is None:
-            found = await find_user(conn, user_ref)
-        elif user_ref.isdigit():
-            found = await orgs.get_org_user(conn, org_id, int(user_ref))
-        else:
-            found = None
-        if found is None:
-            raise AdminError(f"no user {user_ref!r}", Refusal.NOT_FOUND)
+        found = await _named_user(conn, org_id, user_ref)
         await web.set_password(conn, found["id"], hashed)
     return {"id": found["id"], "email": found["email"], "password_set": hashed is not None}
