@@ -145,13 +145,19 @@ class WebResource:
 
     async def form(self, request: Request, viewer: Viewer) -> FormData:
         """The posted form, once its CSRF token is the session's (else a 403 page)."""
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
-            raise PageError(413, "error.csrf")
-        form = await request.form(max_files=0, max_fields=200)
-        if not security.same_token(str(form.get("csrf") or ""), viewer.csrf):
-            raise PageError(403, "error.csrf")
-        return form
+        return await checked_form(request, viewer.csrf, max_fields=200)
+
+
+async def checked_form(request: Request, expected_csrf: str | None, *, max_fields: int) -> FormData:
+    """A posted form of at most :data:`MAX_FORM_BYTES` whose ``csrf`` field is
+    ``expected_csrf`` (the session's, or the login form's double-submit cookie)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
+        raise PageError(413, "error.csrf")
+    form = await request.form(max_files=0, max_fields=max_fields)
+    if not security.same_token(str(form.get("csrf") or ""), expected_csrf):
+        raise PageError(403, "error.csrf")
+    return form
 
 
 Handler = Callable[[Any, Request], Awaitable[Response]]

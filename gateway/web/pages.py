@@ -21,9 +21,8 @@ from starlette.staticfiles import StaticFiles
 from gateway.addresses import normalise
 from gateway.web import security
 from gateway.web.base import (
-    MAX_FORM_BYTES,
-    PageError,
     WebResource,
+    checked_form,
     language,
     page_handler,
 )
@@ -97,23 +96,19 @@ class DashboardPages(WebResource):
     async def login(self, request: Request) -> Response:
         """Check the double-submit CSRF token, the rate limit, then the password."""
         lang = language(request)
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
-            raise PageError(413, "error.csrf")
-        form = await request.form(max_files=0, max_fields=20)
-        if not security.same_token(
-            str(form.get("csrf") or ""), request.cookies.get(security.LOGIN_CSRF_COOKIE)
-        ):
-            raise PageError(403, "error.csrf")
+        form = await checked_form(
+            request, request.cookies.get(security.LOGIN_CSRF_COOKIE), max_fields=20
+        )
         email = str(form.get("email") or "")[:320]
         password = str(form.get("password") or "")
         email_norm = normalise(email) or email.strip().lower()
         client = request.client.host if request.client else "?"
         now = self.clock.now()
-        async with self.db.begin() as conn:
+        async with self.db.connect() as conn:  # reads only: no write transaction
             by_email, by_client = await web.recent_failures(
                 conn, email_norm, client, now - FAILURE_WINDOW
             )
+            candidates = await web.user_for_login(conn, email_norm)
         if by_email >= FAILURES_PER_EMAIL or by_client >= FAILURES_PER_CLIENT:
             minutes = int(FAILURE_WINDOW.total_seconds() // 60)
             response = self._login_page(
@@ -124,8 +119,6 @@ class DashboardPages(WebResource):
             )
             response.headers["Retry-After"] = str(int(FAILURE_WINDOW.total_seconds()))
             return response
-        async with self.db.connect() as conn:
-            candidates = await web.user_for_login(conn, email_norm)
         user = next(
             (u for u in candidates if security.verify_password(u["password_hash"], password)),
             None,
