@@ -114,10 +114,19 @@ async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, 
     return data
 
 
+def positive_id(raw: str) -> int | None:
+    """``raw`` as a positive 64-bit id, or None.
+
+    ASCII only: str.isdigit() also accepts "１" (an alias of 1) and "²" (int() refuses it).
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) <= MAX_INT:
+        return None
+    return int(raw)
+
+
 def path_id(request: Request, name: str = "id") -> int:
     """A positive 64-bit id from the path; anything else names no record (404)."""
-    raw = request.path_params[name]
-    # ASCII only: str.isdigit() also accepts "１" (an alias of 1) and "²" (int() refuses it).
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) <= MAX_INT:
+    found = positive_id(request.path_params[name])
+    if found is None:
         raise ApiError(404, "not_found", "no such record")
-    return int(raw)
+    return found

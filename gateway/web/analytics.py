@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.http.jsonutil import positive_id
 from gateway.web.base import Viewer, WebResource, page_handler
 from gateway.web.charts import bar_chart
 from gateway.web.i18n import person_name
@@ -66,9 +67,10 @@ class Filters:
 def _id(raw: str | None, key: str, known: set[int]) -> int | None:
     if raw is None or raw.strip() == "":
         return None
-    if not raw.strip().isdigit() or int(raw) not in known:
+    found = positive_id(raw.strip())
+    if found is None or found not in known:
         raise BadFilter(key)
-    return int(raw)
+    return found
 
 
 def _period_key(exc: ReportError) -> str:

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.clock import Clock
+from gateway.http.jsonutil import positive_id
 from gateway.web import i18n, security
 from gateway.web.nav import NAV
 from storage import orgs, web
@@ -152,12 +153,21 @@ async def checked_form(request: Request, expected_csrf: str | None, *, max_field
     """A posted form of at most :data:`MAX_FORM_BYTES` whose ``csrf`` field is
     ``expected_csrf`` (the session's, or the login form's double-submit cookie)."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
+    digits = length is not None and length.isascii() and length.isdigit()
+    if length is not None and (not digits or int(length) > MAX_FORM_BYTES):
         raise PageError(413, "error.csrf")
     form = await request.form(max_files=0, max_fields=max_fields)
     if not security.same_token(str(form.get("csrf") or ""), expected_csrf):
         raise PageError(403, "error.csrf")
     return form
+
+
+def page_id(request: Request, name: str = "id") -> int:
+    """The path's id as the API reads it (``jsonutil.positive_id``); anything else a 404 page."""
+    found = positive_id(str(request.path_params.get(name, "")))
+    if found is None:
+        raise PageError(404, "error.not_found")
+    return found
 
 
 Handler = Callable[[Any, Request], Awaitable[Response]]

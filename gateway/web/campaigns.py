@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.clock import Clock
 from gateway.http.campaigns import RECIPIENT_STATUSES, campaign_json, recipient_json
 from gateway.http.errors import ApiError
-from gateway.http.jsonutil import MAX_INT
+from gateway.http.jsonutil import MAX_INT, positive_id
 from gateway.http.lists import list_json
 from gateway.http.syncs import (
     _last_run,
@@ -33,7 +33,7 @@ from gateway.http.syncs import (
     sync_json,
 )
 from gateway.web import i18n
-from gateway.web.base import PageError, WebResource, page_handler
+from gateway.web.base import PageError, WebResource, page_handler, page_id
 from storage import campaigns as campaign_store
 from storage import consumers, events
 from storage import syncs as sync_store
@@ -48,16 +48,9 @@ SKIPS_PER_PAGE = 100
 
 
 def _cursor(request: Request, name: str, default: int = 0) -> int:
-    """A paging cursor from the query string; anything but a small positive integer is ignored."""
-    raw = request.query_params.get(name, "")
-    return int(raw) if raw.isdigit() and 0 < int(raw) <= MAX_INT else default
-
-
-def _path_id(request: Request, name: str = "id") -> int:
-    raw = str(request.path_params.get(name, ""))
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_INT:
-        raise PageError(404, "error.not_found")
-    return int(raw)
+    """A paging cursor from the query string; anything but a positive 64-bit id is ignored."""
+    found = positive_id(request.query_params.get(name, ""))
+    return default if found is None else found
 
 
 def _paged(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], int | None]:
@@ -148,7 +141,7 @@ class CampaignPages(WebResource):
     @page_handler
     async def campaign(self, request: Request) -> Response:
         viewer = await self.viewer(request)
-        org_id, cid = viewer.org["id"], _path_id(request)
+        org_id, cid = viewer.org["id"], page_id(request)
         after = _cursor(request, "after")
         status = request.query_params.get("status") or None
         if status not in (None, *RECIPIENT_STATUSES):
@@ -218,7 +211,7 @@ class CampaignPages(WebResource):
     @page_handler
     async def sync(self, request: Request) -> Response:
         viewer = await self.viewer(request)
-        org_id, sync_id = viewer.org["id"], _path_id(request)
+        org_id, sync_id = viewer.org["id"], page_id(request)
         before = _cursor(request, "before", MAX_INT)
         run_id = _cursor(request, "run")
         skips_after = _cursor(request, "skips_after")
@@ -265,7 +258,7 @@ class CampaignPages(WebResource):
 
     async def _change(self, request: Request, action: str) -> Response:
         viewer = await self.viewer(request)
-        sync_id = _path_id(request)
+        sync_id = page_id(request)
         form = await self.form(request, viewer)
         change = pause_sync if action == "pause" else resume_sync
         try:

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.addresses import normalise
 from gateway.clock import Clock
 from gateway.config import Settings
+from gateway.http.jsonutil import positive_id
 from gateway.http.users import VCARD_FILENAME
 from gateway.ingest.runner import ReplayError, replay_kept
 from gateway.org import admin
@@ -287,10 +288,10 @@ class DropboxPages(WebResource):
     async def replay(self, request: Request) -> Response:
         viewer = await self.admin(request)
         form = await self.form(request, viewer)
-        raw_id = str(form.get("id") or "")
-        if not raw_id.isdigit() or len(raw_id) > 18:
+        inbound_id = positive_id(str(form.get("id") or ""))
+        if inbound_id is None:
             raise PageError(404, "error.not_found")
-        row = await self.db.run_read(inbound_store.get, int(raw_id))
+        row = await self.db.run_read(inbound_store.get, inbound_id)
         mine = row is not None and row["state"] in inbound_store.ATTENTION_STATES
         if mine and row["org_id"] != viewer.org["id"]:
             mine = (
@@ -306,7 +307,7 @@ class DropboxPages(WebResource):
             )
         try:
             await replay_kept(
-                self.db, int(raw_id), mail_domain=self.mail_domain, max_records=self.max_records
+                self.db, inbound_id, mail_domain=self.mail_domain, max_records=self.max_records
             )
         except ReplayError as exc:
             return await self._attention_page(
@@ -316,11 +317,11 @@ class DropboxPages(WebResource):
             raise  # storage down: the 503 page
         except Exception as exc:  # noqa: BLE001 - one line, as `mailgate inbound replay` says it
             first = str(exc).splitlines()[0] if str(exc) else ""
-            detail = f"replay of message {raw_id} broke: {type(exc).__name__}: {first}"
+            detail = f"replay of message {inbound_id} broke: {type(exc).__name__}: {first}"
             return await self._attention_page(
                 request, viewer, error="attention.error.failed", detail=detail[:500], status=409
             )
-        return RedirectResponse(f"/attention?done=replayed&id={raw_id}", status_code=303)
+        return RedirectResponse(f"/attention?done=replayed&id={inbound_id}", status_code=303)
 
 
 def row_kind(row: dict[str, Any]) -> str:

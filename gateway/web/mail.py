@@ -47,7 +47,7 @@ from gateway.mailview.parts import clean_text
 from gateway.receive.mailboxes import sharing
 from gateway.runner import LoopRunner
 from gateway.web import i18n
-from gateway.web.base import LoginRequired, PageError, Viewer, WebResource, page_handler
+from gateway.web.base import LoginRequired, PageError, Viewer, WebResource, page_handler, page_id
 from storage import crm, orgs
 from storage.db import Database
 
@@ -175,11 +175,7 @@ class MailPages(WebResource):
     # -- one email ------------------------------------------------------------------------
 
     async def _email_row(self, request: Request, viewer: Viewer) -> dict[str, Any]:
-        try:
-            email_id = path_id(request)
-        except ApiError:
-            raise PageError(404, "error.not_found") from None
-        row = await visible_email(self.db, _api_user(viewer), email_id)
+        row = await visible_email(self.db, _api_user(viewer), page_id(request))
         if row is None:
             raise PageError(404, "error.not_found")
         return row
