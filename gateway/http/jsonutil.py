@@ -83,7 +83,7 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
     """The request body, refused (413) once it is known to exceed ``limit`` bytes: by its
     declared length before reading, else as soon as the stream passes it."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "too_large", f"{what} over {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
