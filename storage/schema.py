@@ -281,3 +281,24 @@ consumer_offsets = Table(
     Column("position", ID, nullable=False, default=0),
     Column("updated_at", UTCDateTime(), nullable=False, default=utcnow, onupdate=utcnow),
 )
+
+# Events a consumer could not apply (migration 0015): set aside with their error so the
+# consumer moves on past them; replayed (applied again) or skipped by a person.
+parked_events = Table(
+    "parked_events",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("consumer", String(100), nullable=False),
+    Column("event_id", ID, nullable=False),
+    Column("org_id", ID),
+    Column("event_type", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("parked_at", UTCDateTime(), nullable=False),
+    # NULL while parked; replayed | skipped once a person acted.
+    Column("resolution", String(10)),
+    Column("resolved_at", UTCDateTime()),
+    UniqueConstraint("consumer", "event_id", name="uq_parked_events_consumer_event"),
+    Index("ix_parked_events_open", "consumer", "resolution"),
+    Index("ix_parked_events_org", "org_id"),
+)

@@ -49,6 +49,10 @@ mailboxes = Table(
     # Bumped whenever connection settings change, so a running poller restarts.
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
+    # Which process polls it and until when (migration 0015): one poller per mailbox across
+    # every ``imap`` process; a dead holder's lease runs out and another process takes over.
+    Column("poller", String(100)),
+    Column("poll_lease_until", UTCDateTime()),
     UniqueConstraint("user_id", "host", "login", name="uq_mailboxes_user_host_login"),
     Index("ix_mailboxes_org", "org_id"),
 )
