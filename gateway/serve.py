@@ -63,9 +63,9 @@ async def listen_smtp(services: Services, running: Running) -> StopListening:
     running.smtp_port = server.sockets[0].getsockname()[1]
 
     async def stop(deadline: float) -> None:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), deadline)
+        # Refuse new connections; every open session is answered (its DATA finishes, then
+        # 421) while the spool writer still runs: runners stop only after the listeners.
+        await server.stop(deadline)
 
     return stop
 
