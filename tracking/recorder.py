@@ -400,7 +400,9 @@ class HitJudge(LoopRunner):
             taken, stored, oldest = await self.db.run_write(
                 judge_inbox, queued_before, self.max_batch, self.public_url, self.rules
             )
-        except Exception:
+        except Exception as exc:
+            if is_storage_outage(exc):  # not the batch's fault: it waits for storage
+                raise
             self._failed_rounds += 1
             if self._failed_rounds >= self.attempts:
                 self._failed_rounds = 0

@@ -231,6 +231,7 @@ class DropboxHandler:
         if hit and hit[0] > now and not fresh:
             return hit[1]
         owner = await self.db.run_read(orgs.dropbox_owner, token)
+        STORAGE.succeeded()
         if len(self._owners) > 10_000:
             self._owners.clear()
         self._owners[token] = (now + OWNER_CACHE_SECONDS, owner)
