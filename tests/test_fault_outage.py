@@ -35,9 +35,12 @@ from tests.support import pg_cluster
 from tests.support.sends import make_send
 from tests.support.serve_process import ServeProcess
 from tests.support.server import MailgateServer, wait_until
+from tests.support.web import login, with_password
 from tracking.pixel import PIXEL_GIF
 
 OUTAGE_SECONDS = 30.0
+#: The dashboard's 503 page, in either language (the org's locale decides).
+_UNAVAILABLE = ("The database cannot be reached.", "データベースに接続できません。")
 
 
 # -- the pure parts -----------------------------------------------------------------------
@@ -161,6 +164,8 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         org = gate.org("outage", plan="standard")
         user = gate.user(org, "rep@example.org", name="Rep")
         send = make_send(gate, org, user)
+        unseen = make_send(gate, org, user)  # nobody clicks it before the outage
+        with_password(gate, user)
     finally:
         gate.stop()
     mailgate = ServeProcess(
@@ -171,9 +176,11 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
     ).start()
     pixel = re.search(r"/t/o/([A-Za-z0-9_-]+)", send["html"]).group(1)
     click = re.search(r"/t/c/([A-Za-z0-9_-]+)", send["html"]).group(1)
+    unseen_click = re.search(r"/t/c/([A-Za-z0-9_-]+)", unseen["html"]).group(1)
     headers = {"Authorization": f"Bearer {user['api_token']}", "Connection": "close"}
     api = httpx.Client(base_url=mailgate.http_url, headers=headers, timeout=30)
     sender, dropbox = user["email"], user["dropbox_address"]
+    dashboard = None
     try:
         lead = api.post(
             "/api/v1/leads", json={"last_name": "山田", "email": "customer@client.example.jp"}
@@ -185,6 +192,8 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
             "text": "x",
         }
         assert smtp_reply(mailgate.smtp_port, sender, dropbox, "before") == 250
+        dashboard = login(mailgate, user)  # type: ignore[arg-type] - it needs only http_url
+        assert dashboard.get("/").status_code == 200
         # A click before the outage: this process has now seen the send's links.
         first = api.get(f"/t/c/{click}")
         assert first.status_code == 302 and first.headers["location"] in send["links"]
@@ -195,6 +204,7 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         api_answers: list[tuple[int, str | None, str]] = []
         pixels: list[tuple[int, bytes]] = []
         clicks: list[tuple[int, str]] = []
+        pages: list[tuple[int, str | None, bool]] = []
 
         def api_call(i: int) -> tuple[int, str | None, str]:
             r = api.post("/api/v1/emails", json=to_lead) if i % 4 == 0 else api.get("/api/v1/leads")
@@ -211,12 +221,24 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
                 pixels.append((r.status_code, r.content))
                 r = api.get(f"/t/c/{click}")
                 clicks.append((r.status_code, r.headers.get("location", "")))
+                r = dashboard.get("/")
+                pages.append(
+                    (
+                        r.status_code,
+                        r.headers.get("retry-after"),
+                        any(t in r.text for t in _UNAVAILABLE),
+                    )
+                )
                 time.sleep(0.5)
 
         assert smtp_codes and set(smtp_codes) == {451}, smtp_codes
         assert {a for a in api_answers} == {(503, "5", "storage_unavailable")}, set(api_answers)
         assert set(pixels) == {(200, PIXEL_GIF)}
         assert set(clicks) == {(302, first.headers["location"])}
+        assert set(pages) == {(503, "5", True)}  # the dashboard's page, same rule
+        # A click whose links this process never looked up cannot be resolved: 503, not 404.
+        r = api.get(f"/t/c/{unseen_click}")
+        assert (r.status_code, r.headers.get("retry-after")) == (503, "5"), r.text
 
         cluster.start()
         wait_until(lambda: api.get("/api/v1/leads").status_code == 200, timeout=20)
@@ -226,6 +248,7 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         )
         assert api.post("/api/v1/emails", json=to_lead).status_code == 202
         hits = 1 + len(pixels) + len(clicks)
+        assert dashboard.get("/").status_code == 200
         wait_until(lambda: _count_hits(cluster.url, send["id"]) == hits, timeout=20, interval=0.5)
         wait_until(
             lambda: len(api.get(f"/api/v1/leads/{lead.json()['id']}/emails").json()["items"]) >= 2,
@@ -235,7 +258,7 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         code, _ = mailgate.terminate()
         log = mailgate.log()
         assert code == 0, log
-        requests = len(api_answers) + len(smtp_codes) + len(clicks)
+        requests = len(api_answers) + len(smtp_codes) + len(pages)
         assert log.count("storage unavailable (first seen") == 1, log
         assert log.count("storage recovered after") == 1, log
         assert "requests were refused meanwhile" in log
@@ -244,4 +267,6 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         assert len(log.splitlines()) < 40 < requests, log
     finally:
         api.close()
+        if dashboard is not None:
+            dashboard.close()
         mailgate.kill()
