@@ -44,7 +44,6 @@ class ServeProcess:
             "MAILGATE_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
             "MAILGATE_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
             "MAILGATE_PUBLIC_URL": f"http://127.0.0.1:{self.http_port}",
-            "MAILGATE_EVENT_LOOP": "asyncio",
         }
         self.env.update({f"MAILGATE_{k.upper()}": v for k, v in settings.items()})
         self.args = [*LAUNCH, "serve", *(["--only", roles] if roles else [])]
