@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import re
 import smtplib
 import time
@@ -27,8 +28,11 @@ import httpx
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import func, select
+from starlette.applications import Starlette
+from starlette.routing import Route
 
-from gateway.outage import OutageLog, Outcome, is_storage_outage
+from gateway.http.errors import STORAGE_HANDLERS, on_unexpected
+from gateway.outage import STORAGE, OutageLog, Outcome, is_storage_outage
 from storage.db import Database, StorageUnavailable
 from storage.schema_tracking import tracking_hits, tracking_inbox
 from tests.support import pg_cluster
@@ -103,6 +107,45 @@ def test_asyncpg_shutdown_errors_are_outages():
 )
 def test_bugs_and_refusals_are_not_outages(exc):
     assert not is_storage_outage(exc)
+
+
+def _app_raising(exc: BaseException) -> Starlette:
+    """An app with the API's exception handlers whose one route raises ``exc``."""
+
+    async def fail(request):
+        raise exc
+
+    handlers = {**STORAGE_HANDLERS, Exception: on_unexpected}
+    return Starlette(routes=[Route("/", fail)], exception_handlers=handlers)
+
+
+async def _get(app: Starlette, times: int = 1) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return [await client.get("/") for _ in range(times)]
+
+
+def test_api_answers_an_outage_503_with_retry_after_and_logs_it_once(caplog, monkeypatch):
+    monkeypatch.setattr(STORAGE, "state", OutageLog())
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed")
+    with caplog.at_level(logging.WARNING):
+        answers = asyncio.run(_get(_app_raising(_sa(refused)), times=200))
+        STORAGE.succeeded()  # the next request that reaches storage
+        STORAGE.succeeded()
+    assert {(r.status_code, r.headers.get("retry-after")) for r in answers} == {(503, "5")}
+    assert answers[0].json()["error"]["code"] == "storage_unavailable"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("storage unavailable (first seen by http)")
+    assert "recovered" in messages[1] and "200 requests were refused" in messages[1]
+
+
+def test_api_still_answers_500_for_a_database_error_that_is_no_outage(monkeypatch):
+    monkeypatch.setattr(STORAGE, "state", OutageLog())
+    clash = _sa(Exception("duplicate key value"), sqlalchemy.exc.IntegrityError)
+    [answer] = asyncio.run(_get(_app_raising(clash)))
+    assert answer.status_code == 500 and answer.json()["error"]["code"] == "internal"
+    assert not STORAGE.down
 
 
 # -- the fault -----------------------------------------------------------------------------
