@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     #: Leads/contacts one filed message may be linked to or create; past it the addresses
     #: stay on the message unlinked (a 100,000-address To: must not stall every org).
     max_records_per_message: int = Field(default=200, ge=1, le=100_000)
-    #: On SIGTERM/SIGINT: seconds each runner may take to finish its round before it is cut.
+    #: On SIGTERM/SIGINT: seconds the whole stop may take (listeners answer what is open, then
+    #: runners finish their round or hand back their claims) before what is left is cut.
     stop_deadline: float = Field(default=10.0, ge=0)
     #: Optional DKIM signing of outbound mail (all three must be set).
     dkim_selector: str = ""

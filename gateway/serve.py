@@ -4,8 +4,8 @@ A role is a listener (the SMTP receiver, the HTTP server) and/or runners
 (:mod:`gateway.runner`) named in the table and built by
 :mod:`gateway.services`.  Every role runs in one event loop by default;
 ``--only`` picks a subset so roles can be split across processes and machines
-sharing one PostgreSQL.  SIGTERM/SIGINT stop accepting first, then stop every
-runner within ``MAILGATE_STOP_DEADLINE``.
+sharing one PostgreSQL.  SIGTERM/SIGINT stop accepting first, answer what is
+open, then stop every runner, all within ``MAILGATE_STOP_DEADLINE``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,9 +64,9 @@ async def listen_smtp(services: Services, running: Running) -> StopListening:
     running.smtp_port = server.sockets[0].getsockname()[1]
 
     async def stop(deadline: float) -> None:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), deadline)
+        # Refuse new connections; every open session is answered (its DATA finishes, then
+        # 421) while the spool writer still runs: runners stop only after the listeners.
+        await server.stop(deadline)
 
     return stop
 
@@ -189,10 +190,11 @@ async def run(
 ) -> None:
     """Serve until cancelled or ``Running.stopped`` is set; ``started`` receives the handle.
 
-    Shutting down: the listeners stop accepting (requests and sessions in
-    progress finish), then every runner is stopped — each may finish its round
-    within ``MAILGATE_STOP_DEADLINE`` seconds and hands back what it holds —
-    then the database is closed.
+    Shutting down (:func:`stop_within`, all within ``MAILGATE_STOP_DEADLINE``):
+    the listeners stop accepting (SMTP sessions in progress finish their
+    command and get ``421``, HTTP requests in progress finish), then every
+    runner is stopped — each may finish its round in what is left of the
+    deadline and hands back what it holds — then the database is closed.
     """
     # aiosqlite runs SQLite in a thread; with the default 5 ms GIL switch interval every
     # query waited behind the busy event loop (measured: 3 trivial queries took 12-19 ms).
@@ -214,9 +216,25 @@ async def run(
             started.set_result(running)
         await running.stopped.wait()
     finally:
-        deadline = settings.stop_deadline
-        await asyncio.gather(*(stop(deadline) for stop in listening), return_exceptions=True)
-        await services.stop(deadline)
+        await stop_within(settings.stop_deadline, listening, services)
+
+
+#: However long the listeners took, the runners get at least this to hand back their claims.
+MIN_RUNNER_STOP = 1.0
+
+
+async def stop_within(deadline: float, listening: list[StopListening], services: Services) -> None:
+    """Stop in order, within one ``deadline`` for the whole process.
+
+    The listeners first (SMTP sessions answered, HTTP requests finished), while
+    the spool writer and the database still serve their last transactions;
+    then the runners, with what is left of the deadline (at least
+    :data:`MIN_RUNNER_STOP`), which finish their round or hand back their
+    claims; then the database.
+    """
+    stop_by = time.monotonic() + deadline
+    await asyncio.gather(*(stop(deadline) for stop in listening), return_exceptions=True)
+    await services.stop(max(MIN_RUNNER_STOP, stop_by - time.monotonic()))
 
 
 async def run_until_signal(settings: Settings, roles: set[str], on_start) -> None:

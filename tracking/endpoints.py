@@ -6,17 +6,26 @@ token whose link index the send does not have — answers 404 and records
 nothing.  The open pixel never touches the database on the request path;
 the click needs the send's stored links (the only places it will ever
 redirect to), and unsubscribing is a rare, synchronous write.
+
+While storage is away (:mod:`gateway.outage`) the pixel is answered as ever
+(its hit waits in the recorder's memory), and a click still redirects when
+this process has looked up that send's links before: links never change once
+a send has gone out, so the last :data:`LINK_CACHE_SENDS` sends' links are
+kept.  A click on a send not among them answers a ``503`` page with
+``Retry-After`` (there is no safe target to guess).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.outage import RETRY_AFTER_SECONDS, STORAGE, is_storage_outage
 from storage import tracking_store
 from storage.db import Database
 from tracking.links import safe_redirect_target
@@ -37,6 +46,8 @@ __all__ = ["Tracking", "routes"]
 
 _NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 _MAX_UNSUBSCRIBE_BODY = 4096
+#: How many sends' links a process keeps for clicks during a storage outage (~100 B each).
+LINK_CACHE_SENDS = 100_000
 
 
 class Tracking:
@@ -49,6 +60,34 @@ class Tracking:
         self.signer = signer
         self.recorder = recorder
         self.public_url = public_url.rstrip("/")
+        self._links: OrderedDict[int, list[str]] = OrderedDict()
+
+    async def links(self, send_id: int) -> list[str] | None:
+        """The send's stored links (None: no such send), from the cache during an outage.
+
+        Raises the storage error when storage is away and the send is not cached.
+        """
+        try:
+            async with self.db.connect() as conn:
+                send = await tracking_store.send_for_link(conn, send_id)
+        except Exception as exc:
+            if not is_storage_outage(exc):
+                raise
+            STORAGE.failed(exc, "tracking")
+            cached = self._links.get(send_id)
+            if cached is None:
+                raise
+            return cached
+        STORAGE.succeeded()
+        if send is None:
+            self._links.pop(send_id, None)
+            return None
+        links = list(send.get("links") or [])
+        self._links[send_id] = links
+        self._links.move_to_end(send_id)
+        if len(self._links) > LINK_CACHE_SENDS:
+            self._links.popitem(last=False)
+        return links
 
 
 def _client(request: Request) -> tuple[str, str]:
@@ -128,13 +167,28 @@ def _not_found(request: Request) -> Response:
     return HTMLResponse(render_invalid_page(lang), status_code=404, headers=PAGE_HEADERS)
 
 
+def _unavailable(request: Request) -> Response:
+    """A click we cannot resolve while storage is away: try again shortly."""
+    ja = pick_lang(request.headers.get("accept-language")) == "ja"
+    text = _UNAVAILABLE_JA if ja else _UNAVAILABLE_EN
+    headers = {**_NO_STORE, "Retry-After": str(RETRY_AFTER_SECONDS)}
+    return PlainTextResponse(text, status_code=503, headers=headers)
+
+
+_UNAVAILABLE_EN = "This link is unavailable for a moment. Please try again in a few seconds.\n"
+_UNAVAILABLE_JA = "このリンクは一時的に利用できません。数秒後にもう一度お試しください。\n"
+
+
 async def click(tracking: Tracking, request: Request) -> Response:
     parsed = tracking.signer.verify(request.path_params["token"], TokenKind.CLICK)
     if parsed is None:
         return _not_found(request)
-    async with tracking.db.connect() as conn:
-        send = await tracking_store.send_for_link(conn, parsed.send_id)
-    links = (send or {}).get("links") or []
+    try:
+        links = await tracking.links(parsed.send_id) or []
+    except Exception as exc:
+        if not is_storage_outage(exc):
+            raise
+        return _unavailable(request)
     index = parsed.link_index
     if index is None or index >= len(links) or not safe_redirect_target(links[index]):
         return _not_found(request)

@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway.clock import Clock, SystemClock
+from gateway.outage import is_storage_outage
 from gateway.runner import LoopRunner
 from storage import tracking_store
 from storage.db import Database
@@ -200,11 +201,18 @@ class HitRecorder(LoopRunner):
     seconds, so a busy endpoint pays one statement per few hundred hits.  A
     write that fails leaves the hits at the front of the queue for the loop's
     back-off; after ``attempts`` failures in a row they are dropped (counted),
-    so storage that is away cannot grow the queue without end.  On stop every
-    pending hit is appended (:meth:`hand_back`): a clean stop loses none.
+    so a batch the database refuses cannot hold up the rest.  A storage outage
+    (:func:`gateway.outage.is_storage_outage`) is not such a failure: the hits
+    wait in memory, up to ``max_pending`` (beyond that new hits are counted in
+    :attr:`dropped` and shed), and are appended when storage is back.  The
+    back-off is capped at ``max_backoff`` (5 s), so they go within seconds of
+    the recovery.  On stop every pending hit is appended (:meth:`hand_back`): a
+    clean stop loses none it can write.
     """
 
     name = "tracking"
+    #: A retry costs one INSERT: after an outage the hits go out within 5 s of the recovery.
+    max_backoff = 5.0
 
     def __init__(
         self,
@@ -283,7 +291,10 @@ class HitRecorder(LoopRunner):
         del self._pending[:n]
         try:
             await self.db.run_write(_append, batch)
-        except Exception:
+        except Exception as exc:
+            if is_storage_outage(exc):  # kept for after the outage, however long it lasts
+                self._pending[:0] = batch
+                raise
             self._failed_writes += 1
             if self._failed_writes >= self.attempts:
                 log.exception("dropping %d tracking hits", len(batch))
@@ -389,7 +400,9 @@ class HitJudge(LoopRunner):
             taken, stored, oldest = await self.db.run_write(
                 judge_inbox, queued_before, self.max_batch, self.public_url, self.rules
             )
-        except Exception:
+        except Exception as exc:
+            if is_storage_outage(exc):  # not the batch's fault: it waits for storage
+                raise
             self._failed_rounds += 1
             if self._failed_rounds >= self.attempts:
                 self._failed_rounds = 0

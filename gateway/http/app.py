@@ -20,7 +20,14 @@ from starlette.routing import Route
 from gateway.clock import Clock
 from gateway.http.campaigns import CampaignsApi
 from gateway.http.emails import EmailsApi
-from gateway.http.errors import JSON, ApiError, on_api_error, on_http_error, on_unexpected
+from gateway.http.errors import (
+    JSON,
+    STORAGE_HANDLERS,
+    ApiError,
+    on_api_error,
+    on_http_error,
+    on_unexpected,
+)
 from gateway.http.events import EventsApi
 from gateway.http.inbox import InboxApi
 from gateway.http.lists import ListsApi
@@ -155,6 +162,7 @@ def create_app(services: Services) -> Starlette:
         exception_handlers={
             ApiError: on_api_error,
             HTTPException: on_http_error,
+            **STORAGE_HANDLERS,  # 503 + Retry-After while storage is away (gateway.outage)
             Exception: on_unexpected,
         },
     )

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.http.auth import authenticate
+from gateway.outage import STORAGE
 from storage.db import Database
 
 
@@ -23,8 +24,14 @@ class Resource:
         self.db = db
 
     async def user(self, request: Request) -> dict[str, Any]:
-        """The caller, from the bearer token (401 without a valid one)."""
-        return await authenticate(self.db, request)
+        """The caller, from the bearer token (401 without a valid one).
+
+        Every authenticated request reads storage here first, so a success here is
+        what ends an outage in the log (:data:`gateway.outage.STORAGE`).
+        """
+        user = await authenticate(self.db, request)
+        STORAGE.succeeded()
+        return user
 
     def routes(self) -> list[Route]:
         raise NotImplementedError

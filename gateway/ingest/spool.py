@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from gateway.outage import is_storage_outage
 from gateway.runner import LoopRunner
 from storage import inbound_store
 from storage.db import Database, StorageUnavailable
@@ -113,7 +114,8 @@ class Spool(LoopRunner):
                 for job in jobs:
                     await self._commit([job])
                 return
-            log.warning("storing mail failed: %s: %s", type(exc).__name__, exc)
+            if not is_storage_outage(exc):  # an outage is logged once, by gateway.outage
+                log.warning("storing mail failed: %s: %s", type(exc).__name__, exc)
             _settle(jobs[0], StorageUnavailable(f"{type(exc).__name__}: {exc}"))
             return
         for job in jobs:

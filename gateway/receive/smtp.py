@@ -20,6 +20,7 @@ From (some relays rewrite it) needs that address added as an allowed sender.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ from gateway.addresses import normalise
 from gateway.ingest.parse import from_addresses
 from gateway.ingest.spool import Spool
 from gateway.metrics import SMTP_REPLIES
+from gateway.outage import STORAGE
 from gateway.runner import Runner
 from storage import orgs
 from storage.db import Database
@@ -68,6 +70,7 @@ S550_UNKNOWN = "550 5.1.1 No such recipient here"
 S550_SENDER = "550 5.7.1 Sender not allowed for this dropbox"
 S552_SIZE = "552 5.3.4 Message too big for this system"
 S250_RCPT = "250 2.1.5 Recipient OK"
+S421_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
 
 
 @dataclass(slots=True)
@@ -107,10 +110,61 @@ class _SMTP(SMTP):
 
     line_length_limit = MAX_LINE_LENGTH
 
+    def __init__(self, *args, sessions: set[_SMTP] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions = sessions if sessions is not None else set()
+        #: True while a command runs (DATA: from the command to its reply, the data included).
+        self.busy = False
+        self._closing = False
+        # Every command runs through _command, so a stop knows who is between commands.
+        self._smtp_methods = {
+            name: self._command(method) for name, method in self._smtp_methods.items()
+        }
+
+    def _command(self, method):
+        @functools.wraps(method)  # keeps aiosmtpd's syntax attributes, which HELP reads
+        async def run(arg):
+            self.busy = True
+            try:
+                await method(arg)
+            finally:
+                self.busy = False
+            if self._closing:  # a stop came during the command: it got its reply, now 421
+                await self.goodbye()
+
+        return run
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        super().connection_made(transport)
+        self._sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._sessions.discard(self)
+        super().connection_lost(error)
+
     async def push(self, status):  # type: ignore[override]
         if isinstance(status, str) and status.startswith("552 Error"):
             status = S552_SIZE
         await super().push(status)
+
+    def shut_down(self) -> None:
+        """The server is stopping: an idle session gets ``421`` now, a busy one after its
+        command's reply (a DATA in progress finishes and gets its ``250``/``451`` first)."""
+        self._closing = True
+        if not self.busy:
+            self._goodbye_now()
+
+    async def goodbye(self) -> None:
+        self._goodbye_now()
+
+    def _goodbye_now(self) -> None:
+        """``421 4.3.2`` and close; written straight to the transport (no drain to wait on)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        answer(S421_SHUTDOWN)  # counted like every reply
+        transport.write(S421_SHUTDOWN.encode() + b"\r\n")
+        transport.close()
 
 
 class DropboxHandler:
@@ -150,8 +204,8 @@ class DropboxHandler:
                 if owner is None or sender not in owner[1]:
                     # Refusals are never answered from the cache: re-read first.
                     owner = await self._owner(token, fresh=True)
-            except Exception:  # noqa: BLE001 - any storage failure is a temporary refusal
-                log.warning("storage unavailable at RCPT")
+            except Exception as exc:  # noqa: BLE001 - any storage failure is a temporary refusal
+                STORAGE.failed(exc, "smtp")  # logged once per outage, not per RCPT
                 return answer(S451_STORAGE)
             if owner is None:
                 return answer(S550_UNKNOWN)
@@ -177,6 +231,7 @@ class DropboxHandler:
         if hit and hit[0] > now and not fresh:
             return hit[1]
         owner = await self.db.run_read(orgs.dropbox_owner, token)
+        STORAGE.succeeded()
         if len(self._owners) > 10_000:
             self._owners.clear()
         self._owners[token] = (now + OWNER_CACHE_SECONDS, owner)
@@ -214,8 +269,9 @@ class DropboxHandler:
         try:
             await self.spool.store(rows)
         except Exception as exc:  # noqa: BLE001 - not stored, whatever the reason: try later
-            log.warning("storing mail failed: %s", type(exc).__name__)
+            STORAGE.failed(exc, "smtp")  # logged once per outage, not per message
             return answer(S451_STORAGE)
+        STORAGE.succeeded()
         if dropboxes and self.ingest is not None:
             self.ingest.wake()
         if bounces and self.wake_bounces is not None:
@@ -276,11 +332,49 @@ def _routes(envelope: Envelope) -> list[Route]:
     return routes
 
 
+class SmtpServer:
+    """The listening SMTP server and its live sessions, so a stop can answer every one."""
+
+    def __init__(self, server: asyncio.base_events.Server, sessions: set[_SMTP]) -> None:
+        self.server, self.sessions = server, sessions
+
+    @property
+    def sockets(self):  # type: ignore[no-untyped-def]
+        return self.server.sockets
+
+    async def stop(self, deadline: float) -> int:
+        """Stop accepting, answer every open session, and close them within ``deadline``.
+
+        New connections are refused at once.  A session between commands gets
+        ``421 4.3.2`` and is closed; one in the middle of a command (a DATA
+        being received or stored) finishes it, gets its ``250`` or ``451``, then
+        the ``421``.  Sessions still busy at the deadline get the ``421`` then
+        (their transaction was not accepted: the client sends it again).
+        Returns how many sessions were cut at the deadline.
+        """
+        self.server.close()
+        for session in list(self.sessions):
+            session.shut_down()
+        give_up = time.monotonic() + deadline
+        while self.sessions and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)
+        cut = list(self.sessions)
+        for session in cut:
+            session._goodbye_now()
+        if cut:
+            log.warning(
+                "stop: %d SMTP sessions still busy after %.1f s got 421", len(cut), deadline
+            )
+        await asyncio.sleep(0)  # let the transports flush their 421 and close
+        return len(cut)
+
+
 async def start_smtp(
     handler: DropboxHandler, host: str, port: int, *, hostname: str, max_size: int
-) -> asyncio.base_events.Server:
+) -> SmtpServer:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
+    sessions: set[_SMTP] = set()
+    server = await loop.create_server(
         lambda: _SMTP(
             handler,
             hostname=hostname,  # never a DNS lookup per connection
@@ -289,8 +383,10 @@ async def start_smtp(
             enable_SMTPUTF8=True,
             decode_data=False,
             timeout=300,
+            sessions=sessions,
         ),
         host=host,
         port=port,
         reuse_port=True,  # several SMTP worker processes may share the port
     )
+    return SmtpServer(server, sessions)

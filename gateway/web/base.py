@@ -20,13 +20,13 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.clock import Clock
 from gateway.http.jsonutil import positive_id
+from gateway.outage import RETRY_AFTER_SECONDS, STORAGE, is_storage_outage
 from gateway.web import i18n, security
 from gateway.web.nav import NAV
 from storage import orgs, web
@@ -105,6 +105,7 @@ class WebResource:
         async with self.db.connect() as conn:
             user = await web.session_user(conn, token, self.clock.now())
             org = await orgs.get_org(conn, user["org_id"]) if user else None
+        STORAGE.succeeded()  # storage answered: ends an outage in the log
         if user is None or org is None:
             raise LoginRequired
         csrf = user.pop("csrf")
@@ -188,11 +189,14 @@ def page_handler(fn: Handler) -> Handler:
             return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
         except PageError as exc:
             return self.render(request, "error.html", status=exc.status, message_key=exc.key)
-        except (OperationalError, DBAPIError, OSError):
+        except Exception as exc:
+            if not is_storage_outage(exc):  # the API's rule (gateway.outage), not a copy
+                raise
+            STORAGE.failed(exc, "dashboard")
             response = self.render(
                 request, "error.html", status=503, message_key="error.unavailable"
             )
-            response.headers["Retry-After"] = "5"
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
 
     return wrapped
