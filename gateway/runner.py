@@ -33,6 +33,8 @@ import logging
 import time
 from typing import Protocol, runtime_checkable
 
+from gateway.outage import is_storage_outage
+
 log = logging.getLogger("mailgate.runner")
 
 
@@ -60,7 +62,9 @@ class LoopRunner:
     connections, :meth:`hand_back` and :meth:`close`).  After a round that
     handled nothing the loop sleeps until woken or ``poll_interval`` passes;
     after a round that failed it backs off (0.5 s doubling to 30 s) and logs the
-    failure once, not once per round, until a round succeeds again.
+    failure once, not once per round, until a round succeeds again.  While the
+    failure is storage being away the back-off stops at ``max_outage_backoff``,
+    so work resumes within seconds of the database coming back.
     """
 
     name = "runner"
@@ -68,6 +72,9 @@ class LoopRunner:
     #: The first wait after a failed round; it doubles per failure up to ``max_backoff``.
     backoff: float = 0.5
     max_backoff: float = 30.0
+    #: The cap while storage itself is away: reconnecting is cheap, and a runner that waited
+    #: out 30 s would leave mail unfiled and sends unsent that long after the database is back.
+    max_outage_backoff: float = 5.0
 
     def __init__(self, *, poll_interval: float | None = None) -> None:
         if poll_interval is not None:
@@ -185,7 +192,8 @@ class LoopRunner:
                 if self._failures == 1:
                     log.error("%s: round failed: %s: %s", self.name, type(exc).__name__, exc)
                     log.debug("%s: failure detail", self.name, exc_info=True)
-                await self._idle(min(self.max_backoff, self.backoff * 2 ** (self._failures - 1)))
+                cap = self.max_outage_backoff if is_storage_outage(exc) else self.max_backoff
+                await self._idle(min(cap, self.backoff * 2 ** (self._failures - 1)))
                 continue
             if self._failures:
                 log.warning("%s: recovered after %d failed rounds", self.name, self._failures)

@@ -113,6 +113,23 @@ async def test_a_failing_round_backs_off_and_is_logged_once_per_outage(caplog):
     ]
 
 
+async def test_a_storage_outage_backs_off_no_longer_than_the_outage_cap():
+    """A runner retries a lost database every few seconds, not every 30: work resumes soon."""
+    down = ConnectionRefusedError("database away")  # a storage outage
+    bug = ValueError("a bug")  # not one: the full back-off
+    outage = Scripted([down] * 6 + [0], poll_interval=0.01)
+    broken = Scripted([bug] * 6 + [0], poll_interval=0.01)
+    for runner in (outage, broken):
+        runner.backoff, runner.max_outage_backoff, runner.max_backoff = 0.02, 0.05, 10.0
+        await runner.start()
+    await until(lambda: len(outage.rounds) >= 7, timeout=2.0)
+    await outage.stop(1.0)
+    await broken.stop(0.1)
+    gaps = [b - a for a, b in zip(outage.rounds, outage.rounds[1:], strict=False)]
+    assert max(gaps) < 0.5  # capped at 0.05 s (0.02, 0.04, then 0.05 each)
+    assert len(broken.rounds) < 7  # 0.02 doubling: 1.26 s before its 7th round
+
+
 async def test_a_runner_is_unhealthy_while_rounds_fail():
     runner = Scripted([ConnectionError("away")] * 50, poll_interval=0.01)
     runner.backoff = 0.01
