@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable
 
 import pytest
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, create_engine, func, select, text
 
 from gateway.clock import SystemClock
 from gateway.org import admin
@@ -54,12 +54,15 @@ class Recording(Consumer):
         self.name = name
         self.poison: set[int] = set()
         self.outage: set[int] = set()
+        self.busy: set[int] = set()
 
     def apply_batch(self, conn: Connection, batch: Iterable[Event]) -> list[NewEvent]:
         caused = []
         for event in batch:
             if event.id in self.outage:
                 lose_storage(conn)
+            if event.id in self.busy:
+                contend(conn)
             if event.id in self.poison:
                 raise ValueError(f"cannot apply event {event.id}: lead has no owner")
             conn.execute(
@@ -86,6 +89,25 @@ def lose_storage(conn: Connection) -> None:
         )
     finally:
         conn.exec_driver_sql("PRAGMA query_only = OFF")
+
+
+def contend(conn: Connection) -> None:
+    """The database is busy, not broken: PostgreSQL reports a deadlock (SQLSTATE 40P01),
+    SQLite's lock is held (here by this round, against a second writer that does not wait)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' "
+            "USING ERRCODE = 'deadlock_detected'; END $$"
+        )
+        return
+    other = create_engine(f"sqlite:///{conn.engine.url.database}", connect_args={"timeout": 0})
+    try:
+        with other.begin() as second:
+            second.execute(
+                text(f"INSERT INTO {APPLIED} (consumer, event_id) VALUES ('y', -2)")  # noqa: S608
+            )
+    finally:
+        other.dispose()
 
 
 @pytest.fixture
@@ -254,6 +276,24 @@ async def test_an_outage_parks_nothing_and_the_events_are_applied_after_it(db):
     assert await consumer.run_once() == 5
     assert await applied(db, consumer.name) == ids
     assert await parked_rows(db, consumer.name) == []
+
+
+async def test_a_busy_database_is_retried_as_an_outage_and_parks_nothing(db):
+    org = await new_org(db)
+    consumer = await recording(db)
+    ids = await leads_created(db, org, 3)
+    consumer.busy = {ids[1]}
+
+    for _ in range(consumer.max_attempts + 1):
+        with pytest.raises(Exception) as busy:  # noqa: PT011 - each engine words it its way
+            await consumer.run_once()
+        assert not isinstance(busy.value, EventFailed)
+    assert await parked_rows(db, consumer.name) == []
+    assert await applied(db, consumer.name) == []
+
+    consumer.busy = set()
+    assert await consumer.run_once() == 3
+    assert await applied(db, consumer.name) == ids
 
 
 async def test_two_poison_events_in_one_batch_are_parked_apart(db):
