@@ -474,3 +474,40 @@ def test_an_error_names_the_driver_error_bounded_without_statement_or_password()
         "RuntimeError: to postgresql://mg:***@db/x"
     )
     assert len(error_text(RuntimeError("x" * 5000))) == 500
+
+
+async def test_an_operator_sees_lag_lists_replays_and_skips_from_the_command_line(db, tmp_path):
+    from tests.test_cli import Mailgate
+
+    org = await new_org(db)
+    consumer = SuppressionConsumer(db, SystemClock())
+    await consumer.drain()
+    await db.run_write(freeze, "cli-frozen@example.jp")
+    try:
+        ids = await append(
+            db, [bounce(org, "cli-frozen@example.jp"), NewEvent(org, EventType.EMAIL_BOUNCED, {})]
+        )
+        await until_parked(consumer, 5)
+    finally:
+        await db.run_write(thaw)
+    mailgate = Mailgate(db.url, tmp_path)
+
+    listed = mailgate("consumer", "parked", "--consumer", "suppression", "--json").json()
+    mine = {p["event_id"]: p for p in listed if p["org_id"] == org}
+    assert set(mine) == set(ids)
+    assert mine[ids[1]]["error"] == "KeyError: 'type'"
+    human = mailgate("consumer", "parked")
+    assert human.code == 0 and f"event {ids[0]} email.bounced org {org}" in human.stdout
+    lag = {r["consumer"]: r for r in mailgate("consumer", "lag", "--json").json()}
+    assert lag["suppression"]["parked"] >= 2
+    assert lag["suppression"]["lag"] == lag["suppression"]["head"] - lag["suppression"]["position"]
+
+    replayed = mailgate("consumer", "replay", str(mine[ids[0]]["id"])).json()
+    assert replayed["resolution"] == "replayed"
+    assert await suppressed(db, org) == {"cli-frozen@example.jp": "hard_bounce"}
+    again = mailgate("consumer", "replay", str(mine[ids[0]]["id"])).error_line()
+    assert again == f"error: parked event {mine[ids[0]]['id']} was replayed already"
+
+    still = mailgate("consumer", "replay", str(mine[ids[1]]["id"])).error_line()
+    assert "failed again: KeyError: 'type'" in still  # the data is bad: it stays parked
+    assert mailgate("consumer", "skip", str(mine[ids[1]]["id"])).json()["resolution"] == "skipped"
