@@ -428,7 +428,7 @@ class SyncsApi(Resource):
         limit = int_param(request, "limit", 100, lo=1, hi=1000)
         after = int_param(request, "cursor", 0, lo=0, hi=MAX_INT)
         everything = request.query_params.get("all") in ("1", "true")
-        consumer = request.query_params.get("consumer") or None
+        consumer = (request.query_params.get("consumer") or "")[:100] or None  # a column's width
 
         def go(conn: Connection) -> list[dict[str, Any]]:
             return parked_store.listing(
