@@ -11,6 +11,7 @@ an operator then drops, and replays).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 
@@ -307,6 +308,25 @@ async def test_two_poison_events_in_one_batch_are_parked_apart(db):
     assert await applied(db, consumer.name) == [ids[0], ids[2], ids[3], ids[5]]
     assert [r["event_id"] for r in await parked_rows(db, consumer.name)] == [ids[1], ids[4]]
     assert await offset(db, consumer.name) >= ids[-1]  # past it (and the events caused)
+
+
+async def test_two_copies_park_a_poison_event_once_and_apply_every_other_event_once(db):
+    org = await new_org(db)
+    one = await recording(db)
+    two = Recording(db, one.name, batch=4)
+    ids = await leads_created(db, org, 12)
+    for copy in (one, two):
+        copy.poison = {ids[5]}
+
+    async def rounds(copy: Recording) -> None:
+        await until_parked(copy, 8)
+
+    await asyncio.gather(rounds(one), rounds(two))
+
+    # An event applied twice would violate the table's key, fail, and be parked too.
+    assert [r["event_id"] for r in await parked_rows(db, one.name)] == [ids[5]]
+    assert await applied(db, one.name) == [i for i in ids if i != ids[5]]
+    assert await offset(db, one.name) >= ids[-1]
 
 
 async def test_replay_after_the_fix_applies_the_event_once_and_marks_it_replayed(db):
