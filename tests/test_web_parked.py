@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from contextlib import closing
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,9 +21,12 @@ from sqlalchemy import Connection, select
 
 from storage import events
 from storage.schema import parked_events
+from tests.support.browser import chromium_browser
 from tests.support.server import MailgateServer, wait_until
-from tests.support.web import csrf_of, login, new_member
+from tests.support.web import csrf_of, login, login_in_browser, new_member
 from tests.test_parked_events import bounce, freeze, suppressed, thaw
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +176,26 @@ def test_the_syncs_page_shows_parked_events_and_replays_one_with_the_csrf_token(
         assert confirmed.headers["location"] == f"/syncs?done=skipped#parked-{skip_me['id']}"
         assert f'data-parked="{skip_me["id"]}"' not in web.get("/syncs").text
     assert not is_suppressed(gate, org, skip_me["email"])
+
+
+def test_an_admin_replays_a_parked_event_with_the_pages_button_in_chromium(gate):
+    org, admin_user = new_member(gate)
+    row = park_one(gate, org)
+    with chromium_browser() as browser:
+        page = browser.new_page(locale="en-US")
+        login_in_browser(page, gate, admin_user)
+        page.goto(gate.http_url + "/syncs?lang=en")
+        parked = page.locator(f"tr[data-parked='{row['id']}']")
+        assert "email.bounced" in parked.inner_text()
+        assert "frozen" in parked.locator("td.error-text").inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "syncs_parked.png"), full_page=True)
+
+        parked.locator("button[value=replay]").click()
+        page.wait_for_url(f"{gate.http_url}/syncs?done=replayed#parked-{row['id']}")
+
+        assert page.locator("p.notice").inner_text() == (
+            "The event was applied; it is no longer parked."
+        )
+        assert page.locator(f"tr[data-parked='{row['id']}']").count() == 0
+    assert is_suppressed(gate, org, row["email"])
