@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.cli.consumers import consumer_app
 from gateway.config import Settings, load_settings
 from gateway.org import admin
 from gateway.org.plans import PLAN_NAMES
@@ -49,6 +50,7 @@ pop_app = typer.Typer(
     no_args_is_help=True, help="Connected POP3 mailboxes (mail stays on the server)."
 )
 app.add_typer(pop_app, name="pop")
+app.add_typer(consumer_app, name="consumer")
 
 _state: dict[str, Any] = {}
 

@@ -1,4 +1,5 @@
-"""CRM → Campaigns syncs over HTTP: configure, pause, resume, resync, and read the history.
+"""CRM → Campaigns syncs over HTTP: configure, pause, resume, resync, and read the history;
+and the events the log's consumers parked (org admins: list, replay, skip).
 
 The API only writes configuration and asks for full runs (``full_requested_at``);
 the ``crm_to_campaigns`` consumer does every run (:mod:`sync.crm_to_campaigns`).
@@ -23,8 +24,18 @@ from gateway.http.auth import int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import MAX_INT, path_id, read_json
 from gateway.http.resource import Resource
+from storage import parked as parked_store
 from storage import syncs as store
 from storage.db import Database
+from sync.consumer import (
+    AlreadyResolved,
+    ParkedError,
+    ParkedNotFound,
+    ReplayFailed,
+    parked_json,
+    replay_parked,
+    skip_parked,
+)
 from sync.mirror import (
     MAX_FIELD_MAP,
     MAX_FILTER,
@@ -235,6 +246,10 @@ class SyncsApi(Resource):
     def routes(self) -> list[Route]:
         s = "/api/v1/syncs"
         return [
+            # Before the ``/{id}`` routes: "parked" is not a sync's id.
+            Route(s + "/parked", self.list_parked, methods=["GET"]),
+            Route(s + "/parked/{id}/replay", self.replay_parked, methods=["POST"]),
+            Route(s + "/parked/{id}/skip", self.skip_parked, methods=["POST"]),
             Route(s, self.create_sync, methods=["POST"]),
             Route(s, self.list_syncs, methods=["GET"]),
             Route(s + "/{id}", self.get_sync, methods=["GET"]),
@@ -398,6 +413,67 @@ class SyncsApi(Resource):
 
         rows = await self.db.run_read(go)
         return JSON(page(rows, limit, skip_json))
+
+    # -- parked events (org admins; their org's events only) ------------------------------
+
+    async def _admin(self, request: Request) -> dict[str, Any]:
+        user = await self.user(request)
+        if not user["is_admin"]:
+            raise ApiError(403, "forbidden", "only an org admin sees and replays parked events")
+        return user
+
+    async def list_parked(self, request: Request) -> Response:
+        """The org's events a consumer parked, oldest first (``?all=true``: resolved too)."""
+        user = await self._admin(request)
+        limit = int_param(request, "limit", 100, lo=1, hi=1000)
+        after = int_param(request, "cursor", 0, lo=0, hi=MAX_INT)
+        everything = request.query_params.get("all") in ("1", "true")
+        consumer = (request.query_params.get("consumer") or "")[:100] or None  # a column's width
+
+        def go(conn: Connection) -> list[dict[str, Any]]:
+            return parked_store.listing(
+                conn,
+                consumer=consumer,
+                org_id=user["org_id"],
+                everything=everything,
+                after=after,
+                limit=limit + 1,
+            )
+
+        rows = await self.db.run_read(go)
+        items = [parked_json(r) for r in rows[:limit]]
+        return JSON({"items": items, "next": rows[limit - 1]["id"] if len(rows) > limit else None})
+
+    async def replay_parked(self, request: Request) -> Response:
+        """Apply the parked event again (200, ``replayed``); 409 ``replay_failed`` if it raises."""
+        user = await self._admin(request)
+        parked_id = path_id(request)
+        try:
+            found = await replay_parked(self.db, self.clock, parked_id, org_id=user["org_id"])
+        except ParkedError as exc:
+            raise parked_error(exc) from None
+        return JSON(found)
+
+    async def skip_parked(self, request: Request) -> Response:
+        """Never apply the parked event (200, ``skipped``)."""
+        user = await self._admin(request)
+        parked_id = path_id(request)
+        try:
+            found = await skip_parked(self.db, self.clock, parked_id, org_id=user["org_id"])
+        except ParkedError as exc:
+            raise parked_error(exc) from None
+        return JSON(found)
+
+
+def parked_error(exc: ParkedError) -> ApiError:
+    """The API's answer to a parked event that cannot be replayed or skipped as asked."""
+    if isinstance(exc, ParkedNotFound):
+        return ApiError(404, "not_found", "no such parked event")
+    if isinstance(exc, AlreadyResolved):
+        return ApiError(409, "parked_resolved", str(exc))
+    if isinstance(exc, ReplayFailed):
+        return ApiError(409, "replay_failed", str(exc))
+    return ApiError(409, "parked_unavailable", str(exc))
 
 
 def skip_json(row: dict[str, Any]) -> dict[str, Any]:

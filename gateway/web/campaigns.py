@@ -6,7 +6,9 @@ Every read and write goes through the same functions as the JSON API
 :mod:`storage.consumers`): a page is scoped to the viewer's org exactly as the API is,
 and another org's campaign or sync is a 404 page.  Lists, campaigns and syncs are
 shared by the org in the API (any user may read and change them), so they are here too;
-consumer lag concerns the whole installation and is shown to admins only.
+consumer lag concerns the whole installation and is shown to admins only.  The events the
+log's consumers parked are shown per org (the viewer's org's only); only admins replay or
+skip one, through the same functions as ``mailgate consumer`` and the API.
 """
 
 from __future__ import annotations
@@ -36,8 +38,17 @@ from gateway.web import i18n
 from gateway.web.base import PageError, WebResource, page_handler, page_id
 from storage import campaigns as campaign_store
 from storage import consumers, events
+from storage import parked as parked_store
 from storage import syncs as sync_store
 from storage.db import Database
+from sync.consumer import (
+    AlreadyResolved,
+    ParkedError,
+    ParkedNotFound,
+    ReplayFailed,
+    replay_parked,
+    skip_parked,
+)
 
 #: Rows per page on these pages (the API's defaults are larger; a page stays readable).
 LISTS_PER_PAGE = 50
@@ -45,6 +56,7 @@ CAMPAIGNS_PER_PAGE = 50
 MEMBERS_PER_PAGE = 50
 RUNS_PER_PAGE = 20
 SKIPS_PER_PAGE = 100
+PARKED_PER_PAGE = 100
 
 
 def _cursor(request: Request, name: str, default: int = 0) -> int:
@@ -94,6 +106,8 @@ class CampaignPages(WebResource):
             Route("/syncs/{id}", self.sync, methods=["GET"]),
             Route("/syncs/{id}/pause", self.pause, methods=["POST"]),
             Route("/syncs/{id}/resume", self.resume, methods=["POST"]),
+            Route("/syncs/parked/{id}/replay", self.replay_parked, methods=["POST"]),
+            Route("/syncs/parked/{id}/skip", self.skip_parked, methods=["POST"]),
         ]
 
     # -- lists and campaigns ---------------------------------------------------------------
@@ -197,14 +211,18 @@ class CampaignPages(WebResource):
                     for r in rows
                 ],
                 "lag": consumer_lag(conn) if viewer.is_admin else None,
+                "parked": parked_store.listing(conn, org_id=org_id, limit=PARKED_PER_PAGE + 1),
             }
 
         found = await self.db.run_read(read)
+        parked, more_parked = _paged(found.pop("parked"), PARKED_PER_PAGE)
         return self.render(
             request,
             "campaigns_syncs.html",
             viewer,
             notice=request.query_params.get("done"),
+            parked=parked,
+            more_parked=more_parked is not None,
             **found,
         )
 
@@ -282,3 +300,33 @@ class CampaignPages(WebResource):
     @page_handler
     async def resume(self, request: Request) -> Response:
         return await self._change(request, "resume")
+
+    # -- parked events (org admins act; their org's events only) ------------------------------
+
+    async def _resolve_parked(self, request: Request, action: str) -> Response:
+        viewer = await self.admin(request)
+        parked_id = page_id(request)
+        form = await self.form(request, viewer)
+        if action == "skip" and form.get("confirm") != "yes":
+            raise PageError(422, "syncs.parked.error.confirm")
+        act = replay_parked if action == "replay" else skip_parked
+        done = "replayed" if action == "replay" else "skipped"
+        try:
+            await act(self.db, self.clock, parked_id, org_id=viewer.org["id"])
+        except ParkedNotFound:
+            raise PageError(404, "error.not_found") from None
+        except AlreadyResolved:
+            done = "resolved_already"
+        except ReplayFailed:
+            done = "replay_failed"  # the row shows the new error
+        except ParkedError:
+            raise PageError(409, "syncs.parked.error.unavailable") from None
+        return RedirectResponse(f"/syncs?done={done}#parked-{parked_id}", status_code=303)
+
+    @page_handler
+    async def replay_parked(self, request: Request) -> Response:
+        return await self._resolve_parked(request, "replay")
+
+    @page_handler
+    async def skip_parked(self, request: Request) -> Response:
+        return await self._resolve_parked(request, "skip")

@@ -129,8 +129,8 @@ EN = {
     "syncs.lag": "Consumer lag",
     "syncs.lag.help": (
         "Each consumer of the event log, where it stands and how many events it has still "
-        "to read. A lag that stays above zero means a consumer is stalled on an event "
-        "(see the server log)."
+        "to read. A lag that stays above zero means a consumer is retrying an event "
+        "(see the server log); after 3 attempts it parks the event and goes on."
     ),
     "syncs.lag.last_id": "Last event in the log: {id}",
     "syncs.lag.consumer": "Consumer",
@@ -141,6 +141,32 @@ EN = {
     "syncs.lag.consumer.crm_to_campaigns": "CRM to Campaigns",
     "syncs.lag.consumer.campaigns_to_crm": "Campaigns to CRM",
     "syncs.lag.consumer.webhooks": "Webhooks",
+    "syncs.parked": "Parked events",
+    "syncs.parked.help": (
+        "Events of your organization that a consumer could not apply after 3 attempts. "
+        "It set each one aside with its error and went on with the rest. Replay one once "
+        "the cause is fixed, or skip it: it is then never applied."
+    ),
+    "syncs.parked.none": "No parked events.",
+    "syncs.parked.more": "Only the oldest 100 are shown; see mailgate consumer parked.",
+    "syncs.parked.consumer": "Consumer",
+    "syncs.parked.event": "Event",
+    "syncs.parked.type": "Type",
+    "syncs.parked.error": "Error",
+    "syncs.parked.attempts": "Attempts",
+    "syncs.parked.at": "Parked",
+    "syncs.parked.replay": "Replay",
+    "syncs.parked.skip": "Skip",
+    "syncs.parked.skip_confirm": "Never apply this event",
+    "syncs.parked.admin_only": "Only an admin can replay or skip.",
+    "syncs.parked.error.confirm": "Tick the box to skip the event.",
+    "syncs.parked.error.unavailable": "This event cannot be replayed here; ask an operator.",
+    "syncs.done.replayed": "The event was applied; it is no longer parked.",
+    "syncs.done.skipped": "The event was skipped; it will not be applied.",
+    "syncs.done.replay_failed": (
+        "The replay failed again; the event stays parked with its new error."
+    ),
+    "syncs.done.resolved_already": "Somebody replayed or skipped this event already.",
 }
 
 JA = {
@@ -272,7 +298,8 @@ JA = {
     "syncs.lag": "コンシューマーの遅延",
     "syncs.lag.help": (
         "イベントログの各コンシューマーの位置と、まだ読んでいないイベント数です。"
-        "遅延が0に戻らない場合は、コンシューマーがあるイベントで止まっています（サーバーのログを確認してください）。"
+        "遅延が0に戻らない場合は、コンシューマーがあるイベントを再試行しています（サーバーのログを確認してください）。"
+        "3回失敗したイベントは保留され、処理は先に進みます。"
     ),
     "syncs.lag.last_id": "ログの最新イベント: {id}",
     "syncs.lag.consumer": "コンシューマー",
@@ -283,4 +310,34 @@ JA = {
     "syncs.lag.consumer.crm_to_campaigns": "CRM → キャンペーン",
     "syncs.lag.consumer.campaigns_to_crm": "キャンペーン → CRM",
     "syncs.lag.consumer.webhooks": "Webhook",
+    "syncs.parked": "保留中のイベント",
+    "syncs.parked.help": (
+        "コンシューマーが3回試しても適用できなかった、この組織のイベントです。"
+        "エラーとともに保留され、残りのイベントの処理は続いています。"
+        "原因を直してから再実行するか、スキップしてください（スキップしたイベントは適用されません）。"
+    ),
+    "syncs.parked.none": "保留中のイベントはありません。",
+    "syncs.parked.more": (
+        "古い順に100件のみ表示しています。mailgate consumer parked で確認してください。"
+    ),
+    "syncs.parked.consumer": "コンシューマー",
+    "syncs.parked.event": "イベント",
+    "syncs.parked.type": "種類",
+    "syncs.parked.error": "エラー",
+    "syncs.parked.attempts": "試行回数",
+    "syncs.parked.at": "保留日時",
+    "syncs.parked.replay": "再実行",
+    "syncs.parked.skip": "スキップ",
+    "syncs.parked.skip_confirm": "このイベントを適用しない",
+    "syncs.parked.admin_only": "再実行とスキップは管理者のみ行えます。",
+    "syncs.parked.error.confirm": "スキップするにはチェックボックスをオンにしてください。",
+    "syncs.parked.error.unavailable": (
+        "このイベントはここでは再実行できません。運用担当者に連絡してください。"
+    ),
+    "syncs.done.replayed": "イベントを適用しました。保留は解除されました。",
+    "syncs.done.skipped": "イベントをスキップしました。適用されません。",
+    "syncs.done.replay_failed": (
+        "再実行は再び失敗しました。新しいエラーとともに保留されたままです。"
+    ),
+    "syncs.done.resolved_already": "このイベントは既に再実行またはスキップされています。",
 }
