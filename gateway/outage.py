@@ -70,6 +70,12 @@ _SA_OUTAGES = (
 )
 
 
+#: PostgreSQL SQLSTATE classes that say nothing about the request or the item: connection
+#: exception, transaction rollback (deadlock, serialisation failure: the next try may well
+#: pass), insufficient resources (disk full), operator intervention (shutdown), system error.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+
 class Outcome(enum.Enum):
     """What :class:`OutageLog` says about one storage call."""
 
@@ -103,7 +109,8 @@ def is_storage_outage(exc: BaseException) -> bool:
     """True when ``exc`` (or what it wraps) says storage cannot be reached right now.
 
     Connection refused or lost, the server shutting down or starting, the
-    pool's timeout, :class:`StorageUnavailable`: answered "try again later".
+    pool's timeout, a deadlock or serialisation failure, :class:`StorageUnavailable`:
+    answered "try again later", and a runner's item is not charged for it.
     A constraint violation, a syntax error or a missing row is not one (it
     stays a ``500`` or its own status): retrying would fail the same way.
     """
@@ -111,6 +118,9 @@ def is_storage_outage(exc: BaseException) -> bool:
         if isinstance(current, (StorageUnavailable, *_SA_OUTAGES, *_PG_OUTAGES)):
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
             return True
         if isinstance(current, OSError) and _connect_error(current):
             return True

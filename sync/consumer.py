@@ -43,10 +43,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import StatementError
 
 from gateway.clock import Clock
-from gateway.ingest.pipeline import storage_failure
+from gateway.outage import is_storage_outage
 from gateway.runner import LoopRunner
 from storage import consumers, events, parked
-from storage.db import Database, StorageUnavailable
+from storage.db import Database
 from storage.events import Event, EventType, NewEvent
 from storage.parked import Resolution
 
@@ -74,18 +74,9 @@ def error_text(exc: BaseException) -> str:
     return _CREDENTIALS.sub(r"\1***@", text)[:MAX_ERROR]
 
 
-#: PostgreSQL SQLSTATE classes that say nothing about the event: connection exception,
-#: insufficient resources (disk full), operator intervention (shutdown), system error, and
-#: transaction rollback (deadlock, serialisation failure: the next round may well pass).
-_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
-
-
 def is_outage(exc: BaseException, conn: Connection | None = None) -> bool:
     """The database went away or was busy (not the event's fault): fail the round, park nothing."""
-    if isinstance(exc, (StorageUnavailable, OSError)) or storage_failure(exc):
-        return True
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate[:2] in _TRANSIENT_CLASSES:
+    if is_storage_outage(exc):  # the one rule (gateway.outage): API, SMTP, runners
         return True
     return conn is not None and (conn.invalidated or conn.closed)
 

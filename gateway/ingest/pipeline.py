@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from gateway.ingest.context import Batch, Flow, Outcome
 from gateway.ingest.steps import (
@@ -36,6 +35,7 @@ from gateway.ingest.steps import (
     match_records,
     parse_mail,
 )
+from gateway.outage import is_storage_outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +84,12 @@ class StepFailed(Exception):
         self.reason = f"{type(cause).__name__}: {cause}"
 
 
-def storage_failure(exc: BaseException) -> bool:
-    """The database went away (not this message's fault): the round fails, nobody is charged."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
 def run_steps(conn: Connection | None, batch: Batch, steps: tuple[Step, ...]) -> None:
     for step in steps:
         try:
             flow = step.run(conn, batch)
         except Exception as exc:
-            if storage_failure(exc):
+            if is_storage_outage(exc):  # not this message's fault: the round fails
                 raise
             raise StepFailed(step.name, exc) from exc
         if flow is Flow.DONE:
