@@ -29,11 +29,11 @@ from sqlalchemy import update
 
 from gateway.receive.mailboxes import sharing
 from storage.schema_sending import sends
-from tests.support import smtp_sink
-from tests.support.scripted_relay import Script, ScriptedRelay
-from tests.support.send_peer import delivered, record, relayed, send_state
+from tests.support.scripted_relay import Script
+from tests.support.send_peer import delivered, record, relayed, scripted_relay, send_state
 from tests.support.sends import flush
 from tests.support.server import MailgateServer
+from tests.test_sharing import event_log
 from tests.test_stream import BROWSER_UA, Rep, Stream
 
 EXCLUDED = "private-bank.example.jp"
@@ -45,18 +45,20 @@ SEND_TYPES = {"email.sent", "email.opened", "email.clicked", "email.unsubscribed
 
 @pytest.fixture(scope="module")
 def relay():
-    port = smtp_sink.free_port()
+    """The relay: it takes every message but refuses :data:`REFUSED` at RCPT (a hard bounce)."""
     refusal = f"550 5.1.1 <{REFUSED}>: Recipient address rejected: User unknown"
-    with ScriptedRelay(port, Script(rcpt={REFUSED: refusal})) as script:
-        script.port = port
+    with scripted_relay(Script(rcpt={REFUSED: refusal})) as script:
         yield script
 
 
 @pytest.fixture(scope="module")
 def server(database_url, tmp_path_factory, relay):
+    """mailgate relaying to :func:`relay`, its tracked links pointing at itself."""
     srv = relayed(database_url, tmp_path_factory.mktemp("data"), relay.port).start()
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 @dataclass
@@ -144,19 +146,6 @@ def office(server, relay) -> Office:
         _age(server, ids[name])
         _read(server, ids[name])
     return Office(boss, rep, peer, ids, {f"ceo@{EXCLUDED}", f"cfo@{EXCLUDED}", REFUSED})
-
-
-def event_log(api: httpx.Client) -> list[dict]:
-    """The whole log as this caller may read it, paged by ``next``."""
-    items, after = [], 0
-    while True:
-        r = api.get("/api/v1/events", params={"after": after, "limit": 9})
-        assert r.status_code == 200, r.text
-        page = r.json()
-        items += page["items"]
-        if page["next"] is None:
-            return items
-        after = page["next"]
 
 
 def types_by_send(log: list[dict]) -> dict[int, set[str]]:
