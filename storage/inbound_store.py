@@ -218,16 +218,21 @@ ATTENTION_STATES = ("failed", "refused", "held")
 
 
 def kept_for_org(
-    conn: Connection, org_id: int, *, unowned_bounces: bool, limit: int
+    conn: Connection, org_id: int | None, *, unowned_bounces: bool, limit: int
 ) -> list[dict[str, Any]]:
     """An org's parked mail (failed, refused) and held bounce mail, oldest first; with
-    ``unowned_bounces`` also the held bounce mail no org could be found for (``org_id`` NULL)."""
-    owner = inbound.c.org_id == org_id
+    ``unowned_bounces`` also the held bounce mail no org could be found for (``org_id`` NULL).
+    ``org_id`` None: no org's own rows (an operator who administers none)."""
+    owners = []
+    if org_id is not None:
+        owners.append(inbound.c.org_id == org_id)
     if unowned_bounces:
-        owner = or_(owner, inbound.c.org_id.is_(None) & (inbound.c.channel == "bounce"))
+        owners.append(inbound.c.org_id.is_(None) & (inbound.c.channel == "bounce"))
+    if not owners:
+        return []
     q = (
         select(*LIST_COLUMNS)
-        .where(inbound.c.state.in_(ATTENTION_STATES), owner)
+        .where(inbound.c.state.in_(ATTENTION_STATES), or_(*owners))
         .order_by(inbound.c.id)
         .limit(limit)
     )

@@ -11,7 +11,7 @@ claim the same send; SQLite has one writer and claims in one UPDATE.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -264,3 +264,17 @@ async def reply_target(
     out = dict(row)
     out["records"] = [(m, r) for m, r in (await conn.execute(links)).all()]
     return out
+
+
+async def recipients(
+    conn: AsyncConnection, org_id: int, send_ids: Iterable[int]
+) -> list[dict[str, Any]]:
+    """``id``, ``to_email`` and ``cc_emails`` of the org's sends by id, in one statement:
+    what the excluded-domain sharing rule looks at for a page of events."""
+    wanted = sorted({s for s in send_ids if isinstance(s, int) and not isinstance(s, bool)})
+    if not wanted:
+        return []
+    q = select(sends.c.id, sends.c.to_email, sends.c.cc_emails).where(
+        sends.c.org_id == org_id, sends.c.id.in_(wanted)
+    )
+    return [dict(r) for r in (await conn.execute(q)).mappings()]

@@ -178,6 +178,27 @@ def test_remote_images_are_blocked_unless_asked_and_cid_images_point_at_the_atta
     assert "onerror" not in shown["html"]
 
 
+#: The fields a record's list and the email itself both show, in this order, from one builder.
+HEADER_FIELDS = [
+    "id", "message_id", "subject", "from", "from_name", "to", "cc", "date", "direction",
+    "source", "crm_sent", "shared",
+]  # fmt: skip
+
+
+def test_a_records_list_and_the_email_itself_show_the_same_header_fields(mail):
+    """Malformed corpus mail included: the list and the email cannot tell two stories."""
+    r = get(mail["api"], f"/api/v1/leads/{mail['lead']['id']}/emails", limit="500")
+    listed = r.json()["items"]
+    assert len(listed) == len(set(mail["ids"].values())) >= 3
+    for item in listed:
+        assert list(item)[: len(HEADER_FIELDS)] == HEADER_FIELDS
+        one = get(mail["api"], f"/api/v1/emails/{item['id']}").json()
+        assert list(one)[: len(HEADER_FIELDS)] == HEADER_FIELDS
+        assert {k: one[k] for k in HEADER_FIELDS} == {k: item[k] for k in HEADER_FIELDS}
+    jis = next(e for e in listed if e["id"] == mail["ids"]["お見積り"])
+    assert jis["subject"] == "お見積り" and jis["crm_sent"] is False and jis["shared"] is True
+
+
 def test_an_iso_2022_jp_mail_reads_as_japanese(mail):
     body = get(mail["api"], f"/api/v1/emails/{mail['ids']['お見積り']}").json()
     assert (

@@ -24,7 +24,8 @@ from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id
 from gateway.http.resource import Resource
 from gateway.mailview import html as safe_html
-from gateway.mailview.parts import UNKNOWN_TYPE, MailView, clean_text, view
+from gateway.mailview.fields import header_fields
+from gateway.mailview.parts import UNKNOWN_TYPE, MailView, view
 from gateway.receive.mailboxes import sharing
 from storage import filing, mailboxes
 from storage.db import Database
@@ -148,18 +149,7 @@ class EmailsApi(Resource):
         mail, safe = await read_email(row, images=images)
         return JSON(
             {
-                "id": row["id"],
-                "message_id": row["message_id"],
-                "subject": clean_text(row["subject"]),
-                "from": row["from_addr"],
-                "from_name": clean_text(row["from_name"]),
-                "to": [a["email"] for a in row["to_addrs"]],
-                "cc": [a["email"] for a in row["cc_addrs"]],
-                "date": row["date"],
-                "direction": row["direction"],
-                "source": row["source"],
-                "crm_sent": sharing.is_crm_sent(row["source"]),
-                "shared": row["shared"],
+                **header_fields(row),
                 "records": row["records"],
                 "text": mail.text,
                 "html": safe.html,

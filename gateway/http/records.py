@@ -16,6 +16,7 @@ from gateway.http.auth import int_param, page
 from gateway.http.errors import JSON, ApiError
 from gateway.http.jsonutil import path_id, read_json
 from gateway.http.resource import Resource
+from gateway.mailview.fields import header_fields
 from gateway.receive.mailboxes import sharing
 from gateway.records.changes import changed_fields, deleted_fields
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
@@ -136,19 +137,9 @@ async def _validate(
 
 
 def email_item(row: dict[str, Any]) -> dict[str, Any]:
+    """One item of a record's email list: the email's header fields, then the list's own."""
     return {
-        "id": row["id"],
-        "message_id": row["message_id"],
-        "subject": row["subject"],
-        "from": row["from_addr"],
-        "from_name": row["from_name"],
-        "to": [a["email"] for a in row["to_addrs"]],
-        "cc": [a["email"] for a in row["cc_addrs"]],
-        "date": row["date"],
-        "direction": row["direction"],
-        "source": row["source"],
-        "crm_sent": sharing.is_crm_sent(row["source"]),
-        "shared": row["shared"],
+        **header_fields(row),
         "send_id": row["send_id"],
         "status": row.get("send_status"),
         "user_id": row["user_id"],

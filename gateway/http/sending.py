@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.addresses import in_domains, normalise
+from gateway.addresses import normalise
 from gateway.clock import Clock
 from gateway.http.auth import int_param
 from gateway.http.errors import JSON, ApiError
@@ -224,14 +224,6 @@ def _extras_of(
     return cc, attachments
 
 
-def involves_excluded(send: dict[str, Any], excluded: list[str]) -> bool:
-    """Does the send's To or a CC sit in one of the org's excluded domains?"""
-    if not excluded:
-        return False
-    addresses = [send["to_email"], *(send["cc_emails"] or [])]
-    return any(in_domains(n, excluded) for a in addresses if (n := normalise(a)))
-
-
 def tracking_detail(send: dict[str, Any], hits: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-recipient tracking of one send: when it went out, its human opens and clicks.
 
@@ -382,7 +374,7 @@ class SendingApi(Resource):
                 {(row["module"], row["record_id"])},
                 modes,
                 shares,
-                shared=not involves_excluded(row, excluded),
+                shared=not sharing.involves_excluded(sharing.send_addresses(row), excluded),
                 crm_sent=True,
             ):
                 raise ApiError(404, "not_found", "no such send")

@@ -20,8 +20,10 @@ the user who sent what it answers) and the owners of the records it is about
 mailbox).  Each of them gets it only if the sharing rules let them see that
 mail (:func:`gateway.receive.mailboxes.sharing.sees_event`): a colleague's
 private mail never reaches a record owner, CRM-sent mail is public, unshared
-(excluded-domain) mail is its owner's only.  Other orgs' events are never read
-for a stream (every statement names the org).
+(excluded-domain) mail is its owner's only — a send whose To or a CC sits in an
+excluded domain included, whose opens, clicks, bounces and replies reach its
+sender alone (:func:`gateway.http.events.event_rules`, as the event log).
+Other orgs' events are never read for a stream (every statement names the org).
 
 **One poller per process** (:class:`SignalHub`, the ``signals`` runner of the
 ``http`` role) reads the log every ``poll_interval`` (0.25 s) for every org
@@ -62,10 +64,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.clock import Clock, SystemClock
 from gateway.http.errors import ApiError
+from gateway.http.events import event_rules
 from gateway.http.resource import Resource
-from gateway.receive.mailboxes import sharing
 from gateway.runner import LoopRunner
-from storage import mailboxes, orgs, signals
+from storage import orgs, signals
 from storage.db import Database
 from storage.events import Event, EventType
 from templates.render import full_name
@@ -251,13 +253,13 @@ async def build_signals(conn: AsyncConnection, org_id: int, found: Iterable[Even
         # Without details, what the events name themselves; details() adds the sends' records.
         records=(key for e, k in candidates for key in record_keys(k, e.data, _NO_DETAILS)),
     )
-    modes, shares = await mailboxes.sharing_rules(conn, org_id)
+    rules = await event_rules(conn, org_id, (e.data for e, _ in candidates))
     out = []
     for event, kind in candidates:
         viewers = frozenset(
             uid
             for uid in audience(kind, event.data, details)
-            if sharing.sees_event(uid, event.type, event.data, modes, shares)
+            if rules.sees(uid, event.type, event.data)
         )
         if viewers:
             out.append(Signal(event.id, org_id, kind, viewers, payload(event, kind, details)))

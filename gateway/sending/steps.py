@@ -29,10 +29,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection
 
-from gateway.addresses import in_domains, normalise
+from gateway.addresses import normalise
 from gateway.bounces.verp import verp_address
 from gateway.ingest.parse import content_hash
 from gateway.org.plans import daily_limit
+from gateway.receive.mailboxes import sharing
 from gateway.records.validation import NAME_FIELDS, address_problem, name_problem
 from gateway.sending import quota as rules
 from gateway.sending.compose import attachment_part, compose, make_message_id
@@ -757,10 +758,8 @@ def shared_copy(sub: Submission, out: Outgoing, excluded: list[str]) -> bool:
     outranks "mail sent from the CRM is public": only the sender sees the copy
     (and the send), as ingest files such mail from the dropbox or a mailbox.
     """
-    if not excluded:
-        return True
-    to = out.record.get("email_norm") or normalise(out.record.get("email")) or ""
-    return not any(in_domains(a, excluded) for a in (to, *(c.norm for c in sub.cc)) if a)
+    to = out.record.get("email_norm") or out.record.get("email")
+    return not sharing.involves_excluded((to, *(c.norm for c in sub.cc)), excluded)
 
 
 def filed_copy(sub: Submission, out: Outgoing, shared: bool = True) -> dict[str, Any]:

@@ -6,10 +6,13 @@
 - ``/suppressions``: search by address, reason and date; lift (a confirm checkbox) through the
   function of ``DELETE /api/v1/suppressions/{email}``, which records ``suppression.lifted``.
   Every member may lift, as in the API.
-- ``/attention`` (admins): the org's parked inbound mail (failed, refused) and held bounce mail
-  with their reason, replayed through the function of ``mailgate inbound replay``.  Bounce
-  mail no send could be found for belongs to no org; it is shown only when the installation
-  holds a single org (it can be nobody else's), otherwise ``mailgate inbound list`` shows it.
+- ``/attention`` (admins and operators): the org's parked inbound mail (failed, refused) and
+  held bounce mail with their reason, replayed through the function of ``mailgate inbound
+  replay``.  Bounce mail no send could be found for belongs to no org: the installation's
+  operators (``MAILGATE_OPERATORS``) see it and replay it here whatever the number of orgs,
+  and so does the admin of the only org of a single-org install (it can be nobody else's);
+  nobody else ever sees it (:func:`sees_unowned`, :func:`may_replay`).  An operator who is no
+  admin of their org sees only that mail, not their org's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from gateway.http.users import VCARD_FILENAME
 from gateway.ingest.runner import ReplayError, replay_kept
 from gateway.org import admin
 from gateway.web.base import PageError, Viewer, WebResource, page_handler
+from gateway.web.quotas import is_operator
 from storage import inbound_store, orgs, suppressions
 from storage.db import Database
 
@@ -58,6 +62,25 @@ def _day(value: str) -> date | None:
         return None
 
 
+def sees_unowned(*, operator: bool, admin: bool, orgs_in_install: int) -> bool:
+    """May this viewer see (and replay) held bounce mail that belongs to no org?
+
+    The installation's operators always; the admin of the only org of a single-org install
+    too (nobody else's mail can be in it); nobody else, ever.
+    """
+    return operator or (admin and orgs_in_install == 1)
+
+
+def may_replay(row: dict[str, Any] | None, org_id: int, *, admin: bool, unowned: bool) -> bool:
+    """Is ``row`` (an ``inbound`` row) on this viewer's /attention list: their org's kept mail
+    for an admin, held bounce mail of no org when ``unowned`` (:func:`sees_unowned`)?"""
+    if row is None or row["state"] not in inbound_store.ATTENTION_STATES:
+        return False
+    if row["org_id"] is None:
+        return unowned and row["channel"] == "bounce"
+    return admin and row["org_id"] == org_id
+
+
 def day_bounds(
     since: date | None, until: date | None, tz: str
 ) -> tuple[datetime | None, datetime | None]:
@@ -75,6 +98,7 @@ class DropboxPages(WebResource):
         super().__init__(db, clock, secure_cookies=secure_cookies)
         self.mail_domain = settings.mail_domain
         self.max_records = settings.max_records_per_message
+        self.operators = settings.operator_emails
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -244,11 +268,21 @@ class DropboxPages(WebResource):
         target = "/suppressions?" + urlencode({"done": "lifted", "lifted": norm})
         return RedirectResponse(target, status_code=303)
 
-    # -- mail needing attention (admins) ----------------------------------------------------
+    # -- mail needing attention (admins, operators) ------------------------------------------
 
-    async def _unowned_visible(self) -> bool:
-        async with self.db.connect() as conn:
-            return await orgs.count_orgs(conn) == 1
+    async def _attention_viewer(self, request: Request) -> Viewer:
+        """An org admin or an operator of the installation; anyone else is refused (403)."""
+        viewer = await self.viewer(request)
+        if not (viewer.is_admin or is_operator(viewer, self.operators)):
+            raise PageError(403, "error.forbidden")
+        return viewer
+
+    async def _unowned_visible(self, viewer: Viewer) -> bool:
+        operator, count = is_operator(viewer, self.operators), 0
+        if viewer.is_admin and not operator:  # the number of orgs decides only then
+            async with self.db.connect() as conn:
+                count = await orgs.count_orgs(conn)
+        return sees_unowned(operator=operator, admin=viewer.is_admin, orgs_in_install=count)
 
     async def _attention_page(
         self,
@@ -259,10 +293,11 @@ class DropboxPages(WebResource):
         detail: str = "",
         status: int = 200,
     ) -> Response:
-        unowned = await self._unowned_visible()
+        unowned = await self._unowned_visible(viewer)
+        own = viewer.org["id"] if viewer.is_admin else None
         rows = await self.db.run_read(
             lambda conn: inbound_store.kept_for_org(
-                conn, viewer.org["id"], unowned_bounces=unowned, limit=PAGE_ROWS + 1
+                conn, own, unowned_bounces=unowned, limit=PAGE_ROWS + 1
             )
         )
         return self.render(
@@ -282,24 +317,18 @@ class DropboxPages(WebResource):
 
     @page_handler
     async def attention(self, request: Request) -> Response:
-        return await self._attention_page(request, await self.admin(request))
+        return await self._attention_page(request, await self._attention_viewer(request))
 
     @page_handler
     async def replay(self, request: Request) -> Response:
-        viewer = await self.admin(request)
+        viewer = await self._attention_viewer(request)
         form = await self.form(request, viewer)
         inbound_id = positive_id(str(form.get("id") or ""))
         if inbound_id is None:
             raise PageError(404, "error.not_found")
         row = await self.db.run_read(inbound_store.get, inbound_id)
-        mine = row is not None and row["state"] in inbound_store.ATTENTION_STATES
-        if mine and row["org_id"] != viewer.org["id"]:
-            mine = (
-                row["org_id"] is None
-                and row["channel"] == "bounce"
-                and await self._unowned_visible()
-            )
-        if not mine:
+        unowned = row is not None and row["org_id"] is None and await self._unowned_visible(viewer)
+        if not may_replay(row, viewer.org["id"], admin=viewer.is_admin, unowned=unowned):
             raise PageError(404, "error.not_found")
         if form.get("confirm") != "yes":
             return await self._attention_page(
@@ -325,7 +354,8 @@ class DropboxPages(WebResource):
 
 
 def row_kind(row: dict[str, Any]) -> str:
-    """The catalogue key of a kept row's kind (a held bounce, parked failed or refused mail)."""
+    """The catalogue key of a kept row's kind (a held bounce, of an org or of none; parked
+    failed or refused mail)."""
     if row["channel"] == "bounce":
-        return "attention.kind.bounce"
+        return "attention.kind.bounce" if row["org_id"] is not None else "attention.kind.unowned"
     return f"attention.kind.{row['state']}"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import email
 import email.policy
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import httpx
 
 from tests.support import smtp_sink
-from tests.support.scripted_relay import Script
+from tests.support.scripted_relay import Script, ScriptedRelay
 from tests.support.server import MailgateServer, wait_until
 
 
@@ -38,6 +40,15 @@ def relayed(database_url: str, data_dir: Path, relay_port: int, **overrides: Any
     srv.settings.http_listen = f"127.0.0.1:{http_port}"
     srv.settings.public_url = f"http://127.0.0.1:{http_port}"
     return srv
+
+
+@contextmanager
+def scripted_relay(script: Script) -> Iterator[Script]:
+    """``script`` answered by a relay on a free loopback port (``script.port``) for the block."""
+    port = smtp_sink.free_port()
+    with ScriptedRelay(port, script) as running:
+        running.port = port  # type: ignore[attr-defined]
+        yield running
 
 
 def team(server: MailgateServer, **org_kw: Any) -> tuple[dict, dict, httpx.Client]:

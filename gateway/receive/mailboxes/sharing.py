@@ -27,10 +27,20 @@ each of its records and opens by id alike (:func:`sees_mail`, and
 
 The rules hold on every read path that shows mail: a record's emails, one
 email (``/api/v1/emails/{id}``, ``/raw``, ``/attachments/{n}``), one send
-(``/api/v1/sends/{id}``) and the event log (``email.*`` events carry the
-owner's ``user_id`` and the subject, recipient or sender).  An event names its
-records itself; one that names none (``email.received``) counts as shared on
-no record, so a custom sharer's colleagues see it through ``email.filed``.
+(``/api/v1/sends/{id}``), the event log and the live stream (``email.*``
+events carry the owner's ``user_id`` and the subject, recipient or sender).
+An event names its records itself; one that names none (``email.received``)
+counts as shared on no record, so a custom sharer's colleagues see it through
+``email.filed``.
+
+A send's events (``email.sent`` … ``email.unsubscribed``) do not say whether
+the send involves an excluded domain, and the send's CC addresses are not in
+them: the reader looks the page's sends up (:func:`unshared_sends`, by the
+org's excluded domains as they are now, as ``/api/v1/sends/{id}`` does) and
+hands the ids to :func:`sees_event` through :class:`EventRules`.  Every event
+naming such a send (its copy's ``email.filed`` and the ``email.replied`` to it
+too) is then its sender's only.  Webhooks are the org's integration, not a
+user's read path: they carry every event (``docs/webhooks.md``).
 
 The reports (``/api/v1/reports/*``) are not a read path of mail content: they
 count sends (CRM-sent, so public) and incoming mail (a number, no sender or
@@ -40,9 +50,11 @@ cover the whole org for everyone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from gateway.addresses import in_domains, normalise
 from storage.filing import Visibility
 
 MAIL_EVENT_PREFIX = "email."
@@ -111,6 +123,29 @@ def record_scope(
     return Visibility(viewer_id, frozenset(hidden), partial, CRM_SOURCES)
 
 
+def involves_excluded(addresses: Iterable[str | None], excluded: Collection[str]) -> bool:
+    """Does any of ``addresses`` (a message's or a send's To and CCs) sit in one of the
+    org's excluded domains (or a subdomain)?  Then the mail is filed and sent as usual
+    but shared with nobody (seed 004 excludes domains from sharing, not from filing)."""
+    if not excluded:
+        return False
+    domains = frozenset(excluded)
+    return any(in_domains(n, domains) for a in addresses if (n := normalise(a)))
+
+
+def send_addresses(send: Mapping[str, Any]) -> list[str]:
+    """A ``sends`` row's To and CC addresses: what the excluded-domain rule looks at."""
+    return [send["to_email"], *(send.get("cc_emails") or ())]
+
+
+def unshared_sends(sends: Iterable[Mapping[str, Any]], excluded: Collection[str]) -> frozenset[int]:
+    """The ids of ``sends`` (rows with ``id``, ``to_email``, ``cc_emails``) whose To or a CC
+    sits in an excluded domain: each is its sender's own, with every event about it."""
+    if not excluded:
+        return frozenset()
+    return frozenset(s["id"] for s in sends if involves_excluded(send_addresses(s), excluded))
+
+
 def may_change(actor: Mapping[str, Any], target_id: int, delegated: bool) -> bool:
     """Admins set anyone's sharing in their org; a user their own, when delegated."""
     return bool(actor["is_admin"]) or (actor["id"] == target_id and delegated)
@@ -159,13 +194,24 @@ def sees_event(
     data: Mapping[str, Any],
     settings: Mapping[int, Mapping[str, Any]],
     shares: Mapping[int, set[tuple[str, int]]],
+    *,
+    unshared_sends: Collection[int] = frozenset(),
 ) -> bool:
-    """Events about mail follow their owner's sharing; every other event is the org's."""
+    """Events about mail follow their owner's sharing; every other event is the org's.
+
+    ``unshared_sends``: ids of the org's sends that involve an excluded domain
+    (:func:`unshared_sends`); an event naming one (``send_id``) is unshared mail,
+    as an event whose own ``shared`` is false is.
+    """
     if not event_type.startswith(MAIL_EVENT_PREFIX):
         return True
     owner = data.get("user_id")
+    send_id = data.get("send_id")
     crm_sent = event_type in SEND_EVENT_TYPES or (
         event_type == "email.filed" and data.get("source") in CRM_SOURCES
+    )
+    shared = data.get("shared") is not False and not (
+        isinstance(send_id, int) and send_id in unshared_sends
     )
     return sees_mail(
         viewer_id,
@@ -173,6 +219,27 @@ def sees_event(
         event_records(data),
         settings,
         shares,
-        shared=data.get("shared") is not False,
+        shared=shared,
         crm_sent=crm_sent,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class EventRules:
+    """What :func:`sees_event` needs about one org, read once for a page or a poll of the
+    log: the sharing modes, the custom sharers' records, and which of the sends the
+    events name involve an excluded domain."""
+
+    modes: Mapping[int, Mapping[str, Any]]
+    shares: Mapping[int, set[tuple[str, int]]]
+    unshared_sends: frozenset[int] = frozenset()
+
+    def sees(self, viewer_id: int, event_type: str, data: Mapping[str, Any]) -> bool:
+        return sees_event(
+            viewer_id,
+            event_type,
+            data,
+            self.modes,
+            self.shares,
+            unshared_sends=self.unshared_sends,
+        )

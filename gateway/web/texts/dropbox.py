@@ -70,11 +70,13 @@ EN = {
         "that could not be filed. Replay one after fixing its cause."
     ),
     "attention.unowned_elsewhere": (
-        "Bounces that belong to no organisation are listed by the operator's mailgate inbound list."
+        "Bounces that belong to no organisation are shown to the installation's operators "
+        "(MAILGATE_OPERATORS) only."
     ),
     "attention.id": "No.",
     "attention.kind": "Kind",
     "attention.kind.bounce": "Unattributed bounce",
+    "attention.kind.unowned": "Bounce of no organisation",
     "attention.kind.failed": "Filing failed",
     "attention.kind.refused": "Refused",
     "attention.received": "Received",
@@ -159,11 +161,12 @@ JA = {
         "ールです。原因を解決してから再処理してください。"
     ),
     "attention.unowned_elsewhere": (
-        "どの組織にも属さないバウンスは、運用者が mailgate inbound list で確認します。"
+        "どの組織にも属さないバウンスは、運用者（MAILGATE_OPERATORS）にのみ表示されます。"
     ),
     "attention.id": "番号",
     "attention.kind": "種類",
     "attention.kind.bounce": "送信元不明のバウンス",
+    "attention.kind.unowned": "組織不明のバウンス",
     "attention.kind.failed": "保存に失敗",
     "attention.kind.refused": "拒否",
     "attention.received": "受信日時",
