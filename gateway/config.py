@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     #: Empty: only clients on loopback may read ``/metrics``.
     metrics_token: str = ""
     #: Operators of the installation (comma-separated user emails): the dashboard's quota
-    #: page shows them every org at a glance.  Nobody else ever sees other orgs.
+    #: page shows them every org at a glance, and /attention the bounce mail that belongs
+    #: to no org.  Nobody else ever sees other orgs.
     operators: str = ""
     #: Template rendering budget (templates.render.RenderLimits), per message rendered:
     #: loop iterations plus filter calls and joins; the longest string an expression may
