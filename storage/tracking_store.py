@@ -288,14 +288,18 @@ def email_counts(
     start: datetime,
     end: datetime,
     *,
-    group: str,
+    group: str | None,
     by: str | None,
     tz: str,
+    only: int | None = None,
 ) -> list[dict[str, Any]]:
     """Counts per (period, key) of sends sent in [start, end).
 
     PostgreSQL buckets in SQL (``date_trunc`` in the org's zone); other engines
     return one row per send and the caller buckets (small deployments).
+    ``group`` None: one period, the whole range (``period`` is None).  ``only``
+    keeps the rows of one key of ``by`` (a user id, or a template id with all
+    its versions): the dashboard filters in SQL instead of reading every key.
     """
     keys = _KEYS[by]
     counts = (
@@ -306,11 +310,17 @@ def email_counts(
         func.count(sends.c.replied_at).label("replied"),
     )
     where = and_(sends.c.org_id == org_id, sends.c.sent_at >= start, sends.c.sent_at < end)
+    if only is not None:
+        where = and_(where, keys[0] == only)
     if conn.dialect.name == "postgresql" and _on_bucket(start) and _on_bucket(end):
-        return _rollup_counts(conn, org_id, start, end, group=group, by=by, tz=tz)
+        return _rollup_counts(conn, org_id, start, end, group=group, by=by, tz=tz, only=only)
     if conn.dialect.name == "postgresql":
-        bucket = _bucket_pg(sends.c.sent_at, group, tz).label("period")
-        q = select(bucket, *keys, *counts).where(where).group_by(bucket, *keys)
+        if group is None:
+            q = select(literal_column("NULL").label("period"), *keys, *counts).where(where)
+            q = q.group_by(*keys)
+        else:
+            bucket = _bucket_pg(sends.c.sent_at, group, tz).label("period")
+            q = select(bucket, *keys, *counts).where(where).group_by(bucket, *keys)
         return [dict(r) for r in conn.execute(q).mappings()]
     q = select(
         sends.c.sent_at.label("period"),
@@ -341,26 +351,31 @@ def _rollup_counts(
     start: datetime,
     end: datetime,
     *,
-    group: str,
+    group: str | None,
     by: str | None,
     tz: str,
+    only: int | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`email_counts` from ``send_rollup`` (PostgreSQL; period on bucket bounds).
 
     Sums a few rows per quarter hour instead of counting every send; the -1 of
-    a missing key turns back into NULL.
+    a missing key turns back into NULL.  With ``only`` the rollup's
+    ``(org_id, user_id | template_id, bucket)`` indexes (0016) read that key's
+    rows alone.
     """
     r = send_rollup.c
     keys = [func.nullif(r[name], -1).label(name) for name in _ROLLUP_KEYS[by]]
-    bucket = _bucket_pg(r.bucket, group, tz).label("period")
     sums = [func.sum(r[name]).label(name) for name in _COUNTED]
-    q = (
-        select(bucket, *keys, *sums)
-        .where(r.org_id == org_id, r.bucket >= start, r.bucket < end)
-        .group_by(bucket, *keys)
-        .having(func.sum(r.sent) > 0)
-    )
-    return [dict(row) for row in conn.execute(q).mappings()]
+    where = and_(r.org_id == org_id, r.bucket >= start, r.bucket < end)
+    if only is not None:
+        where = and_(where, r[_ROLLUP_KEYS[by][0]] == only)
+    if group is None:
+        q = select(literal_column("NULL").label("period"), *keys, *sums).where(where)
+        q = q.group_by(*keys)
+    else:
+        bucket = _bucket_pg(r.bucket, group, tz).label("period")
+        q = select(bucket, *keys, *sums).where(where).group_by(bucket, *keys)
+    return [dict(row) for row in conn.execute(q.having(func.sum(r.sent) > 0)).mappings()]
 
 
 _COUNTED = ("sent", "bounced", "opened", "clicked", "replied")
@@ -375,8 +390,9 @@ def received_counts(
     group: str,
     by_user: bool,
     tz: str,
+    only_user: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Incoming mail filed in [start, end), per period (and user)."""
+    """Incoming mail filed in [start, end), per period (and user; ``only_user``: theirs)."""
     keys = (messages.c.user_id,) if by_user else ()
     where = and_(
         messages.c.org_id == org_id,
@@ -384,6 +400,8 @@ def received_counts(
         messages.c.created_at >= start,
         messages.c.created_at < end,
     )
+    if only_user is not None:
+        where = and_(where, messages.c.user_id == only_user)
     if conn.dialect.name == "postgresql":
         bucket = _bucket_pg(messages.c.created_at, group, tz).label("period")
         q = (
@@ -396,6 +414,12 @@ def received_counts(
             messages.c.created_at.label("period"), *keys, literal_column("1").label("received")
         ).where(where)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+#: Memory for the no-response grouping (PostgreSQL): a period's sends are grouped by
+#: record in a hash table instead of sorted on disk (4 MB, the server default, spills
+#: past ~50,000 records).
+NO_RESPONSE_WORK_MEM = "32MB"
 
 
 def no_response(
@@ -411,33 +435,57 @@ def no_response(
     Bounced-only recipients are included (they did not respond either); the
     ``bounced`` count tells them apart.  Every send of the org counts, whoever
     sent it: sends are mail sent from the CRM, which sharing modes do not hide.
+
+    The grouping reads only what ``ix_sends_org_sent`` carries (an index-only scan
+    on PostgreSQL); the address of each record kept is read afterwards, for the
+    page alone (``ix_sends_org_record``).
     """
+    where = (
+        sends.c.org_id == org_id,
+        sends.c.sent_at >= start,
+        sends.c.sent_at < end,
+        sends.c.module.in_(("leads", "contacts")),
+        sends.c.record_id.is_not(None),
+    )
     responded = func.count(sends.c.opened_at) + func.count(sends.c.clicked_at)
     responded = responded + func.count(sends.c.replied_at)
     q = (
         select(
             sends.c.module,
             sends.c.record_id,
-            func.max(sends.c.to_email).label("email"),
             func.count().label("sent"),
             func.count(sends.c.bounced_at).label("bounced"),
             func.max(sends.c.sent_at).label("last_sent_at"),
         )
-        .where(
-            sends.c.org_id == org_id,
-            sends.c.sent_at >= start,
-            sends.c.sent_at < end,
-            sends.c.module.in_(("leads", "contacts")),
-            sends.c.record_id.is_not(None),
-        )
-        .group_by(sends.c.module, sends.c.record_id)
+        .where(*where)
+        .group_by(sends.c.record_id, sends.c.module)
         .having(responded == 0)
         .order_by(func.max(sends.c.sent_at).desc(), sends.c.record_id)
         .limit(limit)
     )
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{NO_RESPONSE_WORK_MEM}'")
     rows = [dict(r) for r in conn.execute(q).mappings()]
+    _add_emails(conn, where, rows)
     _add_names(conn, org_id, rows)
     return rows
+
+
+def _add_emails(conn: Connection, where: tuple, rows: list[dict[str, Any]]) -> None:
+    """Each record's address: the greatest ``to_email`` of its sends in the period."""
+    for module in ("leads", "contacts"):
+        ids = [r["record_id"] for r in rows if r["module"] == module]
+        if not ids:
+            continue
+        q = (
+            select(sends.c.record_id, func.max(sends.c.to_email))
+            .where(*where, sends.c.module == module, sends.c.record_id.in_(ids))
+            .group_by(sends.c.record_id)
+        )
+        emails = dict(conn.execute(q).all())
+        for r in rows:
+            if r["module"] == module:
+                r["email"] = emails.get(r["record_id"])
 
 
 def _add_names(conn: Connection, org_id: int, rows: list[dict[str, Any]]) -> None:
