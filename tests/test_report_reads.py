@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import insert
 
 from gateway.web.analytics import versions
+from storage import tracking_store
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.schema import contacts, leads, orgs, users
@@ -212,3 +213,21 @@ def test_who_did_not_respond_is_the_grouped_definition_with_each_records_address
     assert all(i["last_name"] for i in found["items"]), "names come with the rows"
     first = db(no_response_report, s["org"], p, 1)
     assert first["truncated"] and [i["id"] for i in first["items"]] == [expected[0][1]]
+
+
+@pytest.mark.parametrize("way", ["walk", "grouped"])
+@pytest.mark.parametrize("period", PERIODS, ids=list(PERIODS))
+def test_both_ways_to_who_did_not_respond_give_the_same_rows(data, period, way):
+    """The newest-first walk (PostgreSQL's first choice) and the grouping (SQLite, and
+    PostgreSQL's fallback when the walk runs long) each give the definition's rows."""
+    db, s = data
+    p = PERIODS[period]
+    fn = tracking_store.no_response_walk if way == "walk" else tracking_store.no_response_grouped
+    expected = slow_no_response(s["rows"], p)
+    for limit in (1, 2, 5):
+        rows = db(fn, s["org"], p.start, p.end, limit=limit)
+        got = [
+            (r["module"], r["record_id"], r["email"], r["sent"], r["bounced"], r["last_sent_at"])
+            for r in rows
+        ]
+        assert got == expected[:limit]

@@ -141,7 +141,8 @@ def email_report(
     """The report body (sync: runs in ``Database.run_read``).
 
     ``only``: the items of one key of ``by`` (a user id; a template id, all its
-    versions), counted in SQL; the totals then cover that key alone too.
+    versions), counted in SQL; the totals then cover that key alone too (and count
+    no received mail for a template: incoming mail has none).
     """
     if group not in GROUPS:
         raise ReportError(f"group must be one of {', '.join(GROUPS)}")
@@ -155,15 +156,20 @@ def email_report(
     rows = tracking_store.email_counts(
         conn, org_id, period.start, period.end, group=group, by=by, tz=period.tz, only=only
     )
-    received = tracking_store.received_counts(
-        conn,
-        org_id,
-        period.start,
-        period.end,
-        group=group,
-        by_user=by == "user",
-        tz=period.tz,
-        only_user=only if by == "user" else None,
+    # Incoming mail has no template: one template's report has none to count.
+    received = (
+        []
+        if by == "template" and only is not None
+        else tracking_store.received_counts(
+            conn,
+            org_id,
+            period.start,
+            period.end,
+            group=group,
+            by_user=by == "user",
+            tz=period.tz,
+            only_user=only if by == "user" else None,
+        )
     )
     items: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_COUNTED, 0))
     totals: dict[str, dict[str, int]] = defaultdict(
