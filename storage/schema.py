@@ -145,7 +145,8 @@ leads = Table(
     Column("do_not_mail", Boolean, nullable=False, default=False, server_default=false()),
     _created(),
     _updated(),
-    Index("ix_leads_org_email", "org_id", "email_norm"),
+    # The SalesInbox's per-sender look-up reads only the index on PostgreSQL (0016).
+    Index("ix_leads_org_email", "org_id", "email_norm", postgresql_include=["converted_at"]),
 )
 
 contacts = Table(
@@ -165,7 +166,8 @@ contacts = Table(
     Column("do_not_mail", Boolean, nullable=False, default=False, server_default=false()),
     _created(),
     _updated(),
-    Index("ix_contacts_org_email", "org_id", "email_norm"),
+    # The SalesInbox's per-sender look-up reads only the index on PostgreSQL (0016).
+    Index("ix_contacts_org_email", "org_id", "email_norm", postgresql_include=["id"]),
     # An account's contacts (the sync re-syncs them when the account changes).
     Index("ix_contacts_account_id", "account_id"),
 )
