@@ -374,11 +374,20 @@ def _rollup_counts(
         where = and_(where, r[_ROLLUP_KEYS[by][0]] == only)
     if group is None:
         q = select(literal_column("NULL").label("period"), *keys, *sums).where(where)
-        q = q.group_by(*keys)
+        q = q.group_by(*keys).having(func.sum(r.sent) > 0)
+    elif by is None:
+        # Quarter hours first, then periods: the zone conversion and truncation run
+        # once per quarter hour (2,880 in 30 days) instead of once per rollup row
+        # (a row per template, version and user of each quarter hour).
+        quarters = select(r.bucket, *sums).where(where).group_by(r.bucket).subquery("quarters")
+        bucket = _bucket_pg(quarters.c.bucket, group, tz).label("period")
+        totals = [func.sum(quarters.c[name]).label(name) for name in _COUNTED]
+        q = select(bucket, *totals).group_by(bucket).having(func.sum(quarters.c.sent) > 0)
     else:
         bucket = _bucket_pg(r.bucket, group, tz).label("period")
         q = select(bucket, *keys, *sums).where(where).group_by(bucket, *keys)
-    return [dict(row) for row in conn.execute(q.having(func.sum(r.sent) > 0)).mappings()]
+        q = q.having(func.sum(r.sent) > 0)
+    return [dict(row) for row in conn.execute(q).mappings()]
 
 
 _COUNTED = ("sent", "bounced", "opened", "clicked", "replied")

@@ -231,3 +231,37 @@ def test_both_ways_to_who_did_not_respond_give_the_same_rows(data, period, way):
             for r in rows
         ]
         assert got == expected[:limit]
+
+
+@pytest.mark.parametrize("period", PERIODS, ids=list(PERIODS))
+@pytest.mark.parametrize("group", ["day", "week", "month"])
+def test_the_unkeyed_report_counts_each_local_period_as_the_sends_say(data, period, group):
+    """The report without ``by`` (on PostgreSQL summed per quarter hour first, then per
+    period) has each period's sends, bounces, opens, clicks and replies."""
+    db, s = data
+    p = PERIODS[period]
+    zone = ZoneInfo(p.tz)
+    expected: dict[str, dict[str, int]] = {}
+    for r in s["rows"]:
+        if not (p.start <= r["sent_at"] < p.end):
+            continue
+        day = r["sent_at"].astimezone(zone).date()
+        if group == "week":
+            day -= timedelta(days=day.weekday())
+        label = day.isoformat()[:7] if group == "month" else day.isoformat()
+        counts = expected.setdefault(label, dict.fromkeys(("sent", "b", "o", "c", "r"), 0))
+        counts["sent"] += 1
+        for key, column in (("b", "bounced_at"), ("o", "opened_at"), ("c", "clicked_at"), ("r", "replied_at")):  # fmt: skip
+            counts[key] += r[column] is not None
+    totals = db(email_report, s["org"], p, group, None)["totals"]
+    got = {
+        t["period"]: {
+            "sent": t["sent"],
+            "b": t["bounced"]["n"],
+            "o": t["opened"]["n"],
+            "c": t["clicked"]["n"],
+            "r": t["replied"]["n"],
+        }
+        for t in totals
+    }
+    assert got == expected
