@@ -176,11 +176,9 @@ def _code(column: InboxColumn) -> ColumnElement[int]:
     return literal_column(str(CODES[column]))
 
 
-def classify(
-    org_id: int, domains: Sequence[str], sender: ColumnElement[str] | None = None
-) -> ColumnElement[int]:
+def classify(org_id: int, domains: Sequence[str]) -> ColumnElement[int]:
     """The column code of a message, from its sender: the first that holds, in order."""
-    sender = messages.c.from_addr if sender is None else sender
+    sender = messages.c.from_addr
     return case(
         (_colleague(org_id, sender, domains), _code(InboxColumn.COLLEAGUES)),
         (_open_deal(org_id, sender), _code(InboxColumn.DEALS)),
@@ -200,29 +198,17 @@ def _polled_of(org_id: int, user_id: int) -> ColumnElement[bool]:
 
 
 def _classified(org_id: int, user_id: int, domains: Sequence[str]) -> CTE:
-    """The user's polled mail with each message's column, decided once per sender.
+    """The user's polled mail with each message's column, decided once per message.
 
-    A rep hears from the same people again and again: each distinct sender is
-    looked up once (``senders``), and every message takes its sender's column.
-    Only what ``ix_messages_user`` carries on PostgreSQL (0016) is read here, so a
-    rep's 10,000 messages are an index-only scan; what a row shows is read for
-    the page alone (:func:`inbox_query`).  ``MATERIALIZED``: inlined, PostgreSQL
-    would repeat the look-ups wherever the column is used (filter, partition, rank).
+    ``MATERIALIZED``: inlined, PostgreSQL would repeat the look-ups wherever the
+    column is used (filter, partition, rank).  Only what ``ix_messages_user``
+    carries on PostgreSQL (0016) is read here, so classifying a rep's 10,000
+    messages is an index-only scan (the look-ups are index-only too: 0016); what
+    a row shows is read for the page alone (:func:`inbox_query`).
     """
-    polled = _polled_of(org_id, user_id)
-    distinct = select(messages.c.from_addr).where(polled).distinct().subquery("distinct_senders")
-    senders = (
-        select(
-            distinct.c.from_addr,
-            classify(org_id, domains, distinct.c.from_addr).label("col"),
-        )
-        .cte("senders")
-        .prefix_with("MATERIALIZED")
-    )
     return (
-        select(messages.c.id, messages.c.from_addr, senders.c.col)
-        .join_from(messages, senders, senders.c.from_addr == messages.c.from_addr)
-        .where(polled)
+        select(messages.c.id, messages.c.from_addr, classify(org_id, domains).label("col"))
+        .where(_polled_of(org_id, user_id))
         .cte("classified")
         .prefix_with("MATERIALIZED")
     )
