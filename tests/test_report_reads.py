@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -275,3 +276,26 @@ def test_the_unkeyed_report_counts_each_local_period_as_the_sends_say(data, peri
         for t in totals
     }
     assert got == expected
+
+
+def test_a_walk_that_runs_long_gives_way_to_the_grouping_in_the_same_read(data, monkeypatch):
+    """PostgreSQL: past NO_RESPONSE_WALK_MS the walk is cancelled (its savepoint rolled
+    back, the read's transaction intact) and the grouping answers with the same rows.
+    SQLite never walks (it groups)."""
+    db, s = data
+    from sqlalchemy import text
+
+    def slow_walk(conn, *args, **kwargs):
+        assert conn.dialect.name == "postgresql", "SQLite groups; it never walks"
+        conn.execute(text("SELECT pg_sleep(2)"))
+        raise AssertionError("statement_timeout did not stop the walk")
+
+    monkeypatch.setattr(tracking_store, "no_response_walk", slow_walk)
+    p = PERIODS["bucket bounds"]
+    t0 = time.monotonic()
+    rows = db(tracking_store.no_response, s["org"], p.start, p.end, limit=5)
+    assert time.monotonic() - t0 < 1.5, "the walk was cut at its limit, not slept through"
+    expected = slow_no_response(s["rows"], p)
+    assert [(r["module"], r["record_id"], r["sent"]) for r in rows] == [
+        (m, rid, n) for m, rid, _, n, _, _ in expected
+    ]
