@@ -145,7 +145,8 @@ leads = Table(
     Column("do_not_mail", Boolean, nullable=False, default=False, server_default=false()),
     _created(),
     _updated(),
-    Index("ix_leads_org_email", "org_id", "email_norm"),
+    # The SalesInbox's per-sender look-up reads only the index on PostgreSQL (0016).
+    Index("ix_leads_org_email", "org_id", "email_norm", postgresql_include=["converted_at"]),
 )
 
 contacts = Table(
@@ -165,7 +166,8 @@ contacts = Table(
     Column("do_not_mail", Boolean, nullable=False, default=False, server_default=false()),
     _created(),
     _updated(),
-    Index("ix_contacts_org_email", "org_id", "email_norm"),
+    # The SalesInbox's per-sender look-up reads only the index on PostgreSQL (0016).
+    Index("ix_contacts_org_email", "org_id", "email_norm", postgresql_include=["id"]),
     # An account's contacts (the sync re-syncs them when the account changes).
     Index("ix_contacts_account_id", "account_id"),
 )
@@ -220,8 +222,14 @@ messages = Table(
     Column("shared", Boolean, nullable=False, server_default=true()),
     _created(),
     UniqueConstraint("org_id", "message_id", name="uq_messages_org_message_id"),
-    # A user's own mail, newest first (SalesInbox, the live signals).
-    Index("ix_messages_user", "user_id", "id"),
+    # A user's own mail, newest first (SalesInbox, the live signals); on PostgreSQL it
+    # carries what the SalesInbox filters and classifies by: no heap page per message (0016).
+    Index(
+        "ix_messages_user",
+        "user_id",
+        "id",
+        postgresql_include=["org_id", "direction", "source", "from_addr"],
+    ),
     UniqueConstraint("org_id", "content_hash", name="uq_messages_org_content_hash"),
 )
 

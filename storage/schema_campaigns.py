@@ -148,6 +148,8 @@ campaign_recipients = Table(
     UniqueConstraint("campaign_id", "email_norm", name="uq_campaign_recipients_campaign_email"),
     Index("ix_campaign_recipients_due", "campaign_id", "status", "due_at"),
     Index("ix_campaign_recipients_send", "send_id"),
+    # A campaign's page filtered by status, in page (id) order (0016).
+    Index("ix_campaign_recipients_status", "campaign_id", "status", "id"),
 )
 
 # A CRM record's campaign history (GET /api/v1/{module}/{id}/campaigns).

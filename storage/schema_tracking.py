@@ -80,11 +80,14 @@ REPORT_COLUMNS = (
     "replied_at",
 )
 
+#: What "who did not respond" groups by, carried too (0016): an index-only scan as well.
+NO_RESPONSE_COLUMNS = ("module", "record_id")
+
 ix_sends_org_sent = Index(
     "ix_sends_org_sent",
     sends.c.org_id,
     sends.c.sent_at,
-    postgresql_include=list(REPORT_COLUMNS),
+    postgresql_include=[*REPORT_COLUMNS, *NO_RESPONSE_COLUMNS],
 )
 
 ix_messages_org_direction_created = Index(
@@ -118,6 +121,9 @@ send_rollup = Table(
     PrimaryKeyConstraint(
         "org_id", "bucket", "template_id", "template_version", "user_id", name="pk_send_rollup"
     ),
+    # /analytics filtered by a user or a template reads that key's rows alone (0016).
+    Index("ix_send_rollup_org_user", "org_id", "user_id", "bucket"),
+    Index("ix_send_rollup_org_template", "org_id", "template_id", "bucket"),
 )
 
 #: Seconds per rollup bucket.

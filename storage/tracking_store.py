@@ -19,13 +19,16 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     literal_column,
+    or_,
     select,
     text,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.events import append_rows
@@ -288,14 +291,18 @@ def email_counts(
     start: datetime,
     end: datetime,
     *,
-    group: str,
+    group: str | None,
     by: str | None,
     tz: str,
+    only: int | None = None,
 ) -> list[dict[str, Any]]:
     """Counts per (period, key) of sends sent in [start, end).
 
     PostgreSQL buckets in SQL (``date_trunc`` in the org's zone); other engines
     return one row per send and the caller buckets (small deployments).
+    ``group`` None: one period, the whole range (``period`` is None).  ``only``
+    keeps the rows of one key of ``by`` (a user id, or a template id with all
+    its versions): the dashboard filters in SQL instead of reading every key.
     """
     keys = _KEYS[by]
     counts = (
@@ -306,11 +313,17 @@ def email_counts(
         func.count(sends.c.replied_at).label("replied"),
     )
     where = and_(sends.c.org_id == org_id, sends.c.sent_at >= start, sends.c.sent_at < end)
+    if only is not None:
+        where = and_(where, keys[0] == only)
     if conn.dialect.name == "postgresql" and _on_bucket(start) and _on_bucket(end):
-        return _rollup_counts(conn, org_id, start, end, group=group, by=by, tz=tz)
+        return _rollup_counts(conn, org_id, start, end, group=group, by=by, tz=tz, only=only)
     if conn.dialect.name == "postgresql":
-        bucket = _bucket_pg(sends.c.sent_at, group, tz).label("period")
-        q = select(bucket, *keys, *counts).where(where).group_by(bucket, *keys)
+        if group is None:
+            q = select(literal_column("NULL").label("period"), *keys, *counts).where(where)
+            q = q.group_by(*keys)
+        else:
+            bucket = _bucket_pg(sends.c.sent_at, group, tz).label("period")
+            q = select(bucket, *keys, *counts).where(where).group_by(bucket, *keys)
         return [dict(r) for r in conn.execute(q).mappings()]
     q = select(
         sends.c.sent_at.label("period"),
@@ -341,25 +354,39 @@ def _rollup_counts(
     start: datetime,
     end: datetime,
     *,
-    group: str,
+    group: str | None,
     by: str | None,
     tz: str,
+    only: int | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`email_counts` from ``send_rollup`` (PostgreSQL; period on bucket bounds).
 
     Sums a few rows per quarter hour instead of counting every send; the -1 of
-    a missing key turns back into NULL.
+    a missing key turns back into NULL.  With ``only`` the rollup's
+    ``(org_id, user_id | template_id, bucket)`` indexes (0016) read that key's
+    rows alone.
     """
     r = send_rollup.c
     keys = [func.nullif(r[name], -1).label(name) for name in _ROLLUP_KEYS[by]]
-    bucket = _bucket_pg(r.bucket, group, tz).label("period")
     sums = [func.sum(r[name]).label(name) for name in _COUNTED]
-    q = (
-        select(bucket, *keys, *sums)
-        .where(r.org_id == org_id, r.bucket >= start, r.bucket < end)
-        .group_by(bucket, *keys)
-        .having(func.sum(r.sent) > 0)
-    )
+    where = and_(r.org_id == org_id, r.bucket >= start, r.bucket < end)
+    if only is not None:
+        where = and_(where, r[_ROLLUP_KEYS[by][0]] == only)
+    if group is None:
+        q = select(literal_column("NULL").label("period"), *keys, *sums).where(where)
+        q = q.group_by(*keys).having(func.sum(r.sent) > 0)
+    elif by is None:
+        # Quarter hours first, then periods: the zone conversion and truncation run
+        # once per quarter hour (2,880 in 30 days) instead of once per rollup row
+        # (a row per template, version and user of each quarter hour).
+        quarters = select(r.bucket, *sums).where(where).group_by(r.bucket).subquery("quarters")
+        bucket = _bucket_pg(quarters.c.bucket, group, tz).label("period")
+        totals = [func.sum(quarters.c[name]).label(name) for name in _COUNTED]
+        q = select(bucket, *totals).group_by(bucket).having(func.sum(quarters.c.sent) > 0)
+    else:
+        bucket = _bucket_pg(r.bucket, group, tz).label("period")
+        q = select(bucket, *keys, *sums).where(where).group_by(bucket, *keys)
+        q = q.having(func.sum(r.sent) > 0)
     return [dict(row) for row in conn.execute(q).mappings()]
 
 
@@ -375,8 +402,9 @@ def received_counts(
     group: str,
     by_user: bool,
     tz: str,
+    only_user: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Incoming mail filed in [start, end), per period (and user)."""
+    """Incoming mail filed in [start, end), per period (and user; ``only_user``: theirs)."""
     keys = (messages.c.user_id,) if by_user else ()
     where = and_(
         messages.c.org_id == org_id,
@@ -384,6 +412,8 @@ def received_counts(
         messages.c.created_at >= start,
         messages.c.created_at < end,
     )
+    if only_user is not None:
+        where = and_(where, messages.c.user_id == only_user)
     if conn.dialect.name == "postgresql":
         bucket = _bucket_pg(messages.c.created_at, group, tz).label("period")
         q = (
@@ -396,6 +426,17 @@ def received_counts(
             messages.c.created_at.label("period"), *keys, literal_column("1").label("received")
         ).where(where)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+#: Memory for the no-response grouping (PostgreSQL): a period's sends are grouped by
+#: record in a hash table instead of sorted on disk (4 MB, the server default, spills
+#: past ~50,000 records).
+NO_RESPONSE_WORK_MEM = "32MB"
+#: How long the newest-first walk may take before the grouping answers instead
+#: (PostgreSQL ``statement_timeout``, in a savepoint): the walk is fast when the
+#: records that did not respond are common among the newest sends (the usual case),
+#: and slow when they are rare.
+NO_RESPONSE_WALK_MS = 120
 
 
 def no_response(
@@ -411,33 +452,154 @@ def no_response(
     Bounced-only recipients are included (they did not respond either); the
     ``bounced`` count tells them apart.  Every send of the org counts, whoever
     sent it: sends are mail sent from the CRM, which sharing modes do not hide.
+    Newest last send first, then by record id.
+
+    Two ways to the same rows: on PostgreSQL :func:`no_response_walk` (reads the
+    newest sends first and stops at ``limit``: milliseconds however long the
+    period), given :data:`NO_RESPONSE_WALK_MS`; if it needs longer, or on SQLite,
+    :func:`no_response_grouped` (groups every send of the period).
     """
+    if conn.dialect.name == "postgresql":
+        try:
+            with conn.begin_nested():  # a timeout rolls back to here, and the SET with it
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {NO_RESPONSE_WALK_MS}")
+                # The walk's plan hangs on the period's bounds: a cached generic plan
+                # (asyncpg prepares statements; PostgreSQL switches after five runs)
+                # hash-joined every send of the period (seconds) instead of walking.
+                conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+                rows = no_response_walk(conn, org_id, start, end, limit=limit)
+                conn.exec_driver_sql("SET LOCAL statement_timeout = DEFAULT")
+                conn.exec_driver_sql("SET LOCAL plan_cache_mode = DEFAULT")
+            return rows
+        except DBAPIError as exc:
+            if "statement timeout" not in str(exc):
+                raise
+    return no_response_grouped(conn, org_id, start, end, limit=limit)
+
+
+def _mailed(start: datetime, end: datetime, org_id: int, s=sends) -> tuple:
+    return (
+        s.c.org_id == org_id,
+        s.c.sent_at >= start,
+        s.c.sent_at < end,
+        s.c.module.in_(("leads", "contacts")),
+        s.c.record_id.is_not(None),
+    )
+
+
+def no_response_walk(
+    conn: Connection, org_id: int, start: datetime, end: datetime, *, limit: int
+) -> list[dict[str, Any]]:
+    """:func:`no_response` newest first: each send of the period without a response
+    that is its record's last in the period, kept unless another of the record's sends
+    in the period got one.  Reads ``ix_sends_org_sent`` backwards and probes
+    ``ix_sends_org_record`` per candidate (both index-only on PostgreSQL), so the
+    work grows with how far back ``limit`` records are found, not with the period."""
+    other = sends.alias("other")
+    later_or_answered = exists().where(
+        other.c.org_id == org_id,
+        other.c.module == sends.c.module,
+        other.c.record_id == sends.c.record_id,
+        other.c.sent_at >= start,
+        other.c.sent_at < end,
+        or_(
+            other.c.sent_at > sends.c.sent_at,
+            other.c.opened_at.is_not(None),
+            other.c.clicked_at.is_not(None),
+            other.c.replied_at.is_not(None),
+        ),
+    )
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    want = limit
+    while True:
+        q = (
+            select(sends.c.module, sends.c.record_id, sends.c.sent_at.label("last_sent_at"))
+            .where(
+                *_mailed(start, end, org_id),
+                sends.c.opened_at.is_(None),
+                sends.c.clicked_at.is_(None),
+                sends.c.replied_at.is_(None),
+                ~later_or_answered,
+            )
+            .order_by(sends.c.sent_at.desc(), sends.c.record_id)
+            .limit(want)
+        )
+        rows = conn.execute(q).mappings().all()
+        found = {}
+        for r in rows:  # two unanswered sends of a record at the same instant: one row
+            found.setdefault((r["module"], r["record_id"]), dict(r))
+        if len(found) >= limit or len(rows) < want:
+            break
+        want += limit
+    out = list(found.values())[:limit]
+    _add_counts(conn, org_id, start, end, out)
+    _add_names(conn, org_id, out)
+    return out
+
+
+def no_response_grouped(
+    conn: Connection, org_id: int, start: datetime, end: datetime, *, limit: int
+) -> list[dict[str, Any]]:
+    """:func:`no_response` by grouping every send of the period by record.  The
+    grouping reads only what ``ix_sends_org_sent`` carries (index-only on PostgreSQL);
+    each kept record's address is read afterwards."""
     responded = func.count(sends.c.opened_at) + func.count(sends.c.clicked_at)
     responded = responded + func.count(sends.c.replied_at)
     q = (
         select(
             sends.c.module,
             sends.c.record_id,
-            func.max(sends.c.to_email).label("email"),
             func.count().label("sent"),
             func.count(sends.c.bounced_at).label("bounced"),
             func.max(sends.c.sent_at).label("last_sent_at"),
         )
-        .where(
-            sends.c.org_id == org_id,
-            sends.c.sent_at >= start,
-            sends.c.sent_at < end,
-            sends.c.module.in_(("leads", "contacts")),
-            sends.c.record_id.is_not(None),
-        )
-        .group_by(sends.c.module, sends.c.record_id)
+        .where(*_mailed(start, end, org_id))
+        .group_by(sends.c.record_id, sends.c.module)
         .having(responded == 0)
         .order_by(func.max(sends.c.sent_at).desc(), sends.c.record_id)
         .limit(limit)
     )
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{NO_RESPONSE_WORK_MEM}'")
     rows = [dict(r) for r in conn.execute(q).mappings()]
+    _add_counts(conn, org_id, start, end, rows, counts=False)
     _add_names(conn, org_id, rows)
     return rows
+
+
+def _add_counts(
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    rows: list[dict[str, Any]],
+    *,
+    counts: bool = True,
+) -> None:
+    """Each record's address (the greatest ``to_email`` of its sends in the period)
+    and, with ``counts``, its sends and bounces there (``ix_sends_org_record``)."""
+    for module in ("leads", "contacts"):
+        ids = [r["record_id"] for r in rows if r["module"] == module]
+        if not ids:
+            continue
+        q = (
+            select(
+                sends.c.record_id,
+                func.max(sends.c.to_email).label("email"),
+                func.count().label("sent"),
+                func.count(sends.c.bounced_at).label("bounced"),
+            )
+            .where(*_mailed(start, end, org_id), sends.c.module == module)
+            .where(sends.c.record_id.in_(ids))
+            .group_by(sends.c.record_id)
+        )
+        found = {r["record_id"]: r for r in conn.execute(q).mappings()}
+        for r in rows:
+            if r["module"] == module and r["record_id"] in found:
+                got = found[r["record_id"]]
+                r["email"] = got["email"]
+                if counts:
+                    r["sent"], r["bounced"] = int(got["sent"]), int(got["bounced"])
 
 
 def _add_names(conn: Connection, org_id: int, rows: list[dict[str, Any]]) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "period_label",
     "email_report",
     "no_response_report",
+    "version_report",
     "summarise",
 ]
 
@@ -134,8 +135,15 @@ def summarise(items: list[dict[str, Any]]) -> dict[str, Any]:
     return _shape(counts)
 
 
-def email_report(conn, org_id: int, period: Period, group: str, by: str | None) -> dict[str, Any]:
-    """The report body (sync: runs in ``Database.run_read``)."""
+def email_report(
+    conn, org_id: int, period: Period, group: str, by: str | None, *, only: int | None = None
+) -> dict[str, Any]:
+    """The report body (sync: runs in ``Database.run_read``).
+
+    ``only``: the items of one key of ``by`` (a user id; a template id, all its
+    versions), counted in SQL; the totals then cover that key alone too (and count
+    no received mail for a template: incoming mail has none).
+    """
     if group not in GROUPS:
         raise ReportError(f"group must be one of {', '.join(GROUPS)}")
     if by is not None and by not in BYS:
@@ -143,11 +151,25 @@ def email_report(conn, org_id: int, period: Period, group: str, by: str | None) 
     zone = _zone(period.tz)
     local = conn.dialect.name == "postgresql"  # buckets come back as local timestamps
     key_cols = _KEY_COLUMNS[by]
+    if only is not None and by is None:
+        raise ReportError("only needs by")
     rows = tracking_store.email_counts(
-        conn, org_id, period.start, period.end, group=group, by=by, tz=period.tz
+        conn, org_id, period.start, period.end, group=group, by=by, tz=period.tz, only=only
     )
-    received = tracking_store.received_counts(
-        conn, org_id, period.start, period.end, group=group, by_user=by == "user", tz=period.tz
+    # Incoming mail has no template: one template's report has none to count.
+    received = (
+        []
+        if by == "template" and only is not None
+        else tracking_store.received_counts(
+            conn,
+            org_id,
+            period.start,
+            period.end,
+            group=group,
+            by_user=by == "user",
+            tz=period.tz,
+            only_user=only if by == "user" else None,
+        )
     )
     items: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_COUNTED, 0))
     totals: dict[str, dict[str, int]] = defaultdict(
@@ -184,6 +206,34 @@ def email_report(conn, org_id: int, period: Period, group: str, by: str | None) 
         "items": out_items,
         "totals": out_totals,
     }
+
+
+def version_report(
+    conn, org_id: int, period: Period, *, template_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Each (template, version) over the whole period, in the shape of ``by=template``
+    items (``period`` None): the A/B table without a row per day of every template.
+    ``template_id``: that template's versions only.  Sends without a template count
+    under ``None``, as in the report."""
+    rows = tracking_store.email_counts(
+        conn,
+        org_id,
+        period.start,
+        period.end,
+        group=None,
+        by="template",
+        tz=period.tz,
+        only=template_id,
+    )
+    items: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_COUNTED, 0))
+    for row in rows:
+        key = (row["template_id"], row["template_version"])
+        for name in _COUNTED:
+            items[key][name] += int(row[name])
+    return [
+        {"period": None, "template_id": t, "template_version": v, **_shape(items[(t, v)])}
+        for t, v in sorted(items, key=lambda k: tuple((x is None, x) for x in k))
+    ]
 
 
 def no_response_report(conn, org_id: int, period: Period, limit: int) -> dict[str, Any]:
