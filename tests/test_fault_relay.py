@@ -201,3 +201,50 @@ def test_the_message_whose_250_a_kill_9_cut_off_goes_out_again_with_the_same_mes
     assert [mid for i, mid in seen if i == cut_off] == [stored_message_id(done[cut_off])] * 2
     assert all(mid == stored_message_id(done[i]) for i, mid in seen)
     assert done[cut_off]["attempts"] == 2
+
+
+def test_sigterm_while_the_relay_holds_a_reply_exits_in_time_and_hands_back_the_rest(
+    gate, database_url, tmp_path
+):
+    port = smtp_sink.free_port()
+    script = Script(stall=True)
+    settings = {
+        "relay_url": f"smtp://127.0.0.1:{port}",
+        "relay_lease": "3",
+        "relay_pool_size": "1",
+        "relay_poll_interval": "0.1",
+        "stop_deadline": "1",
+    }
+    with ScriptedRelay(port, script):
+        ids = queue_sends(gate, "relay-term-stalled", 4)
+        first = RoleProcess("worker", database_url, tmp_path / "data", **settings)
+        second = None
+        try:
+            wait_until(lambda: len(script.arrived) == 1, timeout=30)
+            on_wire, _ = identity(script.arrived[0])
+            asked = time.monotonic()
+            code, stderr = first.signal(signal.SIGTERM)
+            assert code == 0, stderr
+            assert time.monotonic() - asked < 1 + 5  # the deadline, and the exit itself
+            after_stop = rows(gate, ids)
+            # The relay may have the one on the wire: it keeps its lease (never lost,
+            # perhaps sent twice); the ones never tried were handed back, due at once.
+            assert after_stop[on_wire]["state"] == "sending"
+            for i in set(ids) - {on_wire}:
+                assert (after_stop[i]["state"], after_stop[i]["attempts"]) == ("queued", 0)
+            script.stall = False
+
+            second = RoleProcess("worker", database_url, tmp_path / "data", **settings)
+            wait_until(
+                lambda: all(r["state"] == "sent" for r in rows(gate, ids).values()),
+                timeout=60,
+                interval=0.1,
+            )
+        finally:
+            first.terminate()
+            if second is not None:
+                second.terminate()
+    done = rows(gate, ids)
+    seen = [identity(raw) for raw in script.arrived]
+    assert sorted(i for i, _ in seen) == sorted([*ids, on_wire])
+    assert all(mid == stored_message_id(done[i]) for i, mid in seen)
