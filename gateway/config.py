@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     template_max_string: int = Field(default=100_000, ge=1000)
     template_max_chars: int = Field(default=4_000_000, ge=10_000)
     template_render_seconds: float = Field(default=2.0, gt=0)
+    # -- faults (#14) --
+    #: Seconds stored mail claimed by an ingest runner stays its own: after a crash
+    #: (kill -9, power cut) another runner files it once this has passed; a clean stop
+    #: hands claims back at once.  Keep it above the slowest filing round (a batch of
+    #: 100 messages takes well under a second).  Was a fixed 5 minutes.
+    ingest_lease: float = Field(default=60.0, gt=0)
 
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:

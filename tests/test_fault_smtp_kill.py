@@ -16,6 +16,7 @@ from __future__ import annotations
 import signal
 import smtplib
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -189,3 +190,60 @@ def _settled(gate: MailgateServer, org_id: int, at_least: int) -> tuple[Counter,
         interval=0.2,
     )
     return filed(gate, org_id)
+
+
+def claimed_now(gate: MailgateServer) -> int:
+    """Stored mail under a runner's claim right now (pending, lease not yet run out)."""
+    from sqlalchemy import func
+
+    from storage.inbound_store import inbound
+    from storage.types import utcnow
+
+    def read(conn) -> int:
+        q = select(func.count()).where(
+            inbound.c.state == "pending", inbound.c.claimed_until > utcnow()
+        )
+        return conn.execute(q).scalar_one()
+
+    return gate.call(gate.db.run_read(read))
+
+
+def test_mail_a_killed_worker_was_filing_is_filed_once_soon_after_the_restart(
+    gate, database_url, tmp_path
+):
+    org = gate.org("fault-worker", plan="standard")
+    user = gate.user(org, SENDER, name="Rep")
+    data_dir = tmp_path / "data"
+    port = smtp_sink.free_port()
+    count = 1_000
+    lease = 5.0
+    smtp = smtp_role(database_url, data_dir, port)
+    worker = None
+    try:
+        client = Client(port, user["dropbox_address"], list(range(count)))
+        for t in client.start():
+            t.join(120)
+        assert client.answered == set(range(count))  # all stored, none filed yet
+
+        # Kill the worker while it holds a claim (a round in progress); a kill that
+        # happens to land between two rounds is tried again.
+        held = 0
+        for _ in range(5):
+            worker = RoleProcess("worker", database_url, data_dir, ingest_lease=str(lease))
+            wait_until(lambda: claimed_now(gate) > 0, timeout=60, interval=0.01)
+            worker.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            held = claimed_now(gate)
+            if held:
+                break
+        assert held, "no kill landed while the worker held a claim"
+        worker = RoleProcess("worker", database_url, data_dir, ingest_lease=str(lease))
+        subjects = Counter(message(n)[0] for n in range(count))
+        stored, announced = _settled(gate, org["id"], count)
+        # The dead worker's claims ran out after the lease, not after minutes.
+        assert time.monotonic() - killed < lease + 30
+        assert stored == subjects and announced == subjects  # every one, exactly once
+    finally:
+        smtp.terminate()
+        if worker is not None:
+            worker.terminate()
