@@ -211,7 +211,7 @@ def test_sigterm_while_the_relay_holds_a_reply_exits_in_time_and_hands_back_the_
     settings = {
         "relay_url": f"smtp://127.0.0.1:{port}",
         "relay_lease": "3",
-        "relay_pool_size": "1",
+        "relay_pool_size": "2",
         "relay_poll_interval": "0.1",
         "stop_deadline": "1",
     }
@@ -220,17 +220,19 @@ def test_sigterm_while_the_relay_holds_a_reply_exits_in_time_and_hands_back_the_
         first = RoleProcess("worker", database_url, tmp_path / "data", **settings)
         second = None
         try:
-            wait_until(lambda: len(script.arrived) == 1, timeout=30)
-            on_wire, _ = identity(script.arrived[0])
+            wait_until(lambda: len(script.arrived) == 2, timeout=30)
+            on_wire = {identity(raw)[0] for raw in script.arrived}
             asked = time.monotonic()
             code, stderr = first.signal(signal.SIGTERM)
             assert code == 0, stderr
-            assert time.monotonic() - asked < 1 + 5  # the deadline, and the exit itself
+            # The 1 s deadline, then the exit itself: no polite QUIT waited for on a
+            # connection the relay is not answering.
+            assert time.monotonic() - asked < 1 + 2.5
             after_stop = rows(gate, ids)
-            # The relay may have the one on the wire: it keeps its lease (never lost,
+            # The relay may have the ones on the wire: they keep their lease (never lost,
             # perhaps sent twice); the ones never tried were handed back, due at once.
-            assert after_stop[on_wire]["state"] == "sending"
-            for i in set(ids) - {on_wire}:
+            assert {after_stop[i]["state"] for i in on_wire} == {"sending"}
+            for i in set(ids) - on_wire:
                 assert (after_stop[i]["state"], after_stop[i]["attempts"]) == ("queued", 0)
             script.stall = False
 
@@ -246,5 +248,5 @@ def test_sigterm_while_the_relay_holds_a_reply_exits_in_time_and_hands_back_the_
                 second.terminate()
     done = rows(gate, ids)
     seen = [identity(raw) for raw in script.arrived]
-    assert sorted(i for i, _ in seen) == sorted([*ids, on_wire])
+    assert sorted(i for i, _ in seen) == sorted([*ids, *on_wire])
     assert all(mid == stored_message_id(done[i]) for i, mid in seen)
