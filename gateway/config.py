@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     #: How often an idle worker looks for due sends (it is also woken by the API).
     relay_poll_interval: float = Field(default=1.0, gt=0)
     #: Seconds a claimed send stays the relay worker's: after a crash, others wait this long.
-    #: A clean stop hands claims back at once; keep it above the slowest delivery.
+    #: A clean stop hands claims back at once; a live worker renews its claims every third
+    #: of it, so a relay slower than the lease never gets a send from two workers.
     relay_lease: float = Field(default=60.0, gt=0)
     #: Leads/contacts one filed message may be linked to or create; past it the addresses
     #: stay on the message unlinked (a 100,000-address To: must not stall every org).

@@ -250,3 +250,37 @@ def test_sigterm_while_the_relay_holds_a_reply_exits_in_time_and_hands_back_the_
     seen = [identity(raw) for raw in script.arrived]
     assert sorted(i for i, _ in seen) == sorted([*ids, *on_wire])
     assert all(mid == stored_message_id(done[i]) for i, mid in seen)
+
+
+def test_a_relay_slower_than_the_lease_gets_each_send_once_from_two_workers(
+    gate, database_url, tmp_path
+):
+    """The lease covers a whole claimed batch: a worker alive but slow must renew it, or the
+    other worker takes the send that is on the wire and the relay gets it twice."""
+    port = smtp_sink.free_port()
+    script = Script(data_delay=1.5)  # 6 messages one after another: 9 s; the lease is 2 s
+    settings = {
+        "relay_url": f"smtp://127.0.0.1:{port}",
+        "relay_lease": "2",
+        "relay_pool_size": "1",
+        "relay_poll_interval": "0.1",
+    }
+    with ScriptedRelay(port, script):
+        workers = []
+        try:
+            for _ in range(2):
+                workers.append(RoleProcess("worker", database_url, tmp_path / "data", **settings))
+            for w in workers:
+                w.wait_started()
+            ids = queue_sends(gate, "relay-slow", 6)  # one worker claims all six
+            wait_until(
+                lambda: all(r["state"] == "sent" for r in rows(gate, ids).values()),
+                timeout=60,
+                interval=0.1,
+            )
+        finally:
+            for w in workers:
+                w.terminate()
+    seen = sorted(identity(raw)[0] for raw in script.arrived)
+    assert seen == sorted(ids)  # each exactly once
+    assert {r["attempts"] for r in rows(gate, ids).values()} == {1}

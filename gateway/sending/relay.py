@@ -352,6 +352,9 @@ class RelayWorker(LoopRunner):
         self.pool = [_Connection(relay, timeout, local_hostname) for _ in range(pool_size)]
         #: Claimed and not yet tried, oldest first, with the end of each one's lease.
         self._held: dict[int, tuple[dict[str, Any], datetime]] = {}
+        #: Every claim of this round whose outcome is not yet committed (held, on the
+        #: wire, waiting for the recorder): send id → the end of its lease, renewed.
+        self._leases: dict[int, datetime] = {}
         self._recording_failed = False
 
     async def run_once(self) -> int:
@@ -364,6 +367,7 @@ class RelayWorker(LoopRunner):
         self._recording_failed = False
         results: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=self.group)
         recording = asyncio.create_task(self._record(results), name="relay-outcomes")
+        renewing = asyncio.create_task(self._renew(), name="relay-leases")
         tried = 0
         try:
             more = await self._claim()
@@ -380,14 +384,54 @@ class RelayWorker(LoopRunner):
             try:
                 await recording  # raises what stopped the recording
             finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
                 if self._held and not self.stopping:  # a stop hands back by itself
                     with contextlib.suppress(Exception):  # the database may be what failed
                         await self.hand_back()
+                # What is left (a recording failure) keeps its lease in the database.
+                self._leases = {i: end for i, end in self._leases.items() if i in self._held}
         return tried
+
+    async def _renew(self) -> None:
+        """While the round runs, renew its claims every third of the lease.
+
+        A claim covers a whole batch (``pool_size`` x 25 sends), so a relay
+        slower than the lease allows per message (2.4 s at 60 s) would otherwise
+        let another worker -- or this one's next claim -- take a send that is
+        still on the wire, and send it twice with no crash at all.  A dead
+        worker renews nothing: its claims run out one lease after its last
+        renewal, as before.
+        """
+        every = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            by_end: dict[datetime, list[int]] = {}
+            for send_id, end in self._leases.items():
+                by_end.setdefault(end, []).append(send_id)
+            until = self.clock.now() + self.lease
+            for end, ids in by_end.items():
+                try:
+                    kept = set(await self.db.run_write(sends.renew_claims, ids, end, until))
+                except Exception as exc:  # noqa: BLE001 - the lease then runs out as before
+                    log.warning("relay: renewing %d claims failed: %s", len(ids), exc)
+                    continue
+                for send_id in ids:
+                    if send_id not in self._leases:
+                        continue  # recorded meanwhile
+                    if send_id in kept:
+                        self._leases[send_id] = until
+                        if send_id in self._held:
+                            self._held[send_id] = (self._held[send_id][0], until)
+                    else:  # recorded meanwhile, or taken by another worker once it ran out
+                        self._leases.pop(send_id, None)
 
     async def hand_back(self) -> None:
         """Release the claims not yet tried: due again at once, their attempt uncounted."""
         held, self._held = self._held, {}
+        for send_id in held:
+            self._leases.pop(send_id, None)
         if held:
             until = max(lease_end for _, lease_end in held.values())
             released = await self.db.run_write(sends.release_claims, list(held), until)
@@ -409,6 +453,7 @@ class RelayWorker(LoopRunner):
         lease_end = now + self.lease
         for row in rows:
             self._held[row["id"]] = (row, lease_end)
+            self._leases[row["id"]] = lease_end
         return claimed == self.batch
 
     def _next(self) -> dict[str, Any] | None:
@@ -422,6 +467,7 @@ class RelayWorker(LoopRunner):
             send, lease_end = self._held.pop(next(iter(self._held)))
             if lease_end > now:
                 return send
+            self._leases.pop(send["id"], None)
             log.warning("relay: lease of send %s ran out before it was tried", send["id"])
         return None
 
@@ -478,6 +524,9 @@ class RelayWorker(LoopRunner):
                 except Exception as exc:  # noqa: BLE001 - raised below, after the queue is empty
                     error = exc
                     self._recording_failed = True
+                else:
+                    for d in deliveries:  # on record: no longer ours to renew
+                        self._leases.pop(d.send["id"], None)
             if done:
                 break
         if error is not None:

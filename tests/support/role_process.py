@@ -55,6 +55,15 @@ class RoleProcess:
                 time.sleep(0.05)
         raise AssertionError(f"serve --only {self.roles} did not listen on {port}")
 
+    def wait_started(self) -> RoleProcess:
+        """Return once the process says its roles run (``roles: …`` on stdout)."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("roles: "):
+                return self
+        _, stderr = self.proc.communicate()
+        raise AssertionError(f"serve --only {self.roles} exited: {stderr}")
+
     def signal(self, sig: int) -> tuple[int, str]:
         """Send ``sig`` and wait for the exit: (return code, stderr)."""
         self.proc.send_signal(sig)

@@ -36,6 +36,8 @@ class Script:
     #: While true, the reply to a message's DATA is withheld (the bytes have arrived):
     #: a sender killed meanwhile never learns that the relay had it.
     stall: bool = False
+    #: Seconds every reply to a message's DATA is held back (a slow relay).
+    data_delay: float = 0.0
 
 
 class _Handler:
@@ -57,6 +59,7 @@ class _Handler:
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
         self.script.arrived.append(bytes(envelope.content))
+        await asyncio.sleep(self.script.data_delay)
         while self.script.stall:
             await asyncio.sleep(0.02)
         if self.script.data_first:
