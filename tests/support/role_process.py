@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,22 +33,28 @@ class RoleProcess:
             "MAILGATE_SECRET_KEY": "test-secret-key",
         }
         env.update({f"MAILGATE_{k.upper()}": v for k, v in settings.items()})
+        # stderr to a file: a pipe nobody reads would block a process that logs a lot.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [*LAUNCH, "serve", "--only", roles],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
         )
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def wait_listening(self, port: int, timeout: float = 30.0) -> RoleProcess:
         """Return once ``port`` accepts connections; fail with the process's output if it died."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                _, stderr = self.proc.communicate()
-                raise AssertionError(f"serve --only {self.roles} exited: {stderr}")
+                self.proc.wait()
+                raise AssertionError(f"serve --only {self.roles} exited: {self.stderr()}")
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 return self
@@ -61,14 +68,14 @@ class RoleProcess:
         for line in self.proc.stdout:
             if line.startswith("roles: "):
                 return self
-        _, stderr = self.proc.communicate()
-        raise AssertionError(f"serve --only {self.roles} exited: {stderr}")
+        self.proc.wait()
+        raise AssertionError(f"serve --only {self.roles} exited: {self.stderr()}")
 
     def signal(self, sig: int) -> tuple[int, str]:
         """Send ``sig`` and wait for the exit: (return code, stderr)."""
         self.proc.send_signal(sig)
-        _, stderr = self.proc.communicate(timeout=30)
-        return self.proc.returncode, stderr
+        self.proc.communicate(timeout=30)
+        return self.proc.returncode, self.stderr()
 
     def terminate(self) -> None:
         if self.proc.poll() is None:
