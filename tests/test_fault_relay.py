@@ -284,3 +284,33 @@ def test_a_relay_slower_than_the_lease_gets_each_send_once_from_two_workers(
     seen = sorted(identity(raw)[0] for raw in script.arrived)
     assert seen == sorted(ids)  # each exactly once
     assert {r["attempts"] for r in rows(gate, ids).values()} == {1}
+
+
+def test_a_renewal_never_takes_back_a_claim_another_worker_made_after_the_lease_ran_out(gate):
+    from datetime import timedelta
+
+    from storage import sends as send_store
+    from storage.types import utcnow
+
+    ids = queue_sends(gate, "relay-renew", 2)
+    lease = timedelta(seconds=30)
+    t0 = utcnow()
+
+    def claim(conn, now):
+        return [r["id"] for r in send_store.claim_due(conn, now, 10, lease)]
+
+    assert sorted(gate.call(gate.db.run_write(claim, t0))) == sorted(ids)  # worker A
+    # A's lease runs out; worker B claims both, then A (alive but slow) tries to renew.
+    later = t0 + lease + timedelta(seconds=1)
+    assert sorted(gate.call(gate.db.run_write(claim, later))) == sorted(ids)
+    renewed = gate.call(
+        gate.db.run_write(send_store.renew_claims, ids, t0 + lease, later + 2 * lease)
+    )
+    assert renewed == []
+    assert {r["claimed_until"] for r in rows(gate, ids).values()} == {later + lease}
+    # B's own renewal (its lease end) goes through.
+    renewed = gate.call(
+        gate.db.run_write(send_store.renew_claims, ids, later + lease, later + 2 * lease)
+    )
+    assert sorted(renewed) == sorted(ids)
+    assert {r["claimed_until"] for r in rows(gate, ids).values()} == {later + 2 * lease}
