@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     #: How often an idle worker looks for due sends (it is also woken by the API).
     relay_poll_interval: float = Field(default=1.0, gt=0)
     #: Seconds a claimed send stays the relay worker's: after a crash, others wait this long.
-    #: A clean stop hands claims back at once; keep it above the slowest delivery.
+    #: A clean stop hands claims back at once; a live worker renews its claims every third
+    #: of it, so a relay slower than the lease never gets a send from two workers.
     relay_lease: float = Field(default=60.0, gt=0)
     #: Leads/contacts one filed message may be linked to or create; past it the addresses
     #: stay on the message unlinked (a 100,000-address To: must not stall every org).
@@ -89,6 +90,12 @@ class Settings(BaseSettings):
     template_max_string: int = Field(default=100_000, ge=1000)
     template_max_chars: int = Field(default=4_000_000, ge=10_000)
     template_render_seconds: float = Field(default=2.0, gt=0)
+    # -- faults (#14) --
+    #: Seconds stored mail claimed by an ingest runner stays its own: after a crash
+    #: (kill -9, power cut) another runner files it once this has passed; a clean stop
+    #: hands claims back at once.  Keep it above the slowest filing round (a batch of
+    #: 100 messages takes well under a second).  Was a fixed 5 minutes.
+    ingest_lease: float = Field(default=60.0, gt=0)
 
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:

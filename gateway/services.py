@@ -138,6 +138,7 @@ def _ingest(services: Services) -> LoopRunner:
         services.db,
         mail_domain=s.mail_domain,
         clock=services.follow_clock,
+        lease=timedelta(seconds=s.ingest_lease),
         steps=with_record_cap(IN_TRANSACTION, s.max_records_per_message),
     )
 

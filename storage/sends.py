@@ -126,6 +126,32 @@ def release_claims(conn: Connection, ids: Sequence[int], claimed_until: datetime
     return conn.execute(stmt).rowcount
 
 
+def renew_claims(
+    conn: Connection, ids: Sequence[int], claimed_until: datetime, until: datetime
+) -> list[int]:
+    """Extend claims this worker still holds to ``until``; the ids it still held.
+
+    A worker whose deliveries outlast the lease (a slow relay, a long batch)
+    renews it while it is alive, so no other worker takes a send that is on
+    the wire and sends it twice; a dead worker renews nothing and its lease
+    runs out.  As in :func:`release_claims`, a claim is still this worker's
+    while ``claimed_until`` is no later than its own lease end.
+    """
+    if not ids:
+        return []
+    stmt = (
+        update(sends)
+        .where(
+            sends.c.id.in_(list(ids)),
+            sends.c.state == "sending",
+            sends.c.claimed_until <= claimed_until,
+        )
+        .values(claimed_until=until)
+        .returning(sends.c.id)
+    )
+    return list(conn.execute(stmt).scalars())
+
+
 # One statement for a whole batch of successes: the ids and replies travel as
 # one JSON document (SQLite) or two arrays (PostgreSQL) instead of one
 # parameter set per row, so the relay's outcome write holds the GIL (and the

@@ -78,7 +78,7 @@ class IngestRunner(LoopRunner):
         mail_domain: str,
         clock: Clock | None = None,
         batch_size: int = 100,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = timedelta(seconds=60),
         max_attempts: int = 5,
         retry_after: timedelta = timedelta(seconds=30),
         poll_interval: float | None = None,

@@ -6,8 +6,9 @@ out (the process died mid-delivery) are claimed again, and a clean stop hands
 back what it claimed but never tried.  Delivery runs over a small pool of SMTP
 connections that stay open between messages (aiosmtplib resets the envelope
 after a refusal); a connection that breaks or gets ``421`` is dropped and
-reopened for the next message.  Outcomes are committed with their events in
-small groups while the batch is still going out.
+reopened for the next message.  Each outcome is committed with its event as
+soon as the database is free (with whatever others came meanwhile), while the
+batch is still going out.
 
 Replies decide: 2xx sent; 4xx, ``421``, refused connections and timeouts are
 retried with exponential backoff until a deadline.  A 5xx is a bounce only when
@@ -111,13 +112,24 @@ class _Connection:
     def __init__(self, relay: RelayConfig, timeout: float, local_hostname: str | None) -> None:
         self.relay, self.timeout, self.local_hostname = relay, timeout, local_hostname
         self.smtp: aiosmtplib.SMTP | None = None
+        #: In a delivery: set until it returns, so one cut off by a cancel stays set.
+        self.mid_transaction = False
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """Say QUIT (waiting up to ``grace`` s for the reply), then drop the connection.
+
+        A connection cut off mid-transaction is dropped without QUIT: the relay
+        would answer the QUIT only after the message it is still judging, and a
+        stop must not wait for that past its deadline (measured: two stalled
+        connections held a 1 s stop for 5 s).
+        """
         smtp, self.smtp = self.smtp, None
         if smtp is not None and smtp.is_connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(smtp.quit(), 2)
+            if grace > 0 and not self.mid_transaction:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(smtp.quit(), grace)
             smtp.close()
+        self.mid_transaction = False
 
     async def _open(self) -> aiosmtplib.SMTP:
         """Connect and greet: the lean transaction skips sendmail, which would send EHLO."""
@@ -134,6 +146,12 @@ class _Connection:
     async def deliver(self, send: dict[str, Any], sender: str) -> Delivery:
         """One send over this connection; which stage a refusal came at decides what it means
         (:class:`~gateway.sending.outcomes.Stage`)."""
+        self.mid_transaction = True  # a cancel (a stop past its deadline) leaves it set
+        delivery = await self._deliver(send, sender)
+        self.mid_transaction = False
+        return delivery
+
+    async def _deliver(self, send: dict[str, Any], sender: str) -> Delivery:
         try:
             smtp = self.smtp
             if smtp is None or not smtp.is_connected:
@@ -293,10 +311,12 @@ class RelayWorker(LoopRunner):
     """The ``relay`` runner: delivers due sends; :meth:`wake` after enqueueing skips the poll wait.
 
     A round claims a batch under a lease and delivers it over the pool while
-    the next batch is claimed.  Outcomes go to the database in small groups as
-    they come in (:meth:`_record`), so a crash loses at most the group being
-    written and the messages on the wire, never the record of a whole batch
-    the relay already accepted.  On a clean stop no new message is started,
+    the next batch is claimed.  Each outcome goes to the database as soon as it
+    can (:meth:`_record`), so a crash loses at most the record of the messages
+    on the wire and of the commits in progress, never that of a whole batch
+    the relay already accepted: those few go out again, with the same
+    Message-ID (the stored bytes), which is where at least once is the honest
+    promise.  On a clean stop no new message is started,
     the outcomes are committed and what was claimed but never tried is handed
     back (:meth:`hand_back`), so the next process sends it at once instead of
     waiting out the lease.  A message that was on the wire when a stop ran
@@ -320,7 +340,6 @@ class RelayWorker(LoopRunner):
         lease: timedelta = timedelta(seconds=60),
         batch_per_connection: int = 25,
         group: int = 50,
-        linger: float = 0.05,
         local_hostname: str | None = None,
     ) -> None:
         super().__init__(poll_interval=poll_interval)
@@ -329,10 +348,13 @@ class RelayWorker(LoopRunner):
         self.clock = clock or SystemClock()
         self.lease = lease
         self.batch = pool_size * batch_per_connection
-        self.group, self.linger = group, linger
+        self.group = group
         self.pool = [_Connection(relay, timeout, local_hostname) for _ in range(pool_size)]
         #: Claimed and not yet tried, oldest first, with the end of each one's lease.
         self._held: dict[int, tuple[dict[str, Any], datetime]] = {}
+        #: Every claim of this round whose outcome is not yet committed (held, on the
+        #: wire, waiting for the recorder): send id → the end of its lease, renewed.
+        self._leases: dict[int, datetime] = {}
         self._recording_failed = False
 
     async def run_once(self) -> int:
@@ -343,8 +365,9 @@ class RelayWorker(LoopRunner):
         handed back, and a recording failure is raised for the loop's back-off.
         """
         self._recording_failed = False
-        results: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=2 * self.group)
+        results: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=self.group)
         recording = asyncio.create_task(self._record(results), name="relay-outcomes")
+        renewing = asyncio.create_task(self._renew(), name="relay-leases")
         tried = 0
         try:
             more = await self._claim()
@@ -361,22 +384,63 @@ class RelayWorker(LoopRunner):
             try:
                 await recording  # raises what stopped the recording
             finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
                 if self._held and not self.stopping:  # a stop hands back by itself
                     with contextlib.suppress(Exception):  # the database may be what failed
                         await self.hand_back()
+                # What is left (a recording failure) keeps its lease in the database.
+                self._leases = {i: end for i, end in self._leases.items() if i in self._held}
         return tried
+
+    async def _renew(self) -> None:
+        """While the round runs, renew its claims every third of the lease.
+
+        A claim covers a whole batch (``pool_size`` x 25 sends), so a relay
+        slower than the lease allows per message (2.4 s at 60 s) would otherwise
+        let another worker -- or this one's next claim -- take a send that is
+        still on the wire, and send it twice with no crash at all.  A dead
+        worker renews nothing: its claims run out one lease after its last
+        renewal, as before.
+        """
+        every = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            by_end: dict[datetime, list[int]] = {}
+            for send_id, end in self._leases.items():
+                by_end.setdefault(end, []).append(send_id)
+            until = self.clock.now() + self.lease
+            for end, ids in by_end.items():
+                try:
+                    kept = set(await self.db.run_write(sends.renew_claims, ids, end, until))
+                except Exception as exc:  # noqa: BLE001 - the lease then runs out as before
+                    log.warning("relay: renewing %d claims failed: %s", len(ids), exc)
+                    continue
+                for send_id in ids:
+                    if send_id not in self._leases:
+                        continue  # recorded meanwhile
+                    if send_id in kept:
+                        self._leases[send_id] = until
+                        if send_id in self._held:
+                            self._held[send_id] = (self._held[send_id][0], until)
+                    else:  # recorded meanwhile, or taken by another worker once it ran out
+                        self._leases.pop(send_id, None)
 
     async def hand_back(self) -> None:
         """Release the claims not yet tried: due again at once, their attempt uncounted."""
         held, self._held = self._held, {}
+        for send_id in held:
+            self._leases.pop(send_id, None)
         if held:
             until = max(lease_end for _, lease_end in held.values())
             released = await self.db.run_write(sends.release_claims, list(held), until)
             log.info("relay: handed back %d of %d claimed sends", released, len(held))
 
     async def close(self) -> None:
-        for conn in self.pool:
-            await conn.close()
+        """Close the pool at once, within what is left of a stop's deadline."""
+        grace = min(2.0, self.time_left()) if self.stopping else 2.0
+        await asyncio.gather(*(conn.close(grace) for conn in self.pool))
 
     async def _claim(self) -> bool:
         """Claim a batch into :attr:`_held`; True when it was full (more may be due).
@@ -389,6 +453,7 @@ class RelayWorker(LoopRunner):
         lease_end = now + self.lease
         for row in rows:
             self._held[row["id"]] = (row, lease_end)
+            self._leases[row["id"]] = lease_end
         return claimed == self.batch
 
     def _next(self) -> dict[str, Any] | None:
@@ -402,6 +467,7 @@ class RelayWorker(LoopRunner):
             send, lease_end = self._held.pop(next(iter(self._held)))
             if lease_end > now:
                 return send
+            self._leases.pop(send["id"], None)
             log.warning("relay: lease of send %s ran out before it was tried", send["id"])
         return None
 
@@ -427,25 +493,28 @@ class RelayWorker(LoopRunner):
         return sum(counts)
 
     async def _record(self, results: asyncio.Queue[Delivery | None]) -> None:
-        """Commit outcomes as they arrive, in groups of up to ``group`` or ``linger`` seconds.
+        """Commit each outcome as soon as the database is free, with whatever came meanwhile.
 
-        A group closes when it is full or ``linger`` after its first outcome, so
-        what the relay accepted is on record within a fraction of a second, and
-        a fast relay costs one commit per few dozen messages rather than one per
-        message.  The queue holds at most two groups: the connections wait for
-        the database rather than run far ahead of what is on record.  After a
-        failed commit the rest is taken off the queue unwritten (those sends
-        keep their lease and go out again once it has run out) and the error is
-        raised.
+        No outcome waits for others: when a commit ends, everything that arrived
+        during it (up to ``group``) is the next group.  A slow relay therefore
+        costs one commit per message and its 250 is on record within one commit
+        of arriving; a fast one fills the groups by itself (group commit).  The
+        window a ``kill -9`` can re-send is only that: the messages on the wire
+        and the outcomes of the commit in progress and the one queued behind it
+        (the queue holds one group, so the connections wait for the database
+        rather than run ahead of what is on record).  Waiting for company
+        (``linger``, once 50 ms) widened that window for nothing; each
+        connection waiting for its own commit would shrink it to one message
+        per connection, but cost 4-6x the throughput on PostgreSQL (measured,
+        bench/README.md).  After a failed commit the rest is taken off the
+        queue unwritten (those sends keep their lease and go out again once it
+        has run out) and the error is raised.
         """
-        loop = asyncio.get_running_loop()
         error: Exception | None = None
         while True:
             group = [await results.get()]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(loop.time() + self.linger):
-                    while len(group) < self.group and group[-1] is not None:
-                        group.append(await results.get())
+            while len(group) < self.group and group[-1] is not None and not results.empty():
+                group.append(results.get_nowait())
             done = group[-1] is None  # the end marker comes after every result
             deliveries = [d for d in group if d is not None]
             if deliveries and error is None:
@@ -455,6 +524,9 @@ class RelayWorker(LoopRunner):
                 except Exception as exc:  # noqa: BLE001 - raised below, after the queue is empty
                     error = exc
                     self._recording_failed = True
+                else:
+                    for d in deliveries:  # on record: no longer ours to renew
+                        self._leases.pop(d.send["id"], None)
             if done:
                 break
         if error is not None:

@@ -10,6 +10,7 @@ plain socket answers the greeting refusal (aiosmtpd always greets with 220).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -27,6 +28,16 @@ class Script:
     received: list[str] = field(default_factory=list)  # recipients of accepted messages
     #: Each accepted message as delivered: (its recipients, the raw bytes after DATA).
     messages: list[tuple[list[str], bytes]] = field(default_factory=list)
+    #: Replies to the first messages' DATA, one each, before ``data``/acceptance applies
+    #: (``["451 4.3.0 Try again later"]``: the first message is refused, the next accepted).
+    data_first: list[str] = field(default_factory=list)
+    #: Every message whose bytes arrived, answered or not, refused or not, in order.
+    arrived: list[bytes] = field(default_factory=list)
+    #: While true, the reply to a message's DATA is withheld (the bytes have arrived):
+    #: a sender killed meanwhile never learns that the relay had it.
+    stall: bool = False
+    #: Seconds every reply to a message's DATA is held back (a slow relay).
+    data_delay: float = 0.0
 
 
 class _Handler:
@@ -47,6 +58,12 @@ class _Handler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.script.arrived.append(bytes(envelope.content))
+        await asyncio.sleep(self.script.data_delay)
+        while self.script.stall:
+            await asyncio.sleep(0.02)
+        if self.script.data_first:
+            return self.script.data_first.pop(0)
         if self.script.data:
             return self.script.data.format(rcpt=",".join(envelope.rcpt_tos))
         self.script.received.extend(envelope.rcpt_tos)
