@@ -44,7 +44,7 @@ from gateway.ingest.pipeline import (
     run_steps,
     with_record_cap,
 )
-from gateway.metrics import FILED
+from gateway.metrics import FILED, PARKED
 from gateway.runner import LoopRunner
 from storage import inbound_store
 from storage.db import Database
@@ -161,9 +161,11 @@ class IngestRunner(LoopRunner):
         row = {"id": d.inbound_id, "failed_stage": d.stage, "last_error": d.reason}
         if d.outcome is not None and d.outcome.refused:
             log.info("refused mail %s after the 250: %s", d.inbound_id, d.reason)
+            PARKED.labels("refused").inc()
             return {**row, "state": "refused", "claimed_until": None}
         if attempts >= self.max_attempts:
             log.warning("parking mail %s: %s at %s", d.inbound_id, d.reason, d.stage)
+            PARKED.labels("failed").inc()
             return {**row, "state": "failed", "claimed_until": None}
         retry = now + self.retry_after * 2 ** (attempts - 1)
         return {**row, "state": "pending", "claimed_until": retry}

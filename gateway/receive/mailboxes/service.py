@@ -25,6 +25,7 @@ from typing import Any
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.ingest.spool import Spool
+from gateway.metrics import MAILBOX_POLL_ERRORS
 from gateway.receive import pop3
 from gateway.receive.imap import (
     Backoff,
@@ -434,6 +435,7 @@ class MailboxService:
                 finally:
                     await source.close()
             except MailboxError as exc:
+                MAILBOX_POLL_ERRORS.labels(str(mid), row.get("protocol") or "imap", exc.kind).inc()
                 await self.record_error(mid, exc.kind, error_words(exc))
                 delay = backoff.next()
                 if exc.kind == "bad_login":  # the same password fails again; avoid lock-outs
