@@ -169,7 +169,8 @@ def configure(fmt: str = "text", level: str = "info", stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_of(level))
-    # Chatty libraries stay at warning unless debugging.
-    if root.level > logging.DEBUG:
-        for name in ("aiosqlite", "asyncio", "mail.log", "aiosmtplib", "httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # Chatty libraries stay at warning unless debugging (alembic's plugin set-up is 7 lines
+    # per start; its migration lines stay).
+    quiet = ("aiosqlite", "asyncio", "mail.log", "aiosmtplib", "httpx", "httpcore")
+    for name in (*quiet, "alembic.runtime.plugins"):
+        logging.getLogger(name).setLevel(logging.WARNING if root.level > logging.DEBUG else 0)

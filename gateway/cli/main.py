@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -162,6 +163,9 @@ def serve(
                 f"ops (/healthz /readyz /metrics) on {s.ops_host_port[0]}:{running.ops_port}"
             )
         typer.echo(f"roles: {', '.join(sorted(roles))}; database {s.database_url.split('://')[0]}")
+        logging.getLogger("mailgate.serve").info(
+            "serving %s", ",".join(sorted(roles)), extra={"roles": sorted(roles)}
+        )
 
     async def main() -> None:
         from storage.migrate import upgrade

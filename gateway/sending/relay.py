@@ -35,6 +35,7 @@ import idna
 from aiosmtplib.protocol import normalize_message_line_endings
 from aiosmtplib.typing import SMTPStatus
 
+from gateway import logs
 from gateway.bounces.verp import verp_address
 from gateway.clock import Clock, SystemClock
 from gateway.metrics import RELAY_LATENCY, SENDS, reply_class
@@ -421,7 +422,8 @@ class RelayWorker(LoopRunner):
                     delivery = Delivery(send, Verdict.FAILED, "no composed message stored", None)
                 else:
                     started = time.monotonic()
-                    delivery = await conn.deliver(send, sender)
+                    with logs.bind(send_id=send["id"]):
+                        delivery = await conn.deliver(send, sender)
                     RELAY_LATENCY.observe(time.monotonic() - started)
                 SENDS.labels(
                     str(send["org_id"]), delivery.verdict.value, reply_class(delivery.code)

@@ -440,7 +440,13 @@ class MailboxService:
                 delay = backoff.next()
                 if exc.kind == "bad_login":  # the same password fails again; avoid lock-outs
                     delay = max(delay, 300.0)
-                log.info("mailbox %s: %s; retrying in %g s", mid, exc.kind, delay)
+                log.info(
+                    "mailbox %s: %s; retrying in %g s",
+                    mid,
+                    exc.kind,
+                    delay,
+                    extra={"mailbox_id": mid},
+                )
                 await _sleep_or_stop(delay, stop)
 
     async def backfill(
