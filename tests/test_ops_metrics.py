@@ -358,7 +358,8 @@ def test_queue_depth_age_and_consumer_lag_show_a_backlog_until_a_worker_drains_i
     org = front.org(f"Split {uuid.uuid4().hex[:6]}")
     user = front.user(org, f"rep@{uuid.uuid4().hex[:6]}.example.jp")
     api = front.api(user)
-    new_lead(api, f"lead-{uuid.uuid4().hex[:6]}@client.example")  # one event for the consumers
+    lead = new_lead(api, f"lead-{uuid.uuid4().hex[:6]}@client.example")  # an event to consume
+    api_send(api, lead)  # due at once, and no relay runs yet
     smtp_send(
         front.smtp_port,
         user["email"],
@@ -368,7 +369,8 @@ def test_queue_depth_age_and_consumer_lag_show_a_backlog_until_a_worker_drains_i
     text = scrape(front.http_url)
     assert value(text, "mailgate_queue_depth", runner="ingest") == 1
     assert value(text, "mailgate_queue_oldest_seconds", runner="ingest") >= 0
-    assert value(text, "mailgate_queue_depth", runner="relay") == 0
+    assert value(text, "mailgate_queue_depth", runner="relay") == 1
+    assert value(text, "mailgate_queue_depth", runner="bounces") == 0
     assert value(text, "mailgate_consumer_lag_events", consumer="suppression") >= 1
     assert {s["runner"] for s in series(text, "mailgate_queue_depth")} >= {
         "ingest",
@@ -379,12 +381,14 @@ def test_queue_depth_age_and_consumer_lag_show_a_backlog_until_a_worker_drains_i
         "webhook_delivery",
     }
 
-    back = start_back(ops_listen="127.0.0.1:0")
+    nowhere = f"smtp://127.0.0.1:{smtp_sink.free_port()}"  # the send is tried, and deferred
+    back = start_back(ops_listen="127.0.0.1:0", relay_url=nowhere)
 
     def drained() -> bool:
         now = scrape(front.http_url)
         return (
             value(now, "mailgate_queue_depth", runner="ingest") == 0
+            and value(now, "mailgate_queue_depth", runner="relay") == 0  # tried (deferred)
             and value(now, "mailgate_consumer_lag_events") == 0
         )
 
