@@ -136,15 +136,19 @@ def _age(now: datetime, oldest: Any) -> float:
 
 def queue_figures(conn: Connection, now: datetime) -> dict[str, tuple[int, float]]:
     """Per runner: (items due, age in seconds of the oldest); one aggregate query each."""
+    from storage.campaigns import LIVE
     from storage.inbound_store import INGEST_CHANNELS
     from storage.schema import inbound
-    from storage.schema_campaigns import campaign_recipients
+    from storage.schema_campaigns import campaign_recipients, campaigns
     from storage.schema_sending import sends
     from storage.schema_tracking import tracking_inbox
     from storage.schema_webhooks import webhook_deliveries
 
-    def one(column, *where) -> tuple[int, float]:
-        count, oldest = conn.execute(select(func.count(), func.min(column)).where(*where)).one()
+    def one(column, *where, source=None) -> tuple[int, float]:
+        q = select(func.count(), func.min(column)).where(*where)
+        if source is not None:
+            q = q.select_from(source)
+        count, oldest = conn.execute(q).one()
         return int(count), _age(now, oldest)
 
     pending = inbound.c.state == "pending"
@@ -157,10 +161,16 @@ def queue_figures(conn: Connection, now: datetime) -> dict[str, tuple[int, float
             sends.c.next_attempt_at <= now,
         ),
         "verdicts": one(tracking_inbox.c.queued),
+        # As the runner sees them: recipients of live campaigns (the index leads with the
+        # campaign, and few campaigns are live at once).
         "campaigns": one(
             campaign_recipients.c.due_at,
             campaign_recipients.c.status == "pending",
             campaign_recipients.c.due_at <= now,
+            campaigns.c.status.in_(LIVE),
+            source=campaign_recipients.join(
+                campaigns, campaigns.c.id == campaign_recipients.c.campaign_id
+            ),
         ),
         "webhook_delivery": one(
             webhook_deliveries.c.next_attempt_at,
