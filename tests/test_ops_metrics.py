@@ -23,6 +23,7 @@ from sqlalchemy import delete
 from gateway.bounces import verp_address
 from storage.schema_sending import sends
 from tests.support import smtp_sink
+from tests.support.campaigns import add_member
 from tests.support.databases import fresh_database
 from tests.support.metrics import Scraper, scrape, series, value
 from tests.support.sends import flush, make_bare_send, make_send
@@ -360,6 +361,15 @@ def test_queue_depth_age_and_consumer_lag_show_a_backlog_until_a_worker_drains_i
     api = front.api(user)
     lead = new_lead(api, f"lead-{uuid.uuid4().hex[:6]}@client.example")  # an event to consume
     api_send(api, lead)  # due at once, and no relay runs yet
+    listed = api.post("/api/v1/lists", json={"name": "ops"}).json()["id"]
+    add_member(front, org, listed, f"member-{uuid.uuid4().hex[:6]}@client.example")
+    campaign = api.post(
+        "/api/v1/campaigns",
+        json={"name": "ops", "list_ids": [listed], "subject": "ご案内", "html": "<p>本文</p>"},
+    )
+    assert campaign.status_code == 201, campaign.text
+    sent = api.post(f"/api/v1/campaigns/{campaign.json()['id']}/send")
+    assert sent.status_code == 202, sent.text  # its recipient is due; no campaigns runner yet
     smtp_send(
         front.smtp_port,
         user["email"],
@@ -370,6 +380,7 @@ def test_queue_depth_age_and_consumer_lag_show_a_backlog_until_a_worker_drains_i
     assert value(text, "mailgate_queue_depth", runner="ingest") == 1
     assert value(text, "mailgate_queue_oldest_seconds", runner="ingest") >= 0
     assert value(text, "mailgate_queue_depth", runner="relay") == 1
+    assert value(text, "mailgate_queue_depth", runner="campaigns") == 1
     assert value(text, "mailgate_queue_depth", runner="bounces") == 0
     assert value(text, "mailgate_consumer_lag_events", consumer="suppression") >= 1
     assert {s["runner"] for s in series(text, "mailgate_queue_depth")} >= {
@@ -388,6 +399,7 @@ def test_queue_depth_age_and_consumer_lag_show_a_backlog_until_a_worker_drains_i
         now = scrape(front.http_url)
         return (
             value(now, "mailgate_queue_depth", runner="ingest") == 0
+            and value(now, "mailgate_queue_depth", runner="campaigns") == 0  # composed
             and value(now, "mailgate_queue_depth", runner="relay") == 0  # tried (deferred)
             and value(now, "mailgate_consumer_lag_events") == 0
         )
