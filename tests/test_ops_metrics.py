@@ -10,6 +10,7 @@ each test compares with a scrape taken just before.
 
 from __future__ import annotations
 
+import os
 import re
 import smtplib
 import socket
@@ -469,3 +470,35 @@ def test_runner_states_and_readiness_rules():
     assert not readiness(True, {"a": {"state": "stuck"}})
     assert not readiness(True, {"a": {"state": "stopped"}})
     assert not readiness(False, {"a": {"state": "running"}})
+
+
+def test_readyz_says_503_when_the_database_is_gone_and_healthz_stays_200(tmp_path_factory):
+    """The node's PostgreSQL database disappears under it (dropped, connections cut): not
+    ready, with the database down and its runners stuck once they have failed longer than
+    MAILGATE_READY_FAILING_AFTER; still alive."""
+    from sqlalchemy.engine import make_url
+
+    from tests.support.databases import PG_ENV, _pg_admin
+
+    with fresh_database("postgresql", tmp_path_factory.mktemp("gone")) as url:
+        server = MailgateServer(
+            url, tmp_path_factory.mktemp("gone-data"), ready_failing_after=0.5
+        ).start({"http", "worker"})
+        try:
+            assert httpx.get(f"{server.http_url}/readyz", timeout=10).status_code == 200
+            name = make_url(url).database
+            _pg_admin(os.environ[PG_ENV], f'DROP DATABASE "{name}" WITH (FORCE)')
+
+            def stuck() -> dict | None:
+                r = httpx.get(f"{server.http_url}/readyz", timeout=10)
+                body = r.json()
+                states = {v["state"] for v in body["runners"].values()}
+                return r.status_code == 503 and "stuck" in states and body
+
+            body = wait_until(stuck, timeout=30, interval=0.2)
+            assert body["status"] == "not_ready" and body["database"] == "down"
+            assert body["runners"]["ingest"]["state"] == "stuck"
+            assert body["runners"]["ingest"]["failing_for"] >= 0.5
+            assert httpx.get(f"{server.http_url}/healthz", timeout=10).status_code == 200
+        finally:
+            server.stop()
