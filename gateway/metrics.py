@@ -117,6 +117,13 @@ QUEUE_OLDEST = Gauge(
     ["runner"],
     registry=REGISTRY,
 )
+ATTENTION = Gauge(
+    "mailgate_attention_items",
+    "Inbound mail waiting for a person (dashboard: Attention; `mailgate inbound replay`), "
+    "by state: failed, refused (filing), held (bounce mail); read at scrape time",
+    ["state"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "mailgate_consumer_lag_events",
     "Events in the log a consumer has not applied yet (log head - its offset)",
@@ -194,9 +201,27 @@ def consumer_lags(conn: Connection, consumers: list[str]) -> dict[str, int]:
     return {name: max(0, head - offsets.get(name, 0)) for name in consumers}
 
 
+def attention_counts(conn: Connection) -> dict[str, int]:
+    """Inbound rows parked for a person, by state (every state named, 0 when none)."""
+    from storage.inbound_store import ATTENTION_STATES
+    from storage.schema import inbound
+
+    rows = conn.execute(
+        select(inbound.c.state, func.count())
+        .where(inbound.c.state.in_(ATTENTION_STATES))
+        .group_by(inbound.c.state)
+    )
+    found = {state: int(n) for state, n in rows}
+    return {state: found.get(state, 0) for state in ATTENTION_STATES}
+
+
 def read_db_gauges(conn: Connection, now: datetime, consumers: list[str]) -> dict[str, Any]:
     """Every database gauge in one read-only connection."""
-    return {"queues": queue_figures(conn, now), "lags": consumer_lags(conn, consumers)}
+    return {
+        "queues": queue_figures(conn, now),
+        "lags": consumer_lags(conn, consumers),
+        "attention": attention_counts(conn),
+    }
 
 
 async def refresh_db_gauges(db: Any, now: datetime) -> None:
@@ -209,6 +234,8 @@ async def refresh_db_gauges(db: Any, now: datetime) -> None:
         QUEUE_OLDEST.labels(runner).set(oldest)
     for consumer, lag in figures["lags"].items():
         CONSUMER_LAG.labels(consumer).set(lag)
+    for state, count in figures["attention"].items():
+        ATTENTION.labels(state).set(count)
 
 
 def reply_class(code: int | None) -> str:

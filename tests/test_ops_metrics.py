@@ -151,6 +151,7 @@ def test_mail_refused_after_it_was_stored_counts_as_parked_refused(gate, rep):
     assert watch.moved("mailgate_received_messages_total", channel="dropbox") == 1
     assert watch.moved("mailgate_inbound_parked_total", state="refused") == 1
     assert watch.moved("mailgate_filed_messages_total", outcome="unknown_dropbox") == 1
+    assert watch.moved("mailgate_attention_items", state="refused") == 1  # until replayed
 
 
 # -- sending ----------------------------------------------------------------------
