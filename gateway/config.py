@@ -11,6 +11,7 @@ import secrets
 import tomllib
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field
@@ -97,6 +98,18 @@ class Settings(BaseSettings):
     #: 100 messages takes well under a second).  Was a fixed 5 minutes.
     ingest_lease: float = Field(default=60.0, gt=0)
 
+    # -- ops (#14): logs, readiness, the operations listener -----------------------------
+    #: ``text`` (one readable line per event) or ``json`` (one JSON object per line).
+    log_format: Literal["text", "json"] = "text"
+    #: debug, info, warning or error.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``HOST:PORT`` for ``/healthz``, ``/readyz`` and ``/metrics`` in a process without the
+    #: ``http`` role (an smtp, worker, imap or sync node); empty: no such listener.
+    ops_listen: str = ""
+    #: ``/readyz`` answers 503 once a runner of the process has failed every round for this
+    #: many seconds (storage away, peer down); shorter outages stay ready.
+    ready_failing_after: float = Field(default=30.0, ge=0)
+
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:
         return split_listen(self.smtp_listen)
@@ -104,6 +117,10 @@ class Settings(BaseSettings):
     @cached_property
     def http_host_port(self) -> tuple[str, int]:
         return split_listen(self.http_listen)
+
+    @cached_property
+    def ops_host_port(self) -> tuple[str, int] | None:
+        return split_listen(self.ops_listen) if self.ops_listen else None
 
     @cached_property
     def operator_emails(self) -> frozenset[str]:

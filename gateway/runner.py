@@ -83,6 +83,7 @@ class LoopRunner:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._failing_since: float | None = None  # monotonic time of the first failed round
         self._stop_by: float | None = None
         # One round at a time per runner: a drain() beside the running loop (tests, hand-over)
         # waits for the loop's round instead of interleaving with it on shared connections
@@ -130,6 +131,13 @@ class LoopRunner:
     def healthy(self) -> bool:
         """False while rounds keep failing (storage away, peer down)."""
         return self._failures == 0
+
+    @property
+    def failing_for(self) -> float:
+        """Seconds since the first of the rounds that keep failing (0 while healthy): /readyz."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
 
     async def start(self) -> None:
         if self.running:
@@ -190,6 +198,7 @@ class LoopRunner:
             except Exception as exc:  # noqa: BLE001 - storage or peer away: back off, retry
                 self._failures += 1
                 if self._failures == 1:
+                    self._failing_since = time.monotonic()
                     log.error("%s: round failed: %s: %s", self.name, type(exc).__name__, exc)
                     log.debug("%s: failure detail", self.name, exc_info=True)
                 cap = self.max_outage_backoff if is_storage_outage(exc) else self.max_backoff
@@ -198,6 +207,7 @@ class LoopRunner:
             if self._failures:
                 log.warning("%s: recovered after %d failed rounds", self.name, self._failures)
                 self._failures = 0
+                self._failing_since = None
             if handled:
                 continue
             await self._idle(self.idle_wait())

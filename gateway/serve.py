@@ -27,7 +27,7 @@ import uvicorn
 
 import sync
 from gateway.config import Settings
-from gateway.http.app import create_app
+from gateway.http.app import create_app, create_ops_app
 from gateway.http.stream import end_streams
 from gateway.receive.smtp import DropboxHandler, start_smtp
 from gateway.services import Services
@@ -44,6 +44,7 @@ class Running:
     roles: frozenset[str] = frozenset()
     smtp_port: int | None = None
     http_port: int | None = None
+    ops_port: int | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -79,6 +80,8 @@ async def listen_http(services: Services, running: Running) -> StopListening:
     config = uvicorn.Config(
         create_app(services),
         log_level="warning",
+        # Logging is configured once for the process (gateway.logs), in its format.
+        log_config=None,
         access_log=settings.http_access_log,
         lifespan="off",
         server_header=False,
@@ -95,6 +98,35 @@ async def listen_http(services: Services, running: Running) -> StopListening:
     async def stop(deadline: float) -> None:
         server.should_exit = True  # stop accepting; requests in progress finish
         end_streams(services)  # open event streams end now instead of holding the stop
+        try:
+            await asyncio.wait_for(asyncio.shield(task), deadline)
+        except TimeoutError:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    return stop
+
+
+async def listen_ops(services: Services, running: Running) -> StopListening:
+    """``/healthz``, ``/readyz``, ``/metrics`` on ``MAILGATE_OPS_LISTEN`` (no ``http`` role)."""
+    host, port = services.settings.ops_host_port or ("127.0.0.1", 0)
+    sock = _bind(host, port)
+    running.ops_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_ops_app(services),
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="ops")
+
+    async def stop(deadline: float) -> None:
+        server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(task), deadline)
         except TimeoutError:
@@ -207,6 +239,8 @@ async def run(
         for role, spec in ROLE_TABLE.items():
             if role in roles and spec.listener is not None:
                 listening.append(await spec.listener(services, running))
+        if settings.ops_listen and "http" not in roles:
+            listening.append(await listen_ops(services, running))
         # What is alive at start-up (modules, metadata, the app) lives as long as the process.
         # Freezing it spares the cyclic collector re-scanning it on every full collection, which
         # the batch writers trigger often: each scan held the GIL ~100 ms and was the tracking

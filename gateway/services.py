@@ -100,6 +100,11 @@ class Services:
         found = self._runners.get(name)
         return found if found is not None and found.running else None
 
+    @property
+    def started(self) -> list[LoopRunner]:
+        """The runners this process started, in order (``/readyz`` reports each)."""
+        return list(self._started)
+
     def wake(self, name: str) -> None:
         """Tell the runner there is new work; nothing when this process does not run it."""
         found = self.running(name)

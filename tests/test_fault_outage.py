@@ -282,6 +282,9 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         # A click whose links this process never looked up cannot be resolved: 503, not 404.
         r = api.get(f"/t/c/{unseen_click}")
         assert (r.status_code, r.headers.get("retry-after")) == (503, "5"), r.text
+        # Liveness stays 200 (a restart would not help); readiness takes the node out.
+        assert api.get("/healthz").status_code == 200
+        assert api.get("/readyz").status_code == 503
 
         cluster.start()
         wait_until(lambda: api.get("/api/v1/leads").status_code == 200, timeout=20)
@@ -292,6 +295,7 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         assert api.post("/api/v1/emails", json=to_lead).status_code == 202
         hits = 1 + len(pixels) + len(clicks)
         assert dashboard.get("/").status_code == 200
+        wait_until(lambda: api.get("/readyz").status_code == 200, timeout=20)
         wait_until(lambda: _count_hits(cluster.url, send["id"]) == hits, timeout=20, interval=0.5)
         wait_until(
             lambda: len(api.get(f"/api/v1/leads/{lead.json()['id']}/emails").json()["items"]) >= 2,

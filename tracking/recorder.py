@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway.clock import Clock, SystemClock
+from gateway.metrics import TRACKING_HITS
 from gateway.outage import is_storage_outage
 from gateway.runner import LoopRunner
 from storage import tracking_store
@@ -244,6 +245,7 @@ class HitRecorder(LoopRunner):
         """Queue one verified hit; never blocks, never touches the database."""
         if len(self._pending) >= self.max_pending:
             self.dropped += 1  # the writer is far behind (database down): shed, don't grow
+            TRACKING_HITS.labels("dropped").inc()
             return
         self._pending.append(
             (
@@ -299,12 +301,14 @@ class HitRecorder(LoopRunner):
             if self._failed_writes >= self.attempts:
                 log.exception("dropping %d tracking hits", len(batch))
                 self.dropped += len(batch)
+                TRACKING_HITS.labels("dropped").inc(len(batch))
                 self._failed_writes = 0
             else:
                 self._pending[:0] = batch
             raise
         self._failed_writes = 0
         self.queued += n
+        TRACKING_HITS.labels("queued").inc(n)
         return n
 
 
@@ -407,11 +411,14 @@ class HitJudge(LoopRunner):
             if self._failed_rounds >= self.attempts:
                 self._failed_rounds = 0
                 log.exception("dropping a batch of tracking hits that keeps failing")
-                self.dropped += await self.db.run_write(
-                    _drop_settled, queued_before, self.max_batch
-                )
+                dropped = await self.db.run_write(_drop_settled, queued_before, self.max_batch)
+                self.dropped += dropped
+                TRACKING_HITS.labels("dropped").inc(dropped)
             raise
         self._failed_rounds = 0
         self._next_due = None if oldest is None else oldest + self.settle
         self.recorded += stored
+        TRACKING_HITS.labels("recorded").inc(stored)
+        # Hits of deleted sends are taken but not stored: nothing to record them against.
+        TRACKING_HITS.labels("dropped").inc(taken - stored)
         return taken

@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from gateway.bounces import BouncedRecipient, BounceKind, BounceReport, classify, mime, verp_token
 from gateway.bounces.addresses import ADDRESS_RE, comparable
 from gateway.ingest.parse import parse
+from gateway.metrics import BOUNCES
 from storage import bounce_store, events, tracking_store
 from storage.events import NewEvent
 from storage.payloads import bounce_event
@@ -129,6 +130,7 @@ def apply_bounce(
     """
     now = bounce_store.now()
     send_id = send["id"]
+    BOUNCES.labels(str(org_id), kind).inc()
     bounce_store.record(
         conn,
         org_id=org_id,

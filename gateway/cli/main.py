@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -125,8 +126,16 @@ def serve(
     only: Annotated[
         str | None, typer.Option(help="Roles to run: smtp,http,worker,imap,sync.")
     ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text|json (default: MAILGATE_LOG_FORMAT, else text).")
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="debug|info|warning|error (default: MAILGATE_LOG_LEVEL, else info)."),
+    ] = None,
 ) -> None:
     """Run mailgate (every role by default) in the foreground."""
+    from gateway import logs
     from gateway.serve import event_loop_factory, parse_roles, run_until_signal
 
     try:
@@ -134,6 +143,14 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     s = settings()
+    fmt, level = log_format or s.log_format, log_level or s.log_level
+    if fmt not in ("text", "json"):
+        fail(f"--log-format must be text or json, not {fmt!r}")
+    try:
+        logs.level_of(level)
+    except ValueError as exc:
+        fail(str(exc))
+    logs.configure(fmt, level)
 
     def started(running) -> None:
         if running.smtp_port:
@@ -143,7 +160,14 @@ def serve(
                 f"HTTP API on http://{s.http_host_port[0]}:{running.http_port} "
                 f"(tracking base {s.public_url})"
             )
+        if running.ops_port:
+            typer.echo(
+                f"ops (/healthz /readyz /metrics) on {s.ops_host_port[0]}:{running.ops_port}"
+            )
         typer.echo(f"roles: {', '.join(sorted(roles))}; database {s.database_url.split('://')[0]}")
+        logging.getLogger("mailgate.serve").info(
+            "serving %s", ",".join(sorted(roles)), extra={"roles": sorted(roles)}
+        )
 
     async def main() -> None:
         from storage.migrate import upgrade

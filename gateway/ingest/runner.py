@@ -44,7 +44,7 @@ from gateway.ingest.pipeline import (
     run_steps,
     with_record_cap,
 )
-from gateway.metrics import FILED
+from gateway.metrics import FILED, PARKED
 from gateway.runner import LoopRunner
 from storage import inbound_store
 from storage.db import Database
@@ -160,10 +160,23 @@ class IngestRunner(LoopRunner):
     def _kept_row(self, d: Delivery, attempts: int, now: datetime) -> dict[str, Any]:
         row = {"id": d.inbound_id, "failed_stage": d.stage, "last_error": d.reason}
         if d.outcome is not None and d.outcome.refused:
-            log.info("refused mail %s after the 250: %s", d.inbound_id, d.reason)
+            log.info(
+                "refused mail %s after the 250: %s",
+                d.inbound_id,
+                d.reason,
+                extra={"inbound_id": d.inbound_id},
+            )
+            PARKED.labels("refused").inc()
             return {**row, "state": "refused", "claimed_until": None}
         if attempts >= self.max_attempts:
-            log.warning("parking mail %s: %s at %s", d.inbound_id, d.reason, d.stage)
+            log.warning(
+                "parking mail %s: %s at %s",
+                d.inbound_id,
+                d.reason,
+                d.stage,
+                extra={"inbound_id": d.inbound_id},
+            )
+            PARKED.labels("failed").inc()
             return {**row, "state": "failed", "claimed_until": None}
         retry = now + self.retry_after * 2 ** (attempts - 1)
         return {**row, "state": "pending", "claimed_until": retry}
@@ -264,7 +277,13 @@ def file_isolated(conn: Connection, batch: Batch, steps: tuple[Step, ...] = IN_T
         except StepFailed as exc:
             d.reset()
             d.decide(Outcome.FAILED, exc.step, exc.reason)
-            log.warning("mail %s failed at %s: %s", d.inbound_id, exc.step, exc.reason)
+            log.warning(
+                "mail %s failed at %s: %s",
+                d.inbound_id,
+                exc.step,
+                exc.reason,
+                extra={"inbound_id": d.inbound_id},
+            )
 
 
 def count_outcomes(items: list[Delivery]) -> None:

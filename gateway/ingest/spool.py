@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
 
+from gateway.metrics import RECEIVED
 from gateway.outage import is_storage_outage
 from gateway.runner import LoopRunner
 from storage import inbound_store
@@ -118,6 +119,7 @@ class Spool(LoopRunner):
                 log.warning("storing mail failed: %s: %s", type(exc).__name__, exc)
             _settle(jobs[0], StorageUnavailable(f"{type(exc).__name__}: {exc}"))
             return
+        count_received(jobs)
         for job in jobs:
             _settle(job, None)
 
@@ -145,6 +147,12 @@ def _write(conn: Connection, jobs: list[_Job]) -> None:
     for job in jobs:
         if job.after is not None:
             job.after(conn)
+
+
+def count_received(jobs: list[_Job]) -> None:
+    """``mailgate_received_messages_total`` by channel, once the rows are committed."""
+    for channel, n in Counter(row.get("channel", "") for job in jobs for row in job.rows).items():
+        RECEIVED.labels(channel).inc(n)
 
 
 def _settle(job: _Job, exc: Exception | None) -> None:

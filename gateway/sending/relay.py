@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,8 +36,10 @@ import idna
 from aiosmtplib.protocol import normalize_message_line_endings
 from aiosmtplib.typing import SMTPStatus
 
+from gateway import logs
 from gateway.bounces.verp import verp_address
 from gateway.clock import Clock, SystemClock
+from gateway.metrics import RELAY_LATENCY, SENDS, reply_class
 from gateway.runner import LoopRunner
 from gateway.sending import outcomes
 from gateway.sending.outcomes import Delivery, RetryPolicy, Stage, Verdict
@@ -484,7 +487,13 @@ class RelayWorker(LoopRunner):
                 if send["raw"] is None:  # cannot happen for an enqueued send; never crash on it
                     delivery = Delivery(send, Verdict.FAILED, "no composed message stored", None)
                 else:
-                    delivery = await conn.deliver(send, sender)
+                    started = time.monotonic()
+                    with logs.bind(send_id=send["id"]):
+                        delivery = await conn.deliver(send, sender)
+                    RELAY_LATENCY.observe(time.monotonic() - started)
+                SENDS.labels(
+                    str(send["org_id"]), delivery.verdict.value, reply_class(delivery.code)
+                ).inc()
                 await results.put(delivery)
                 tried += 1
             return tried

@@ -25,6 +25,7 @@ from typing import Any
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.ingest.spool import Spool
+from gateway.metrics import MAILBOX_POLL_ERRORS
 from gateway.receive import pop3
 from gateway.receive.imap import (
     Backoff,
@@ -434,11 +435,18 @@ class MailboxService:
                 finally:
                     await source.close()
             except MailboxError as exc:
+                MAILBOX_POLL_ERRORS.labels(str(mid), row.get("protocol") or "imap", exc.kind).inc()
                 await self.record_error(mid, exc.kind, error_words(exc))
                 delay = backoff.next()
                 if exc.kind == "bad_login":  # the same password fails again; avoid lock-outs
                     delay = max(delay, 300.0)
-                log.info("mailbox %s: %s; retrying in %g s", mid, exc.kind, delay)
+                log.info(
+                    "mailbox %s: %s; retrying in %g s",
+                    mid,
+                    exc.kind,
+                    delay,
+                    extra={"mailbox_id": mid},
+                )
                 await _sleep_or_stop(delay, stop)
 
     async def backfill(
