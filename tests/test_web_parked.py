@@ -21,12 +21,16 @@ from sqlalchemy import Connection, select
 
 from storage import events
 from storage.schema import parked_events
+from tests.support import metrics
 from tests.support.browser import chromium_browser
 from tests.support.server import MailgateServer, wait_until
 from tests.support.web import csrf_of, login, login_in_browser, new_member
 from tests.test_parked_events import bounce, freeze, suppressed, thaw
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+PARKED_GAUGE = "mailgate_parked_events"
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +77,12 @@ def test_an_admin_lists_replays_and_skips_the_orgs_parked_events_over_the_api(ga
     org, admin_user = new_member(gate)
     _, rep = new_member(gate, admin_user=False, org=org)
     _, stranger = new_member(gate)
+    waiting = metrics.value(metrics.scrape(gate.http_url), PARKED_GAUGE, consumer="suppression")
     first, second = park_one(gate, org), park_one(gate, org)
     assert not is_suppressed(gate, org, first["email"])
+    # What an operator alerts on: two more events wait for a person.
+    after = metrics.value(metrics.scrape(gate.http_url), PARKED_GAUGE, consumer="suppression")
+    assert after == waiting + 2
 
     with gate.api(admin_user) as api, gate.api(rep) as rep_api, gate.api(stranger) as other:
         listed = api.get("/api/v1/syncs/parked").json()["items"]
@@ -113,6 +121,8 @@ def test_an_admin_lists_replays_and_skips_the_orgs_parked_events_over_the_api(ga
             first["id"]: "replayed",
             second["id"]: "skipped",
         }
+    scraped = metrics.scrape(gate.http_url)
+    assert metrics.value(scraped, PARKED_GAUGE, consumer="suppression") == waiting
 
 
 def test_the_syncs_page_shows_parked_events_and_replays_one_with_the_csrf_token(gate):
