@@ -72,32 +72,38 @@ async def listen_smtp(services: Services, running: Running) -> StopListening:
     return stop
 
 
-async def listen_http(services: Services, running: Running) -> StopListening:
-    """The API and the tracking endpoints on ``MAILGATE_HTTP_LISTEN``."""
-    settings = services.settings
-    sock = _bind(*settings.http_host_port)
-    running.http_port = sock.getsockname()[1]
+def _uvicorn(
+    app: object,
+    sock: socket.socket,
+    name: str,
+    *,
+    access_log: bool = False,
+    grace: float | None = None,
+    before_stop: Callable[[], None] | None = None,
+) -> StopListening:
+    """Serve ``app`` with uvicorn on ``sock`` in a task; what stops it gracefully.
+
+    Stopping sets ``should_exit`` (stop accepting; requests in progress finish)
+    and waits up to the deadline before cancelling.
+    """
     config = uvicorn.Config(
-        create_app(services),
+        app,
         log_level="warning",
         # Logging is configured once for the process (gateway.logs), in its format.
         log_config=None,
-        access_log=settings.http_access_log,
+        access_log=access_log,
         lifespan="off",
         server_header=False,
-        timeout_graceful_shutdown=settings.stop_deadline,
+        timeout_graceful_shutdown=grace,
     )
-    if settings.http_access_log:
-        # uvicorn set its access logger to ``log_level`` (warning) above, which would
-        # silence the INFO lines MAILGATE_HTTP_ACCESS_LOG asks for.
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
 
     async def stop(deadline: float) -> None:
         server.should_exit = True  # stop accepting; requests in progress finish
-        end_streams(services)  # open event streams end now instead of holding the stop
+        if before_stop is not None:
+            before_stop()
         try:
             await asyncio.wait_for(asyncio.shield(task), deadline)
         except TimeoutError:
@@ -105,6 +111,27 @@ async def listen_http(services: Services, running: Running) -> StopListening:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
 
+    return stop
+
+
+async def listen_http(services: Services, running: Running) -> StopListening:
+    """The API and the tracking endpoints on ``MAILGATE_HTTP_LISTEN``."""
+    settings = services.settings
+    sock = _bind(*settings.http_host_port)
+    running.http_port = sock.getsockname()[1]
+    stop = _uvicorn(
+        create_app(services),
+        sock,
+        "http",
+        access_log=settings.http_access_log,
+        grace=settings.stop_deadline,
+        # Open event streams end now instead of holding the stop.
+        before_stop=lambda: end_streams(services),
+    )
+    if settings.http_access_log:
+        # uvicorn set its access logger to ``log_level`` (warning), which would silence the
+        # INFO lines MAILGATE_HTTP_ACCESS_LOG asks for.
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     return stop
 
 
@@ -113,28 +140,7 @@ async def listen_ops(services: Services, running: Running) -> StopListening:
     host, port = services.settings.ops_host_port or ("127.0.0.1", 0)
     sock = _bind(host, port)
     running.ops_port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_ops_app(services),
-        log_level="warning",
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="ops")
-
-    async def stop(deadline: float) -> None:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), deadline)
-        except TimeoutError:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-    return stop
+    return _uvicorn(create_ops_app(services), sock, "ops")
 
 
 @dataclass(frozen=True, slots=True)

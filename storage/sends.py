@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage.schema import message_links, messages
 from storage.schema_sending import sends
@@ -100,6 +101,19 @@ def claim_due(
     return rows
 
 
+def _still_held(ids: Sequence[int], claimed_until: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Sends among ``ids`` still claimed by the worker whose lease ends at ``claimed_until``.
+
+    A claim is still this worker's while ``claimed_until`` is no later than its own
+    lease end: a send whose lease ran out and was claimed elsewhere has a later one.
+    """
+    return (
+        sends.c.id.in_(list(ids)),
+        sends.c.state == "sending",
+        sends.c.claimed_until <= claimed_until,
+    )
+
+
 def release_claims(conn: Connection, ids: Sequence[int], claimed_until: datetime) -> int:
     """Hand back claimed sends that were never tried: due again at once, the attempt uncounted.
 
@@ -112,11 +126,7 @@ def release_claims(conn: Connection, ids: Sequence[int], claimed_until: datetime
     attempts = sends.c.attempts - 1
     stmt = (
         update(sends)
-        .where(
-            sends.c.id.in_(list(ids)),
-            sends.c.state == "sending",
-            sends.c.claimed_until <= claimed_until,
-        )
+        .where(*_still_held(ids, claimed_until))
         .values(
             state=case((attempts > 0, "deferred"), else_="queued"),
             attempts=attempts,
@@ -141,11 +151,7 @@ def renew_claims(
         return []
     stmt = (
         update(sends)
-        .where(
-            sends.c.id.in_(list(ids)),
-            sends.c.state == "sending",
-            sends.c.claimed_until <= claimed_until,
-        )
+        .where(*_still_held(ids, claimed_until))
         .values(claimed_until=until)
         .returning(sends.c.id)
     )

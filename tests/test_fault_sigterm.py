@@ -121,6 +121,15 @@ class ApiCaller(threading.Thread):
             except httpx.ConnectError:
                 self.refused = True  # it stopped listening: never reached, nothing to answer
                 return
+            except httpx.RemoteProtocolError as exc:
+                # Connected, then closed with no answer: a connection still in the kernel's
+                # accept queue (or accepted, its request not yet read) when the listener
+                # closed. The server never read the request; that nothing was stored for
+                # it is checked below (stored == the 202s). Only "disconnected" counts.
+                if "without sending a response" not in str(exc):
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                self.refused = True
+                return
             except httpx.HTTPError as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
                 return
