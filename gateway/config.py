@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     template_max_string: int = Field(default=100_000, ge=1000)
     template_max_chars: int = Field(default=4_000_000, ge=10_000)
     template_render_seconds: float = Field(default=2.0, gt=0)
+    # -- scale (issue #14) --
+    #: Seconds one ``imap`` process holds a mailbox's poller lease (``mailboxes.poller``);
+    #: renewed every third of it while polling.  A process that dies lets it run out and
+    #: another ``imap`` process takes the mailbox over within this time; a clean stop
+    #: hands it over at once.
+    poll_lease: float = Field(default=60.0, ge=0.3)
 
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:
