@@ -121,11 +121,16 @@ def run_db(fn: Callable[[Database, Settings], Awaitable[T]], *, migrate: bool = 
 @app.command()
 def serve(
     only: Annotated[
-        str | None, typer.Option(help="Roles to run: smtp,http,worker,imap,sync.")
+        str | None,
+        typer.Option(
+            help="Roles to run, comma-separated, any combination of smtp, http, worker, "
+            "imap, sync (default: all). Every role is safe in several processes on one "
+            "PostgreSQL; smtp and imap need a worker somewhere to file what they receive."
+        ),
     ] = None,
 ) -> None:
     """Run mailgate (every role by default) in the foreground."""
-    from gateway.serve import event_loop_factory, parse_roles, run_until_signal
+    from gateway.serve import event_loop_factory, parse_roles, run_until_signal, runners_for
 
     try:
         roles = parse_roles(only)
@@ -141,7 +146,10 @@ def serve(
                 f"HTTP API on http://{s.http_host_port[0]}:{running.http_port} "
                 f"(tracking base {s.public_url})"
             )
-        typer.echo(f"roles: {', '.join(sorted(roles))}; database {s.database_url.split('://')[0]}")
+        typer.echo(
+            f"roles: {', '.join(sorted(roles))}; runners: {', '.join(runners_for(roles))}; "
+            f"database {s.database_url.split('://')[0]}"
+        )
 
     async def main() -> None:
         from storage.migrate import upgrade
