@@ -163,16 +163,22 @@ def serve(url: str, only: str, tmp: Path, **settings: object) -> subprocess.Pope
     )
 
 
-def wait_serving(proc: subprocess.Popen, timeout: float = 90) -> None:
-    """Until ``serve`` prints its roles line (its listeners are open by then)."""
+def wait_serving(proc: subprocess.Popen, timeout: float = 90) -> dict[str, int]:
+    """Until ``serve`` prints its roles line; the ports it listens on (it binds port 0, so
+    no other process on the machine can take a port between our pick and its bind)."""
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
+    ports: dict[str, int] = {}
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"serve exited with {proc.wait()}")
+        if m := re.search(r"SMTP dropbox \+ bounces on [\d.]+:(\d+)", line):
+            ports["smtp"] = int(m.group(1))
+        if m := re.search(r"HTTP API on http://[\d.]+:(\d+)", line):
+            ports["http"] = int(m.group(1))
         if line.startswith("roles:"):
-            return
+            return ports
     raise RuntimeError("serve did not come up")
 
 
@@ -273,13 +279,11 @@ def ours_filed(base: str, k: int, n: int, tmp: Path) -> tuple[float, list[float]
     filed = "SELECT count(*) FROM events WHERE type = 'email.filed'"
     with fresh_pg(base) as url:
         user = asyncio.run(_dropbox_user(url))
-        ports = [free_port() for _ in range(k)]
-        procs = [serve(url, "smtp", tmp, smtp_listen=f"127.0.0.1:{p}") for p in ports]
+        procs = [serve(url, "smtp", tmp) for _ in range(k)]
         procs += [serve(url, "worker", tmp) for _ in range(k)]
         count = Counter(url)
         try:
-            for p in procs:
-                wait_serving(p)
+            ports = [wait_serving(p).get("smtp") for p in procs][:k]
             smtp_source(ports, 200, "rep@bench.example", user["dropbox_address"])
             wait_count(count, filed, 200)
             cpu0 = [cpu_seconds(p.pid) for p in procs]
@@ -355,13 +359,11 @@ def ours_hits(
     inbox = "SELECT count(*) FROM tracking_inbox"
     with fresh_pg(base) as url:
         script = pixel_script(url, tmp)
-        ports = [free_port() for _ in range(k)]
-        procs = [serve(url, "http", tmp, http_listen=f"127.0.0.1:{p}") for p in ports]
+        procs = [serve(url, "http", tmp) for _ in range(k)]
         procs += [serve(url, "worker", tmp) for _ in range(k)]
         count = Counter(url)
         try:
-            for p in procs:
-                wait_serving(p)
+            ports = [wait_serving(p).get("http") for p in procs][:k]
             wrk(ports, script, 2)  # warm-up
             time.sleep(3)
             while count(inbox):
