@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     #: many seconds (storage away, peer down); shorter outages stay ready.
     ready_failing_after: float = Field(default=30.0, ge=0)
 
+    # -- scale (issue #14) --
+    #: Seconds one ``imap`` process holds a mailbox's poller lease (``mailboxes.poller``);
+    #: renewed every third of it while polling.  A process that dies lets it run out and
+    #: another ``imap`` process takes the mailbox over within this time; a clean stop
+    #: hands it over at once.
+    poll_lease: float = Field(default=60.0, ge=0.3)
+
     @cached_property
     def smtp_host_port(self) -> tuple[str, int]:
         return split_listen(self.smtp_listen)

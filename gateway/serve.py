@@ -201,12 +201,21 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def parse_roles(only: str | None) -> set[str]:
-    if not only:
+    """``--only smtp,worker`` → the roles; None (no ``--only``) → every role.
+
+    Any combination, comma-separated (spaces and repeats allowed).  An unknown
+    role, or an ``--only`` that names none (``--only ""``, ``--only ,``), is a
+    ValueError with the known roles: a process that starts nothing would look
+    healthy while doing no work.
+    """
+    if only is None:
         return set(ROLES)
     roles = {r.strip() for r in only.split(",") if r.strip()}
     unknown = roles - set(ROLES)
     if unknown:
         raise ValueError(f"unknown role(s) {', '.join(sorted(unknown))}; known: {', '.join(ROLES)}")
+    if not roles:
+        raise ValueError(f"--only names no role; known: {', '.join(ROLES)}")
     return roles
 
 

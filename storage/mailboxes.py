@@ -407,3 +407,72 @@ async def pollable_mailboxes(conn: AsyncConnection) -> list[dict[str, Any]]:
         .order_by(mailboxes.c.id)
     )
     return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+# -- poller leases: one poller per mailbox across every ``imap`` process ------------------
+#
+# ``mailboxes.poller`` names the holder (``host:pid:random``) and ``poll_lease_until``
+# when its claim runs out.  Every change is one conditional UPDATE, so two processes
+# racing for the same mailbox cannot both win: the row lock (PostgreSQL) or the single
+# writer (SQLite) orders them, and the loser's WHERE no longer matches.  Times come from
+# the callers' clock, as the relay's ``claimed_until`` does: nodes keep their clocks in
+# step (NTP) and a lease of seconds absorbs what skew remains.
+
+
+def _free_or_mine(holder: str, now: datetime):
+    return or_(
+        mailboxes.c.poller.is_(None),
+        mailboxes.c.poller == holder,
+        mailboxes.c.poll_lease_until.is_(None),
+        mailboxes.c.poll_lease_until < now,
+    )
+
+
+async def take_poll_leases(
+    conn: AsyncConnection, mailbox_ids: Sequence[int], holder: str, now: datetime, until: datetime
+) -> set[int]:
+    """Take (or keep) the lease of each mailbox that is free, expired or already ours.
+
+    Returns the ids now held by ``holder``; the others are some live process's.
+    """
+    if not mailbox_ids:
+        return set()
+    q = (
+        update(mailboxes)
+        .where(mailboxes.c.id.in_(list(mailbox_ids)), _free_or_mine(holder, now))
+        .values(poller=holder, poll_lease_until=until)
+        .returning(mailboxes.c.id)
+    )
+    return set((await conn.execute(q)).scalars())
+
+
+async def renew_poll_leases(
+    conn: AsyncConnection, mailbox_ids: Sequence[int], holder: str, until: datetime
+) -> set[int]:
+    """Push the leases ``holder`` still holds out to ``until``; returns those it still holds.
+
+    A mailbox missing from the answer was taken over (our lease ran out while we could
+    not renew it) or removed: its poller must stop.
+    """
+    if not mailbox_ids:
+        return set()
+    q = (
+        update(mailboxes)
+        .where(mailboxes.c.id.in_(list(mailbox_ids)), mailboxes.c.poller == holder)
+        .values(poll_lease_until=until)
+        .returning(mailboxes.c.id)
+    )
+    return set((await conn.execute(q)).scalars())
+
+
+async def release_poll_leases(
+    conn: AsyncConnection, mailbox_ids: Sequence[int], holder: str
+) -> None:
+    """Give up ``holder``'s leases at once (a clean stop): another poller may start now."""
+    if not mailbox_ids:
+        return
+    await conn.execute(
+        update(mailboxes)
+        .where(mailboxes.c.id.in_(list(mailbox_ids)), mailboxes.c.poller == holder)
+        .values(poller=None, poll_lease_until=None)
+    )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import Database
@@ -20,8 +21,24 @@ def _config(connection) -> Config:
     return cfg
 
 
+#: The PostgreSQL advisory lock key that serialises upgrades (any fixed 64-bit number;
+#: this one spells "mailgate" in ASCII, so it is recognisable in ``pg_locks``).
+UPGRADE_LOCK = 0x6D61696C67617465
+
+
 async def upgrade(db: Database, revision: str = "head") -> None:
+    """Bring the schema to ``revision``; safe when several processes start at once.
+
+    Every ``mailgate serve`` upgrades before serving, so N processes started together
+    on a fresh PostgreSQL database would each run the same migrations, and all but
+    one would fail on "relation already exists".  On PostgreSQL the upgrade runs
+    under a transaction-level advisory lock: the first process migrates, the others
+    wait for its commit and then find the schema at head.  SQLite's single writer
+    needs no lock (its DDL takes the database lock).
+    """
     async with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
         await conn.run_sync(lambda sync_conn: command.upgrade(_config(sync_conn), revision))
 
 

@@ -124,7 +124,12 @@ def run_db(fn: Callable[[Database, Settings], Awaitable[T]], *, migrate: bool = 
 @app.command()
 def serve(
     only: Annotated[
-        str | None, typer.Option(help="Roles to run: smtp,http,worker,imap,sync.")
+        str | None,
+        typer.Option(
+            help="Roles to run, comma-separated, any combination of smtp, http, worker, "
+            "imap, sync (default: all). Every role is safe in several processes on one "
+            "PostgreSQL; smtp and imap need a worker somewhere to file what they receive."
+        ),
     ] = None,
     log_format: Annotated[
         str | None, typer.Option(help="text|json (default: MAILGATE_LOG_FORMAT, else text).")
@@ -136,7 +141,7 @@ def serve(
 ) -> None:
     """Run mailgate (every role by default) in the foreground."""
     from gateway import logs
-    from gateway.serve import event_loop_factory, parse_roles, run_until_signal
+    from gateway.serve import event_loop_factory, parse_roles, run_until_signal, runners_for
 
     try:
         roles = parse_roles(only)
@@ -164,7 +169,10 @@ def serve(
             typer.echo(
                 f"ops (/healthz /readyz /metrics) on {s.ops_host_port[0]}:{running.ops_port}"
             )
-        typer.echo(f"roles: {', '.join(sorted(roles))}; database {s.database_url.split('://')[0]}")
+        typer.echo(
+            f"roles: {', '.join(sorted(roles))}; runners: {', '.join(runners_for(roles))}; "
+            f"database {s.database_url.split('://')[0]}"
+        )
         logging.getLogger("mailgate.serve").info(
             "serving %s", ",".join(sorted(roles)), extra={"roles": sorted(roles)}
         )

@@ -17,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from gateway.clock import Clock, SystemClock
@@ -167,6 +171,8 @@ class MailboxService:
         self.pop_interval = settings.pop_interval
         #: POP3 messages larger than the SMTP receiver's limit are skipped, not fetched.
         self.max_message_size = settings.max_message_size
+        #: MAILGATE_POLL_LEASE: how long one process's claim on a mailbox lasts unrenewed.
+        self.poll_lease = settings.poll_lease
 
     # -- records ---------------------------------------------------------------
 
@@ -477,27 +483,56 @@ class MailboxService:
 
 
 class MailboxSupervisor(LoopRunner):
-    """The ``imap`` role's runner: one poller task per mailbox, following adds, edits, removals.
+    """The ``imap`` role's runner: one poller task per mailbox it holds the lease of.
 
     A round compares the stored mailboxes with the running pollers, stops
-    those whose mailbox was removed or edited (or whose task died) and starts
-    the missing ones.  Stopping the supervisor tells every poller to stop at
-    once, waits for them until the deadline, and cancels the rest: a poller cut
-    mid-batch loses nothing, since its checkpoint commits with the filing.
+    those whose mailbox was removed or edited (or whose task died), renews the
+    leases it holds, and starts pollers for the mailboxes whose lease it can
+    take.  Stopping the supervisor tells every poller to stop at once, waits
+    for them until the deadline, cancels the rest, then releases its leases: a
+    poller cut mid-batch loses nothing, since its checkpoint commits with the
+    filing.
+
+    **One poller per mailbox across processes.**  Every ``imap`` process runs
+    a supervisor; a mailbox is polled only by the one holding its lease
+    (``mailboxes.poller`` / ``poll_lease_until``, ``MAILGATE_POLL_LEASE``
+    seconds).  A lease is taken by a conditional UPDATE (free, expired, or
+    already ours), renewed every third of the lease, and released on a clean
+    stop, so the others take over at their next round.  A process that dies
+    stops renewing; its leases run out and another process takes its
+    mailboxes within the lease.  A poller whose lease was lost (not renewed
+    in time, e.g. storage was away) stops: when a renewal finds the lease
+    taken, and in any case once the lease it last renewed has run out
+    (a timer, so a hung round cannot keep it polling).
     """
 
     name = "mailboxes"
 
-    def __init__(self, service: MailboxService, refresh: float = 1.0) -> None:
-        super().__init__(poll_interval=refresh)
+    def __init__(
+        self,
+        service: MailboxService,
+        refresh: float = 1.0,
+        *,
+        lease: float | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self.lease = service.poll_lease if lease is None else lease
+        # Rounds come at least three times per lease, so each renewal is on time.
+        super().__init__(poll_interval=min(refresh, self.lease / 3))
         self.service = service
+        #: Who this process is in ``mailboxes.poller``.
+        self.holder = holder or poller_identity()
         self.tasks: dict[int, tuple[tuple[Any, ...], asyncio.Task[None], asyncio.Event]] = {}
+        #: Per held mailbox: the timer that stops its poller when the lease runs out unrenewed.
+        self._lapse: dict[int, asyncio.TimerHandle] = {}
+        self._renewed_at = 0.0
 
     async def run_once(self) -> int:
-        """Start and stop pollers to match the stored mailboxes; how many changed."""
+        """Start and stop pollers to match the stored mailboxes and leases; how many changed."""
         async with self.service.db.connect() as conn:
             rows = {r["id"]: r for r in await store.pollable_mailboxes(conn)}
         changed = 0
+        unpolled: list[int] = []  # stopped here and not restarted by us: let others have them
         for mid in list(self.tasks):
             version, task, ev = self.tasks[mid]
             row = rows.get(mid)
@@ -506,21 +541,83 @@ class MailboxSupervisor(LoopRunner):
                     exc = task.exception()
                     log.error("mailbox %s poller failed: %r", mid, exc)
                     await self.service.record_error(mid, "protocol", f"internal error: {exc!r}")
-                ev.set()
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-                del self.tasks[mid]
+                await self._stop_poller(mid)
+                if row is None:
+                    unpolled.append(mid)
                 changed += 1
+        if unpolled:
+            async with self.service.db.begin() as conn:
+                await store.release_poll_leases(conn, unpolled, self.holder)
+        await self._renew()
         if self.stopping:
             return changed
-        for mid, row in rows.items():
-            if mid not in self.tasks:
-                ev = asyncio.Event()
-                task = asyncio.create_task(self.service.run(row, ev), name=f"imap-{mid}")
-                self.tasks[mid] = (generation(row), task, ev)
-                changed += 1
+        now = self.service.clock.now()
+        wanted = [
+            mid
+            for mid, row in rows.items()
+            if mid not in self.tasks and lease_takeable(row, self.holder, now)
+        ]
+        if not wanted:
+            return changed
+        asked = time.monotonic()
+        async with self.service.db.begin() as conn:
+            taken = await store.take_poll_leases(
+                conn, wanted, self.holder, now, now + timedelta(seconds=self.lease)
+            )
+        for mid in sorted(taken):
+            row = rows[mid]
+            ev = asyncio.Event()
+            task = asyncio.create_task(self.service.run(row, ev), name=f"imap-{mid}")
+            self.tasks[mid] = (generation(row), task, ev)
+            self._arm(mid, asked)
+            changed += 1
         return changed
+
+    async def _renew(self) -> None:
+        """Renew every held lease once a third of the lease has passed; stop the lost ones."""
+        held = [mid for mid, (_, task, _) in self.tasks.items() if not task.done()]
+        asked = time.monotonic()
+        if not held or asked - self._renewed_at < self.lease / 3:
+            return
+        until = self.service.clock.now() + timedelta(seconds=self.lease)
+        async with self.service.db.begin() as conn:
+            kept = await store.renew_poll_leases(conn, held, self.holder, until)
+        self._renewed_at = asked
+        for mid in held:
+            if mid in kept:
+                self._arm(mid, asked)
+            else:
+                log.warning("mailbox %s: its poller lease was taken over; stopping here", mid)
+                await self._stop_poller(mid)
+
+    def _arm(self, mid: int, asked: float) -> None:
+        """(Re)start the timer that stops the poller when the lease asked at ``asked`` ends."""
+        old = self._lapse.pop(mid, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = asked + self.lease - time.monotonic()
+        self._lapse[mid] = loop.call_later(max(0.0, delay), self._lapsed, mid)
+
+    def _lapsed(self, mid: int) -> None:
+        """The lease ran out unrenewed: another process may poll now, so this one stops."""
+        self._lapse.pop(mid, None)
+        found = self.tasks.get(mid)
+        if found is None or found[1].done():
+            return
+        log.warning("mailbox %s: poller lease ran out before it was renewed; stopping here", mid)
+        found[2].set()
+        found[1].cancel()
+
+    async def _stop_poller(self, mid: int) -> None:
+        _, task, ev = self.tasks.pop(mid)
+        timer = self._lapse.pop(mid, None)
+        if timer is not None:
+            timer.cancel()
+        ev.set()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
     async def stop(self, deadline: float = 10.0) -> None:
         """Tell every poller to stop now, so they wind down while the round finishes."""
@@ -529,21 +626,46 @@ class MailboxSupervisor(LoopRunner):
         await super().stop(deadline)
 
     async def close(self) -> None:
-        """Wait for the pollers until the stop deadline; cancel those still busy."""
+        """Wait for the pollers until the stop deadline, cancel those still busy, then
+        release the leases (after, so no other process polls while ours still finishes)."""
+        held = list(self.tasks)
         pollers = [task for _, task, _ in self.tasks.values()]
         for _, _, ev in self.tasks.values():
             ev.set()
         self.tasks.clear()
-        if not pollers:
-            return
-        _, busy = await asyncio.wait(pollers, timeout=self.time_left())
-        if busy:
-            log.warning("mailboxes: %d pollers still busy at the deadline; cancelling", len(busy))
-        for task in busy:
-            task.cancel()
-        for task in pollers:
-            with contextlib.suppress(BaseException):
-                await task
+        for timer in self._lapse.values():
+            timer.cancel()
+        self._lapse.clear()
+        if pollers:
+            _, busy = await asyncio.wait(pollers, timeout=self.time_left())
+            if busy:
+                log.warning(
+                    "mailboxes: %d pollers still busy at the deadline; cancelling", len(busy)
+                )
+            for task in busy:
+                task.cancel()
+            for task in pollers:
+                with contextlib.suppress(BaseException):
+                    await task
+        if held:
+            async with self.service.db.begin() as conn:
+                await store.release_poll_leases(conn, held, self.holder)
+
+
+def poller_identity() -> str:
+    """``host:pid:random``, what ``mailboxes.poller`` shows of this process (≤ 100 characters).
+
+    The random part tells a restarted process (same host, maybe the same pid in a
+    container) from the one that held the lease before it.
+    """
+    tail = f":{os.getpid()}:{secrets.token_hex(4)}"
+    return socket.gethostname()[: 100 - len(tail)] + tail
+
+
+def lease_takeable(row: dict[str, Any], holder: str, now: datetime) -> bool:
+    """Whether ``holder`` may take the mailbox's poller lease: free, expired, or its own."""
+    until = row.get("poll_lease_until")
+    return row.get("poller") in (None, holder) or until is None or until < now
 
 
 def generation(row: dict[str, Any]) -> tuple[Any, ...]:
