@@ -206,15 +206,17 @@ class ServeProcess:
         """SIGTERM, a clean stop, and how long it took; ``kill -9`` if it outlives ``timeout``
         (the code then says so).  An ended process answers its code and 0 s."""
         started = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.proc.send_signal(signal.SIGTERM)  # a no-op once it has ended
+        return Stopped(self._wait_or_kill(timeout), time.monotonic() - started)
+
+    def _wait_or_kill(self, timeout: float) -> int:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
         self._join()
-        return Stopped(self.proc.returncode, time.monotonic() - started)
+        return self.proc.returncode
 
     def kill(self) -> None:
         """``kill -9``: no clean-up at all, as a crash or an OOM kill."""
@@ -225,11 +227,11 @@ class ServeProcess:
 
 
 def stop_all(processes: Iterable[ServeProcess], timeout: float = 20.0) -> None:
-    """SIGTERM every process still running at once (test clean-up), then wait for each."""
+    """SIGTERM every process still running at once (test clean-up), then wait for each
+    (``kill -9`` for one still there after ``timeout``)."""
     processes = list(processes)
     for p in processes:
-        if p.proc.poll() is None:
-            p.proc.send_signal(signal.SIGTERM)
+        p.proc.send_signal(signal.SIGTERM)  # a no-op once it has ended
     deadline = time.monotonic() + timeout
     for p in processes:
-        p.terminate(max(0.1, deadline - time.monotonic()))
+        p._wait_or_kill(max(0.1, deadline - time.monotonic()))
