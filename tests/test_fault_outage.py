@@ -36,8 +36,8 @@ from gateway.outage import STORAGE, OutageLog, Outcome, is_storage_outage
 from storage.db import Database, StorageUnavailable
 from storage.schema_tracking import tracking_hits, tracking_inbox
 from tests.support import pg_cluster
+from tests.support.processes import ServeProcess
 from tests.support.sends import make_send
-from tests.support.serve_process import ServeProcess
 from tests.support.server import MailgateServer, wait_until
 from tests.support.web import login, with_password
 from tracking.pixel import PIXEL_GIF
@@ -214,9 +214,10 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
     mailgate = ServeProcess(
         cluster.url,
         tmp_path / "data",
-        roles="smtp,http,worker",
+        "smtp,http,worker",
+        fixed_ports=True,
         relay_url=f"smtp://127.0.0.1:{pg_cluster._free_port()}",  # nothing is sent here
-    ).start()
+    ).wait_serving(probe="/healthz")
     pixel = re.search(r"/t/o/([A-Za-z0-9_-]+)", send["html"]).group(1)
     click = re.search(r"/t/c/([A-Za-z0-9_-]+)", send["html"]).group(1)
     unseen_click = re.search(r"/t/c/([A-Za-z0-9_-]+)", unseen["html"]).group(1)
@@ -303,7 +304,7 @@ def test_postgresql_down_for_30_s_answers_451_503_and_tracking_logs_once_and_rec
         )
 
         code, _ = mailgate.terminate()
-        log = mailgate.log()
+        log = mailgate.stderr
         assert code == 0, log
         requests = len(api_answers) + len(smtp_codes) + len(pages)
         assert log.count("storage unavailable (first seen") == 1, log

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from storage.schema import events
 from storage.schema_sending import sends
 from tests.support import smtp_sink
-from tests.support.role_process import RoleProcess
+from tests.support.processes import ServeProcess
 from tests.support.scripted_relay import Script, ScriptedRelay
 from tests.support.server import MailgateServer, wait_until
 from tests.test_relay_handover import queue_sends
@@ -84,10 +84,10 @@ def test_mail_queued_while_the_relay_is_down_is_delivered_once_each_after_its_re
     gate, database_url, tmp_path
 ):
     port = smtp_sink.free_port()  # nothing listens here yet
-    worker = RoleProcess(
-        "worker",
+    worker = ServeProcess(
         database_url,
         tmp_path / "data",
+        "worker",
         relay_url=f"smtp://127.0.0.1:{port}",
         relay_retry_base="1",
         relay_retry_cap="2",
@@ -135,10 +135,10 @@ def test_a_send_retried_after_a_4xx_carries_the_same_message_id(gate, database_u
     port = smtp_sink.free_port()
     script = Script(data_first=["451 4.3.0 Temporary local problem, try again"])
     with ScriptedRelay(port, script):
-        worker = RoleProcess(
-            "worker",
+        worker = ServeProcess(
             database_url,
             tmp_path / "data",
+            "worker",
             relay_url=f"smtp://127.0.0.1:{port}",
             relay_retry_base="0.5",
             relay_retry_cap="1",
@@ -170,7 +170,7 @@ def test_the_message_whose_250_a_kill_9_cut_off_goes_out_again_with_the_same_mes
     }
     with ScriptedRelay(port, script):
         ids = queue_sends(gate, "relay-cut-off", 3)
-        first = RoleProcess("worker", database_url, tmp_path / "data", **settings)
+        first = ServeProcess(database_url, tmp_path / "data", "worker", **settings)
         second = None
         try:
             # The relay has the first message's bytes and holds its 250.
@@ -181,7 +181,7 @@ def test_the_message_whose_250_a_kill_9_cut_off_goes_out_again_with_the_same_mes
             assert rows(gate, ids)[cut_off]["state"] == "sending"  # nobody knows it got there
             script.stall = False
 
-            second = RoleProcess("worker", database_url, tmp_path / "data", **settings)
+            second = ServeProcess(database_url, tmp_path / "data", "worker", **settings)
             restarted = time.monotonic()
             wait_until(
                 lambda: all(r["state"] == "sent" for r in rows(gate, ids).values()),
@@ -217,7 +217,7 @@ def test_sigterm_while_the_relay_holds_a_reply_exits_in_time_and_hands_back_the_
     }
     with ScriptedRelay(port, script):
         ids = queue_sends(gate, "relay-term-stalled", 4)
-        first = RoleProcess("worker", database_url, tmp_path / "data", **settings)
+        first = ServeProcess(database_url, tmp_path / "data", "worker", **settings)
         second = None
         try:
             wait_until(lambda: len(script.arrived) == 2, timeout=30)
@@ -236,7 +236,7 @@ def test_sigterm_while_the_relay_holds_a_reply_exits_in_time_and_hands_back_the_
                 assert (after_stop[i]["state"], after_stop[i]["attempts"]) == ("queued", 0)
             script.stall = False
 
-            second = RoleProcess("worker", database_url, tmp_path / "data", **settings)
+            second = ServeProcess(database_url, tmp_path / "data", "worker", **settings)
             wait_until(
                 lambda: all(r["state"] == "sent" for r in rows(gate, ids).values()),
                 timeout=60,
@@ -269,9 +269,9 @@ def test_a_relay_slower_than_the_lease_gets_each_send_once_from_two_workers(
         workers = []
         try:
             for _ in range(2):
-                workers.append(RoleProcess("worker", database_url, tmp_path / "data", **settings))
+                workers.append(ServeProcess(database_url, tmp_path / "data", "worker", **settings))
             for w in workers:
-                w.wait_started()
+                w.wait_serving()
             ids = queue_sends(gate, "relay-slow", 6)  # one worker claims all six
             wait_until(
                 lambda: all(r["state"] == "sent" for r in rows(gate, ids).values()),

@@ -30,8 +30,9 @@ from sqlalchemy import func, select
 
 from storage.schema import inbound, messages
 from storage.schema_sending import sends
-from tests.support.serve_process import ServeProcess, free_port
+from tests.support.processes import ServeProcess
 from tests.support.server import MailgateServer, wait_until
+from tests.support.smtp_sink import free_port
 from tests.test_sending_relay import new_lead
 
 STOP_DEADLINE = 3.0
@@ -166,10 +167,11 @@ def test_sigterm_under_load_answers_every_smtp_session_and_api_call_and_exits_in
     mailgate = ServeProcess(
         database_url,
         tmp_path / "data",
-        roles="smtp,http,worker",
+        "smtp,http,worker",
+        fixed_ports=True,
         stop_deadline=str(STOP_DEADLINE),
         relay_url=f"smtp://127.0.0.1:{free_port()}",  # nothing is delivered in this test
-    ).start()
+    ).wait_serving(probe="/healthz")
     sessions: dict[str, list[tuple[SmtpClient, bytes]]] = {}
     callers: list[ApiCaller] = []
     try:
@@ -200,11 +202,11 @@ def test_sigterm_under_load_answers_every_smtp_session_and_api_call_and_exits_in
                     got.append(client.reply()[0])
                 assert client.closed(), (state, got)
                 replies[state, tuple(got)] += 1
-        code = mailgate.proc.wait(30)
+        code = mailgate.wait_exit(30)
         took = time.monotonic() - started
         for caller in callers:
             caller.join(30)
-        log = mailgate.log()
+        log = mailgate.stderr
 
         assert code == 0, log
         assert took < STOP_DEADLINE + 3, (took, log)

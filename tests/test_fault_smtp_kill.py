@@ -26,7 +26,7 @@ from sqlalchemy import select
 from storage import inbound_store
 from storage.schema import events, messages
 from tests.support import smtp_sink
-from tests.support.role_process import RoleProcess
+from tests.support.processes import ServeProcess
 from tests.support.server import MailgateServer, wait_until
 
 TOTAL = 2_000
@@ -111,10 +111,10 @@ class Client:
         return threads
 
 
-def smtp_role(database_url: str, data_dir, port: int) -> RoleProcess:
-    return RoleProcess(
-        "smtp", database_url, data_dir, smtp_listen=f"127.0.0.1:{port}"
-    ).wait_listening(port)
+def smtp_role(database_url: str, data_dir, port: int) -> ServeProcess:
+    return ServeProcess(
+        database_url, data_dir, "smtp", smtp_listen=f"127.0.0.1:{port}"
+    ).wait_serving()
 
 
 def filed(gate: MailgateServer, org_id: int) -> tuple[Counter[str], Counter[str]]:
@@ -139,7 +139,7 @@ def test_every_message_that_got_250_is_filed_exactly_once_after_a_kill_9_of_the_
     user = gate.user(org, SENDER, name="Rep")
     data_dir = tmp_path / "data"
     port = smtp_sink.free_port()
-    worker = RoleProcess("worker", database_url, data_dir)
+    worker = ServeProcess(database_url, data_dir, "worker")
     smtp = smtp_role(database_url, data_dir, port)
     restarted = None
     try:
@@ -229,7 +229,7 @@ def test_mail_a_killed_worker_was_filing_is_filed_once_soon_after_the_restart(
         # happens to land between two rounds is tried again.
         held = 0
         for _ in range(5):
-            worker = RoleProcess("worker", database_url, data_dir, ingest_lease=str(lease))
+            worker = ServeProcess(database_url, data_dir, "worker", ingest_lease=str(lease))
             wait_until(lambda: claimed_now(gate) > 0, timeout=60, interval=0.01)
             worker.signal(signal.SIGKILL)
             killed = time.monotonic()
@@ -237,7 +237,7 @@ def test_mail_a_killed_worker_was_filing_is_filed_once_soon_after_the_restart(
             if held:
                 break
         assert held, "no kill landed while the worker held a claim"
-        worker = RoleProcess("worker", database_url, data_dir, ingest_lease=str(lease))
+        worker = ServeProcess(database_url, data_dir, "worker", ingest_lease=str(lease))
         subjects = Counter(message(n)[0] for n in range(count))
         stored, announced = _settled(gate, org["id"], count)
         # The dead worker's claims ran out after the lease, not after minutes.

@@ -36,7 +36,9 @@ from gateway.serve import ROLES, parse_roles
 from tests.support import smtp_sink
 from tests.support.databases import fresh_database
 from tests.support.metrics import series, value
+from tests.support.processes import ServeProcess, stop_all
 from tests.support.server import wait_until
+from tests.test_cli import LAUNCH
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -130,45 +132,6 @@ def test_every_service_runs_real_roles_with_known_settings_and_a_readiness_check
 # -- the same topology as plain processes -------------------------------------------------
 
 
-class Process:
-    """One compose service replica as ``mailgate serve`` on loopback ports."""
-
-    def __init__(self, name: str, svc: dict[str, Any], env: dict[str, str], log: Path) -> None:
-        self.name, self.roles, self.env, self.log = name, roles_of(svc), env, log
-        self.proc = subprocess.Popen(
-            [str(MAILGATE), *svc["command"][1:]],
-            env={**os.environ, **env},
-            cwd=log.parent,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("wb"),
-        )
-
-    def port(self, key: str) -> int:
-        return int(self.env[key].rsplit(":", 1)[1])
-
-    @property
-    def ops_url(self) -> str:
-        key = "MAILGATE_HTTP_LISTEN" if "http" in self.roles else "MAILGATE_OPS_LISTEN"
-        return f"http://127.0.0.1:{self.port(key)}"
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.ops_url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def run_cli(env: dict[str, str], *args: str) -> dict[str, Any]:
     done = subprocess.run(
         [str(MAILGATE), *args],
@@ -212,7 +175,7 @@ def topology(tmp_path):
     doc = compose()
     relay_port = smtp_sink.free_port()
     sink = smtp_sink.SmtpSink(relay_port).start()
-    processes: list[Process] = []
+    processes: list[ServeProcess] = []
     with fresh_database("postgresql", tmp_path) as url:
         variables = {
             "POSTGRES_PASSWORD": "unused-here",
@@ -242,13 +205,20 @@ def topology(tmp_path):
                 for n in range(svc.get("deploy", {}).get("replicas", 1)):
                     data = tmp_path / f"{name}-{n}"
                     env = env_of(svc, data)
-                    processes.append(Process(f"{name}-{n}", svc, env, data / "stderr.log"))
+                    processes.append(
+                        ServeProcess(
+                            url,
+                            data,
+                            argv=[*LAUNCH, *svc["command"][1:]],
+                            environ=env,
+                            name=f"{name}-{n}",
+                        )
+                    )
             for process in processes:
-                wait_until(process.ready, timeout=90, interval=0.2)
+                process.wait_serving(90, probe="/readyz")
             yield processes, migrate_env, sink, variables
         finally:
-            for process in processes:
-                process.stop()
+            stop_all(processes)
             sink.stop()
 
 
@@ -273,7 +243,7 @@ def test_the_compose_topology_as_processes_files_mail_in_and_delivers_a_send_out
     msg["Message-ID"] = f"<{uuid.uuid4().hex}@{tag}.jp>"
     msg.set_content("お世話になっております。")
     smtp = by_role["smtp"]
-    with smtplib.SMTP("127.0.0.1", smtp.port("MAILGATE_SMTP_LISTEN"), timeout=30) as s:
+    with smtplib.SMTP("127.0.0.1", smtp.smtp_port, timeout=30) as s:
         s.sendmail(f"rep@{tag}.jp", [user["dropbox_address"]], bytes(msg))
     filed = wait_until(lambda: api.get(f"/api/v1/leads/{lead}/emails").json()["items"], timeout=30)
     assert [(m["subject"], m["source"]) for m in filed] == [("ご提案の件", "dropbox")]
@@ -292,7 +262,7 @@ def test_the_compose_topology_as_processes_files_mail_in_and_delivers_a_send_out
     # Metrics: each process its own counters; only the http process the database gauges.
     token = {"Authorization": f"Bearer {variables['MAILGATE_METRICS_TOKEN']}"}
 
-    def metrics(process: Process) -> str:
+    def metrics(process: ServeProcess) -> str:
         r = httpx.get(f"{process.ops_url}/metrics", headers=token, timeout=10)
         assert r.status_code == 200, r.text
         return r.text

@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,57 +18,19 @@ import pytest
 
 from gateway import logs
 from gateway.runner import LoopRunner
-from tests.support.smtp_sink import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-MAILGATE = Path(sys.executable).with_name("mailgate")
+from tests.support.processes import ServeProcess
 
 
-def serve(tmp: Path, **env: str) -> tuple[subprocess.Popen, str, Path]:
-    """``mailgate serve --only http,worker`` on a fresh SQLite file; stderr to a file."""
-    port = free_port()
-    stderr = tmp / "stderr.log"
-    environ = {
-        **os.environ,
-        "MAILGATE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/mg.db",
-        "MAILGATE_DATA_DIR": str(tmp),
-        "MAILGATE_HTTP_LISTEN": f"127.0.0.1:{port}",
-        "MAILGATE_SMTP_LISTEN": "127.0.0.1:0",
-        "MAILGATE_STOP_DEADLINE": "2",
-        **env,
-    }
-    proc = subprocess.Popen(
-        [str(MAILGATE), "serve", "--only", "http,worker"],
-        env=environ,
-        cwd=tmp,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr.open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited: {stderr.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url, stderr
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"serve did not answer: {stderr.read_text()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def serve(tmp: Path, **settings: str) -> ServeProcess:
+    """``mailgate serve --only http,worker`` on a fresh SQLite file, answering /healthz."""
+    return ServeProcess(
+        f"sqlite+aiosqlite:///{tmp}/mg.db", tmp, "http,worker", stop_deadline="2", **settings
+    ).wait_serving(30, probe="/healthz")
 
 
 def test_json_logs_carry_the_echoed_request_id_and_never_a_secret_from_the_request(tmp_path):
-    proc, url, stderr = serve(tmp_path, MAILGATE_LOG_FORMAT="json", MAILGATE_HTTP_ACCESS_LOG="1")
+    mailgate = serve(tmp_path, log_format="json", http_access_log="1")
+    url = mailgate.http_url
     token = "mg_" + "S3cretT0kenValue" * 2  # noqa: S105 - the secret that must not be logged
     password = "hunter2-" + os.urandom(4).hex()  # noqa: S105
     try:
@@ -92,8 +53,8 @@ def test_json_logs_carry_the_echoed_request_id_and_never_a_secret_from_the_reque
         assert login.status_code in (400, 401, 403, 422), login.status_code
         time.sleep(0.3)
     finally:
-        stop(proc)
-    text = stderr.read_text()
+        mailgate.terminate(15)
+    text = mailgate.stderr
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert lines, "serve wrote no log line"
     for entry in lines:
@@ -107,12 +68,13 @@ def test_json_logs_carry_the_echoed_request_id_and_never_a_secret_from_the_reque
 
 
 def test_text_is_the_default_and_warning_level_drops_info_lines(tmp_path):
-    proc, url, stderr = serve(tmp_path, MAILGATE_LOG_LEVEL="warning")
+    mailgate = serve(tmp_path, log_level="warning")
+    url = mailgate.http_url
     try:
         httpx.get(f"{url}/readyz", timeout=10)
     finally:
-        stop(proc)
-    for line in stderr.read_text().splitlines():
+        mailgate.terminate(15)
+    for line in mailgate.stderr.splitlines():
         assert not line.startswith("{"), line
         assert " INFO " not in line and " DEBUG " not in line, line
 

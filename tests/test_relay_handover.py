@@ -11,10 +11,8 @@ batch.  An HTTP-only mailgate in the test process queues the mail.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,8 +21,8 @@ from sqlalchemy import select
 
 from storage.schema_sending import sends
 from tests.support import smtp_sink
-from tests.support.server import MAIL_DOMAIN, MailgateServer, wait_until
-from tests.test_cli import LAUNCH, ROOT
+from tests.support.processes import ServeProcess
+from tests.support.server import MailgateServer, wait_until
 from tests.test_sending_relay import new_lead
 
 pytestmark = pytest.mark.skipif(
@@ -35,39 +33,14 @@ _SEND_HEADER = re.compile(rb"^X-Mailgate-Send: (\d+)", re.M)
 _MESSAGE_ID = re.compile(rb"^Message-ID: <([^>\r\n]+)>", re.M | re.I)
 
 
-class Worker:
-    """``mailgate serve --only worker`` in its own process."""
-
-    def __init__(self, database_url: str, data_dir: Path, relay_port: int, **settings: str):
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "MAILGATE_DATABASE_URL": database_url,
-            "MAILGATE_DATA_DIR": str(data_dir),
-            "MAILGATE_MAIL_DOMAIN": MAIL_DOMAIN,
-            "MAILGATE_SECRET_KEY": "test-secret-key",
-            "MAILGATE_RELAY_URL": f"smtp://127.0.0.1:{relay_port}",
-            "MAILGATE_RELAY_POLL_INTERVAL": "0.1",
-            "MAILGATE_RELAY_TIMEOUT": "10",
-        }
-        env.update({f"MAILGATE_{k.upper()}": v for k, v in settings.items()})
-        self.proc = subprocess.Popen(
-            [*LAUNCH, "serve", "--only", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def signal(self, sig: int) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        _, stderr = self.proc.communicate(timeout=30)
-        return self.proc.returncode, stderr
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
+def worker(database_url: str, data_dir: Path, relay_port: int, **settings: str) -> ServeProcess:
+    """``mailgate serve --only worker`` in its own process, relaying to ``relay_port``."""
+    relay = {
+        "relay_url": f"smtp://127.0.0.1:{relay_port}",
+        "relay_poll_interval": "0.1",
+        "relay_timeout": "10",
+    }
+    return ServeProcess(database_url, data_dir, "worker", **{**relay, **settings})
 
 
 @pytest.fixture
@@ -137,7 +110,7 @@ def test_sigterm_mid_batch_records_every_outcome_and_the_next_process_sends_the_
     relay = smtp_sink.SmtpSink(port, flags=("-w", "1")).start()
     # A lease far longer than the test: a send left claimed would not go out again in time.
     settings = {"relay_pool_size": "2", "relay_lease": "600", "stop_deadline": "5"}
-    first = Worker(database_url, tmp_path / "data", port, **settings)
+    first = worker(database_url, tmp_path / "data", port, **settings)
     second = None
     try:
         wait_until(lambda: len(accepted(relay)) >= 2, timeout=30)
@@ -152,7 +125,7 @@ def test_sigterm_mid_batch_records_every_outcome_and_the_next_process_sends_the_
         for i in set(ids) - sent:  # handed back untried: due now, no attempt counted
             assert rows[i] == {"state": "queued", "attempts": 0}
 
-        second = Worker(database_url, tmp_path / "data", port, **settings)
+        second = worker(database_url, tmp_path / "data", port, **settings)
         restarted = time.monotonic()
         wait_until(lambda: len(accepted(relay)) > len(sent), timeout=60)
         # At once, not after the 600 s lease: the clean stop had handed its claims back.
@@ -175,7 +148,7 @@ def test_outcomes_of_mail_the_relay_accepted_survive_a_kill_mid_batch(gate, data
     port = smtp_sink.free_port()
     relay = smtp_sink.SmtpSink(port, flags=("-w", "1")).start()
     settings = {"relay_pool_size": "4", "relay_lease": "3"}
-    first = Worker(database_url, tmp_path / "data", port, **settings)
+    first = worker(database_url, tmp_path / "data", port, **settings)
     second = None
     try:
         # All 24 are claimed in one batch and take ~6 s to go out.
@@ -192,7 +165,7 @@ def test_outcomes_of_mail_the_relay_accepted_survive_a_kill_mid_batch(gate, data
         assert len(at_kill - recorded) <= 4  # at most the messages on the wire at the kill
 
         # The next process takes over once the dead worker's short lease ran out.
-        second = Worker(database_url, tmp_path / "data", port, **settings)
+        second = worker(database_url, tmp_path / "data", port, **settings)
         restarted = time.monotonic()
         wait_until(lambda: in_state(gate, ids, "sent") == set(ids), timeout=60)
         assert time.monotonic() - restarted < 60  # all of them within a minute of the restart

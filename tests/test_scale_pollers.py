@@ -28,6 +28,8 @@ from tests.support.dovecot import Dovecot, start_or_skip
 from tests.support.processes import ServeProcess, stop_all
 from tests.support.server import MailgateServer, wait_until
 
+#: What every process here had from the start: loopback peers allowed, a quick clean stop.
+NODE = {"allow_private_targets": "true", "stop_deadline": "3"}
 LEASE = 3.0  # seconds: small, so a takeover after kill -9 is quick to wait for
 
 
@@ -130,7 +132,7 @@ def test_two_imap_processes_one_polls_the_other_waits_and_takes_over_within_the_
         box = Box(gate, dovecot)
         before = box.logins()
         procs = [
-            ServeProcess(pg_url, tmp_path / f"imap{i}", "imap", poll_lease=str(LEASE))
+            ServeProcess(pg_url, tmp_path / f"imap{i}", "imap", poll_lease=str(LEASE), **NODE)
             for i in range(2)
         ]
         for p in procs:
@@ -173,7 +175,8 @@ def test_a_clean_stop_hands_the_mailbox_to_the_other_process_at_once(pg_url, dov
         box = Box(gate, dovecot)
         # A lease far longer than the test: only a release can explain a quick takeover.
         procs = [
-            ServeProcess(pg_url, tmp_path / f"imap{i}", "imap", poll_lease="600") for i in range(2)
+            ServeProcess(pg_url, tmp_path / f"imap{i}", "imap", poll_lease="600", **NODE)
+            for i in range(2)
         ]
         for p in procs:
             p.wait_serving()
@@ -181,7 +184,7 @@ def test_a_clean_stop_hands_the_mailbox_to_the_other_process_at_once(pg_url, dov
         first = by_pid[wait_until(lambda: holder_pid(box.poller()), timeout=30)]
         other = next(p for p in procs if p is not first)
 
-        assert first.terminate() == 0, first.output
+        assert first.terminate().code == 0, first.output
         stopped = time.monotonic()
         wait_until(lambda: holder_pid(box.poller()) == other.pid, timeout=15)
         assert time.monotonic() - stopped < 5

@@ -32,6 +32,9 @@ from tests.test_cli import LAUNCH, ROOT
 from tests.test_relay_handover import accepted, in_state, queue_sends
 from tests.test_sending_relay import new_lead
 
+#: What every process here had from the start: loopback peers allowed, a quick clean stop.
+NODE = {"allow_private_targets": "true", "stop_deadline": "3"}
+
 
 @pytest.fixture
 def pg_url(tmp_path):
@@ -69,7 +72,9 @@ def accepts(port: int | None) -> bool:
 def test_only_starts_exactly_the_listeners_and_runners_of_the_roles_named(gate, pg_url, tmp_path):
     # Every role at least once, alone and combined; spaces and repeats are allowed.
     combos = ["smtp", "http", "imap,worker", " sync , http,sync"]
-    procs = [ServeProcess(pg_url, tmp_path / f"p{i}", only) for i, only in enumerate(combos)]
+    procs = [
+        ServeProcess(pg_url, tmp_path / f"p{i}", only, **NODE) for i, only in enumerate(combos)
+    ]
     try:
         for only, proc in zip(combos, procs, strict=True):
             proc.wait_serving()
@@ -123,7 +128,7 @@ def test_an_unknown_or_empty_only_is_a_clear_error_and_starts_nothing(tmp_path):
 def test_three_processes_starting_at_once_on_an_empty_database_all_come_up_migrated_once(
     pg_url, tmp_path
 ):
-    procs = [ServeProcess(pg_url, tmp_path / f"n{i}", "http,worker") for i in range(3)]
+    procs = [ServeProcess(pg_url, tmp_path / f"n{i}", "http,worker", **NODE) for i in range(3)]
     try:
         for p in procs:
             p.wait_serving()
@@ -157,7 +162,9 @@ def test_two_worker_processes_deliver_each_queued_send_exactly_once(gate, pg_url
         "relay_poll_interval": "0.1",
         "relay_pool_size": "1",  # batches of 25: both workers get a share
     }
-    procs = [ServeProcess(pg_url, tmp_path / f"w{i}", "worker", **settings) for i in range(2)]
+    procs = [
+        ServeProcess(pg_url, tmp_path / f"w{i}", "worker", **NODE, **settings) for i in range(2)
+    ]
     try:
         for p in procs:
             p.wait_serving()
@@ -187,7 +194,7 @@ def test_two_http_processes_sending_at_once_accept_exactly_the_quota_left(gate, 
         },
     )
     assert first.status_code == 202, first.text
-    procs = [ServeProcess(pg_url, tmp_path / f"h{i}", "http") for i in range(2)]
+    procs = [ServeProcess(pg_url, tmp_path / f"h{i}", "http", **NODE) for i in range(2)]
     try:
         for p in procs:
             p.wait_serving()
@@ -250,8 +257,8 @@ def dropbox_user(gate: MailgateServer, name: str) -> tuple[dict, dict]:
 
 def test_two_smtp_processes_and_one_worker_file_each_message_once(gate, pg_url, tmp_path):
     org, user = dropbox_user(gate, "two-smtp")
-    procs = [ServeProcess(pg_url, tmp_path / f"s{i}", "smtp") for i in range(2)]
-    procs.append(ServeProcess(pg_url, tmp_path / "w", "worker"))
+    procs = [ServeProcess(pg_url, tmp_path / f"s{i}", "smtp", **NODE) for i in range(2)]
+    procs.append(ServeProcess(pg_url, tmp_path / "w", "worker", **NODE))
     try:
         for p in procs:
             p.wait_serving()
@@ -270,7 +277,7 @@ def test_mail_an_smtp_node_accepted_before_kill_9_is_filed_after_it_comes_back(
     gate, pg_url, tmp_path
 ):
     org, user = dropbox_user(gate, "smtp-killed")
-    node = ServeProcess(pg_url, tmp_path / "s", "smtp").wait_serving()
+    node = ServeProcess(pg_url, tmp_path / "s", "smtp", **NODE).wait_serving()
     later: list[ServeProcess] = []
     try:
         tags = [f"k-{uuid.uuid4().hex[:6]}-{k}" for k in range(40)]
@@ -279,8 +286,8 @@ def test_mail_an_smtp_node_accepted_before_kill_9_is_filed_after_it_comes_back(
         assert node.proc.returncode == -9
         assert filed_counts(gate, org["id"]) == {}  # no worker anywhere yet
         later = [
-            ServeProcess(pg_url, tmp_path / "s", "smtp"),
-            ServeProcess(pg_url, tmp_path / "w", "worker"),
+            ServeProcess(pg_url, tmp_path / "s", "smtp", **NODE),
+            ServeProcess(pg_url, tmp_path / "w", "worker", **NODE),
         ]
         for p in later:
             p.wait_serving()

@@ -41,8 +41,6 @@ skips with that reason (strict CI sets it).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -60,6 +58,7 @@ from storage.schema_syncs import sync_runs
 from storage.schema_webhooks import webhook_deliveries
 from sync import CONSUMERS
 from tests.support.databases import fresh_database
+from tests.support.processes import ServeProcess, stop_all
 from tests.support.server import MailgateServer, wait_until
 from tests.support.webhook_receiver import Receiver
 
@@ -137,35 +136,10 @@ def leads_csv(start: int, count: int) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
-def start_sync_process(url: str, data_dir: Path, log: Path, wrapper: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "MAILGATE_DATABASE_URL": url,
-        "MAILGATE_SECRET_KEY": "test-secret-key",
-        "MAILGATE_DATA_DIR": str(data_dir),
-        "MAILGATE_ALLOW_PRIVATE_TARGETS": "1",
-    }
-    return subprocess.Popen(
-        [sys.executable, str(wrapper), str(log)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log.with_suffix(".stderr"), "wb"),  # noqa: SIM115 - the child owns it
-        start_new_session=True,
-    )
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def start_sync_process(url: str, data_dir: Path, log: Path, wrapper: Path) -> ServeProcess:
+    """``mailgate serve --only sync`` through ``wrapper``, which writes what it did to ``log``."""
+    argv = [sys.executable, str(wrapper), str(log)]
+    return ServeProcess(url, data_dir, argv=argv, name=log.stem, allow_private_targets="1")
 
 
 def read_log(path: Path) -> tuple[list[tuple[str, int, int, int]], list[int]]:
@@ -214,7 +188,7 @@ def test_two_sync_processes_apply_10000_events_once_each_and_miss_none(
     began = time.monotonic()
     server = MailgateServer(pg_url, tmp_path / "http").start({"http"})
     receiver = Receiver()
-    procs: list[subprocess.Popen] = []
+    procs: list[ServeProcess] = []
     try:
         org = server.org("Procs", plan="enterprise")
         admin = server.user(org, "admin@procs.example", admin=True)
@@ -250,7 +224,7 @@ def test_two_sync_processes_apply_10000_events_once_each_and_miss_none(
             timeout=30,
         )
         for proc in procs:
-            assert proc.poll() is None, "a sync process died at start"
+            assert proc.proc.poll() is None, "a sync process died at start"
 
         for f in range(FILES):
             per = LEADS // FILES
@@ -265,7 +239,7 @@ def test_two_sync_processes_apply_10000_events_once_each_and_miss_none(
         def reached(enough: Any) -> Any:
             def check() -> bool:
                 for proc in procs:
-                    assert proc.poll() is None, "a sync process died"
+                    assert proc.proc.poll() is None, "a sync process died"
                 now = state(server, list_id, webhook_id)
                 now["received"] = len(receiver.delivered("/hook"))
                 now["at"] = round(time.monotonic() - imported, 1)
@@ -296,7 +270,7 @@ def test_two_sync_processes_apply_10000_events_once_each_and_miss_none(
         final = state(server, list_id, webhook_id)
         runs = server.call(server.db.run_read(runs_of, sync_id))
     finally:
-        stop(procs)
+        stop_all(procs)
         receiver.close()
         server.stop()
 
