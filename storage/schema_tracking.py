@@ -126,6 +126,23 @@ send_rollup = Table(
     Index("ix_send_rollup_org_template", "org_id", "template_id", "bucket"),
 )
 
+#: ``send_rollup`` without the template/version/user keys (0017, PostgreSQL): per org and
+#: 15-minute UTC bucket, kept by its own statement-level triggers on ``sends``.  The org's
+#: report without a user or template filter sums it: one row per quarter hour (~35,000 a
+#: year) where ``send_rollup`` holds about one per send when templates and users vary.
+#: Local periods are still cut from quarter hours, so any zone's days stay exact.
+send_rollup_org = Table(
+    "send_rollup_org",
+    metadata,
+    Column("org_id", ID, nullable=False),
+    Column("bucket", UTCDateTime(), nullable=False),
+    *(
+        Column(c, BigInteger, nullable=False, server_default="0")
+        for c in ("sent", "bounced", "opened", "clicked", "replied")
+    ),
+    PrimaryKeyConstraint("org_id", "bucket", name="pk_send_rollup_org"),
+)
+
 #: Seconds per rollup bucket.
 ROLLUP_BUCKET_SECONDS = 900
 
