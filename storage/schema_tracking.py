@@ -143,6 +143,26 @@ send_rollup_org = Table(
     PrimaryKeyConstraint("org_id", "bucket", name="pk_send_rollup_org"),
 )
 
+#: The A/B table's rollup (0017, PostgreSQL): per org, UTC day (midnight), template and
+#: version, no user; missing keys are -1 as in ``send_rollup``.  A period's whole UTC days
+#: are summed from it (~150 versions × 400 days instead of ~1 row per send), its ragged
+#: ends (a local day is not a UTC day) from ``send_rollup``'s quarter hours.
+send_rollup_version_day = Table(
+    "send_rollup_version_day",
+    metadata,
+    Column("org_id", ID, nullable=False),
+    Column("day", UTCDateTime(), nullable=False),
+    Column("template_id", ID, nullable=False),
+    Column("template_version", Integer, nullable=False),
+    *(
+        Column(c, BigInteger, nullable=False, server_default="0")
+        for c in ("sent", "bounced", "opened", "clicked", "replied")
+    ),
+    PrimaryKeyConstraint(
+        "org_id", "day", "template_id", "template_version", name="pk_send_rollup_version_day"
+    ),
+)
+
 #: Seconds per rollup bucket.
 ROLLUP_BUCKET_SECONDS = 900
 

@@ -30,8 +30,8 @@ from storage import campaigns as campaign_store
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.schema_campaigns import campaign_recipients, campaign_stats, campaigns
-from storage.schema_sending import sends
-from storage.schema_tracking import send_rollup, send_rollup_org
+from storage.schema_sending import sends, templates
+from storage.schema_tracking import send_rollup, send_rollup_org, send_rollup_version_day
 from tests.support.campaign_sends import (
     LaterClock,
     bounce,
@@ -48,7 +48,7 @@ from tests.support.scripted_relay import Script, ScriptedRelay
 from tests.support.sends import rows
 from tests.support.server import MailgateServer
 from tests.test_report_reads import seed
-from tracking.reports import Period, email_report
+from tracking.reports import Period, email_report, parse_period, version_report
 
 MEMBERS = 24
 REFUSED = 23  # the relay refuses this one at RCPT: a hard bounce on the send path
@@ -244,6 +244,16 @@ def reports(database_url):
 
         def write(conn) -> int:
             seeded = seed(conn)
+            made = [
+                conn.execute(
+                    insert(templates).values(org_id=seeded["org"], name=f"t{i}", module="leads",
+                                             subject="s", html="h").returning(templates.c.id)
+                ).scalar_one()
+                for i in range(3)
+            ]  # fmt: skip
+            for g, row in enumerate(seeded["rows"]):
+                if row["template_version"] is not None:
+                    row["template_id"] = made[g % 3]
             conn.execute(insert(sends), seeded["rows"])
             s = sends.c
             mine = s.org_id == seeded["org"]
@@ -296,10 +306,55 @@ def test_the_org_report_from_its_own_rollup_equals_the_keyed_report_added_up(rep
     assert sum(c["sent"] for c in got.values()) > 100
 
 
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize(
+    "days",
+    [("2026-10-04", "2026-10-20"), ("2026-10-06", "2026-10-06"), ("2026-10-09", "2026-10-25")],
+)
+def test_the_ab_table_over_local_days_counts_each_version_as_the_sends_say(reports, zone, days):
+    """The A/B table (on PostgreSQL whole UTC days from ``send_rollup_version_day``, the
+    local days' ragged ends from ``send_rollup``) has each template version's sends,
+    bounces, opens, clicks and replies of the period, counted here from the sends
+    themselves; in whole-hour, +05:30 and -03:30 zones, over weeks and over one day
+    (no whole UTC day inside), with one template's versions alone too."""
+    _, _, seeded = reports
+    period = parse_period(*days, zone)
+    s = sends.c
+
+    def definition(conn, only=None):
+        where = [s.org_id == seeded["org"], s.sent_at >= period.start, s.sent_at < period.end]
+        if only is not None:
+            where.append(s.template_id == only)
+        q = (
+            select(s.template_id, s.template_version, func.count(), func.count(s.bounced_at),
+                   func.count(s.opened_at), func.count(s.clicked_at), func.count(s.replied_at))
+            .where(*where)
+            .group_by(s.template_id, s.template_version)
+        )  # fmt: skip
+        return {(r[0], r[1]): tuple(int(x) for x in r[2:]) for r in conn.execute(q)}
+
+    def shown(items):
+        return {
+            (i["template_id"], i["template_version"]): (
+                i["sent"], i["bounced"]["n"], i["opened"]["n"], i["clicked"]["n"], i["replied"]["n"]
+            )
+            for i in items
+        }  # fmt: skip
+
+    expected = _read(reports, definition)
+    assert sum(c[0] for c in expected.values()) > 0
+    assert shown(_read(reports, version_report, seeded["org"], period)) == expected
+    one = next(k[0] for k in expected if k[0] is not None)
+    assert shown(_read(reports, version_report, seeded["org"], period, template_id=one)) == _read(
+        reports, definition, one
+    )
+
+
 def test_the_org_rollup_is_the_keyed_rollup_per_quarter_hour_after_updates_and_deletes(reports):
     """PostgreSQL: after inserts, UPDATEs of opens and bounces and DELETEs, every
-    (org, quarter hour) of ``send_rollup_org`` holds the sums of ``send_rollup``'s rows.
-    SQLite keeps neither (its reports count the sends): both stay empty."""
+    (org, quarter hour) of ``send_rollup_org``, and every (org, UTC day, template,
+    version) of ``send_rollup_version_day``, holds the sums of ``send_rollup``'s rows.
+    SQLite keeps none of them (its reports count the sends): all stay empty."""
     loop, db, seeded = reports
     names = ("sent", "bounced", "opened", "clicked", "replied")
 
@@ -314,13 +369,31 @@ def test_the_org_rollup_is_the_keyed_rollup_per_quarter_hour_after_updates_and_d
         return keyed, {row[0]: tuple(int(x) for x in row[1:]) for row in conn.execute(org_rows)}
 
     keyed, org_rows = _read(reports, both)
+    daily = _read(reports, lambda conn: conn.execute(
+        select(send_rollup_version_day).where(send_rollup_version_day.c.org_id == seeded["org"])
+    ).all())  # fmt: skip
     if db.engine.dialect.name != "postgresql":
-        assert keyed == org_rows == {}
+        assert keyed == org_rows == {} and daily == []
         return
     assert len(org_rows) > 100
     assert {k: v for k, v in org_rows.items() if any(v)} == {
         k: v for k, v in keyed.items() if any(v)
     }
+    by_day: dict[tuple, list[int]] = {}
+    for row in _read(reports, lambda conn: conn.execute(
+        select(send_rollup).where(send_rollup.c.org_id == seeded["org"])
+    ).mappings().all()):  # fmt: skip
+        day = row["bucket"].replace(hour=0, minute=0, second=0, microsecond=0)
+        key = (day, row["template_id"], row["template_version"])
+        sums = by_day.setdefault(key, [0] * len(names))
+        for i, n in enumerate(names):
+            sums[i] += int(row[n])
+    assert len(daily) > 20
+    assert {
+        (r.day, r.template_id, r.template_version): [int(getattr(r, n)) for n in names]
+        for r in daily
+        if any(getattr(r, n) for n in names)
+    } == {k: v for k, v in by_day.items() if any(v)}
 
 
 # -- the migration's backfill ------------------------------------------------------------------

@@ -18,6 +18,10 @@ from the rows already there:
   dimensions (org, 15-minute UTC bucket): an org's report over a year sums
   ~35,000 rows instead of ~1 per send.  Local days, weeks and months are still
   cut from the quarter hours, so every zone (``+05:30`` too) stays right.
+- ``send_rollup_version_day``: per org, UTC day, template and version (no
+  user): the A/B table over a long period sums one row per version and whole
+  UTC day inside it, and the period's ragged ends (a local day is not a UTC
+  day) from ``send_rollup``'s quarter hours.
 
 SQLite installs are small: the tables exist there (one schema) but stay empty,
 and reads count the source rows as before.
@@ -99,6 +103,39 @@ _ORG_UPSERT = """
 """
 
 
+# The A/B table's daily rollup: one signed row per counted send, by UTC day and version.
+_VERSION_CONTRIBUTION = """
+    SELECT org_id,
+           to_timestamp(floor(extract(epoch FROM sent_at) / 86400) * 86400) AS day,
+           coalesce(template_id, -1) AS template_id,
+           coalesce(template_version, -1) AS template_version,
+           {sign} AS sent,
+           {sign} * (bounced_at IS NOT NULL)::int AS bounced,
+           {sign} * (opened_at IS NOT NULL)::int AS opened,
+           {sign} * (clicked_at IS NOT NULL)::int AS clicked,
+           {sign} * (replied_at IS NOT NULL)::int AS replied
+    FROM {rows} WHERE sent_at IS NOT NULL
+"""
+
+_VERSION_UPSERT = """
+    INSERT INTO send_rollup_version_day AS r
+        (org_id, day, template_id, template_version, sent, bounced, opened, clicked, replied)
+    SELECT org_id, day, template_id, template_version,
+           sum(sent), sum(bounced), sum(opened), sum(clicked), sum(replied)
+    FROM ({source}) AS c
+    GROUP BY org_id, day, template_id, template_version
+    HAVING sum(sent) <> 0 OR sum(bounced) <> 0 OR sum(opened) <> 0
+        OR sum(clicked) <> 0 OR sum(replied) <> 0
+    ORDER BY org_id, day, template_id, template_version
+    ON CONFLICT (org_id, day, template_id, template_version) DO UPDATE SET
+        sent = r.sent + excluded.sent,
+        bounced = r.bounced + excluded.bounced,
+        opened = r.opened + excluded.opened,
+        clicked = r.clicked + excluded.clicked,
+        replied = r.replied + excluded.replied
+"""
+
+
 def _function(name: str, upsert: str, contribution: str) -> str:
     new = contribution.format(sign="1", rows="new_rows")
     old = contribution.format(sign="-1", rows="old_rows")
@@ -128,7 +165,9 @@ _TRIGGERS = {
 _KEPT = (
     ("campaign_stats_apply", "campaign_recipients", _STATS_UPSERT, _RECIPIENT_CONTRIBUTION),
     ("send_rollup_org_apply", "sends", _ORG_UPSERT, _SEND_CONTRIBUTION),
+    ("send_rollup_version_day_apply", "sends", _VERSION_UPSERT, _VERSION_CONTRIBUTION),
 )
+_COUNTED = ("sent", "bounced", "opened", "clicked", "replied")
 
 
 def upgrade() -> None:
@@ -143,11 +182,19 @@ def upgrade() -> None:
         "send_rollup_org",
         sa.Column("org_id", _ID, nullable=False),
         sa.Column("bucket", storage.types.UTCDateTime(timezone=True), nullable=False),
-        *(
-            sa.Column(c, sa.BigInteger(), nullable=False, server_default="0")
-            for c in ("sent", "bounced", "opened", "clicked", "replied")
-        ),
+        *(sa.Column(c, sa.BigInteger(), nullable=False, server_default="0") for c in _COUNTED),
         sa.PrimaryKeyConstraint("org_id", "bucket", name="pk_send_rollup_org"),
+    )
+    op.create_table(
+        "send_rollup_version_day",
+        sa.Column("org_id", _ID, nullable=False),
+        sa.Column("day", storage.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("template_id", _ID, nullable=False),
+        sa.Column("template_version", sa.Integer(), nullable=False),
+        *(sa.Column(c, sa.BigInteger(), nullable=False, server_default="0") for c in _COUNTED),
+        sa.PrimaryKeyConstraint(
+            "org_id", "day", "template_id", "template_version", name="pk_send_rollup_version_day"
+        ),
     )
     if op.get_bind().dialect.name != "postgresql":
         return
@@ -172,6 +219,14 @@ def upgrade() -> None:
         "SELECT org_id, bucket, sum(sent), sum(bounced), sum(opened), sum(clicked), sum(replied) "
         "FROM send_rollup GROUP BY org_id, bucket ORDER BY org_id, bucket"
     )
+    op.execute(
+        "INSERT INTO send_rollup_version_day (org_id, day, template_id, template_version, "
+        "sent, bounced, opened, clicked, replied) "
+        "SELECT org_id, to_timestamp(floor(extract(epoch FROM bucket) / 86400) * 86400), "
+        "template_id, template_version, "
+        "sum(sent), sum(bounced), sum(opened), sum(clicked), sum(replied) "
+        "FROM send_rollup GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+    )
 
 
 def downgrade() -> None:
@@ -182,5 +237,6 @@ def downgrade() -> None:
                     f"DROP TRIGGER IF EXISTS {function.removesuffix('_apply')}_{event} ON {table}"
                 )
             op.execute(f"DROP FUNCTION IF EXISTS {function}()")
+    op.drop_table("send_rollup_version_day")
     op.drop_table("send_rollup_org")
     op.drop_table("campaign_stats")
