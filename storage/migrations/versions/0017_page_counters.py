@@ -3,7 +3,7 @@
 Revision ID: 0017_page_counters
 Revises: 0016_page_indexes
 
-Two derived tables, kept on PostgreSQL by statement-level triggers with
+Three derived tables, kept on PostgreSQL by statement-level triggers with
 transition tables (the mechanism of ``send_rollup``, 0006), backfilled here
 from the rows already there:
 
