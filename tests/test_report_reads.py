@@ -419,3 +419,65 @@ def test_a_colleagues_analytics_page_does_not_list_the_records_mailed_at_an_excl
         assert addresses[name] not in theirs.text
     for name in ("lookalike", "plain", "shared"):
         assert f'data-record="leads/{leads_by[name]}"' in theirs.text
+
+
+def test_the_sql_excluded_domain_rule_is_sharings_rule_address_by_address(data):
+    """``SendsSeen``'s SQL picks out exactly the sends ``sharing.involves_excluded`` calls
+    unshared: To or any CC, any case, subdomains yes, look-alikes and a local part that
+    merely names the domain no, a ``_`` in the domain no wildcard, a Unicode domain by its
+    IDNA form; a colleague's unshared send hidden, the viewer's own and ownerless ones kept."""
+    from gateway.receive.mailboxes import sharing
+
+    db, s = data
+    excluded = ("private-bank.example.jp", "my_corp.example", "xn--r8jz45g.jp")
+    cases = [
+        ("ceo@private-bank.example.jp", []),
+        ("CEO@Private-Bank.Example.JP", []),
+        ("cto@mail.private-bank.example.jp", []),
+        ("ceo@notprivate-bank.example.jp", []),
+        ("private-bank.example.jp@other.example", []),
+        ("buyer@client.example.jp", ["cfo@private-bank.example.jp"]),
+        ("buyer@client.example.jp", ["a@x.example", "CFO@sub.Private-Bank.example.jp"]),
+        ("buyer@client.example.jp", ["private-bank.example.jp@x.example"]),
+        ("a@my_corp.example", []),
+        ("a@myxcorp.example", []),
+        ("a@例え.jp", []),
+        ("a@xn--r8jz45g.jp", []),
+    ]
+    tag = secrets.token_hex(4)
+
+    def write(conn):
+        """A fresh org of its own (the module's org keeps its sends as they were)."""
+        fresh = seed(conn)
+        colleague, viewer = fresh["users"][1], fresh["users"][0]
+        rows = [
+            {**fresh["rows"][0], "user_id": owner, "to_email": to, "cc_emails": cc,
+             "message_id": f"<{tag}-{i}-{owner}@x>", "verp_token": f"{tag}-{i}-{owner}",
+             "module": None, "record_id": None}
+            for i, (to, cc) in enumerate(cases)
+            for owner in (colleague, viewer, None)
+        ]  # fmt: skip
+        ids = [
+            conn.execute(insert(sends).values(r).returning(sends.c.id)).scalar_one() for r in rows
+        ]
+        return list(zip(ids, rows, strict=True)), colleague, viewer
+
+    from sqlalchemy import select
+
+    written, colleague, viewer = db.loop.run_until_complete(db.db.run_write(write))
+    seen = tracking_store.SendsSeen(viewer, excluded)
+    ids = [i for i, _ in written]
+    visible = set(
+        db(lambda conn: conn.execute(
+            select(sends.c.id).where(sends.c.id.in_(ids), seen.clause())
+        ).scalars().all())
+    )  # fmt: skip
+    expected = {
+        i for i, row in written
+        if row["user_id"] != colleague
+        or not sharing.involves_excluded([row["to_email"], *row["cc_emails"]], excluded)
+    }  # fmt: skip
+    assert visible == expected
+    hidden = {row["to_email"] for i, row in written if i not in visible}
+    assert "ceo@notprivate-bank.example.jp" not in hidden and "a@myxcorp.example" not in hidden
+    assert "a@例え.jp" in hidden and "CEO@Private-Bank.Example.JP" in hidden
