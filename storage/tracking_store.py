@@ -370,7 +370,8 @@ def _rollup_counts(
 
     Sums a few rows per quarter hour instead of counting every send; the -1 of
     a missing key turns back into NULL.  Without ``by``, ``send_rollup_org`` (one
-    row per org and quarter hour) answers.  With ``only`` the rollup's
+    row per org and quarter hour) answers; the A/B table (``by`` template, no
+    ``group``) over at least one whole UTC day, :func:`_version_counts`.  With ``only`` the rollup's
     ``(org_id, user_id | template_id, bucket)`` indexes (0016) read that key's
     rows alone.
     """
