@@ -126,6 +126,43 @@ send_rollup = Table(
     Index("ix_send_rollup_org_template", "org_id", "template_id", "bucket"),
 )
 
+#: ``send_rollup`` without the template/version/user keys (0017, PostgreSQL): per org and
+#: 15-minute UTC bucket, kept by its own statement-level triggers on ``sends``.  The org's
+#: report without a user or template filter sums it: one row per quarter hour (~35,000 a
+#: year) where ``send_rollup`` holds about one per send when templates and users vary.
+#: Local periods are still cut from quarter hours, so any zone's days stay exact.
+send_rollup_org = Table(
+    "send_rollup_org",
+    metadata,
+    Column("org_id", ID, nullable=False),
+    Column("bucket", UTCDateTime(), nullable=False),
+    *(
+        Column(c, BigInteger, nullable=False, server_default="0")
+        for c in ("sent", "bounced", "opened", "clicked", "replied")
+    ),
+    PrimaryKeyConstraint("org_id", "bucket", name="pk_send_rollup_org"),
+)
+
+#: The A/B table's rollup (0017, PostgreSQL): per org, UTC day (midnight), template and
+#: version, no user; missing keys are -1 as in ``send_rollup``.  A period's whole UTC days
+#: are summed from it (~150 versions × 400 days instead of ~1 row per send), its ragged
+#: ends (a local day is not a UTC day) from ``send_rollup``'s quarter hours.
+send_rollup_version_day = Table(
+    "send_rollup_version_day",
+    metadata,
+    Column("org_id", ID, nullable=False),
+    Column("day", UTCDateTime(), nullable=False),
+    Column("template_id", ID, nullable=False),
+    Column("template_version", Integer, nullable=False),
+    *(
+        Column(c, BigInteger, nullable=False, server_default="0")
+        for c in ("sent", "bounced", "opened", "clicked", "replied")
+    ),
+    PrimaryKeyConstraint(
+        "org_id", "day", "template_id", "template_version", name="pk_send_rollup_version_day"
+    ),
+)
+
 #: Seconds per rollup bucket.
 ROLLUP_BUCKET_SECONDS = 900
 

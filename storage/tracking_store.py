@@ -11,13 +11,16 @@ event log — through ``ix_sends_org_sent``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Text,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -26,6 +29,8 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
+    union_all,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -38,6 +43,8 @@ from storage.schema_sending import sends
 from storage.schema_tracking import (
     ROLLUP_BUCKET_SECONDS,
     send_rollup,
+    send_rollup_org,
+    send_rollup_version_day,
     tracking_hits,
     tracking_inbox,
 )
@@ -362,11 +369,18 @@ def _rollup_counts(
     """:func:`email_counts` from ``send_rollup`` (PostgreSQL; period on bucket bounds).
 
     Sums a few rows per quarter hour instead of counting every send; the -1 of
-    a missing key turns back into NULL.  With ``only`` the rollup's
+    a missing key turns back into NULL.  Without ``by``, ``send_rollup_org`` (one
+    row per org and quarter hour) answers; the A/B table (``by`` template, no
+    ``group``) over at least one whole UTC day, :func:`_version_counts`.  With ``only`` the rollup's
     ``(org_id, user_id | template_id, bucket)`` indexes (0016) read that key's
     rows alone.
     """
-    r = send_rollup.c
+    if group is None and by == "template" and (days := _whole_utc_days(start, end)):
+        return _version_counts(conn, org_id, start, end, days, only=only)
+    # The org's own report (no key, no filter) sums the org rollup (0017): one row per
+    # quarter hour, where send_rollup holds about one per send when templates and
+    # users vary; the zone conversion and truncation run once per quarter hour.
+    r = send_rollup_org.c if by is None else send_rollup.c
     keys = [func.nullif(r[name], -1).label(name) for name in _ROLLUP_KEYS[by]]
     sums = [func.sum(r[name]).label(name) for name in _COUNTED]
     where = and_(r.org_id == org_id, r.bucket >= start, r.bucket < end)
@@ -375,14 +389,6 @@ def _rollup_counts(
     if group is None:
         q = select(literal_column("NULL").label("period"), *keys, *sums).where(where)
         q = q.group_by(*keys).having(func.sum(r.sent) > 0)
-    elif by is None:
-        # Quarter hours first, then periods: the zone conversion and truncation run
-        # once per quarter hour (2,880 in 30 days) instead of once per rollup row
-        # (a row per template, version and user of each quarter hour).
-        quarters = select(r.bucket, *sums).where(where).group_by(r.bucket).subquery("quarters")
-        bucket = _bucket_pg(quarters.c.bucket, group, tz).label("period")
-        totals = [func.sum(quarters.c[name]).label(name) for name in _COUNTED]
-        q = select(bucket, *totals).group_by(bucket).having(func.sum(quarters.c.sent) > 0)
     else:
         bucket = _bucket_pg(r.bucket, group, tz).label("period")
         q = select(bucket, *keys, *sums).where(where).group_by(bucket, *keys)
@@ -391,6 +397,52 @@ def _rollup_counts(
 
 
 _COUNTED = ("sent", "bounced", "opened", "clicked", "replied")
+_DAY = 86400
+
+
+def _whole_utc_days(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The first and last UTC midnight of [start, end) with a whole day between, if any."""
+    first = -(-int(start.timestamp()) // _DAY) * _DAY
+    last = int(end.timestamp()) // _DAY * _DAY
+    if first >= last:
+        return None
+    return datetime.fromtimestamp(first, UTC), datetime.fromtimestamp(last, UTC)
+
+
+def _version_counts(
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    days: tuple[datetime, datetime],
+    *,
+    only: int | None,
+) -> list[dict[str, Any]]:
+    """The A/B table's counts (one row per template version over [start, end)): the whole
+    UTC days from ``send_rollup_version_day`` (0017), the ragged ends before the first and
+    after the last UTC midnight (the period's bounds are local midnights) from
+    ``send_rollup``'s quarter hours.  ~150 versions × 400 days instead of ~1 row per send."""
+    first, last = days
+    v, r = send_rollup_version_day.c, send_rollup.c
+    whole = select(v.template_id, v.template_version, *(v[n] for n in _COUNTED)).where(
+        v.org_id == org_id, v.day >= first, v.day < last
+    )
+    ends = select(r.template_id, r.template_version, *(r[n] for n in _COUNTED)).where(
+        r.org_id == org_id,
+        or_(and_(r.bucket >= start, r.bucket < first), and_(r.bucket >= last, r.bucket < end)),
+    )
+    if only is not None:
+        whole = whole.where(v.template_id == only)
+        ends = ends.where(r.template_id == only)
+    both = union_all(whole, ends).subquery("both_parts")
+    keys = [func.nullif(both.c[n], -1).label(n) for n in ("template_id", "template_version")]
+    q = (
+        select(literal_column("NULL").label("period"), *keys,
+               *(func.sum(both.c[n]).label(n) for n in _COUNTED))
+        .group_by(both.c.template_id, both.c.template_version)
+        .having(func.sum(both.c.sent) > 0)
+    )  # fmt: skip
+    return [dict(row) for row in conn.execute(q).mappings()]
 
 
 def received_counts(
@@ -428,6 +480,53 @@ def received_counts(
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+@dataclass(frozen=True, slots=True)
+class SendsSeen:
+    """Which of the org's sends a viewer's no-response list may count: every send but
+    those whose To or a CC sits in one of the org's ``excluded`` domains (or a
+    subdomain), which are their sender's own (``sharing.involves_excluded``; seed 004).
+
+    ``excluded`` are the org's domains as stored (normalised: lower case, IDNA).  The
+    SQL compares the lower-cased To address and each CC's JSON text by its end
+    (``@domain`` or ``.domain``), so ``notexample.jp`` is not ``example.jp``.
+    """
+
+    viewer_id: int
+    excluded: tuple[str, ...]
+
+    def clause(self, s=sends):
+        """True for the sends of ``s`` (a ``sends`` alias) the viewer may count."""
+        if not self.excluded:
+            return true()
+        involved = []
+        for domain in self.excluded:
+            for form in _domain_forms(domain):
+                esc = _like_escape(form)
+                for sep in ("@", "."):
+                    involved.append(func.lower(s.c.to_email).like(f"%{sep}{esc}", escape="\\"))
+                    involved.append(
+                        func.lower(cast(s.c.cc_emails, Text)).like(f'%{sep}{esc}"%', escape="\\")
+                    )
+        return or_(s.c.user_id.is_(None), s.c.user_id == self.viewer_id, ~or_(*involved))
+
+
+def _domain_forms(domain: str) -> list[str]:
+    """The stored (IDNA) form of a domain and, for an internationalised one, its Unicode
+    form: a send's address may hold either."""
+    forms = [domain]
+    try:
+        uni = domain.encode("ascii").decode("idna")
+    except UnicodeError:
+        return forms
+    if uni != domain:
+        forms.append(uni.lower())
+    return forms
+
+
+def _like_escape(text_: str) -> str:
+    return text_.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 #: Memory for the no-response grouping (PostgreSQL): a period's sends are grouped by
 #: record in a hash table instead of sorted on disk (4 MB, the server default, spills
 #: past ~50,000 records).
@@ -446,12 +545,16 @@ def no_response(
     end: datetime,
     *,
     limit: int,
+    seen: SendsSeen | None = None,
 ) -> list[dict[str, Any]]:
     """Leads/contacts sent mail in [start, end) with no human open, click or reply since.
 
     Bounced-only recipients are included (they did not respond either); the
     ``bounced`` count tells them apart.  Every send of the org counts, whoever
-    sent it: sends are mail sent from the CRM, which sharing modes do not hide.
+    sent it: sends are mail sent from the CRM, which sharing modes do not hide —
+    except, with ``seen``, a send to an excluded domain, which counts for its
+    sender alone (as if the others' did not exist: a record mailed only there is
+    not on a colleague's list, and its address and counts are not shown).
     Newest last send first, then by record id.
 
     Two ways to the same rows: on PostgreSQL :func:`no_response_walk` (reads the
@@ -467,36 +570,51 @@ def no_response(
                 # (asyncpg prepares statements; PostgreSQL switches after five runs)
                 # hash-joined every send of the period (seconds) instead of walking.
                 conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
-                rows = no_response_walk(conn, org_id, start, end, limit=limit)
+                rows = no_response_walk(conn, org_id, start, end, limit=limit, seen=seen)
                 conn.exec_driver_sql("SET LOCAL statement_timeout = DEFAULT")
                 conn.exec_driver_sql("SET LOCAL plan_cache_mode = DEFAULT")
             return rows
         except DBAPIError as exc:
             if "statement timeout" not in str(exc):
                 raise
-    return no_response_grouped(conn, org_id, start, end, limit=limit)
+    return no_response_grouped(conn, org_id, start, end, limit=limit, seen=seen)
 
 
-def _mailed(start: datetime, end: datetime, org_id: int, s=sends) -> tuple:
-    return (
+def _mailed(
+    start: datetime, end: datetime, org_id: int, s=sends, seen: SendsSeen | None = None
+) -> tuple:
+    mailed = (
         s.c.org_id == org_id,
         s.c.sent_at >= start,
         s.c.sent_at < end,
         s.c.module.in_(("leads", "contacts")),
         s.c.record_id.is_not(None),
     )
+    if seen is None or not seen.excluded:
+        return mailed
+    return (*mailed, seen.clause(s))
 
 
 def no_response_walk(
-    conn: Connection, org_id: int, start: datetime, end: datetime, *, limit: int
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    limit: int,
+    seen: SendsSeen | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`no_response` newest first: each send of the period without a response
     that is its record's last in the period, kept unless another of the record's sends
     in the period got one.  Reads ``ix_sends_org_sent`` backwards and probes
     ``ix_sends_org_record`` per candidate (both index-only on PostgreSQL), so the
-    work grows with how far back ``limit`` records are found, not with the period."""
+    work grows with how far back ``limit`` records are found, not with the period.
+    With ``seen`` (an org with excluded domains), the sends the viewer may not count
+    are skipped on both sides (a heap look-up per candidate and probe)."""
     other = sends.alias("other")
+    hidden_other = () if seen is None or not seen.excluded else (seen.clause(other),)
     later_or_answered = exists().where(
+        *hidden_other,
         other.c.org_id == org_id,
         other.c.module == sends.c.module,
         other.c.record_id == sends.c.record_id,
@@ -515,7 +633,7 @@ def no_response_walk(
         q = (
             select(sends.c.module, sends.c.record_id, sends.c.sent_at.label("last_sent_at"))
             .where(
-                *_mailed(start, end, org_id),
+                *_mailed(start, end, org_id, seen=seen),
                 sends.c.opened_at.is_(None),
                 sends.c.clicked_at.is_(None),
                 sends.c.replied_at.is_(None),
@@ -532,13 +650,19 @@ def no_response_walk(
             break
         want += limit
     out = list(found.values())[:limit]
-    _add_counts(conn, org_id, start, end, out)
+    _add_counts(conn, org_id, start, end, out, seen=seen)
     _add_names(conn, org_id, out)
     return out
 
 
 def no_response_grouped(
-    conn: Connection, org_id: int, start: datetime, end: datetime, *, limit: int
+    conn: Connection,
+    org_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    limit: int,
+    seen: SendsSeen | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`no_response` by grouping every send of the period by record.  The
     grouping reads only what ``ix_sends_org_sent`` carries (index-only on PostgreSQL);
@@ -553,7 +677,7 @@ def no_response_grouped(
             func.count(sends.c.bounced_at).label("bounced"),
             func.max(sends.c.sent_at).label("last_sent_at"),
         )
-        .where(*_mailed(start, end, org_id))
+        .where(*_mailed(start, end, org_id, seen=seen))
         .group_by(sends.c.record_id, sends.c.module)
         .having(responded == 0)
         .order_by(func.max(sends.c.sent_at).desc(), sends.c.record_id)
@@ -562,7 +686,7 @@ def no_response_grouped(
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{NO_RESPONSE_WORK_MEM}'")
     rows = [dict(r) for r in conn.execute(q).mappings()]
-    _add_counts(conn, org_id, start, end, rows, counts=False)
+    _add_counts(conn, org_id, start, end, rows, counts=False, seen=seen)
     _add_names(conn, org_id, rows)
     return rows
 
@@ -575,6 +699,7 @@ def _add_counts(
     rows: list[dict[str, Any]],
     *,
     counts: bool = True,
+    seen: SendsSeen | None = None,
 ) -> None:
     """Each record's address (the greatest ``to_email`` of its sends in the period)
     and, with ``counts``, its sends and bounces there (``ix_sends_org_record``)."""
@@ -589,7 +714,7 @@ def _add_counts(
                 func.count().label("sent"),
                 func.count(sends.c.bounced_at).label("bounced"),
             )
-            .where(*_mailed(start, end, org_id), sends.c.module == module)
+            .where(*_mailed(start, end, org_id, seen=seen), sends.c.module == module)
             .where(sends.c.record_id.in_(ids))
             .group_by(sends.c.record_id)
         )
@@ -629,5 +754,6 @@ __all__ = [
     "send_for_link",
     "send_for_unsubscribe",
     "sends_for_hits",
+    "SendsSeen",
     "update_send_statuses",
 ]

@@ -210,7 +210,7 @@ def test_who_did_not_respond_is_the_grouped_definition_with_each_records_address
     p = PERIODS[period]
     expected = slow_no_response(s["rows"], p)
     assert len(expected) == 2, "records 0 and 1 of the seed never respond"
-    found = db(no_response_report, s["org"], p, 10)
+    found = db(no_response_report, s["org"], p, 10, viewer_id=s["users"][0])
     assert not found["truncated"]
     got = [
         (i["module"], i["id"], i["email"], i["sent"], i["bounced"], i["last_sent_at"])
@@ -222,7 +222,7 @@ def test_who_did_not_respond_is_the_grouped_definition_with_each_records_address
         for m, rid, email, n, b, last in expected
     ]
     assert all(i["last_name"] for i in found["items"]), "names come with the rows"
-    first = db(no_response_report, s["org"], p, 1)
+    first = db(no_response_report, s["org"], p, 1, viewer_id=s["users"][0])
     assert first["truncated"] and [i["id"] for i in first["items"]] == [expected[0][1]]
 
 
@@ -299,3 +299,185 @@ def test_a_walk_that_runs_long_gives_way_to_the_grouping_in_the_same_read(data, 
     assert [(r["module"], r["record_id"], r["sent"]) for r in rows] == [
         (m, rid, n) for m, rid, _, n, _, _ in expected
     ]
+
+
+# -- who did not respond, as each colleague may see it (seed 004's excluded domains) --------
+
+EXCLUDED = "private-bank.example.jp"
+
+
+@pytest.fixture(scope="module")
+def relay():
+    from tests.support.scripted_relay import Script
+    from tests.support.send_peer import scripted_relay
+
+    with scripted_relay(Script()) as script:
+        yield script
+
+
+@pytest.fixture(scope="module")
+def sent_office(database_url, tmp_path_factory, relay):
+    """An org excluding :data:`EXCLUDED`; ``rep`` sends through the API and the relay to a
+    lead at the excluded domain, one with an excluded CC, one at a subdomain, one at a
+    look-alike domain, one plainly; ``rep`` and ``peer`` each mail ``shared`` (rep with an
+    excluded CC, peer plainly).  Nobody responds."""
+    from tests.support.send_peer import delivered, record, relayed, send_state
+    from tests.support.web import with_password
+
+    srv = relayed(database_url, tmp_path_factory.mktemp("data"), relay.port).start()
+    try:
+        tag = secrets.token_hex(3)
+        org = srv.org(f"除外 {tag}", domains=[f"{tag}.example.jp"])
+        boss = srv.user(org, f"boss@{tag}.example.jp", "部長 一郎", admin=True)
+        rep = srv.user(org, f"rep@{tag}.example.jp", "営業 花子")
+        peer = srv.user(org, f"peer@{tag}.example.jp", "同僚 次郎")
+        for u in (rep, peer):
+            with_password(srv, u)
+        r = srv.api(boss).put("/api/v1/excluded-domains", json={"domains": [EXCLUDED]})
+        assert r.status_code == 200, r.text
+        addresses = {
+            "excluded_to": f"ceo@{EXCLUDED}",
+            "excluded_cc": "buyer@client.example.jp",
+            "subdomain": f"cto@mail.{EXCLUDED}",
+            "lookalike": f"ceo@not{EXCLUDED}",
+            "plain": "owner@shop.example.jp",
+            "shared": "head@factory.example.jp",
+        }
+        leads_by = {
+            name: record(srv.api(rep), "leads", last_name=name, email=address)
+            for name, address in addresses.items()
+        }
+        plan = [  # (sender, lead, CC)
+            (rep, "excluded_to", []),
+            (rep, "excluded_cc", [f"cfo@{EXCLUDED}"]),
+            (rep, "subdomain", []),
+            (rep, "lookalike", []),
+            (rep, "plain", []),
+            (rep, "shared", [f"cfo@{EXCLUDED}"]),
+            (peer, "shared", []),
+        ]
+        for sender, lead, cc in plan:
+            body = {"to": [{"module": "leads", "id": leads_by[lead]}], "subject": lead,
+                    "html": "<p>ご案内</p>", "cc": cc}  # fmt: skip
+            r = srv.api(sender).post("/api/v1/emails", json=body)
+            assert r.status_code == 202, r.text
+            send = r.json()["sends"][0]
+            delivered(relay, send)
+            send_state(srv.api(sender), send["id"])
+        yield srv, {"rep": rep, "peer": peer, "boss": boss}, leads_by, addresses
+    finally:
+        srv.stop()
+
+
+def _no_response(srv, user) -> dict[str, tuple[str, int]]:
+    r = srv.api(user).get("/api/v1/reports/no-response")
+    assert r.status_code == 200, r.text
+    return {item["last_name"]: (item["email"], item["sent"]) for item in r.json()["items"]}
+
+
+def test_a_record_mailed_only_at_an_excluded_domain_is_on_its_senders_no_response_list_alone(
+    sent_office,
+):
+    """Over HTTP: the sender sees every record they mailed; a colleague (and an admin) sees
+    none mailed only to, or with a CC at, an excluded domain or its subdomain, but the
+    look-alike domain's; of a record both mailed, the colleague counts their own send."""
+    srv, users, _, addresses = sent_office
+    assert _no_response(srv, users["rep"]) == {
+        "excluded_to": (addresses["excluded_to"], 1),
+        "excluded_cc": (addresses["excluded_cc"], 1),
+        "subdomain": (addresses["subdomain"], 1),
+        "lookalike": (addresses["lookalike"], 1),
+        "plain": (addresses["plain"], 1),
+        "shared": (addresses["shared"], 2),
+    }
+    others = {
+        "lookalike": (addresses["lookalike"], 1),
+        "plain": (addresses["plain"], 1),
+        "shared": (addresses["shared"], 1),
+    }
+    assert _no_response(srv, users["peer"]) == others
+    assert _no_response(srv, users["boss"]) == others
+
+
+def test_a_colleagues_analytics_page_does_not_list_the_records_mailed_at_an_excluded_domain(
+    sent_office,
+):
+    """The dashboard's "did not respond" table follows the same rule as the API."""
+    from tests.support.web import login
+
+    srv, users, leads_by, addresses = sent_office
+    peer_page, rep_page = login(srv, users["peer"]), login(srv, users["rep"])
+    try:
+        theirs, mine = peer_page.get("/analytics"), rep_page.get("/analytics")
+    finally:
+        peer_page.close()
+        rep_page.close()
+    assert theirs.status_code == mine.status_code == 200
+    for name in ("excluded_to", "excluded_cc", "subdomain"):
+        assert f'data-record="leads/{leads_by[name]}"' in mine.text
+        assert f'data-record="leads/{leads_by[name]}"' not in theirs.text
+        assert addresses[name] not in theirs.text
+    for name in ("lookalike", "plain", "shared"):
+        assert f'data-record="leads/{leads_by[name]}"' in theirs.text
+
+
+def test_the_sql_excluded_domain_rule_is_sharings_rule_address_by_address(data):
+    """``SendsSeen``'s SQL picks out exactly the sends ``sharing.involves_excluded`` calls
+    unshared: To or any CC, any case, subdomains yes, look-alikes and a local part that
+    merely names the domain no, a ``_`` in the domain no wildcard, a Unicode domain by its
+    IDNA form; a colleague's unshared send hidden, the viewer's own and ownerless ones kept."""
+    from gateway.receive.mailboxes import sharing
+
+    db, s = data
+    excluded = ("private-bank.example.jp", "my_corp.example", "xn--r8jz45g.jp")
+    cases = [
+        ("ceo@private-bank.example.jp", []),
+        ("CEO@Private-Bank.Example.JP", []),
+        ("cto@mail.private-bank.example.jp", []),
+        ("ceo@notprivate-bank.example.jp", []),
+        ("private-bank.example.jp@other.example", []),
+        ("buyer@client.example.jp", ["cfo@private-bank.example.jp"]),
+        ("buyer@client.example.jp", ["a@x.example", "CFO@sub.Private-Bank.example.jp"]),
+        ("buyer@client.example.jp", ["private-bank.example.jp@x.example"]),
+        ("a@my_corp.example", []),
+        ("a@myxcorp.example", []),
+        ("a@例え.jp", []),
+        ("a@xn--r8jz45g.jp", []),
+    ]
+    tag = secrets.token_hex(4)
+
+    def write(conn):
+        """A fresh org of its own (the module's org keeps its sends as they were)."""
+        fresh = seed(conn)
+        colleague, viewer = fresh["users"][1], fresh["users"][0]
+        rows = [
+            {**fresh["rows"][0], "user_id": owner, "to_email": to, "cc_emails": cc,
+             "message_id": f"<{tag}-{i}-{owner}@x>", "verp_token": f"{tag}-{i}-{owner}",
+             "module": None, "record_id": None}
+            for i, (to, cc) in enumerate(cases)
+            for owner in (colleague, viewer, None)
+        ]  # fmt: skip
+        ids = [
+            conn.execute(insert(sends).values(r).returning(sends.c.id)).scalar_one() for r in rows
+        ]
+        return list(zip(ids, rows, strict=True)), colleague, viewer
+
+    from sqlalchemy import select
+
+    written, colleague, viewer = db.loop.run_until_complete(db.db.run_write(write))
+    seen = tracking_store.SendsSeen(viewer, excluded)
+    ids = [i for i, _ in written]
+    visible = set(
+        db(lambda conn: conn.execute(
+            select(sends.c.id).where(sends.c.id.in_(ids), seen.clause())
+        ).scalars().all())
+    )  # fmt: skip
+    expected = {
+        i for i, row in written
+        if row["user_id"] != colleague
+        or not sharing.involves_excluded([row["to_email"], *row["cc_emails"]], excluded)
+    }  # fmt: skip
+    assert visible == expected
+    hidden = {row["to_email"] for i, row in written if i not in visible}
+    assert "ceo@notprivate-bank.example.jp" not in hidden and "a@myxcorp.example" not in hidden
+    assert "a@例え.jp" in hidden and "CEO@Private-Bank.Example.JP" in hidden

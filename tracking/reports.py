@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from storage import tracking_store
+from storage.mailboxes import excluded_by_org
 
 __all__ = [
     "GROUPS",
@@ -236,11 +237,21 @@ def version_report(
     ]
 
 
-def no_response_report(conn, org_id: int, period: Period, limit: int) -> dict[str, Any]:
-    """Records mailed in the period that did not respond (the whole org's: sends are
-    mail sent from the CRM, public to everyone who sees the record)."""
+def no_response_report(
+    conn, org_id: int, period: Period, limit: int, *, viewer_id: int
+) -> dict[str, Any]:
+    """Records mailed in the period that did not respond, as ``viewer_id`` may see them.
+
+    Sends are mail sent from the CRM, public to everyone who sees the record, except a
+    send whose To or a CC sits in one of the org's excluded domains: its sender's own
+    (seed 004; the event log's rule), so it counts on its sender's list alone.
+    """
     zone = _zone(period.tz)
-    rows = tracking_store.no_response(conn, org_id, period.start, period.end, limit=limit + 1)
+    excluded = tuple(sorted(excluded_by_org(conn, [org_id]).get(org_id, [])))
+    seen = tracking_store.SendsSeen(viewer_id, excluded) if excluded else None
+    rows = tracking_store.no_response(
+        conn, org_id, period.start, period.end, limit=limit + 1, seen=seen
+    )
     items = [
         {
             "module": r["module"],

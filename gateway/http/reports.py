@@ -7,6 +7,8 @@ showing any of it (see :mod:`gateway.receive.mailboxes.sharing`).
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -48,13 +50,17 @@ class ReportsApi(Resource):
         return JSON(body)
 
     async def no_response(self, request: Request) -> Response:
-        """Records mailed from the CRM that did not respond: the whole org's, for everyone.
+        """Records mailed from the CRM that did not respond: the whole org's, for everyone,
+        but for sends to an excluded domain, which count for their sender alone.
 
         Sends are mail sent from the CRM, public whatever their sender's sharing mode
-        (seed 004, 公開メール), so who was mailed is not hidden from colleagues.
+        (seed 004, 公開メール), so who was mailed is not hidden from colleagues; a send
+        whose To or a CC is in an excluded domain is its sender's own, as in the event log.
         """
         user = await self.user(request)
         period = await self._period(request, user["org_id"])
         limit = int_param(request, "limit", 1000, lo=1, hi=10000)
-        body = await self.db.run_read(no_response_report, user["org_id"], period, limit)
+        body = await self.db.run_read(
+            partial(no_response_report, viewer_id=user["id"]), user["org_id"], period, limit
+        )
         return JSON(body)

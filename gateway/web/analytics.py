@@ -180,7 +180,12 @@ class AnalyticsPages(WebResource):
         # connection, so the page takes as long as the slowest.
         report, silent, ab_items = await asyncio.gather(
             self.db.run_read(partial(email_report, only=only), org_id, period, f.group, by),
-            self.db.run_read(no_response_report, org_id, period, NO_RESPONSE_LIMIT),
+            self.db.run_read(
+                partial(no_response_report, viewer_id=viewer.user["id"]),
+                org_id,
+                period,
+                NO_RESPONSE_LIMIT,
+            ),
             self.db.run_read(partial(version_report, template_id=f.template_id), org_id, period),
         )
         if by == "template":

@@ -44,8 +44,10 @@ user's read path: they carry every event (``docs/webhooks.md``).
 
 The reports (``/api/v1/reports/*``) are not a read path of mail content: they
 count sends (CRM-sent, so public) and incoming mail (a number, no sender or
-subject), and the no-response list names records mailed from the CRM, so they
-cover the whole org for everyone.
+subject), so they cover the whole org for everyone.  The no-response list names
+records mailed from the CRM with their address, send count and last send, so a
+send involving an excluded domain counts on its sender's list alone
+(``tracking_store.SendsSeen``).
 """
 
 from __future__ import annotations
