@@ -102,6 +102,12 @@ def _open(
     return client, raw[half:] + b"\r\n.\r\n"
 
 
+def _cut_before_read(exc: httpx.HTTPError) -> bool:
+    """A connection closed or reset before any answer: what a closing listener does."""
+    text = str(exc)
+    return "without sending a response" in text or "Connection reset by peer" in text
+
+
 class ApiCaller(threading.Thread):
     """Posts sends one connection at a time until the server refuses connections."""
 
@@ -122,12 +128,13 @@ class ApiCaller(threading.Thread):
             except httpx.ConnectError:
                 self.refused = True  # it stopped listening: never reached, nothing to answer
                 return
-            except httpx.RemoteProtocolError as exc:
-                # Connected, then closed with no answer: a connection still in the kernel's
-                # accept queue (or accepted, its request not yet read) when the listener
-                # closed. The server never read the request; that nothing was stored for
-                # it is checked below (stored == the 202s). Only "disconnected" counts.
-                if "without sending a response" not in str(exc):
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                # Connected, then closed (FIN, or RST when the request sat unread in the
+                # socket) with no answer: a connection still in the kernel's accept queue, or
+                # accepted with its request not yet read, when the listener closed. The server
+                # never read the request; that nothing was stored for it is checked below
+                # (stored == the 202s).
+                if not _cut_before_read(exc):
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                 self.refused = True
                 return

@@ -21,6 +21,7 @@ import pytest
 from storage.schema import messages
 from storage.schema_mailboxes import mailboxes
 from tests.support.dovecot import free_port, start_or_skip
+from tests.support.processes import ServeProcess
 from tests.test_cli import LAUNCH, ROOT, Mailgate, Result
 from tests.test_imap_cli import ImapCli
 
@@ -126,18 +127,23 @@ def test_pop_add_then_serve_files_the_mail_and_leaves_it_on_the_server(mg, dovec
     assert "already connected" in rep.add().error_line()
     assert len(rep.mailboxes()) == 1
 
-    serve = subprocess.Popen(
-        [*LAUNCH, "serve", "--only", "worker,imap"],
-        cwd=ROOT,
-        env={**mg.env, "MAILGATE_POP_INTERVAL": "0.3"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # Read as it runs (a pipe nobody reads would block a process that logs a lot).
+    data_dir = Path(mg.env["MAILGATE_DATA_DIR"])
+    serve = ServeProcess(
+        mg.env["MAILGATE_DATABASE_URL"],
+        data_dir,
+        "worker,imap",
+        # The key `pop add` generated into the data dir sealed the password: the same one.
+        environ={
+            **mg.env,
+            "MAILGATE_POP_INTERVAL": "0.3",
+            "MAILGATE_SECRET_KEY": (data_dir / "secret_key").read_text().strip(),
+        },
     )
     try:
         deadline = time.monotonic() + 60
         while len(rep.filed()) < 3:
-            assert serve.poll() is None, serve.communicate()[1]
+            assert serve.proc.poll() is None, serve.output
             assert time.monotonic() < deadline, "the served poller filed nothing"
             time.sleep(0.2)
         dovecot.append(rep.login, "INBOX", rep.mail(9))
@@ -145,9 +151,8 @@ def test_pop_add_then_serve_files_the_mail_and_leaves_it_on_the_server(mg, dovec
             assert time.monotonic() < deadline, "new mail was not filed"
             time.sleep(0.2)
     finally:
-        serve.send_signal(signal.SIGTERM)
-        _, logs = serve.communicate(timeout=30)
-    assert serve.returncode == 0, logs
+        code, logs = serve.signal(signal.SIGTERM)
+    assert code == 0, logs
     assert PASSWORD not in logs
     filed = rep.filed()
     assert len(filed) == 4 and {r["direction"] for r in filed} == {"incoming"}
