@@ -89,6 +89,8 @@ def test_an_operator_who_administers_no_org_sees_only_bounce_mail_of_no_org(inst
     assert unowned in ids and ours not in ids
     assert replay(client, ours).status_code == 404
     assert replay(client, unowned).status_code == 303
+    # The menu leads them there although they administer no org.
+    assert 'href="/attention"' in client.get("/dropbox").text
 
 
 def test_an_org_admin_who_is_not_an_operator_never_sees_bounce_mail_of_no_org(install):
@@ -103,6 +105,7 @@ def test_an_org_admin_who_is_not_an_operator_never_sees_bounce_mail_of_no_org(in
     assert replay(client, unowned).status_code == 404
     assert state_of(install, unowned) == "held"
     member = login(install, rep, **{"Accept-Language": "en"})
+    assert 'href="/attention"' not in member.get("/dropbox").text  # not in a member's menu
     assert member.get("/attention").status_code == 403
     token = csrf_of(member.get("/dropbox").text)
     r = member.post("/attention/replay", data={"csrf": token, "id": unowned, "confirm": "yes"})

@@ -264,6 +264,8 @@ def create_app(services: Services) -> Starlette:
         db, services.spool, services.settings, ingest=services.runner("ingest"), clock=clock
     )
     secure = services.settings.public_url.lower().startswith("https://")
+    # What every dashboard page needs to know of the installation.
+    web = {"secure_cookies": secure, "operators": services.settings.operator_emails}
     resources = (
         Operations(
             db,
@@ -296,14 +298,12 @@ def create_app(services: Services) -> Starlette:
         InboxApi(db, clock),  # before RecordsApi's /{module} routes
         RecordCampaignsApi(db, clock),  # before RecordsApi's /{module}/{id} routes
         RecordsApi(db),
-        DashboardPages(db, clock, secure_cookies=secure),
+        DashboardPages(db, clock, **web),
         DropboxPages(db, clock, settings=services.settings, secure_cookies=secure),
-        QuotaPages(db, clock, secure_cookies=secure, operators=services.settings.operator_emails),
-        AnalyticsPages(db, clock, secure_cookies=secure),
-        CampaignPages(
-            db, clock, secure_cookies=secure, wake=partial(services.wake, "crm_to_campaigns")
-        ),
-        MailPages(db, clock, hub=services.runner("signals"), secure_cookies=secure),
+        QuotaPages(db, clock, **web),
+        AnalyticsPages(db, clock, **web),
+        CampaignPages(db, clock, wake=partial(services.wake, "crm_to_campaigns"), **web),
+        MailPages(db, clock, hub=services.runner("signals"), **web),
     )
     app = Starlette(
         # Tracking first: the pixel is the hottest path and routes are matched in order.

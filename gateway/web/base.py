@@ -64,6 +64,9 @@ class Viewer:
     org: dict[str, Any]
     lang: str
     csrf: str
+    #: One of the installation's operators (``MAILGATE_OPERATORS``): sees every org's quotas
+    #: and the bounce mail of no org on /attention, nothing else of other orgs.
+    is_operator: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -95,8 +98,17 @@ def with_headers(response: Response, request: Request, lang: str | None = None) 
 class WebResource:
     """The base of every dashboard resource (the twin of ``gateway.http.resource.Resource``)."""
 
-    def __init__(self, db: Database, clock: Clock, *, secure_cookies: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        secure_cookies: bool = False,
+        operators: frozenset[str] = frozenset(),
+    ) -> None:
         self.db, self.clock, self.secure_cookies = db, clock, secure_cookies
+        #: The installation's operators' emails, lower-cased (``Settings.operator_emails``).
+        self.operators = operators
 
     async def viewer(self, request: Request) -> Viewer:
         token = request.cookies.get(security.SESSION_COOKIE)
@@ -110,7 +122,8 @@ class WebResource:
             raise LoginRequired
         csrf = user.pop("csrf")
         user.pop("password_hash", None)
-        return Viewer(user, org, language(request, org["locale"]), csrf)
+        operator = str(user.get("email") or "").strip().lower() in self.operators
+        return Viewer(user, org, language(request, org["locale"]), csrf, is_operator=operator)
 
     async def admin(self, request: Request) -> Viewer:
         viewer = await self.viewer(request)

@@ -92,9 +92,10 @@ class CampaignPages(WebResource):
         clock: Clock,
         *,
         secure_cookies: bool = False,
+        operators: frozenset[str] = frozenset(),
         wake: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(db, clock, secure_cookies=secure_cookies)
+        super().__init__(db, clock, secure_cookies=secure_cookies, operators=operators)
         #: Wakes the ``crm_to_campaigns`` consumer after a resume (as the API does).
         self.wake = wake or (lambda: None)
 

@@ -35,7 +35,6 @@ from gateway.http.users import VCARD_FILENAME
 from gateway.ingest.runner import ReplayError, replay_kept
 from gateway.org import admin
 from gateway.web.base import PageError, Viewer, WebResource, page_handler
-from gateway.web.quotas import is_operator
 from storage import inbound_store, orgs, suppressions
 from storage.db import Database
 
@@ -95,10 +94,11 @@ class DropboxPages(WebResource):
     def __init__(
         self, db: Database, clock: Clock, *, settings: Settings, secure_cookies: bool = False
     ) -> None:
-        super().__init__(db, clock, secure_cookies=secure_cookies)
+        super().__init__(
+            db, clock, secure_cookies=secure_cookies, operators=settings.operator_emails
+        )
         self.mail_domain = settings.mail_domain
         self.max_records = settings.max_records_per_message
-        self.operators = settings.operator_emails
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -273,12 +273,12 @@ class DropboxPages(WebResource):
     async def _attention_viewer(self, request: Request) -> Viewer:
         """An org admin or an operator of the installation; anyone else is refused (403)."""
         viewer = await self.viewer(request)
-        if not (viewer.is_admin or is_operator(viewer, self.operators)):
+        if not (viewer.is_admin or viewer.is_operator):
             raise PageError(403, "error.forbidden")
         return viewer
 
     async def _unowned_visible(self, viewer: Viewer) -> bool:
-        operator, count = is_operator(viewer, self.operators), 0
+        operator, count = viewer.is_operator, 0
         if viewer.is_admin and not operator:  # the number of orgs decides only then
             async with self.db.connect() as conn:
                 count = await orgs.count_orgs(conn)

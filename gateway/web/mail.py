@@ -97,8 +97,9 @@ class MailPages(WebResource):
         *,
         hub: LoopRunner,
         secure_cookies: bool = False,
+        operators: frozenset[str] = frozenset(),
     ) -> None:
-        super().__init__(db, clock, secure_cookies=secure_cookies)
+        super().__init__(db, clock, secure_cookies=secure_cookies, operators=operators)
         assert isinstance(hub, SignalHub), "the services' signals runner is a SignalHub"
         self.hub = hub
 

@@ -1,5 +1,8 @@
 """The dashboard's navigation: (path, catalogue key, admins only), in menu order.
 
+``/attention`` is also in the menu of the installation's operators, who see the bounce
+mail of no org there (``base.html``).
+
 Each area adds its own line; ``base.html`` shows the entries the viewer may open.
 """
 

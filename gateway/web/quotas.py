@@ -15,11 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.clock import Clock
 from gateway.sending.usage import all_orgs, org_history, org_quota
 from gateway.web.base import Viewer, WebResource, page_handler
 from gateway.web.charts import bar_chart
-from storage.db import Database
 
 HISTORY_DAYS = 30
 
@@ -44,22 +42,7 @@ def quota_rows(viewer: Viewer, status: dict[str, dict[str, Any]]) -> list[dict[s
     return rows
 
 
-def is_operator(viewer: Viewer, operators: frozenset[str]) -> bool:
-    return str(viewer.user.get("email") or "").strip().lower() in operators
-
-
 class QuotaPages(WebResource):
-    def __init__(
-        self,
-        db: Database,
-        clock: Clock,
-        *,
-        secure_cookies: bool = False,
-        operators: frozenset[str] = frozenset(),
-    ) -> None:
-        super().__init__(db, clock, secure_cookies=secure_cookies)
-        self.operators = operators
-
     def routes(self) -> list[BaseRoute]:
         return [Route("/", self.quotas, methods=["GET"])]
 
@@ -67,7 +50,7 @@ class QuotaPages(WebResource):
     async def quotas(self, request: Request) -> Response:
         viewer = await self.viewer(request)
         now = self.clock.now()
-        operator = is_operator(viewer, self.operators)
+        operator = viewer.is_operator
         async with self.db.connect() as conn:
             status = await conn.run_sync(org_quota, viewer.org, now)
             history = await conn.run_sync(org_history, viewer.org, now, HISTORY_DAYS)
