@@ -35,7 +35,6 @@ import asyncio
 import os
 import re
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.support.databases import _pg_admin  # noqa: E402
+from tests.support.smtp_sink import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ORG_NAME = "bench pages"
@@ -73,28 +75,6 @@ RAW_MAIL = (
 
 
 # -- the database ---------------------------------------------------------------------------
-
-
-def pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-
-    async def go() -> None:
-        conn = await asyncpg.connect(
-            host=u.host or "127.0.0.1",
-            port=u.port or 5432,
-            user=u.username or "postgres",
-            password=u.password,
-            database=u.database or "postgres",
-        )
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
 
 
 def with_database(url: str, name: str) -> str:
@@ -649,12 +629,6 @@ def report(results: dict[str, dict[str, list[float]]], t: dict[str, Any], runs: 
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(port: int, timeout: float = 60) -> None:
     import httpx
 
@@ -683,7 +657,7 @@ def main() -> None:
         sys.exit("needs a PostgreSQL URL (argument or MAILGATE_TEST_DATABASE_URL)")
     name = args.reuse or f"mg_bench_pages_{secrets.token_hex(4)}"
     if not args.reuse:
-        pg_admin(args.url, f'CREATE DATABASE "{name}"')
+        _pg_admin(args.url, f'CREATE DATABASE "{name}"')
     url = with_database(args.url, name)
     proc = None
     try:
@@ -714,7 +688,7 @@ def main() -> None:
         if args.keep or args.reuse:
             print(f"database kept: {name}")
         else:
-            pg_admin(args.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _pg_admin(args.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from tests.support.databases import _pg_admin  # noqa: E402
+from tests.support.smtp_sink import free_port  # noqa: E402
+
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 CLI = [sys.executable, "-c", "from gateway.cli.main import main; main()"]
 SECRET = "bench-secret-key"
@@ -57,12 +60,6 @@ DOMAIN = "bench.example"
 
 
 # -- plumbing ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 60) -> None:
@@ -80,23 +77,6 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
-async def _admin(base: str, sql: str) -> None:
-    import asyncpg
-
-    u = make_url(base)
-    conn = await asyncpg.connect(
-        host=u.host or "127.0.0.1",
-        port=u.port or 5432,
-        user=u.username or "postgres",
-        password=u.password,
-        database=u.database or "postgres",
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @contextlib.contextmanager
 def fresh_pg(base: str) -> Iterator[str]:
     """A new, migrated PostgreSQL database for one run; dropped afterwards."""
@@ -104,7 +84,7 @@ def fresh_pg(base: str) -> Iterator[str]:
     from storage.migrate import upgrade
 
     name = "mgbench_" + secrets.token_hex(4)
-    asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
+    _pg_admin(base, f'CREATE DATABASE "{name}"')
     url = make_url(base).set(database=name).render_as_string(hide_password=False)
 
     async def migrate() -> None:
@@ -116,7 +96,7 @@ def fresh_pg(base: str) -> Iterator[str]:
         asyncio.run(migrate())
         yield url
     finally:
-        asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _pg_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Counter:
