@@ -130,7 +130,7 @@ class _SMTP(SMTP):
             finally:
                 self.busy = False
             if self._closing:  # a stop came during the command: it got its reply, now 421
-                await self.goodbye()
+                self.goodbye()
 
         return run
 
@@ -152,12 +152,9 @@ class _SMTP(SMTP):
         command's reply (a DATA in progress finishes and gets its ``250``/``451`` first)."""
         self._closing = True
         if not self.busy:
-            self._goodbye_now()
+            self.goodbye()
 
-    async def goodbye(self) -> None:
-        self._goodbye_now()
-
-    def _goodbye_now(self) -> None:
+    def goodbye(self) -> None:
         """``421 4.3.2`` and close; written straight to the transport (no drain to wait on)."""
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -360,7 +357,7 @@ class SmtpServer:
             await asyncio.sleep(0.02)
         cut = list(self.sessions)
         for session in cut:
-            session._goodbye_now()
+            session.goodbye()
         if cut:
             log.warning(
                 "stop: %d SMTP sessions still busy after %.1f s got 421", len(cut), deadline
